@@ -1,0 +1,14 @@
+"""Plain nn.Modules (networks) and, beside them, the LightningModule that trains them.
+
+Input convention for every network in this package (documented once, here):
+a float tensor N x 3 x S x S holding **RGB pixel values in [0, 255]** (no scaling, no mean
+subtraction). Each network owns its normalisation as its first layer (Caffe BGR mean
+subtraction for Levi-Hassner, ImageNet statistics for ResNet, fixed standardisation for
+InceptionResnetV1), so the shared preprocessing in :mod:`agegender.transforms` never changes
+with the backbone and a checkpoint always carries the normalisation it was trained with.
+Outputs are a dict of logits, one entry per task (``"age"``: N x 8, ``"gender"``: N x 2).
+"""
+
+from agegender.models.levi_hassner import CaffeInput, LeviHassnerNet, LeviHassnerTrunk
+
+__all__ = ["CaffeInput", "LeviHassnerNet", "LeviHassnerTrunk"]

