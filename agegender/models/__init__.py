@@ -10,5 +10,12 @@ Outputs are a dict of logits, one entry per task (``"age"``: N x 8, ``"gender"``
 """
 
 from agegender.models.levi_hassner import CaffeInput, LeviHassnerNet, LeviHassnerTrunk
+from agegender.models.registry import MODEL_BUILDERS, build_model
 
-__all__ = ["CaffeInput", "LeviHassnerNet", "LeviHassnerTrunk"]
+__all__ = [
+    "MODEL_BUILDERS",
+    "CaffeInput",
+    "LeviHassnerNet",
+    "LeviHassnerTrunk",
+    "build_model",
+]
