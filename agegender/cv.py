@@ -1,0 +1,317 @@
+"""Cross-validation and sweep results: from a Hydra multirun directory to the paper's table.
+
+Every train.py job writes ``metrics.json`` in its run directory; :class:`CVResultsCallback`
+adds ``job_status.json`` (completed/failed, the error, the objective) and re-aggregates the
+sweep directory after each job, so the table exists even when a fold fails and Hydra then
+aborts the multirun. The same aggregation runs standalone::
+
+    python -m agegender.cv SWEEP_DIR
+
+Outputs in SWEEP_DIR: ``cv_results.csv`` (fractions, one row per fold, then mean and std rows
+per setting), ``cv_results.md`` (percentages, the shape of Levi & Hassner's Table 3/4),
+``cv_results.png`` (per-fold bars with mean +- std) and ``sweep_results.csv`` (one row per job:
+its overrides, objective and status; this is the table of an Optuna sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+#: (metric key suffix, column title) in the paper's column order.
+METRICS: tuple[tuple[str, str], ...] = (
+    ("age_acc", "Age exact"),
+    ("age_acc_1off", "Age 1-off"),
+    ("gender_acc", "Gender"),
+)
+#: (metrics.json prefix, protocol title): single centre crop and 10-crop over-sampling.
+PROTOCOLS: tuple[tuple[str, str], ...] = (("test", "single crop"), ("test_10crop", "over-sampled"))
+METRIC_COLUMNS: tuple[str, ...] = tuple(f"{p}/{m}" for p, _ in PROTOCOLS for m, _ in METRICS)
+
+STATUS_FILE = "job_status.json"
+METRICS_FILE = "metrics.json"
+FOLD_KEY = "data.fold"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Parallel launchers (joblib) may aggregate concurrently: never leave a half file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        return {"_unreadable": f"{path.name}: {exc}"}
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    """Job directories are the subfolders holding Hydra's saved ``.hydra/overrides.yaml``."""
+    dirs = [p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")]
+    dirs = [d for d in dirs if d != sweep_dir]
+
+    def order(d: Path) -> tuple[int, str]:
+        rel = d.relative_to(sweep_dir).as_posix()
+        return (int(rel), rel) if rel.isdigit() else (sys.maxsize, rel)
+
+    return sorted(dirs, key=order)
+
+
+def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per job of the sweep: job, fold, setting, overrides, status, error, objective,
+    and every metric of ``METRIC_COLUMNS`` (NaN where the job wrote none)."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for job_dir in _job_dirs(sweep_dir):
+        overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+        params = dict(o.split("=", 1) for o in overrides if "=" in o)
+        fold = params.get(FOLD_KEY)
+        if fold is None and (job_dir / ".hydra" / "config.yaml").exists():
+            fold = OmegaConf.select(
+                OmegaConf.load(job_dir / ".hydra" / "config.yaml"), FOLD_KEY, default=None
+            )
+        setting = " ".join(o for o in overrides if not o.startswith(f"{FOLD_KEY}="))
+        status_info = _read_json(job_dir / STATUS_FILE) or {}
+        metrics = _read_json(job_dir / METRICS_FILE)
+        if status_info.get("status") == "failed":
+            status, error = "failed", status_info.get("error", "")
+        elif metrics is None:
+            status, error = "failed", f"no {METRICS_FILE} (job killed or still running)"
+        elif "_unreadable" in metrics:
+            status, error = "failed", metrics["_unreadable"]
+        else:
+            missing = [c for c in METRIC_COLUMNS if c.startswith("test/") and c not in metrics]
+            status, error = ("ok", "") if not missing else ("failed", f"missing {missing}")
+        row: dict[str, Any] = {
+            "job": job_dir.relative_to(sweep_dir).as_posix(),
+            "fold": int(fold) if fold is not None and str(fold).isdigit() else None,
+            "setting": setting,
+            "overrides": " ".join(overrides),
+            "status": status,
+            "error": error,
+            "objective": status_info.get("objective"),
+        }
+        for col in METRIC_COLUMNS:
+            value = (metrics or {}).get(col)
+            row[col] = float(value) if isinstance(value, int | float) else math.nan
+        rows.append(row)
+    columns = ["job", "fold", "setting", "overrides", "status", "error", "objective"]
+    return pd.DataFrame(rows, columns=[*columns, *METRIC_COLUMNS])
+
+
+def cv_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Fold rows, then ``mean`` and ``std`` rows (sample std over the folds that finished),
+    per setting. Failed folds stay in the table with their status and no numbers."""
+    folds = runs[runs["fold"].notna()]
+    if folds.empty:
+        raise ValueError(f"no job of this sweep sets {FOLD_KEY}: not a cross-validation run")
+    out = []
+    for setting, group in folds.groupby("setting", sort=False, dropna=False):
+        group = group.sort_values("fold")
+        for _, r in group.iterrows():
+            out.append(
+                {
+                    "setting": setting,
+                    "row": f"fold {int(r['fold'])}",
+                    "status": r["status"],
+                    "error": r["error"],
+                    **{c: r[c] for c in METRIC_COLUMNS},
+                }
+            )
+        ok = group[group["status"] == "ok"]
+        n_ok, n_all = len(ok), len(group)
+        summary_status = f"{n_ok}/{n_all} folds" + (
+            "" if n_ok == n_all else " (failed folds excluded)"
+        )
+        for stat in ("mean", "std"):
+            values = ok[list(METRIC_COLUMNS)].agg(stat) if n_ok else pd.Series(dtype=float)
+            out.append(
+                {
+                    "setting": setting,
+                    "row": stat,
+                    "status": summary_status,
+                    "error": "",
+                    **{c: float(values.get(c, math.nan)) for c in METRIC_COLUMNS},
+                }
+            )
+    return pd.DataFrame(out, columns=["setting", "row", "status", "error", *METRIC_COLUMNS])
+
+
+def _pct(x: float) -> str:
+    return "" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
+def cv_markdown(table: pd.DataFrame) -> str:
+    """Percentages, ``mean +- std`` last, in the column layout of the paper's tables."""
+    header = ["Fold"] + [f"{title} ({proto})" for _, proto in PROTOCOLS for _, title in METRICS]
+    blocks = []
+    for setting, group in table.groupby("setting", sort=False, dropna=False):
+        lines = [
+            f"### {setting}" if setting else "",
+            "| " + " | ".join(header) + " | Status |",
+            "|" + "---|" * (len(header) + 1),
+        ]
+        rows = group.set_index("row")
+        for name, r in rows.iterrows():
+            if name in ("mean", "std"):
+                continue
+            cells = [_pct(r[c]) for c in METRIC_COLUMNS]
+            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {status} |")
+        mean, std = rows.loc["mean"], rows.loc["std"]
+        cells = [
+            f"**{_pct(mean[c])} ± {_pct(std[c])}**" if _pct(mean[c]) else "" for c in METRIC_COLUMNS
+        ]
+        lines.append("| mean ± std | " + " | ".join(cells) + f" | {mean['status']} |")
+        blocks.append("\n".join(line for line in lines if line))
+    return "\n\n".join(blocks) + "\n"
+
+
+def plot_cv(table: pd.DataFrame, path: str | Path) -> None:
+    """Per-fold bars with the mean as a line and +-std as a band, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(table["setting"]))
+    fig, axes = plt.subplots(
+        len(settings),
+        len(METRIC_COLUMNS),
+        figsize=(3 * len(METRIC_COLUMNS), 3 * len(settings)),
+        squeeze=False,
+    )
+    for i, setting in enumerate(settings):
+        group = table[table["setting"] == setting].set_index("row")
+        fold_rows = [r for r in group.index if r.startswith("fold")]
+        for j, col in enumerate(METRIC_COLUMNS):
+            ax = axes[i][j]
+            values = [100 * group.loc[r, col] for r in fold_rows]
+            ax.bar([r.split()[1] for r in fold_rows], values, color="tab:blue")
+            mean, std = 100 * group.loc["mean", col], 100 * group.loc["std", col]
+            if not math.isnan(mean):
+                ax.axhline(mean, color="black", lw=1)
+                if not math.isnan(std):
+                    ax.axhspan(mean - std, mean + std, color="gray", alpha=0.3)
+                ax.set_title(f"{col}\n{mean:.1f} ± {0 if math.isnan(std) else std:.1f}", fontsize=8)
+            else:
+                ax.set_title(col, fontsize=8)
+            ax.set_ylim(0, 100)
+            ax.set_xlabel("fold", fontsize=8)
+        axes[i][0].set_ylabel(f"% {setting}"[:40], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per job (an Optuna trial, a grid point, a fold): parameters as columns."""
+    params = [dict(o.split("=", 1) for o in ov.split() if "=" in o) for ov in runs["overrides"]]
+    table = pd.concat([runs[["job"]], pd.DataFrame(params, index=runs.index)], axis=1)
+    return pd.concat([table, runs[["objective", "status", "error", *METRIC_COLUMNS]]], axis=1)
+
+
+def aggregate(sweep_dir: str | Path) -> pd.DataFrame | None:
+    """Write the sweep table always, and the CV table + plot when the sweep sets data.fold.
+
+    Returns the CV table (None for a sweep without folds)."""
+    sweep_dir = Path(sweep_dir)
+    runs = collect_runs(sweep_dir)
+    if runs.empty:
+        raise ValueError(f"{sweep_dir} holds no Hydra job directories (.hydra/overrides.yaml)")
+    _atomic_write_text(sweep_dir / "sweep_results.csv", sweep_table(runs).to_csv(index=False))
+    if runs["fold"].isna().all():
+        return None
+    table = cv_table(runs)
+    _atomic_write_text(sweep_dir / "cv_results.csv", table.to_csv(index=False))
+    _atomic_write_text(sweep_dir / "cv_results.md", cv_markdown(table))
+    tmp_png = sweep_dir / f".cv_results.{os.getpid()}.png"
+    plot_cv(table, tmp_png)
+    os.replace(tmp_png, sweep_dir / "cv_results.png")
+    return table
+
+
+def _objective(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class CVResultsCallback(Callback):
+    """Hydra callback (``hydra.callbacks`` in train.yaml): status per job, tables per sweep."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+
+        out_dir = Path(config.hydra.runtime.output_dir)
+        failed = job_return.status == JobStatus.FAILED
+        info: dict[str, Any] = {"status": "failed" if failed else "completed"}
+        if failed:
+            exc = job_return._return_value
+            info["error"] = f"{type(exc).__name__}: {exc}".strip()
+            info["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
+        else:
+            info["objective"] = _objective(job_return._return_value)
+        try:
+            _atomic_write_text(out_dir / STATUS_FILE, json.dumps(info, indent=2))
+            if config.hydra.mode == RunMode.MULTIRUN:
+                aggregate(config.hydra.sweep.dir)
+        except Exception:  # never turn a finished job into a failed one over a report
+            log.exception("could not write the cross-validation summary")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            table = aggregate(config.hydra.sweep.dir)
+        except Exception:
+            log.exception("could not write the cross-validation summary")
+            return
+        if table is not None:
+            log.info("cross-validation results:\n%s", cv_markdown(table))
+            log.info("written to %s", Path(config.hydra.sweep.dir) / "cv_results.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agegender.cv",
+        description="Aggregate a train.py multirun directory into the paper-style CV table.",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="Hydra sweep directory (multirun/...)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is not a directory")
+    try:
+        table = aggregate(args.sweep_dir)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if table is None:
+        print((args.sweep_dir / "sweep_results.csv").read_text())
+        print(f"no data.fold in this sweep; wrote {args.sweep_dir / 'sweep_results.csv'}")
+        return 0
+    print(cv_markdown(table))
+    print(f"wrote cv_results.csv, cv_results.md, cv_results.png in {args.sweep_dir}")
+    failed = table[table["row"].str.startswith("fold") & (table["status"] != "ok")]
+    return 1 if len(failed) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
