@@ -1,0 +1,29 @@
+"""Face detection (several detectors behind one interface) and the one face alignment.
+
+Usage: ``faces = build_detector("mtcnn").detect(image)`` then ``align_face(image, faces[0])``
+with ``image`` from :func:`agegender.images.load_image` (H x W x 3 uint8 RGB).
+"""
+
+from agegender.faces.align import (
+    ALIGNED_SIZE,
+    BOX_CROP_SCALE,
+    align_face,
+    crop_box,
+    similarity_matrix,
+    template,
+)
+from agegender.faces.registry import DETECTOR_BUILDERS, build_detector
+from agegender.faces.types import Detector, Face
+
+__all__ = [
+    "ALIGNED_SIZE",
+    "BOX_CROP_SCALE",
+    "DETECTOR_BUILDERS",
+    "Detector",
+    "Face",
+    "align_face",
+    "build_detector",
+    "crop_box",
+    "similarity_matrix",
+    "template",
+]

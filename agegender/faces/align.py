@@ -1,0 +1,132 @@
+"""The ONE face alignment: an image + a detected face -> a size x size RGB crop.
+
+Adience preprocessing (training data) and prediction both call :func:`align_face`, so a
+network always sees faces framed the same way it was trained on.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from agegender.faces.types import Face, check_image
+
+#: Size of an aligned face (the Levi-Hassner net then crops 227 of it).
+ALIGNED_SIZE: int = 256
+
+# The widely used 5-point template of a tightly cropped 112 x 112 face (eyes, nose tip,
+# mouth corners). The face fills that crop; Adience's aligned faces show the whole head,
+# so the template is shrunk by 2/3 about the centre: the eyes end up ~0.21 of the crop apart
+# and the face covers ~60% of it, with hair and chin inside.
+_TIGHT_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+TEMPLATE_SHRINK: float = 2.0 / 3.0
+
+#: Template in units of the output side (multiply by ``size``), order as :class:`Face`.
+TEMPLATE_UNIT: np.ndarray = 0.5 + (_TIGHT_112 / 112.0 - 0.5) * TEMPLATE_SHRINK
+
+#: Fallback without landmarks: side of the square crop relative to the box's longer side,
+#: chosen so a face box occupies about the same ~60% of the crop as with landmarks.
+BOX_CROP_SCALE: float = 1.6
+
+
+def template(size: int = ALIGNED_SIZE) -> np.ndarray:
+    """The 5 landmark positions (5 x 2, float32) that :func:`align_face` maps faces onto."""
+    return (TEMPLATE_UNIT * size).astype(np.float32)
+
+
+def align_face(image: np.ndarray, face: Face, size: int = ALIGNED_SIZE) -> np.ndarray:
+    """Warp ``face`` out of ``image`` into a size x size x 3 uint8 RGB crop.
+
+    - landmarks present: 5-point similarity transform (rotation, uniform scale, shift) onto
+      :func:`template`, so eyes are level and at a fixed distance;
+    - no landmarks: a square crop of :data:`BOX_CROP_SCALE` x the box's longer side around its
+      centre (:func:`crop_box`);
+    - a box covering the whole image without landmarks means "the image is the face"
+      (``detector=none``): plain resize to size x size, the Levi-Hassner test protocol.
+    Pixels outside the image are black, as in Adience's aligned faces.
+    """
+    check_image(image)
+    if face.landmarks is not None:
+        matrix = similarity_matrix(np.asarray(face.landmarks, dtype=np.float32), size)
+        if matrix is not None:
+            return _warp(image, matrix, size)
+    height, width = image.shape[:2]
+    if face.landmarks is None and _covers_image(face.box, width, height):
+        return cv2.resize(image, (size, size), interpolation=_interpolation(width, height, size))
+    return crop_box(image, face.box, size)
+
+
+def crop_box(
+    image: np.ndarray,
+    box: tuple[float, float, float, float],
+    size: int = ALIGNED_SIZE,
+    scale: float = BOX_CROP_SCALE,
+) -> np.ndarray:
+    """Square crop of side ``scale`` x the box's longer side, centred on the box, resized."""
+    check_image(image)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not (x2 > x1 and y2 > y1):
+        raise ValueError(f"empty face box {box}")
+    side = scale * max(x2 - x1, y2 - y1)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    k = size / side
+    # Maps crop-square corner (cx - side/2, cy - side/2) to (0, 0), scaling by k.
+    matrix = np.array(
+        [[k, 0.0, -k * (cx - side / 2.0)], [0.0, k, -k * (cy - side / 2.0)]], dtype=np.float64
+    )
+    return _warp(image, matrix, size)
+
+
+def similarity_matrix(landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray | None:
+    """2 x 3 similarity transform from ``landmarks`` to the template (None if degenerate)."""
+    if not np.all(np.isfinite(landmarks)):
+        return None
+    matrix, _ = cv2.estimateAffinePartial2D(
+        landmarks.astype(np.float32), template(size), method=cv2.LMEDS
+    )
+    if matrix is None or not np.all(np.isfinite(matrix)):
+        return None
+    return matrix
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
+    # Strong downscaling aliases with bilinear sampling: pre-blur by area first.
+    if scale < 0.5:
+        factor = int(1.0 / scale)
+        height, width = image.shape[:2]
+        small = cv2.resize(
+            image,
+            (max(1, width // factor), max(1, height // factor)),
+            interpolation=cv2.INTER_AREA,
+        )
+        sx, sy = width / small.shape[1], height / small.shape[0]
+        pre = np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0], [0.0, 0.0, 1.0]])
+        matrix = (np.vstack([matrix, [0.0, 0.0, 1.0]]) @ pre)[:2]
+        image = small
+    return cv2.warpAffine(
+        image,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+
+
+def _covers_image(box: tuple[float, float, float, float], width: int, height: int) -> bool:
+    x1, y1, x2, y2 = box
+    return x1 <= 0.5 and y1 <= 0.5 and x2 >= width - 0.5 and y2 >= height - 0.5
+
+
+def _interpolation(width: int, height: int, size: int) -> int:
+    return cv2.INTER_AREA if min(width, height) > size else cv2.INTER_LINEAR

@@ -1,0 +1,70 @@
+"""Default detector: facenet-pytorch's MTCNN (boxes + 5 landmarks; weights ship in the wheel)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agegender.faces.types import Detector, Face, check_image, clip_box, downscale, sort_faces
+
+
+class MTCNNDetector(Detector):
+    """MTCNN on a copy downscaled to ``max_side``; boxes and landmarks mapped back.
+
+    ``min_score`` drops MTCNN's weakest final-stage detections (mostly textures and profiles
+    that the classifier would mislabel anyway); ``min_face_size`` is in pixels of the
+    downscaled copy.
+    """
+
+    name = "mtcnn"
+
+    def __init__(
+        self,
+        max_side: int | None = 640,
+        min_score: float = 0.9,
+        min_face_size: int = 20,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        device: str = "cpu",
+    ) -> None:
+        from facenet_pytorch import MTCNN
+
+        self.max_side = max_side
+        self.min_score = float(min_score)
+        self.mtcnn = MTCNN(
+            keep_all=True,
+            select_largest=False,  # sort by probability, not area
+            min_face_size=min_face_size,
+            thresholds=list(thresholds),
+            post_process=False,
+            device=torch.device(device),
+        )
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        check_image(image)
+        height, width = image.shape[:2]
+        small, (sx, sy) = downscale(image, self.max_side)
+        with torch.inference_mode():
+            boxes, probs, points = self.mtcnn.detect(small, landmarks=True)
+        if boxes is None:
+            return []
+        # Under numpy 2 these come back as object arrays; make them plain floats.
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 5, 2)
+        scale = np.array([sx, sy])
+        faces = []
+        for box, prob, pts in zip(boxes, probs, points, strict=True):
+            if not np.isfinite(prob) or prob < self.min_score:
+                continue
+            x1, y1, x2, y2 = box * np.tile(scale, 2)
+            faces.append(
+                Face(
+                    box=clip_box((x1, y1, x2, y2), width, height),
+                    score=float(prob),
+                    landmarks=(pts * scale).astype(np.float32),
+                )
+            )
+        return sort_faces(faces)
+
+    def __repr__(self) -> str:
+        return f"MTCNNDetector(max_side={self.max_side}, min_score={self.min_score})"

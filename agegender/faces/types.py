@@ -1,0 +1,91 @@
+"""What a detector returns, and the interface every detector implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face, in the pixel coordinates of the ORIGINAL (upright) image.
+
+    ``box`` is (x1, y1, x2, y2). ``landmarks`` is a (5, 2) float32 array ordered left eye,
+    right eye, nose, mouth left, mouth right (left/right as seen in the image), or None when
+    the detector has no landmarks, in which case alignment falls back to a box crop.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.landmarks is not None and np.shape(self.landmarks) != (5, 2):
+            raise ValueError(f"landmarks must have shape (5, 2), got {np.shape(self.landmarks)}")
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+
+def check_image(image: np.ndarray) -> None:
+    """Detectors take the :func:`agegender.images.load_image` convention and nothing else."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {np.shape(image)}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB image, got dtype {image.dtype}")
+
+
+class Detector(ABC):
+    """Finds faces in an H x W x 3 uint8 RGB image; results sorted by score, best first."""
+
+    name: str = "detector"
+
+    @abstractmethod
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+        # Batching MTCNN over equal-size images gains little on CPU (DESIGN.md), so the
+        # default is a loop; a detector that can batch overrides this.
+        return [self.detect(image) for image in images]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def sort_faces(faces: list[Face]) -> list[Face]:
+    return sorted(faces, key=lambda f: f.score, reverse=True)
+
+
+def clip_box(
+    box: tuple[float, float, float, float], width: int, height: int
+) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return (
+        min(max(x1, 0.0), float(width)),
+        min(max(y1, 0.0), float(height)),
+        min(max(x2, 0.0), float(width)),
+        min(max(y2, 0.0), float(height)),
+    )
+
+
+def downscale(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, tuple[float, float]]:
+    """A copy whose longer side is at most ``max_side``, and the (x, y) factors that map its
+    pixel coordinates back to the original (detection cost grows with pixels, accuracy barely)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    if max_side is None or longest <= max_side:
+        return image, (1.0, 1.0)
+    scale = max_side / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    # Map back with the exact per-axis ratios actually applied (the size was rounded).
+    return small, (width / size[0], height / size[1])

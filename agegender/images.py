@@ -1,0 +1,156 @@
+"""Decode any image file a user may point us at into one array convention: H x W x 3 uint8 RGB.
+
+Photos arrive rotated by their EXIF tag, as grayscale, palette, RGBA, CMYK or 16-bit files,
+truncated by a failed copy, or as something that is not an image at all. Every consumer
+(detection, alignment, dataset preprocessing, prediction) wants the same thing, and every
+failure must become a short reason a CSV row can carry, so both live here, once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Default decompression-bomb guard: PIL's own default limit (~89.5 megapixels, about a
+#: 11000 x 8000 photo). A decoded RGB image of that size already takes ~270 MB.
+DEFAULT_MAX_PIXELS: int = int(1024 * 1024 * 1024 // 4 // 3)
+
+
+class ImageLoadError(ValueError):
+    """A file could not be turned into an image; ``reason`` is short enough for a CSV cell."""
+
+    def __init__(self, reason: str, path: str | os.PathLike[str] | None = None) -> None:
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        super().__init__(reason if path is None else f"{path}: {reason}")
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read ``path`` as an upright H x W x 3 uint8 RGB array or raise :class:`ImageLoadError`.
+
+    The size guard is checked on the header, before any pixel is decoded, so a 20000 x 20000
+    file costs nothing to reject. ``max_pixels=None`` disables our guard (PIL's own hard
+    limit, twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageLoadError("file not found", path) from None
+    except PermissionError:
+        raise ImageLoadError("permission denied", path) from None
+    if path.is_dir():
+        raise ImageLoadError("is a directory", path)
+    if size == 0:
+        raise ImageLoadError("empty file", path)
+    try:
+        with open(path, "rb") as fp, Image.open(fp) as im:
+            _check_size(im.size, max_pixels, path)
+            im.load()
+            return _to_rgb_array(ImageOps.exif_transpose(im))
+    except ImageLoadError:
+        raise
+    except PermissionError:
+        raise ImageLoadError("permission denied", path) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError("not an image", path) from None
+    except Image.DecompressionBombError as exc:
+        size = _header_size(path)
+        detail = f"{size[0]}x{size[1]}" if size else f"{_first_number(str(exc))} pixels"
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL's hard limit is the one that refused
+        raise ImageLoadError(f"too large: {detail} (limit {limit} pixels)", path) from None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise ImageLoadError("permission denied", path) from None
+        text = str(exc)
+        if "truncated" in text or "broken data stream" in text or "premature end" in text:
+            raise ImageLoadError("truncated image", path) from None
+        raise ImageLoadError(f"corrupt image ({text})", path) from None
+    except (SyntaxError, ValueError, EOFError) as exc:
+        # PIL plugins report malformed headers/chunks with these.
+        raise ImageLoadError(f"corrupt image ({exc})", path) from None
+    except MemoryError:
+        raise ImageLoadError("out of memory while decoding", path) from None
+
+
+def _check_size(size: tuple[int, int], max_pixels: int | None, path: Path) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(f"invalid size: {width}x{height}", path)
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLoadError(f"too large: {width}x{height} (limit {max_pixels} pixels)", path)
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from the header alone, for the error message of an image so large
+    that ``Image.open`` itself refuses it (PIL checks the size inside ``open``, before we can
+    read ``im.size``). Goes through PIL's format plugins as ``Image.open`` does, minus the
+    check, rather than switching PIL's process-wide limit off."""
+    Image.init()
+    with open(path, "rb") as fp:
+        prefix = fp.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None and not accept(prefix):
+                continue
+            fp.seek(0)
+            try:
+                return factory(fp, str(path)).size
+            except Exception:  # noqa: BLE001 - any plugin failure: try the next format
+                continue
+    return None
+
+
+def _first_number(text: str) -> str:
+    for token in text.replace("(", " ").split():
+        if token.isdigit():
+            return token
+    return "?"
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> H x W x 3 uint8 RGB, keeping the full dynamic range of deep images."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return np.repeat(_deep_to_uint8(np.asarray(im), mode)[:, :, None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        # Transparent pixels hold arbitrary colours (often black); show them as white paper.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB")).copy()
+    # L, 1, P, CMYK, YCbCr, LAB, HSV: PIL's converters are exact for these.
+    return np.asarray(im.convert("RGB")).copy()
+
+
+def _deep_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit and 32-bit single-channel images: scale, never clip, to 0..255.
+
+    16-bit files (``I;16*``, and ``I`` images whose values fit 16 bits) use their full
+    0..65535 range; float images in 0..1 are scaled by 255; anything else is stretched by
+    its own min/max so the picture stays visible.
+    """
+    values = values.astype(np.float64)
+    if values.size == 0:
+        return values.astype(np.uint8)
+    lo, hi = float(values.min()), float(values.max())
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi > 255 and hi <= 65535):
+        scaled = values / 257.0
+    elif mode == "F" and lo >= 0.0 and hi <= 1.0:
+        scaled = values * 255.0
+    elif lo >= 0 and hi <= 255:
+        scaled = values
+    else:
+        scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

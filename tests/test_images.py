@@ -1,0 +1,174 @@
+"""load_image: every mode becomes upright H x W x 3 uint8 RGB; every bad file a short reason."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender.images import ImageLoadError, load_image
+
+
+def _gradient(h: int = 40, w: int = 60) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 4 % 256, y * 6 % 256, (x + y) * 2 % 256], axis=2).astype(np.uint8)
+
+
+def write_huge_png(path: Path, width: int, height: int) -> None:
+    """A valid PNG header announcing width x height with almost no data (a cheap 'bomb')."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_rgb_png_round_trip_is_exact(tmp_path: Path) -> None:
+    rgb = _gradient()
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    out = load_image(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and out.shape == (40, 60, 3)
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_grayscale_becomes_three_equal_channels(tmp_path: Path) -> None:
+    gray = _gradient()[:, :, 0]
+    Image.fromarray(gray, mode="L").save(tmp_path / "g.png")
+    out = load_image(tmp_path / "g.png")
+    assert out.shape == (40, 60, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], gray)
+
+
+def test_rgba_transparent_pixels_become_white_opaque_ones_keep_colour(tmp_path: Path) -> None:
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[:, :5] = (10, 200, 30, 255)  # opaque green-ish
+    rgba[:, 5:] = (0, 0, 0, 0)  # fully transparent black
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "t.png")
+    out = load_image(tmp_path / "t.png")
+    assert out.shape == (10, 10, 3)
+    assert (out[:, :5] == (10, 200, 30)).all()
+    assert (out[:, 5:] == 255).all()
+
+
+def test_cmyk_jpeg_keeps_its_colour(tmp_path: Path) -> None:
+    colour = (200, 100, 50)
+    rgb = np.zeros((32, 32, 3), np.uint8) + np.array(colour, np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    assert Image.open(tmp_path / "c.jpg").mode == "CMYK"
+    out = load_image(tmp_path / "c.jpg")
+    assert out.shape == (32, 32, 3)
+    assert np.abs(out.astype(int) - colour).max() <= 6
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    values = np.array([[0, 1000, 32896, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "d.png")
+    assert Image.open(tmp_path / "d.png").mode.startswith("I")
+    out = load_image(tmp_path / "d.png")
+    np.testing.assert_array_equal(out[0, :, 0], [0, 4, 128, 255])  # clipping would give 255s
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    upright = _gradient(30, 50)
+    # Orientation 6 = "rotate 90 CW to display": store the pixels rotated 90 CCW.
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "r.png", exif=exif)
+    out = load_image(tmp_path / "r.png")
+    np.testing.assert_array_equal(out, upright)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is not a picture\n" * 4, "not an image"),
+    ],
+)
+def test_bad_bytes_named_jpg(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path)
+    assert info.value.reason == reason
+    assert isinstance(info.value, ValueError)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_jpeg(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buf, format="JPEG"
+    )
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageLoadError, match="truncated image"):
+        load_image(path)
+
+
+def test_huge_image_is_refused_from_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    write_huge_png(path, 20000, 20000)
+    assert path.stat().st_size < 1000
+    with pytest.raises(ImageLoadError, match=r"too large: 20000x20000"):
+        load_image(path)
+    # Our guard is configurable; PIL's hard limit still refuses 400 MP, with a clear reason.
+    with pytest.raises(ImageLoadError, match=r"too large: 20000x20000 \(limit \d+ pixels\)"):
+        load_image(path, max_pixels=None)
+    with pytest.raises(ImageLoadError, match=r"too large: 300x200"):
+        Image.fromarray(_gradient(200, 300)).save(tmp_path / "small.png")
+        load_image(tmp_path / "small.png", max_pixels=300 * 200 - 1)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(ImageLoadError, match="file not found"):
+        load_image(tmp_path / "nope.jpg")
+    with pytest.raises(ImageLoadError, match="is a directory"):
+        load_image(tmp_path)
+
+
+def test_permission_denied_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "locked.png"
+    Image.fromarray(_gradient()).save(path)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("agegender.images.open", refuse, raising=False)
+    with pytest.raises(ImageLoadError, match="permission denied"):
+        load_image(path)
+
+
+def test_permission_denied_real(tmp_path: Path) -> None:
+    path = tmp_path / "locked.png"
+    Image.fromarray(_gradient()).save(path)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not stop reads (simulated test covers it)")
+        with pytest.raises(ImageLoadError, match="permission denied"):
+            load_image(path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_samples_load(samples_dir: Path) -> None:
+    for name in ("astronaut.jpg", "camera.png", "obama.jpg", "biden.jpg"):
+        out = load_image(samples_dir / name)
+        assert out.ndim == 3 and out.shape[2] == 3 and out.dtype == np.uint8
