@@ -95,8 +95,10 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
             "Lightning checkpoint whose hyper-parameters are OmegaConf objects must be "
             "re-saved with plain dicts."
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({exc})") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError... on junk
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt
