@@ -10,10 +10,14 @@ from typing import Any
 
 from torch import nn
 
+from agegender.models.backbones import InceptionResnetAgeGender, resnet18, resnet50
 from agegender.models.levi_hassner import LeviHassnerNet
 
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "levi_hassner": LeviHassnerNet,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "inception_resnet_v1": InceptionResnetAgeGender,
 }
 
 

@@ -1,0 +1,177 @@
+"""Transfer-learning networks: torchvision ResNet-18/50 and facenet-pytorch InceptionResnetV1,
+each with the same age/gender heads as the Levi-Hassner net.
+
+They follow the package input convention (RGB in [0, 255], see :mod:`agegender.models`):
+each one carries the normalisation its pretrained weights expect as its first layer. Every
+network exposes ``backbone`` (the pretrained part, what fine-tuning freezes and gives a lower
+learning rate) and ``heads`` (one linear layer per task), so optimiser construction and the
+fine-tuning callback treat all of them alike.
+
+Nothing here downloads or reads files: the constructors never pass ``weights=``/``pretrained=``
+to the libraries (their downloads would hang offline). Pretrained weights are loaded into
+:meth:`load_backbone_state` by :mod:`agegender.training.pretrained`, which owns the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from facenet_pytorch import InceptionResnetV1
+from torch import nn
+from torchvision import models as tv_models
+
+from agegender.labels import TASK_NUM_CLASSES
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` per channel, with mean/std given in 0-255 pixel units."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    unknown = set(tasks) - set(TASK_NUM_CLASSES)
+    if unknown or not tasks:
+        raise ValueError(f"tasks must be a non-empty subset of {sorted(TASK_NUM_CLASSES)}")
+    return tuple(tasks)
+
+
+class _HeadedBackbone(nn.Module):
+    """normalize -> backbone (features) -> dropout -> one linear head per task."""
+
+    input_size: int
+    resize_size: int
+    #: Prefixes the library's own checkpoints use for layers we drop (their classifier).
+    _foreign_prefixes: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        normalize: nn.Module,
+        backbone: nn.Module,
+        features: int,
+        tasks: Sequence[str],
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.tasks = _check_tasks(tasks)
+        self.normalize = normalize
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.ModuleDict(
+            {t: nn.Linear(features, TASK_NUM_CLASSES[t]) for t in self.tasks}
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.dropout(self.backbone(self.normalize(x)))
+        return {t: self.heads[t](features) for t in self.tasks}
+
+    def load_backbone_state(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load the library's pretrained weights into the backbone, dropping its classifier.
+
+        Strict on everything else: a file for the wrong architecture must fail loudly, not
+        leave half the network at random init.
+        """
+        kept = {
+            k: v
+            for k, v in state_dict.items()
+            if not any(k.startswith(p) for p in self._foreign_prefixes)
+        }
+        self._pretrained_target().load_state_dict(kept, strict=True)
+
+    def _pretrained_target(self) -> nn.Module:
+        """The module the library's checkpoints are keyed against."""
+        return self.backbone
+
+
+class ResNetAgeGender(_HeadedBackbone):
+    """torchvision ResNet (ImageNet statistics inside), 224 crops of 256 faces."""
+
+    input_size = 224
+    resize_size = 256
+    _foreign_prefixes = ("fc.",)
+
+    def __init__(
+        self, arch: str = "resnet18", tasks: Sequence[str] = ("age", "gender"), dropout: float = 0.0
+    ) -> None:
+        if arch not in ("resnet18", "resnet50"):
+            raise ValueError(f"arch must be 'resnet18' or 'resnet50', got {arch!r}")
+        net = getattr(tv_models, arch)(weights=None)
+        features = net.fc.in_features
+        net.fc = nn.Identity()
+        normalize = Standardize(
+            [255.0 * m for m in IMAGENET_MEAN], [255.0 * s for s in IMAGENET_STD]
+        )
+        super().__init__(normalize, net, features, tasks, dropout)
+        self.arch = arch
+
+
+class _FacenetTrunk(nn.Module):
+    """InceptionResnetV1 up to its 512-d bottleneck, *before* the L2 normalisation: linear
+    heads on unit-norm embeddings would see features ~100x smaller than they are trained for."""
+
+    def __init__(self, dropout_prob: float) -> None:
+        super().__init__()
+        # pretrained=None: facenet-pytorch would otherwise download at construction time.
+        self.net = InceptionResnetV1(pretrained=None, classify=False, dropout_prob=dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        for layer in (
+            n.conv2d_1a,
+            n.conv2d_2a,
+            n.conv2d_2b,
+            n.maxpool_3a,
+            n.conv2d_3b,
+            n.conv2d_4a,
+            n.conv2d_4b,
+            n.repeat_1,
+            n.mixed_6a,
+            n.repeat_2,
+            n.mixed_7a,
+            n.repeat_3,
+            n.block8,
+            n.avgpool_1a,
+        ):
+            x = layer(x)
+        x = n.dropout(x)
+        return n.last_bn(n.last_linear(torch.flatten(x, 1)))
+
+
+class InceptionResnetAgeGender(_HeadedBackbone):
+    """facenet-pytorch InceptionResnetV1 (face recognition features), 160 crops of 182 faces,
+    input standardised as facenet-pytorch's ``fixed_image_standardization`` does."""
+
+    input_size = 160
+    resize_size = 182
+    _foreign_prefixes = ("logits.",)
+
+    def __init__(
+        self,
+        tasks: Sequence[str] = ("age", "gender"),
+        dropout: float = 0.0,
+        backbone_dropout: float = 0.6,
+    ) -> None:
+        normalize = Standardize((127.5, 127.5, 127.5), (128.0, 128.0, 128.0))
+        super().__init__(normalize, _FacenetTrunk(backbone_dropout), 512, tasks, dropout)
+
+    def _pretrained_target(self) -> nn.Module:
+        # facenet-pytorch checkpoints are keyed like the bare InceptionResnetV1.
+        return self.backbone.net
+
+
+def resnet18(tasks: Sequence[str] = ("age", "gender"), dropout: float = 0.0) -> ResNetAgeGender:
+    return ResNetAgeGender("resnet18", tasks, dropout)
+
+
+def resnet50(tasks: Sequence[str] = ("age", "gender"), dropout: float = 0.0) -> ResNetAgeGender:
+    return ResNetAgeGender("resnet50", tasks, dropout)

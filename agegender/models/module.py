@@ -1,0 +1,214 @@
+"""The LightningModule: any network of :mod:`agegender.models` + masked per-task losses,
+metrics and the optimiser/scheduler of the chosen protocol.
+
+The network is held as ``self.model = build_model(model_name, **model_kwargs)`` and every
+constructor argument is saved as plain data (str/number/list/dict) in the hyper-parameters,
+so :func:`agegender.checkpoints.load_model` rebuilds the network from a Lightning checkpoint
+and the checkpoint loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from agegender.labels import TASK_NUM_CLASSES
+from agegender.models.registry import build_model
+from agegender.training.metrics import StageMetrics
+from agegender.training.optim import build_optimizer, build_scheduler
+
+#: Evaluation stages: validation (centre crop) and the two test protocols, in the order of
+#: the test dataloaders (0 = centre crop, 1 = 10-crop over-sampling).
+TEST_STAGES: tuple[str, ...] = ("test", "test_10crop")
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> dicts/lists, so hyper-parameters never pickle omegaconf."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def masked_targets(batch: Mapping[str, torch.Tensor], task: str) -> torch.Tensor:
+    """Boolean N: samples whose ``task`` label is known (mask and label both say so)."""
+    target = batch[task]
+    known = target >= 0
+    mask = batch.get(f"{task}_mask")
+    return known if mask is None else known & mask.to(torch.bool)
+
+
+class AgeGenderModule(pl.LightningModule):
+    """Train/evaluate a network registered in :data:`agegender.models.MODEL_BUILDERS`.
+
+    Args:
+        model_name, model_kwargs: the network (tasks are ``model_kwargs["tasks"]``).
+        pretrained: backbone weights (file path or library weight name), loaded once at
+            construction; not needed to rebuild from a checkpoint (weights are in it).
+        input_size, resize_size: crop and resize sizes the data must use; checked against the
+            network's own class attributes so a config cannot feed it the wrong size.
+        loss_weights: per-task weight of the cross-entropy (missing tasks: 1.0).
+        label_smoothing: cross-entropy label smoothing (0 in the paper).
+        optimizer, scheduler: see :func:`agegender.training.optim.build_optimizer` and
+            :func:`~agegender.training.optim.build_scheduler`.
+        channels_last: NHWC memory format for the convolutions (faster on CPU and GPU).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "levi_hassner",
+        model_kwargs: Mapping[str, Any] | None = None,
+        pretrained: str | None = None,
+        input_size: int | None = None,
+        resize_size: int | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        model_kwargs = _plain(dict(model_kwargs or {}))
+        self.model = build_model(model_name, **model_kwargs)
+        for key, value in (("input_size", input_size), ("resize_size", resize_size)):
+            expected = getattr(self.model, key, None)
+            if value is not None and expected is not None and int(value) != expected:
+                raise ValueError(f"{model_name} takes {key}={expected}, config says {value}")
+        input_size = input_size or getattr(self.model, "input_size", None)
+        resize_size = resize_size or getattr(self.model, "resize_size", None)
+        if pretrained:
+            from agegender.training.pretrained import load_pretrained
+
+            load_pretrained(self.model, model_name, pretrained)
+        self.tasks: tuple[str, ...] = tuple(self.model.tasks)
+        weights = _plain(dict(loss_weights or {}))
+        unknown = set(weights) - set(TASK_NUM_CLASSES)
+        if unknown:
+            raise ValueError(f"loss_weights for unknown tasks: {sorted(unknown)}")
+        self.loss_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.save_hyperparameters(
+            {
+                "model_name": model_name,
+                "model_kwargs": model_kwargs,
+                "pretrained": pretrained,
+                "input_size": input_size,
+                "resize_size": resize_size,
+                "loss_weights": self.loss_weights,
+                "label_smoothing": float(label_smoothing),
+                "optimizer": _plain(dict(optimizer or {"lr": 1e-3})),
+                "scheduler": _plain(dict(scheduler or {})),
+                "channels_last": bool(channels_last),
+            }
+        )
+        self.metrics = nn.ModuleDict({s: StageMetrics(self.tasks) for s in ("val", *TEST_STAGES)})
+        #: Results of the last evaluation epoch per stage: scalars and confusion matrices.
+        self.results: dict[str, dict[str, float]] = {}
+        self.confusion: dict[str, dict[str, torch.Tensor]] = {}
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    # -- forward and losses --------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def task_losses(
+        self, logits: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Mean cross-entropy over the samples labelled for each task; a batch without any
+        label for a task contributes an exact zero (still attached to the graph, for DDP)."""
+        losses = {}
+        for task in self.tasks:
+            known = masked_targets(batch, task)
+            if known.any():
+                losses[task] = F.cross_entropy(
+                    logits[task][known],
+                    batch[task][known],
+                    label_smoothing=self.hparams.label_smoothing,
+                )
+            else:
+                losses[task] = logits[task].sum() * 0.0
+        return losses
+
+    def total_loss(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.loss_weights[t] * losses[t] for t in self.tasks)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = self.task_losses(self(batch["image"]), batch)
+        loss = self.total_loss(losses)
+        n = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for task, value in losses.items():
+            self.log(f"train/{task}_loss", value, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["image"])
+        losses = self.task_losses(logits, batch)
+        self.log("val/loss", self.total_loss(losses), batch_size=batch["image"].shape[0])
+        self._update("val", logits, batch)
+
+    def test_step(
+        self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        images = batch["image"]
+        if images.ndim == 5:
+            # Over-sampling: N x K x 3 x S x S -> average the K crops' probabilities.
+            n, k = images.shape[:2]
+            logits = self(images.flatten(0, 1))
+            scores = {t: v.softmax(dim=1).view(n, k, -1).mean(dim=1) for t, v in logits.items()}
+            stage = "test_10crop"
+        else:
+            scores = {t: v.softmax(dim=1) for t, v in self(images).items()}
+            stage = "test"
+        self._update(stage, scores, batch)
+
+    def _update(
+        self, stage: str, scores: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
+    ) -> None:
+        for task in self.tasks:
+            known = masked_targets(batch, task)
+            self.metrics[stage].update(task, scores[task][known], batch[task][known])
+
+    def _finish(self, stages: Sequence[str]) -> None:
+        for stage in stages:
+            scalars, confusion = self.metrics[stage].compute_and_reset(stage)
+            if not scalars:
+                continue
+            self.results[stage] = scalars
+            self.confusion[stage] = confusion
+            # Already reduced across processes by torchmetrics: no sync_dist needed. Loggers
+            # get the headline figures; per-class values go to metrics.json (self.results).
+            headline = {
+                k: v for k, v in scalars.items() if "_class/" not in k and "_count" not in k
+            }
+            self.log_dict(headline, add_dataloader_idx=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish(["val"])
+
+    def on_test_epoch_end(self) -> None:
+        self._finish(TEST_STAGES)
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.model, self.hparams.optimizer)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, float(total))
+        if scheduler is None:
+            return {"optimizer": optimizer}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

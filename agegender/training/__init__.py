@@ -1,0 +1,6 @@
+"""Everything a training run needs beyond the networks: optimiser parameter groups (the paper's
+per-layer learning-rate and decay multipliers), metrics, confusion-matrix plots, metrics.json,
+pretrained-weight files, the fine-tuning callback and the run function ``train.py`` calls.
+
+Prediction never imports this package (it would pull in Lightning and Hydra for nothing).
+"""

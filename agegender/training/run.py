@@ -1,0 +1,129 @@
+"""One training run, as ``train.py`` performs it: seed, instantiate, fit, evaluate the best
+checkpoint (validation, then centre-crop and 10-crop test), write ``metrics.json`` and the
+confusion matrices into the run directory, return the objective.
+
+The objective is a validation metric of the best checkpoint (``optimized_metric``), never a
+test metric: sweeps select on it, and the test folds stay unseen until the final report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from agegender.training.metrics import CLASS_NAMES
+from agegender.training.report import plot_confusion, write_metrics_json
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def resolve_ckpt_path(spec: str | None, output_dir: Path) -> str | None:
+    """``ckpt_path``: None (fresh run), ``last`` (this run directory's last checkpoint: pair
+    it with ``hydra.run.dir=<the interrupted run>``), a run directory, or a ``.ckpt`` file."""
+    if spec in (None, "", "null"):
+        return None
+    if spec == "last":
+        path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+        hint = "set hydra.run.dir to the interrupted run's directory, or pass its path"
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            candidates = [path / CHECKPOINT_DIR / LAST_CHECKPOINT, path / LAST_CHECKPOINT]
+            path = next((p for p in candidates if p.is_file()), candidates[0])
+        hint = "pass a .ckpt file or a run directory holding checkpoints/last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={spec}: no checkpoint at {path}; {hint}")
+    return str(path)
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Every entry of a callbacks/logger group that has a ``_target_`` (null entries skip)."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def write_report(module: pl.LightningModule, output_dir: Path) -> dict[str, float]:
+    """metrics.json (every stage's scalars) + confusion_<stage>_<task>.png."""
+    metrics: dict[str, float] = {}
+    for stage, scalars in module.results.items():
+        metrics.update(scalars)
+        for task, matrix in module.confusion.get(stage, {}).items():
+            plot_confusion(
+                matrix,
+                CLASS_NAMES[task],
+                f"{task}: {stage.replace('_', ' ')}",
+                output_dir / f"confusion_{stage}_{task}.png",
+            )
+    write_metrics_json(metrics, output_dir / METRICS_FILE)
+    return metrics
+
+
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
+    """Fit and/or evaluate as ``cfg`` says; return ``cfg.optimized_metric`` (None if unset)."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    # Not recursive: optimizer/scheduler blocks are plain settings the module keeps as
+    # hyper-parameters (a `_target_` there names a class, it is not built here).
+    module: pl.LightningModule = instantiate(cfg.model, _recursive_=False)
+    callbacks = [*_instantiate_group(cfg.get("callbacks")), *extra_callbacks]
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(output_dir),
+    )
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        eval_ckpt = _best_checkpoint(trainer)
+    else:
+        eval_ckpt = ckpt_path
+        if eval_ckpt is None:
+            log.warning("train=false and no ckpt_path: evaluating an untrained network")
+
+    trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+    if cfg.get("test", True):
+        trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt)
+
+    metrics = {k: v for scalars in module.results.values() for k, v in scalars.items()}
+    if trainer.is_global_zero:
+        write_report(module, output_dir)
+        log.info("metrics written to %s (evaluated %s)", output_dir / METRICS_FILE, eval_ckpt)
+
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name.startswith("test"):
+        raise ValueError(f"optimized_metric={name}: sweeps must select on validation, not test")
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name} was not computed; available: {sorted(metrics)}")
+    return metrics[name]
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best-by-validation checkpoint, else the last one, else None (current weights)."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            if callback.best_model_path:
+                return callback.best_model_path
+            if callback.last_model_path:
+                return callback.last_model_path
+    log.warning("no checkpoint was written: evaluating the final weights")
+    return None

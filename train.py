@@ -1,0 +1,21 @@
+"""Fit and test one fold: ``python train.py [experiment=levi_hassner] [data.fold=0] ...``.
+
+Thin Hydra entry; the run itself is :func:`agegender.training.run.train`. Returns the
+validation objective (``optimized_metric``) for sweeps.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from agegender.training.run import train
+
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
