@@ -1,0 +1,40 @@
+"""Prediction: inputs (images, folders, videos) -> faces -> age/gender -> CSV + pictures.
+
+Used by ``predict.py``; import nothing from training here (start-up time, DESIGN.md).
+"""
+
+from agegender.inference.classifier import FaceClassifier
+from agegender.inference.csv_writer import COLUMNS, PROB_COLUMNS, PredictionWriter, result_rows
+from agegender.inference.inputs import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    InputItem,
+    InputNotFoundError,
+    iter_inputs,
+    list_files,
+    scan_inputs,
+)
+from agegender.inference.pipeline import ImageResult, Pipeline
+from agegender.inference.run import build_classifier, predict, predict_from_config
+from agegender.inference.summary import Summary
+
+__all__ = [
+    "COLUMNS",
+    "IMAGE_EXTENSIONS",
+    "PROB_COLUMNS",
+    "VIDEO_EXTENSIONS",
+    "FaceClassifier",
+    "ImageResult",
+    "InputItem",
+    "InputNotFoundError",
+    "Pipeline",
+    "PredictionWriter",
+    "Summary",
+    "build_classifier",
+    "iter_inputs",
+    "list_files",
+    "predict",
+    "predict_from_config",
+    "result_rows",
+    "scan_inputs",
+]

@@ -1,0 +1,79 @@
+"""Annotated copies of the inputs: a box and "gender, age" label per face."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from agegender.inference.csv_writer import LABELS
+from agegender.inference.pipeline import ImageResult
+
+#: Suffixes OpenCV writes as-is; anything else (and video frames) is saved as .jpg beside.
+WRITABLE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+#: Box colours (BGR): male blue-ish, female red-ish, unknown grey.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "male": (230, 140, 30),
+    "female": (60, 40, 230),
+    "": (160, 160, 160),
+}
+
+
+def annotated_path(root: str | os.PathLike[str], relpath: str) -> Path:
+    """``a/b.png`` -> ROOT/a/b.png, ``v.mp4#frame=30`` -> ROOT/v.mp4_frame000030.jpg,
+    ``c.gif`` -> ROOT/c.gif.jpg (keeps names unique and next to their source's)."""
+    match = re.fullmatch(r"(.*)#frame=(\d+)", relpath)
+    if match:
+        return Path(root) / f"{match.group(1)}_frame{int(match.group(2)):06d}.jpg"
+    path = Path(root) / relpath
+    return path if path.suffix.lower() in WRITABLE_SUFFIXES else path.with_name(path.name + ".jpg")
+
+
+def label_of(result: ImageResult, i: int) -> tuple[str, str]:
+    parts = {}
+    for task in ("gender", "age"):
+        probs = result.probs.get(task)
+        parts[task] = "" if probs is None else LABELS[task][int(np.argmax(probs[i]))]
+    text = ", ".join(p for p in (parts["gender"], parts["age"]) if p)
+    return text, parts["gender"]
+
+
+def draw(result: ImageResult) -> np.ndarray:
+    """A BGR copy of the input with every face boxed and labelled."""
+    canvas = cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
+    height, width = canvas.shape[:2]
+    thickness = max(1, round(max(height, width) / 400))
+    font_scale = max(0.4, max(height, width) / 1200)
+    for i, face in enumerate(result.faces):
+        x1, y1, x2, y2 = (round(v) for v in face.box)
+        text, gender = label_of(result, i)
+        colour = COLOURS.get(gender, COLOURS[""])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        ty = y1 - 4 if y1 - th - base - 4 >= 0 else min(y2 + th + 4, height - base)
+        cv2.rectangle(canvas, (x1, ty - th - 2), (x1 + tw + 2, ty + base), colour, cv2.FILLED)
+        cv2.putText(
+            canvas,
+            text,
+            (x1 + 1, ty),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
+    return canvas
+
+
+def save_annotated(result: ImageResult, root: str | os.PathLike[str]) -> Path | None:
+    """Write the annotated copy (inputs that decoded, with or without faces); None otherwise."""
+    if result.image is None:
+        return None
+    path = annotated_path(root, result.item.relpath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), draw(result)):
+        raise OSError(f"cannot write {path}")
+    return path

@@ -1,0 +1,149 @@
+"""What ``input=PATH`` means: one image, every file under a folder, or frames of a video.
+
+Rule (documented in the README): a folder is walked recursively in sorted order. A file is
+an input when its extension (case-insensitive) is an image format Pillow reads (``.jpg``,
+``.png``, ``.webp``, ``.tif``, ``.gif``, ``.bmp``, ... :data:`IMAGE_EXTENSIONS`) or a video
+format (:data:`VIDEO_EXTENSIONS`); it then ALWAYS gets at least one row, so a text file named
+``.jpg`` gets ``error: not an image``. Other files (``notes.txt``, ``labels.csv``, files
+without an extension) and hidden files/folders (``.DS_Store``, ``.git``) are not inputs: they
+are counted and listed as skipped in the closing summary, never dropped silently. A path
+given directly as ``input=FILE`` is always an input, whatever its extension.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Extensions read frame by frame with OpenCV (``video.stride``), case-insensitive.
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
+)
+
+
+def _image_extensions() -> frozenset[str]:
+    from PIL import Image
+
+    Image.init()
+    # registered_extensions() also lists write-only formats (.pdf): keep those Pillow can open.
+    return frozenset(
+        ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
+    )
+
+
+#: Extensions read as images in a folder (everything Pillow has a decoder for).
+IMAGE_EXTENSIONS: frozenset[str] = _image_extensions()
+
+
+class InputNotFoundError(FileNotFoundError):
+    """``input`` names nothing: a configuration error, not a bad file."""
+
+
+@dataclass
+class InputItem:
+    """One unit of work: an image file to decode, or an already decoded video frame.
+
+    ``path`` is what the CSV shows (``file.mp4#frame=N`` for frames); ``relpath`` names the
+    annotated copy under ``DIR/annotated/``.
+    """
+
+    path: str
+    relpath: str
+    file: Path | None = None
+    image: np.ndarray | None = None
+    error: str | None = None
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def is_input_file(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS
+
+
+def scan_inputs(root: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
+    """(inputs, skipped) in sorted order: ``[root]`` for a file, the folder rule above
+    otherwise. Unreadable sub-folders are reported as skipped rather than ignored."""
+    root = Path(root)
+    if root.is_file():
+        return [root], []
+    if not root.is_dir():
+        raise InputNotFoundError(f"input {str(root)!r} is neither a file nor a folder")
+    inputs: list[Path] = []
+    skipped: list[Path] = []
+
+    def unreadable(error: OSError) -> None:
+        skipped.append(Path(error.filename or root))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
+        skipped.extend(Path(dirpath) / d for d in dirnames if d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            path = Path(dirpath) / name
+            keep = not name.startswith(".") and is_input_file(path)
+            (inputs if keep else skipped).append(path)
+    key = lambda p: p.relative_to(root).parts  # noqa: E731
+    return sorted(inputs, key=key), sorted(skipped, key=key)
+
+
+def list_files(root: str | os.PathLike[str]) -> list[Path]:
+    """The inputs of :func:`scan_inputs`, without the skipped list."""
+    return scan_inputs(root)[0]
+
+
+def iter_inputs(
+    root: str | os.PathLike[str], files: list[Path] | None = None, video_stride: int = 10
+) -> Iterator[InputItem]:
+    """Yield one item per image file and per ``video_stride``-th video frame."""
+    if video_stride < 1:
+        raise ValueError(f"video.stride must be >= 1, got {video_stride}")
+    root = Path(root)
+    base = root if root.is_dir() else root.parent
+    for file in list_files(root) if files is None else files:
+        rel = file.relative_to(base).as_posix()
+        if is_video(file):
+            yield from iter_video_frames(file, rel, video_stride)
+        else:
+            yield InputItem(path=str(file), relpath=rel, file=file)
+
+
+def iter_video_frames(file: Path, relpath: str, stride: int) -> Iterator[InputItem]:
+    """Every ``stride``-th frame (0, stride, 2*stride...) as RGB; an unreadable video is one
+    error item, a video that stops early ends quietly (its last frames are its last rows)."""
+    import cv2
+
+    if not os.access(file, os.R_OK):
+        yield InputItem(str(file), relpath, file=file, error="permission denied")
+        return
+    capture = cv2.VideoCapture(str(file))
+    try:
+        if not capture.isOpened():
+            yield InputItem(str(file), relpath, file=file, error="cannot open video")
+            return
+        index = 0
+        emitted = 0
+        while True:
+            # grab() skips decoding of frames we do not keep.
+            if not capture.grab():
+                break
+            if index % stride == 0:
+                ok, frame = capture.retrieve()
+                name = f"{file}#frame={index}"
+                rel = f"{relpath}#frame={index}"
+                if ok and frame is not None:
+                    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                    yield InputItem(name, rel, file=file, image=rgb)
+                else:
+                    yield InputItem(name, rel, file=file, error="cannot decode frame")
+                emitted += 1
+            index += 1
+        if emitted == 0:
+            yield InputItem(str(file), relpath, file=file, error="video has no readable frames")
+    finally:
+        capture.release()

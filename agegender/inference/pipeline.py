@@ -1,0 +1,134 @@
+"""Decode + detect + align in loader threads, classify faces of many images in batches.
+
+Decoding (PIL releases the GIL) and detection run ahead of the network in a small thread
+pool with a bounded window, so a folder of 100k photos or a long video never sits in
+memory at once; results come back in input order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from agegender.faces import Detector, Face, align_face
+from agegender.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from agegender.inference.classifier import FaceClassifier
+from agegender.inference.inputs import InputItem
+
+
+@dataclass
+class ImageResult:
+    """Everything known about one input: its faces and their class probabilities
+    (``probs[task]`` is len(faces) x C), or the reason it failed."""
+
+    item: InputItem
+    faces: list[Face] = field(default_factory=list)
+    probs: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+    image: np.ndarray | None = None  # kept only when annotated copies are wanted
+    crops: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return f"error: {self.error}"
+        return "ok" if self.faces else "no_face"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        detector: Detector,
+        classifier: FaceClassifier,
+        batch_size: int = 32,
+        workers: int = 2,
+        prefetch: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        keep_images: bool = True,
+    ) -> None:
+        if batch_size < 1 or workers < 1:
+            raise ValueError("batch_size and workers must be >= 1")
+        self.detector = detector
+        self.classifier = classifier
+        self.batch_size = batch_size
+        self.workers = workers
+        self.prefetch = prefetch or max(4 * workers, 8)
+        self.max_pixels = max_pixels
+        self.keep_images = keep_images
+        # Detectors wrap stateful nets (cv2.dnn, torch modules): one call at a time, while the
+        # other threads decode.
+        self._detect_lock = threading.Lock()
+
+    def prepare(self, item: InputItem) -> ImageResult:
+        """Runs in a loader thread; a failure becomes the result's error, never an exception."""
+        if item.error is not None:
+            return ImageResult(item, error=item.error)
+        try:
+            image = item.image if item.image is not None else load_image(item.file, self.max_pixels)
+        except ImageLoadError as exc:
+            return ImageResult(item, error=exc.reason)
+        except Exception as exc:  # noqa: BLE001 - contract: a bad file never stops the run
+            return ImageResult(item, error=f"cannot read ({type(exc).__name__}: {exc})")
+        item.image = None  # the result owns the pixels from here on
+        try:
+            with self._detect_lock:
+                faces = self.detector.detect(image)
+            crops = [self.classifier.preprocess(align_face(image, face)) for face in faces]
+        except Exception as exc:  # noqa: BLE001
+            return ImageResult(item, error=f"detection failed ({type(exc).__name__}: {exc})")
+        return ImageResult(
+            item, faces=faces, image=image if self.keep_images else None, crops=crops
+        )
+
+    def run(self, items: Iterable[InputItem]) -> Iterator[ImageResult]:
+        """Results in input order, each with probabilities for all its faces."""
+        iterator = iter(items)
+        window: deque[Future[ImageResult]] = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="agegender-load") as pool:
+
+            def fill() -> None:
+                while len(window) < self.prefetch:
+                    item = next(iterator, None)
+                    if item is None:
+                        return
+                    window.append(pool.submit(self.prepare, item))
+
+            fill()
+            pending: list[ImageResult] = []
+            n_faces = 0
+            try:
+                while window:
+                    result = window.popleft().result()
+                    fill()
+                    pending.append(result)
+                    n_faces += len(result.crops)
+                    if n_faces >= self.batch_size:
+                        yield from self._classify(pending)
+                        pending, n_faces = [], 0
+                yield from self._classify(pending)
+            finally:
+                for future in window:
+                    future.cancel()
+
+    def _classify(self, results: list[ImageResult]) -> list[ImageResult]:
+        crops = [crop for result in results for crop in result.crops]
+        if crops:
+            chunks: dict[str, list[np.ndarray]] = {}
+            for start in range(0, len(crops), self.batch_size):
+                batch = torch.stack(crops[start : start + self.batch_size])
+                for task, probs in self.classifier.predict(batch).items():
+                    chunks.setdefault(task, []).append(probs)
+            probs_all = {task: np.concatenate(parts) for task, parts in chunks.items()}
+            offset = 0
+            for result in results:
+                n = len(result.crops)
+                result.probs = {task: p[offset : offset + n] for task, p in probs_all.items()}
+                result.crops = []
+                offset += n
+        return results

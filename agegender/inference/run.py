@@ -1,0 +1,134 @@
+"""A whole prediction run: inputs -> predictions.csv (+ annotated copies) -> summary."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from agegender.faces import Detector, build_detector
+from agegender.images import DEFAULT_MAX_PIXELS
+from agegender.inference.annotate import save_annotated
+from agegender.inference.classifier import FaceClassifier
+from agegender.inference.csv_writer import PredictionWriter
+from agegender.inference.inputs import is_video, iter_inputs, scan_inputs
+from agegender.inference.pipeline import Pipeline
+from agegender.inference.summary import Summary
+
+CSV_NAME = "predictions.csv"
+ANNOTATED_DIR = "annotated"
+
+
+def predict(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    detector: Detector,
+    classifier: FaceClassifier,
+    batch_size: int = 32,
+    workers: int = 2,
+    save_probs: bool = False,
+    annotate: bool = True,
+    video_stride: int = 10,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+) -> Summary:
+    """Predict every face of ``input`` (image, folder or video) into ``output``/predictions.csv.
+
+    Raises only for a missing ``input`` (:class:`InputNotFoundError`); bad files become rows.
+    """
+    output = Path(output)
+    files, skipped = scan_inputs(input)
+    if not files:
+        print(f"agegender: no image or video files under {input}", file=sys.stderr)
+    pipeline = Pipeline(
+        detector,
+        classifier,
+        batch_size=batch_size,
+        workers=workers,
+        max_pixels=max_pixels,
+        keep_images=annotate,
+    )
+    summary = Summary(skipped=[str(p) for p in skipped])
+    has_video = any(is_video(f) for f in files)
+    bar = tqdm(
+        total=None if has_video else len(files),
+        unit="img",
+        desc="predict",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings(), PredictionWriter(output / CSV_NAME, save_probs) as writer:
+        # load_image applies its own size limit and reports it per file; PIL's warning for
+        # images between its soft and hard limits would only be noise on stderr.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for result in pipeline.run(iter_inputs(input, files, video_stride)):
+            writer.write(result)
+            if annotate:
+                try:
+                    save_annotated(result, output / ANNOTATED_DIR)
+                except OSError as exc:
+                    print(f"agegender: {exc}", file=sys.stderr)
+            summary.add(result)
+            bar.update(1)
+    summary.seconds = time.perf_counter() - start
+    bar.close()
+    return summary
+
+
+def build_classifier(
+    checkpoint: str | os.PathLike[str] | None = None,
+    oversample: bool = False,
+    device: str = "cpu",
+    download: bool = True,
+) -> tuple[FaceClassifier, dict[str, Any]]:
+    """The classifier for ``checkpoint`` (ours or train.py's), default the original weights.
+
+    Raises :class:`agegender.weights.WeightsNotFoundError` offline with nothing cached, and
+    :class:`agegender.checkpoints.CheckpointError` for a file that is not a usable checkpoint.
+    """
+    from agegender.checkpoints import load_model
+    from agegender.weights import ensure_original_weights
+
+    path = Path(checkpoint) if checkpoint else ensure_original_weights(download=download)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    model, meta = load_model(path, map_location=device)
+    return FaceClassifier(model, oversample=oversample, device=device), meta
+
+
+def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
+    """What ``predict.py`` runs: builds detector and classifier from the composed config."""
+    scan_inputs(cfg["input"])  # a missing input fails now, before any model is loaded
+    detector_cfg = dict(cfg["detector"])
+    detector = build_detector(detector_cfg.pop("name"), **detector_cfg)
+    classifier, _ = build_classifier(
+        cfg.get("checkpoint"), oversample=bool(cfg.get("oversample", False)), device=cfg["device"]
+    )
+    output = Path(cfg["output"])
+    summary = predict(
+        cfg["input"],
+        output,
+        detector,
+        classifier,
+        batch_size=int(cfg["batch_size"]),
+        workers=int(cfg["workers"]),
+        save_probs=bool(cfg["save_probs"]),
+        annotate=bool(cfg["annotate"]),
+        video_stride=int(cfg["video"]["stride"]),
+        max_pixels=cfg.get("max_pixels"),
+        progress=bool(cfg.get("progress", True)),
+    )
+    print(f"predict: {summary.line()} -> {output / CSV_NAME}")
+    for example in summary.error_examples:
+        print(f"  error: {example}", file=sys.stderr)
+    for path in summary.skipped[:5]:
+        print(f"  skipped (not an image/video file, or hidden): {path}", file=sys.stderr)
+    return summary

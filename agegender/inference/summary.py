@@ -1,0 +1,40 @@
+"""The closing line of a prediction run (and the numbers behind it, for tests and scripts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agegender.inference.pipeline import ImageResult
+
+
+@dataclass
+class Summary:
+    inputs: int = 0
+    faces: int = 0
+    no_face: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    error_examples: list[str] = field(default_factory=list)
+    #: Folder entries that are not inputs by the folder rule (agegender.inference.inputs).
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, result: ImageResult) -> None:
+        self.inputs += 1
+        self.faces += len(result.faces)
+        if result.error is not None:
+            self.errors += 1
+            if len(self.error_examples) < 5:
+                self.error_examples.append(f"{result.item.path}: {result.error}")
+        elif not result.faces:
+            self.no_face += 1
+
+    @property
+    def images_per_second(self) -> float:
+        return self.inputs / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.inputs} inputs, {self.faces} faces, {self.no_face} without a face, "
+            f"{self.errors} errors, {len(self.skipped)} other files skipped "
+            f"in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
+        )

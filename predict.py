@@ -1,0 +1,32 @@
+"""Predict age and gender for every face in an image, a folder or a video.
+
+    python predict.py input=data/samples output=/tmp/out
+
+Writes ``output``/predictions.csv (see DESIGN.md for the columns) and annotated copies.
+Exit code 0 even when some inputs are bad (they get ``error: ...`` rows); non-zero only for
+a bad configuration, a missing input or missing weights.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+@hydra.main(config_path="conf", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from agegender.checkpoints import CheckpointError
+    from agegender.inference import InputNotFoundError, predict_from_config
+    from agegender.weights import WeightsNotFoundError
+
+    try:
+        predict_from_config(OmegaConf.to_container(cfg, resolve=True))
+    except (InputNotFoundError, WeightsNotFoundError, CheckpointError, FileNotFoundError) as exc:
+        print(f"predict: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
