@@ -79,6 +79,11 @@ def verify_sha256(data: bytes, name: str, origin: str | os.PathLike[str]) -> str
     digest = _sha256(data)
     expected = ASSET_SHA256.get(name)
     if expected is not None and digest != expected:
+        known_as = [other for other, sha in ASSET_SHA256.items() if sha == digest]
+        if known_as:
+            raise ChecksumError(
+                f"{origin} is {known_as[0]}, given where {name} was expected (swapped?)"
+            )
         raise ChecksumError(
             f"{origin}: sha256 {digest} does not match the published {name} ({expected}). "
             "The file is corrupt or not the original Levi-Hassner model; delete it and retry."

@@ -184,6 +184,12 @@ def test_explicit_caffemodels(tmp_path, fake_caffemodels, fake_wheel):
     _, meta = load_model(path)
     assert meta["source"] == "caffemodel files"
     assert not (cache / "downloads").exists()  # no download needed
+    with pytest.raises(ChecksumError, match="is gender_net.caffemodel, given where age_net"):
+        ensure_original_weights(
+            cache=cache,
+            age_caffemodel=paths["gender_net.caffemodel"],
+            gender_caffemodel=paths["age_net.caffemodel"],
+        )
     with pytest.raises(ValueError, match="both"):
         ensure_original_weights(cache=cache, age_caffemodel=paths["age_net.caffemodel"])
     with pytest.raises(WeightsNotFoundError, match="cannot read"):
