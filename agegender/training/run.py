@@ -70,12 +70,13 @@ def write_report(module: pl.LightningModule, output_dir: Path) -> dict[str, floa
     return metrics
 
 
-def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
-    """Fit and/or evaluate as ``cfg`` says; return ``cfg.optimized_metric`` (None if unset)."""
+def build(
+    cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()
+) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    """Seed, then instantiate data, model, callbacks, loggers and trainer from ``cfg``."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     # Not recursive: optimizer/scheduler blocks are plain settings the module keeps as
     # hyper-parameters (a `_target_` there names a class, it is not built here).
@@ -88,6 +89,13 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | 
         logger=loggers or False,
         default_root_dir=str(output_dir),
     )
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
+    """Fit and/or evaluate as ``cfg`` says; return ``cfg.optimized_metric`` (None if unset)."""
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule, module, trainer = build(cfg, extra_callbacks)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 
     if cfg.get("train", True):
