@@ -12,8 +12,10 @@ class MTCNNDetector(Detector):
     """MTCNN on a copy downscaled to ``max_side``; boxes and landmarks mapped back.
 
     ``min_score`` drops MTCNN's weakest final-stage detections (mostly textures and profiles
-    that the classifier would mislabel anyway); ``min_face_size`` is in pixels of the
-    downscaled copy.
+    that the classifier would mislabel anyway). ``min_face_size`` is in pixels of the
+    downscaled copy: 40 (6% of a 640 px side) halves the cost of MTCNN's image pyramid
+    against facenet-pytorch's 20, and smaller faces carry too little detail for age anyway
+    (the net sees 227 px); lower it for crowds in big photos, with a larger ``max_side``.
     """
 
     name = "mtcnn"
@@ -22,7 +24,7 @@ class MTCNNDetector(Detector):
         self,
         max_side: int | None = 640,
         min_score: float = 0.9,
-        min_face_size: int = 20,
+        min_face_size: int = 40,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         device: str = "cpu",
     ) -> None:

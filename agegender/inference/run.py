@@ -6,7 +6,9 @@ import os
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from agegender.inference.summary import Summary
 
 CSV_NAME = "predictions.csv"
 ANNOTATED_DIR = "annotated"
+#: Annotated copies waiting to be written (each holds a decoded image in memory).
+MAX_PENDING_ANNOTATIONS = 8
 
 
 def predict(
@@ -65,22 +69,37 @@ def predict(
         file=sys.stderr,
     )
     start = time.perf_counter()
-    with warnings.catch_warnings(), PredictionWriter(output / CSV_NAME, save_probs) as writer:
+    # Drawing + JPEG encoding of annotated copies runs in its own thread (OpenCV releases the
+    # GIL), a few images behind, so it overlaps the network instead of adding to it.
+    annotating: deque[Future[Path | None]] = deque()
+    with (
+        warnings.catch_warnings(),
+        PredictionWriter(output / CSV_NAME, save_probs) as writer,
+        ThreadPoolExecutor(1, thread_name_prefix="agegender-annotate") as annotator,
+    ):
         # load_image applies its own size limit and reports it per file; PIL's warning for
         # images between its soft and hard limits would only be noise on stderr.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for result in pipeline.run(iter_inputs(input, files, video_stride)):
             writer.write(result)
             if annotate:
-                try:
-                    save_annotated(result, output / ANNOTATED_DIR)
-                except OSError as exc:
-                    print(f"agegender: {exc}", file=sys.stderr)
+                annotating.append(annotator.submit(save_annotated, result, output / ANNOTATED_DIR))
+                while len(annotating) > MAX_PENDING_ANNOTATIONS:
+                    _finish(annotating.popleft())
             summary.add(result)
             bar.update(1)
+        while annotating:
+            _finish(annotating.popleft())
     summary.seconds = time.perf_counter() - start
     bar.close()
     return summary
+
+
+def _finish(future: Future[Path | None]) -> None:
+    try:
+        future.result()
+    except OSError as exc:  # a full disk must not lose the CSV rows: report and go on
+        print(f"agegender: annotated copy not written: {exc}", file=sys.stderr)
 
 
 def build_classifier(
