@@ -1,0 +1,167 @@
+"""The aligned-face cache: what preprocessing writes once and training reads every epoch.
+
+Format (chosen for loader speed and for surviving a kill):
+
+- ``shard_NNNNN.npy``: uint8 array n x S x S x 3 (RGB), read through ``np.load(mmap_mode="r")``
+  so a worker touches only the pages of the faces it serves;
+- ``shard_NNNNN.csv``: the index of that shard, one row per input (``key``, ``status``
+  ``ok|missing|error``, ``detected``, ``det_score``, ``fallback``, ``error``, ten landmark
+  coordinates ``lm0x..lm4y`` and ``offset``, the row in the .npy, -1 when no face was stored).
+
+Each file is written to a temporary name and moved into place with ``os.replace``; the .csv goes
+last, so a shard exists only once both files are complete. A killed run therefore leaves whole
+shards and maybe a stray temporary, never a half-written entry; a restart skips every key that
+a complete shard already holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STATUSES: tuple[str, ...] = ("ok", "missing", "error")
+LANDMARK_COLUMNS: list[str] = [f"lm{i}{axis}" for i in range(5) for axis in "xy"]
+INDEX_COLUMNS: list[str] = [
+    "key",
+    "status",
+    "source",
+    "detected",
+    "det_score",
+    "fallback",
+    "error",
+    *LANDMARK_COLUMNS,
+    "offset",
+]
+_SHARD = re.compile(r"^shard_(\d{5,})\.csv$")
+MANIFEST = "cache.json"
+
+
+class CacheError(RuntimeError):
+    """The cache is missing or does not match what was asked of it; says what to run."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_manifest(cache_dir: str | Path, size: int, source: str) -> None:
+    """Record the face size and source, so a reader never mixes caches of different kinds."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / MANIFEST
+    wanted = {"format": "agegender.cache.v1", "size": int(size), "source": source}
+    if path.exists():
+        have = json.loads(path.read_text())
+        if have != wanted:
+            raise CacheError(f"{cache_dir} holds a cache of {have}, not {wanted}; use another dir")
+        return
+    _atomic_write(path, lambda fh: fh.write(json.dumps(wanted).encode()))
+
+
+def write_shard(cache_dir: str | Path, shard: int, images: np.ndarray, index: pd.DataFrame) -> None:
+    """Write one shard atomically (images first, index last: the index marks it complete)."""
+    cache_dir = Path(cache_dir)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"shard images must be n x S x S x 3 uint8, got {images.shape}")
+    stored = index["offset"].to_numpy()
+    if sorted(stored[stored >= 0].tolist()) != list(range(len(images))):
+        raise ValueError("index offsets do not match the stored images")
+    index = index.reindex(columns=INDEX_COLUMNS)
+    _atomic_write(cache_dir / f"shard_{shard:05d}.npy", lambda fh: np.save(fh, images))
+    _atomic_write(cache_dir / f"shard_{shard:05d}.csv", lambda fh: index.to_csv(fh, index=False))
+
+
+def completed_shards(cache_dir: str | Path) -> list[int]:
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in cache_dir.iterdir() if (m := _SHARD.match(p.name)))
+
+
+def remove_stray_temporaries(cache_dir: str | Path) -> int:
+    """Delete the leftovers of a killed writer (their shard will be redone)."""
+    cache_dir = Path(cache_dir)
+    stray = list(cache_dir.glob(".shard_*.tmp*")) + list(cache_dir.glob(".cache.json.tmp*"))
+    for p in stray:
+        p.unlink(missing_ok=True)
+    return len(stray)
+
+
+def read_index(cache_dir: str | Path) -> pd.DataFrame:
+    """The index of every complete shard, with a ``shard`` column; empty when there is none."""
+    cache_dir = Path(cache_dir)
+    frames = []
+    for shard in completed_shards(cache_dir):
+        frame = pd.read_csv(
+            cache_dir / f"shard_{shard:05d}.csv",
+            dtype={"key": str, "status": str, "source": str, "fallback": str, "error": str},
+            keep_default_na=False,
+        )
+        frame["shard"] = shard
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=[*INDEX_COLUMNS, "shard"])
+    index = pd.concat(frames, ignore_index=True)
+    return index.astype({"offset": "int64", "shard": "int64"})
+
+
+class FaceCache:
+    """Read-only view of a cache directory: ``cache[i]`` is face i of ``cache.index`` (ok rows).
+
+    The shard memmaps open lazily on first access and are not pickled, so each DataLoader
+    worker (or DDP process) opens its own: no file handles cross a fork or a spawn.
+    """
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.cache_dir = Path(cache_dir)
+        manifest = self.cache_dir / MANIFEST
+        if not manifest.is_file():
+            raise CacheError(f"no face cache at {self.cache_dir} (run the preprocessing first)")
+        meta = json.loads(manifest.read_text())
+        self.size = int(meta["size"])
+        self.source = str(meta["source"])
+        index = read_index(self.cache_dir)
+        if not index["key"].is_unique:
+            raise CacheError(f"{self.cache_dir}: a key appears in two shards")
+        self.all_rows = index.set_index("key", drop=False)
+        self.index = self.all_rows[self.all_rows["status"] == "ok"]
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_maps"] = {}
+        return state
+
+    def face(self, shard: int, offset: int) -> np.ndarray:
+        """The S x S x 3 uint8 face stored at (shard, offset), read through a memmap."""
+        arr = self._maps.get(shard)
+        if arr is None:
+            arr = np.load(self.cache_dir / f"shard_{shard:05d}.npy", mmap_mode="r")
+            self._maps[shard] = arr
+        return np.array(arr[offset])
+
+    def lookup(self, keys: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, offset) arrays for keys that are all ok in the cache (KeyError otherwise)."""
+        rows = self.index.loc[keys]
+        return rows["shard"].to_numpy(), rows["offset"].to_numpy()
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        row = self.index.iloc[i]
+        return self.face(int(row["shard"]), int(row["offset"]))

@@ -1,0 +1,46 @@
+"""Map-style dataset over cached faces: one row table + the cache + one preset transform."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from agegender.data.cache import FaceCache
+from agegender.labels import IGNORE_INDEX
+
+
+class CachedFaceDataset(Dataset):
+    """Items are the batch dict of interface 5: image, age, gender, their masks, index.
+
+    ``rows`` needs ``key``, ``age`` and ``gender`` columns (IGNORE_INDEX = unknown); ``index``
+    is the row's position in ``rows``, so predictions can be joined back to the table.
+    """
+
+    def __init__(
+        self, cache: FaceCache, rows: pd.DataFrame, transform: Callable[[np.ndarray], torch.Tensor]
+    ) -> None:
+        self.cache = cache
+        self.rows = rows.reset_index(drop=True)
+        self.shard, self.offset = cache.lookup(self.rows["key"])
+        self.age = torch.tensor(self.rows["age"].to_numpy(np.int64))
+        self.gender = torch.tensor(self.rows["gender"].to_numpy(np.int64))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        face = self.cache.face(int(self.shard[i]), int(self.offset[i]))
+        age, gender = self.age[i], self.gender[i]
+        return {
+            "image": self.transform(face),
+            "age": age,
+            "gender": gender,
+            "age_mask": age != IGNORE_INDEX,
+            "gender_mask": gender != IGNORE_INDEX,
+            "index": torch.tensor(i, dtype=torch.int64),
+        }

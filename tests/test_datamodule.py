@@ -1,0 +1,118 @@
+"""AdienceDataModule on a generated demo tree: batches, subject-exclusive splits, the cache."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from agegender.data import AdienceDataModule
+from agegender.data.cache import CacheError, FaceCache
+from agegender.data.demo import generate_demo
+from agegender.data.folds import image_relpath, load_folds
+from agegender.labels import IGNORE_INDEX
+from agegender.transforms import EvalPreset
+
+
+def _dm(root, **kwargs):
+    kwargs = {"num_workers": 0, "batch_size": 6, "source": "aligned", **kwargs}
+    kwargs.setdefault("preprocess", {"progress": False, "workers": 1})
+    return AdienceDataModule(root, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = generate_demo(tmp_path_factory.mktemp("dm") / "demo", users=10, images_per_user=4)
+    _dm(root, auto_preprocess=True).prepare_data()
+    return root
+
+
+def test_batches_follow_interface(demo_root):
+    dm = _dm(demo_root, fold=2, label_policy="remap")
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image", "age", "gender", "age_mask", "gender_mask", "index"}
+    assert batch["image"].shape == (6, 3, 227, 227) and batch["image"].dtype == torch.float32
+    assert batch["image"].min() >= 0 and batch["image"].max() <= 255
+    for task in ("age", "gender"):
+        assert batch[task].dtype == torch.int64
+        assert torch.equal(batch[f"{task}_mask"], batch[task] != IGNORE_INDEX)
+    assert isinstance(dm.val_dataloader(), torch.utils.data.DataLoader)
+    centre, ten = dm.test_dataloader()
+    assert next(iter(centre))["image"].shape == (6, 3, 227, 227)
+    assert next(iter(ten))["image"].shape == (6, 10, 3, 227, 227)
+    dm_single = _dm(demo_root, fold=2, test_ten_crop=False)
+    dm_single.setup("test")
+    assert isinstance(dm_single.test_dataloader(), torch.utils.data.DataLoader)
+
+
+def test_eval_images_are_the_shared_preset_of_the_cached_face(demo_root):
+    dm = _dm(demo_root, fold=0)
+    dm.setup("test")
+    ds = dm.datasets["test"]
+    item = ds[3]
+    face = FaceCache(dm.cache_dir).face(int(ds.shard[3]), int(ds.offset[3]))
+    assert torch.equal(item["image"], EvalPreset(227, 256)(face))
+    assert ds.rows["key"][int(item["index"])] == ds.rows["key"][3]
+
+
+@pytest.mark.parametrize("fold", [0, 3])
+def test_splits_are_subject_exclusive_and_complete(demo_root, fold):
+    dm = _dm(demo_root, fold=fold, val_fraction=0.25, label_policy="remap")
+    dm.setup("fit")
+    users = {name: set(rows["user_id"]) for name, rows in dm.splits.items()}
+    table, _ = load_folds(demo_root, "remap")
+    assert users["test"] == set(table[table["fold"] == fold]["user_id"])
+    assert not users["train"] & users["val"]
+    assert not (users["train"] | users["val"]) & users["test"]
+    assert len(users["val"]) == 2  # 25% of the 8 training users
+    assert sum(len(r) for r in dm.splits.values()) == len(table)
+    again = _dm(demo_root, fold=fold, val_fraction=0.25, label_policy="remap")
+    again.setup("fit")
+    assert set(again.splits["val"]["user_id"]) == users["val"]  # seeded: same on every rank
+
+
+def test_unprocessed_root_says_what_to_run(tmp_path):
+    root = generate_demo(tmp_path / "raw", users=5, images_per_user=1)
+    dm = _dm(root)
+    with pytest.raises(CacheError, match="python -m agegender.preprocess"):
+        dm.prepare_data()
+    with pytest.raises(CacheError, match="run the preprocessing"):
+        dm.setup("fit")
+
+
+def test_demo_flag_generates_and_preprocesses(tmp_path):
+    dm = _dm(tmp_path / "fresh", demo=True, demo_users=5, demo_images_per_user=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (tmp_path / "fresh" / "fold_4_data.txt").exists()
+    assert sum(len(d) for n, d in dm.datasets.items() if n != "test_10crop") == 10
+
+
+def test_missing_image_is_reported_and_left_out(tmp_path):
+    root = generate_demo(tmp_path / "holes", users=5, images_per_user=2)
+    table, _ = load_folds(root, "remap")
+    row = table.iloc[0]
+    (root / image_relpath(row.user_id, row.face_id, row.original_image, "aligned")).unlink()
+    dm = _dm(root, auto_preprocess=True, label_policy="remap")
+    dm.prepare_data()
+    index = FaceCache(dm.cache_dir).all_rows
+    assert (index["status"] == "missing").sum() == 1
+    with pytest.warns(UserWarning, match="1 rows left out"):
+        dm.setup("fit")
+    assert sum(len(r) for r in dm.splits.values()) == len(table) - 1
+
+
+def test_worker_processes_read_the_cache(demo_root):
+    dm = _dm(demo_root, num_workers=2, persistent_workers=False)
+    dm.setup("fit")
+    seen = torch.cat([b["index"] for b in dm.val_dataloader()])
+    assert sorted(seen.tolist()) == list(range(len(dm.datasets["val"])))
+
+
+def test_cache_of_another_source_is_refused(demo_root, tmp_path):
+    shutil.copytree(demo_root / "cache" / "aligned", tmp_path / "wrong")
+    dm = _dm(demo_root, source="mtcnn", cache_dir=tmp_path / "wrong")
+    with pytest.raises(CacheError, match="aligned"):
+        dm.setup("fit")
