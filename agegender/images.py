@@ -54,7 +54,8 @@ def load_image(
         with open(path, "rb") as fp, Image.open(fp) as im:
             _check_size(im.size, max_pixels, path)
             im.load()
-            return _to_rgb_array(ImageOps.exif_transpose(im))
+            ImageOps.exif_transpose(im, in_place=True)  # no copy when already upright
+            return _to_rgb_array(im)
     except ImageLoadError:
         raise
     except PermissionError:
@@ -119,7 +120,7 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     """Any PIL mode -> H x W x 3 uint8 RGB, keeping the full dynamic range of deep images."""
     mode = im.mode
     if mode == "RGB":
-        return np.asarray(im, dtype=np.uint8).copy()
+        return np.array(im)  # writable, unlike np.asarray of a PIL image
     if mode.startswith("I;16") or mode in ("I", "F"):
         return np.repeat(_deep_to_uint8(np.asarray(im), mode)[:, :, None], 3, axis=2)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (

@@ -28,7 +28,7 @@ import numpy as np
 
 from agegender.faces import build_detector
 from agegender.images import load_image
-from agegender.inference import build_classifier, predict
+from agegender.inference import build_classifier, configure_torch_threads, predict
 from agegender.labels import AGE_BUCKETS, GENDERS
 from agegender.models.levi_hassner import CAFFE_MEAN_BGR, INPUT_SIZE
 from agegender.weights import ensure_gag_asset
@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=1600)
     args = parser.parse_args()
 
+    threads = configure_torch_threads(None, workers=2)  # predict.py's default (threads=null)
     detector = build_detector("mtcnn")  # conf/detector/mtcnn.yaml defaults
     classifier, _ = build_classifier()
     seed = SeedPipeline()
@@ -129,6 +130,7 @@ def main() -> None:
         tmp_path = Path(tmp)
         folder = make_folder(tmp_path, args.files, args.max_side)
         print(f"folder: {args.files} JPEG photos, 480..{args.max_side} px on the longer side")
+        print(f"torch threads: {threads}, cv2 threads: {cv2.getNumThreads()}")
 
         def ours(out: Path) -> int:
             summary = predict(folder, out, detector, classifier, progress=False)

@@ -16,16 +16,20 @@ class MTCNNDetector(Detector):
     downscaled copy: 40 (6% of a 640 px side) halves the cost of MTCNN's image pyramid
     against facenet-pytorch's 20, and smaller faces carry too little detail for age anyway
     (the net sees 227 px); lower it for crowds in big photos, with a larger ``max_side``.
+    ``thresholds`` are the three stages' cut-offs; the first is raised from facenet-pytorch's
+    0.6 to 0.7, which drops ~1/5 of the detection time (fewer candidates cropped one by one
+    for the second stage), and final faces must pass ``min_score`` anyway.
     """
 
     name = "mtcnn"
+    thread_safe = True  # eval-mode torch modules, no state kept between calls
 
     def __init__(
         self,
         max_side: int | None = 640,
         min_score: float = 0.9,
         min_face_size: int = 40,
-        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        thresholds: tuple[float, float, float] = (0.7, 0.7, 0.7),
         device: str = "cpu",
     ) -> None:
         from facenet_pytorch import MTCNN

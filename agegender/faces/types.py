@@ -46,6 +46,9 @@ class Detector(ABC):
     """Finds faces in an H x W x 3 uint8 RGB image; results sorted by score, best first."""
 
     name: str = "detector"
+    #: True when ``detect`` may run in several threads at once on one instance (pure torch
+    #: inference); False serialises calls (OpenCV nets and cascades keep per-call state).
+    thread_safe: bool = False
 
     @abstractmethod
     def detect(self, image: np.ndarray) -> list[Face]: ...

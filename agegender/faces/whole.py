@@ -13,6 +13,7 @@ class WholeImageDetector(Detector):
     centre-crops 227)."""
 
     name = "none"
+    thread_safe = True
 
     def detect(self, image: np.ndarray) -> list[Face]:
         check_image(image)

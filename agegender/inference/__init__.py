@@ -15,7 +15,12 @@ from agegender.inference.inputs import (
     scan_inputs,
 )
 from agegender.inference.pipeline import ImageResult, Pipeline
-from agegender.inference.run import build_classifier, predict, predict_from_config
+from agegender.inference.run import (
+    build_classifier,
+    configure_torch_threads,
+    predict,
+    predict_from_config,
+)
 from agegender.inference.summary import Summary
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "PredictionWriter",
     "Summary",
     "build_classifier",
+    "configure_torch_threads",
     "iter_inputs",
     "list_files",
     "predict",

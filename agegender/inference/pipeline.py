@@ -7,6 +7,7 @@ memory at once; results come back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -59,11 +60,14 @@ class Pipeline:
         self.batch_size = batch_size
         self.workers = workers
         self.prefetch = prefetch or max(4 * workers, 8)
+        #: Smallest batch classified early when the next image is not ready yet.
+        self.min_batch = max(1, batch_size // 4)
         self.max_pixels = max_pixels
         self.keep_images = keep_images
-        # Detectors wrap stateful nets (cv2.dnn, torch modules): one call at a time, while the
-        # other threads decode.
-        self._detect_lock = threading.Lock()
+        # OpenCV detectors keep per-call state: one call at a time (the other threads decode).
+        # Thread-safe ones (MTCNN) run in all loader threads at once, which on few cores beats
+        # one multi-threaded call (its many small ops parallelise poorly).
+        self._detect_lock = contextlib.nullcontext() if detector.thread_safe else threading.Lock()
 
     def prepare(self, item: InputItem) -> ImageResult:
         """Runs in a loader thread; a failure becomes the result's error, never an exception."""
@@ -87,7 +91,11 @@ class Pipeline:
         )
 
     def run(self, items: Iterable[InputItem]) -> Iterator[ImageResult]:
-        """Results in input order, each with probabilities for all its faces."""
+        """Results in input order, each with probabilities for all its faces.
+
+        Faces are classified in batches of up to ``batch_size``; a batch goes early (at
+        ``batch_size // 4`` faces) whenever the next image is still being decoded/detected.
+        """
         iterator = iter(items)
         window: deque[Future[ImageResult]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="agegender-load") as pool:
@@ -104,6 +112,11 @@ class Pipeline:
             n_faces = 0
             try:
                 while window:
+                    if n_faces >= self.min_batch and not window[0].done():
+                        # The loaders are busy: classify what is ready rather than idle until
+                        # a full batch arrives (the network and detection then overlap).
+                        yield from self._classify(pending)
+                        pending, n_faces = [], 0
                     result = window.popleft().result()
                     fill()
                     pending.append(result)

