@@ -205,3 +205,28 @@ def test_cli_end_to_end_with_bad_files(tmp_path, samples_dir) -> None:
     cmd = [sys.executable, "predict.py", f"input={tmp_path / 'missing'}", f"output={out}2"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "neither a file nor a folder" in proc.stderr
+
+
+def test_checkpoint_option_loads_any_saved_model(tmp_path, samples_dir) -> None:
+    """``checkpoint=PATH``: a model saved by agegender.checkpoints (here a shared-trunk
+    gender-only net) drives prediction; the missing age head leaves its columns empty."""
+    from agegender.checkpoints import save_model
+    from agegender.inference import build_classifier
+
+    kwargs = {"mode": "shared", "tasks": ["gender"]}
+    torch.manual_seed(1)
+    model = LeviHassnerNet(**kwargs)
+    save_model(model, "levi_hassner", kwargs, tmp_path / "gender.pt")
+    classifier, _ = build_classifier(tmp_path / "gender.pt")
+    predict(samples_dir / "obama.jpg", tmp_path / "out", build_detector("none"), classifier)
+    row = _read(tmp_path / "out").iloc[0]
+    assert row.status == "ok" and row.gender in GENDERS and row.age == ""
+    face = cv2.resize(
+        load_image(samples_dir / "obama.jpg"), (256, 256), interpolation=cv2.INTER_AREA
+    )
+    x = torch.from_numpy(face[14:241, 14:241]).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x)["gender"], 1).max().item()
+    assert abs(row.gender_prob - expected) < 1e-3
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_classifier(tmp_path / "missing.pt")
