@@ -230,3 +230,17 @@ def test_checkpoint_option_loads_any_saved_model(tmp_path, samples_dir) -> None:
     assert abs(row.gender_prob - expected) < 1e-3
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_classifier(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name", ["mtcnn", "haar", "none"])
+def test_predict_config_composes_and_builds_each_detector(name) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("predict", overrides=[f"detector={name}", "input=x"])
+    detector_cfg = OmegaConf.to_container(cfg.detector, resolve=True)
+    detector = build_detector(detector_cfg.pop("name"), **detector_cfg)
+    assert detector.name == name
+    assert {"input", "output", "checkpoint", "save_probs", "annotate"} <= set(cfg)
+    assert cfg.video.stride >= 1 and cfg.batch_size >= 1
