@@ -136,3 +136,10 @@ def test_haar_finds_a_frontal_face(samples_dir: Path) -> None:
     x1, y1, x2, y2 = faces[0].box
     assert x1 < 230 < x2 and y1 < 115 < y2  # astronaut's face centre
     assert faces[0].landmarks is None
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (13, 13, 3), (10, 3000, 3)])
+def test_detectors_on_images_smaller_than_a_face(mtcnn, shape) -> None:
+    image = np.zeros(shape, np.uint8)
+    assert mtcnn.detect(image) == []
+    assert build_detector("haar").detect(image) == []

@@ -36,6 +36,7 @@ class MTCNNDetector(Detector):
 
         self.max_side = max_side
         self.min_score = float(min_score)
+        self.min_face_size = int(min_face_size)
         self.mtcnn = MTCNN(
             keep_all=True,
             select_largest=False,  # sort by probability, not area
@@ -49,6 +50,8 @@ class MTCNNDetector(Detector):
         check_image(image)
         height, width = image.shape[:2]
         small, (sx, sy) = downscale(image, self.max_side)
+        if min(small.shape[:2]) < self.min_face_size:
+            return []  # no pyramid level fits (facenet-pytorch would fail on an empty list)
         with torch.inference_mode():
             boxes, probs, points = self.mtcnn.detect(small, landmarks=True)
         if boxes is None:
