@@ -89,6 +89,15 @@ def downscale(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, tupl
         return image, (1.0, 1.0)
     scale = max_side / longest
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    small = image
+    step = int(longest // max_side)
+    if step >= 2:
+        # INTER_AREA is ~7x faster for integer factors: shrink by one first, then the rest
+        # (less than 2x, where bilinear barely aliases) with INTER_LINEAR.
+        small = cv2.resize(
+            image, (max(1, width // step), max(1, height // step)), interpolation=cv2.INTER_AREA
+        )
+    if small.shape[1::-1] != size:
+        small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
     # Map back with the exact per-axis ratios actually applied (the size was rounded).
     return small, (width / size[0], height / size[1])
