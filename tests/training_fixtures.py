@@ -1,10 +1,13 @@
-"""Random in-memory data in the DataModule batch format (interface 5), for tests of the
-training code that must not depend on the real data pipeline."""
+"""Test helpers for the training tests: random in-memory data in the DataModule batch format
+(interface 5), train.yaml composition, and one shared demo tree per session."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -47,3 +50,56 @@ class RandomDataModule(pl.LightningDataModule):
             DataLoader(RandomFaces(4, self.size), batch_size=self.batch_size),
             DataLoader(RandomFaces(2, self.size, ten_crop=True), batch_size=2),
         ]
+
+
+# -- Hydra composition of train.yaml for tests --------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+
+#: Small and fast: tiny batches, no workers, a few steps, CPU.
+FAST = [
+    "data=demo",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """train.yaml composed as train.py would, with run paths pointed at ``output_dir``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                f"paths.root_dir={REPO}",
+                f"paths.output_dir={output_dir}",
+                *overrides,
+            ],
+        )
+    return cfg
+
+
+def demo_root(tmp_path_factory) -> Path:  # noqa: ANN001
+    """One demo tree (generated and preprocessed once per test session, then reused)."""
+    root = tmp_path_factory.getbasetemp() / "training_demo" / "adience"
+    marker = root.parent / "ready"
+    if not marker.exists():
+        # preprocess in this process: forking workers from a process that already runs
+        # threads (torch, pytest) can deadlock
+        overrides = ["data=demo", f"data.root={root}", "data.preprocess.workers=1"]
+        cfg = compose_train(overrides, root.parent / "prep")
+        from hydra.utils import instantiate
+
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        marker.write_text("ok\n")
+    return root

@@ -127,11 +127,13 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     """The best-by-validation checkpoint, else the last one, else None (current weights)."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            if callback.best_model_path:
-                return callback.best_model_path
-            if callback.last_model_path:
-                return callback.last_model_path
+    callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    for callback in callbacks:
+        if callback.monitor and callback.best_model_path:
+            return callback.best_model_path
+    for callback in callbacks:
+        if callback.last_model_path:
+            log.warning("no best-by-validation checkpoint: evaluating %s", callback.last_model_path)
+            return callback.last_model_path
     log.warning("no checkpoint was written: evaluating the final weights")
     return None

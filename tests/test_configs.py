@@ -1,0 +1,93 @@
+"""Every experiment/model/trainer/logger/callbacks config composes, and the paper protocol is
+exactly the paper's solver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from training_fixtures import CONF_DIR, compose_train
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+def test_every_group_is_covered() -> None:
+    assert {"levi_hassner", "modern"} <= set(EXPERIMENTS)
+    assert {"levi_hassner", "resnet18", "resnet50", "inception_resnet_v1"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_resolves(experiment: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    assert cfg.data.crop_size == cfg.model.input_size
+    assert cfg.data.resize_size == cfg.model.resize_size
+    assert cfg.optimized_metric.startswith("val/")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_config_builds_its_network_with_matching_data_sizes(
+    model: str, tmp_path: Path
+) -> None:
+    cfg = compose_train([f"model={model}"], tmp_path)
+    module = instantiate(cfg.model, _recursive_=False)
+    assert module.model.input_size == cfg.data.crop_size
+    assert module.model.resize_size == cfg.data.resize_size
+
+
+def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
+    cfg = compose_train(["experiment=levi_hassner"], tmp_path)
+    opt, sched = cfg.model.optimizer, cfg.model.scheduler
+    assert opt._target_ == "torch.optim.SGD"
+    assert (opt.lr, opt.momentum, opt.weight_decay) == (0.001, 0.9, 0.0005)
+    assert (opt.bias_lr_mult, opt.bias_weight_decay, opt.head_lr_mult) == (2.0, 0.0, 10.0)
+    assert (sched.name, sched.step_size, sched.gamma) == ("step", 10000, 0.1)
+    assert cfg.trainer.max_steps == 50000
+    assert cfg.data.batch_size == 50
+    assert (cfg.data.crop_size, cfg.data.resize_size) == (227, 256)
+    assert cfg.data.test_ten_crop is True
+    assert cfg.model.model_name == "levi_hassner"
+    assert cfg.model.model_kwargs.mode == "separate"
+    assert cfg.model.model_kwargs.dropout == 0.5 and cfg.model.model_kwargs.caffe_init
+    assert cfg.model.label_smoothing == 0.0
+
+
+def test_modern_experiment_is_separate_from_the_paper(tmp_path: Path) -> None:
+    cfg = compose_train(["experiment=modern"], tmp_path)
+    assert cfg.model.optimizer._target_ == "torch.optim.AdamW"
+    assert cfg.model.scheduler.name == "cosine"
+    assert cfg.model.label_smoothing > 0
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_trainer_configs_compose(trainer: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"trainer={trainer}"], tmp_path)
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    if trainer == "ddp":
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "many"])
+def test_logger_configs_instantiate(logger: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"logger={logger}"], tmp_path)
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    assert loggers and all(Path(lg.save_dir) == tmp_path for lg in loggers)
+
+
+def test_callback_configs_instantiate(tmp_path: Path) -> None:
+    cfg = compose_train(
+        ["callbacks=[default,early_stopping,freeze_backbone,progress_bar]"], tmp_path
+    )
+    names = {type(instantiate(c)).__name__ for c in cfg.callbacks.values()}
+    assert names == {
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+        "TQDMProgressBar",
+        "EarlyStopping",
+        "FreezeBackbone",
+    }
+    assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
+    assert cfg.callbacks.model_checkpoint.save_last is True

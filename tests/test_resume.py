@@ -1,0 +1,102 @@
+"""A run killed mid-epoch resumes from its last checkpoint at the same step, with the same
+optimiser (momentum) and scheduler state; ``ckpt_path`` forms resolve or fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from training_fixtures import FAST, compose_train, demo_root
+
+from agegender.training.run import resolve_ckpt_path, train
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAtStep(pl.Callback):
+    """Simulates a killed process: raises once ``global_step`` reaches ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step >= self.step:
+            raise Crash(f"simulated kill at step {trainer.global_step}")
+
+
+class RecordStart(pl.Callback):
+    """What the resumed run starts from (after Lightning restored the checkpoint)."""
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        self.global_step = trainer.global_step
+        self.epoch = trainer.current_epoch
+        self.lrs = [g["lr"] for g in optimizer.param_groups]
+        self.scheduler = trainer.lr_scheduler_configs[0].scheduler.state_dict()
+        self.momentum = {
+            i: optimizer.state[p]["momentum_buffer"].clone()
+            for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])
+        }
+        self.weight = module.model.heads["age"].weight.detach().clone()
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.final_step = trainer.global_step
+        self.final_scheduler_epoch = trainer.lr_scheduler_configs[0].scheduler.last_epoch
+
+
+def test_killed_run_resumes_at_same_step_with_optimizer_and_scheduler_state(
+    tmp_path_factory, tmp_path: Path
+) -> None:  # noqa: ANN001
+    demo = demo_root(tmp_path_factory)
+    common = [
+        "experiment=levi_hassner",
+        *FAST,
+        f"data.root={demo}",
+        "model.model_kwargs.mode=shared",
+        "model.scheduler.step_size=3",  # the lr decays before the kill: state must carry it
+        "callbacks.periodic_checkpoint.every_n_train_steps=2",
+        "test=false",
+        "logger=none",
+        "~callbacks.lr_monitor",
+    ]
+    first = tmp_path / "first"
+    cfg = compose_train([*common, "trainer.max_steps=8"], first)
+    with pytest.raises(Crash):
+        train(cfg, extra_callbacks=[CrashAtStep(5)])
+
+    last = first / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 4  # the every-2-steps checkpoint before the kill
+    assert saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0  # mid-epoch
+
+    recorder = RecordStart()
+    cfg = compose_train([*common, "trainer.max_steps=8", f"ckpt_path={first}"], tmp_path / "second")
+    train(cfg, extra_callbacks=[recorder])
+
+    assert recorder.global_step == 4 and recorder.epoch == 0
+    opt_state = saved["optimizer_states"][0]
+    assert recorder.lrs == pytest.approx([g["lr"] for g in opt_state["param_groups"]])
+    assert recorder.lrs[0] == pytest.approx(1e-4)  # 1e-3 decayed once at step 3
+    assert recorder.scheduler["last_epoch"] == saved["lr_schedulers"][0]["last_epoch"] == 4
+    for i, buffer in recorder.momentum.items():
+        assert torch.equal(buffer, opt_state["state"][i]["momentum_buffer"])
+    assert torch.equal(recorder.weight, saved["state_dict"]["model.heads.age.weight"])
+    assert recorder.final_step == 8 and recorder.final_scheduler_epoch == 8
+
+
+def test_ckpt_path_forms(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"x")
+    assert resolve_ckpt_path(None, tmp_path) is None
+    assert resolve_ckpt_path("last", tmp_path) == str(last)
+    assert resolve_ckpt_path(str(tmp_path), tmp_path / "elsewhere") == str(last)
+    assert resolve_ckpt_path(str(last), tmp_path / "elsewhere") == str(last)
+    with pytest.raises(FileNotFoundError, match="hydra.run.dir"):
+        resolve_ckpt_path("last", tmp_path / "fresh")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        resolve_ckpt_path(str(tmp_path / "missing.ckpt"), tmp_path)
