@@ -114,7 +114,11 @@ class AgeGenderModule(pl.LightningModule):
         self.results: dict[str, dict[str, float]] = {}
         self.confusion: dict[str, dict[str, torch.Tensor]] = {}
         if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            # Convolution weights only: converting every 4-D tensor would also restride the
+            # 1x3x1x1 normalisation buffers, which DDP's buffer broadcast then rejects.
+            for layer in self.model.modules():
+                if isinstance(layer, nn.Conv2d):
+                    layer.to(memory_format=torch.channels_last)
 
     # -- forward and losses --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
