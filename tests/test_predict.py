@@ -251,3 +251,22 @@ def test_opencv_ssd_detector(samples_dir, original_classifier) -> None:
     x1, y1, x2, y2 = faces[0].box
     cx, cy = (reference[0] + reference[2]) / 2, (reference[1] + reference[3]) / 2
     assert x1 < cx < x2 and y1 < cy < y2  # same face as MTCNN's
+
+
+def test_reduced_decoding_reports_full_size_boxes(tmp_path, samples_dir, mtcnn, random_classifier):
+    """A big JPEG decoded at reduced size (``decode_min_side``) gives the same boxes, in
+    full-size pixels, as a full decode; its annotated copy is at the decoded size."""
+    image = load_image(samples_dir / "obama.jpg")
+    big = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)  # 2560 x 3200
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "big.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    full = predict(tmp_path / "in", tmp_path / "full", mtcnn, random_classifier)
+    reduced = predict(
+        tmp_path / "in", tmp_path / "red", mtcnn, random_classifier, decode_min_side=800
+    )
+    assert full.faces == reduced.faces == 1
+    boxes = [
+        _read(tmp_path / d)[["x1", "y1", "x2", "y2"]].to_numpy(float)[0] for d in ("full", "red")
+    ]
+    np.testing.assert_allclose(boxes[1], boxes[0], atol=0.03 * (boxes[0][2] - boxes[0][0]))
+    assert cv2.imread(str(tmp_path / "red" / "annotated" / "big.jpg")).shape[:2] == (800, 640)

@@ -25,6 +25,17 @@ class Face:
         if self.landmarks is not None and np.shape(self.landmarks) != (5, 2):
             raise ValueError(f"landmarks must have shape (5, 2), got {np.shape(self.landmarks)}")
 
+    def scaled(self, factor: float) -> Face:
+        """The same face in an image ``factor`` times larger (e.g. back to full size after
+        detecting on a reduced decode)."""
+        x1, y1, x2, y2 = self.box
+        landmarks = None if self.landmarks is None else (self.landmarks * factor)
+        return Face(
+            box=(x1 * factor, y1 * factor, x2 * factor, y2 * factor),
+            score=self.score,
+            landmarks=None if landmarks is None else landmarks.astype(np.float32),
+        )
+
     @property
     def width(self) -> float:
         return self.box[2] - self.box[0]

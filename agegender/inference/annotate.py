@@ -42,13 +42,13 @@ def label_of(result: ImageResult, i: int) -> tuple[str, str]:
 
 
 def draw(result: ImageResult) -> np.ndarray:
-    """A BGR copy of the input with every face boxed and labelled."""
+    """A BGR copy of the input (at its decoded size) with every face boxed and labelled."""
     canvas = cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
     height, width = canvas.shape[:2]
     thickness = max(1, round(max(height, width) / 400))
     font_scale = max(0.4, max(height, width) / 1200)
     for i, face in enumerate(result.faces):
-        x1, y1, x2, y2 = (round(v) for v in face.box)
+        x1, y1, x2, y2 = (round(v / result.scale) for v in face.box)
         text, gender = label_of(result, i)
         colour = COLOURS.get(gender, COLOURS[""])
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)

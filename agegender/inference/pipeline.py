@@ -18,7 +18,12 @@ import numpy as np
 import torch
 
 from agegender.faces import Detector, Face, align_face
-from agegender.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from agegender.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    load_image,
+    load_image_reduced,
+)
 from agegender.inference.classifier import FaceClassifier
 from agegender.inference.inputs import InputItem
 
@@ -33,6 +38,9 @@ class ImageResult:
     probs: dict[str, np.ndarray] = field(default_factory=dict)
     error: str | None = None
     image: np.ndarray | None = None  # kept only when annotated copies are wanted
+    #: Full-size pixels per pixel of ``image`` (> 1 when a big JPEG was decoded reduced);
+    #: ``faces`` are always in full-size coordinates.
+    scale: float = 1.0
     crops: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     @property
@@ -52,6 +60,7 @@ class Pipeline:
         prefetch: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         keep_images: bool = True,
+        decode_min_side: int | None = None,
     ) -> None:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be >= 1")
@@ -64,6 +73,7 @@ class Pipeline:
         self.min_batch = max(1, batch_size // 4)
         self.max_pixels = max_pixels
         self.keep_images = keep_images
+        self.decode_min_side = decode_min_side
         # OpenCV detectors keep per-call state: one call at a time (the other threads decode).
         # Thread-safe ones (MTCNN) run in all loader threads at once, which on few cores beats
         # one multi-threaded call (its many small ops parallelise poorly).
@@ -74,7 +84,7 @@ class Pipeline:
         if item.error is not None:
             return ImageResult(item, error=item.error)
         try:
-            image = item.image if item.image is not None else load_image(item.file, self.max_pixels)
+            image, scale = self._decode(item)
         except ImageLoadError as exc:
             return ImageResult(item, error=exc.reason)
         except Exception as exc:  # noqa: BLE001 - contract: a bad file never stops the run
@@ -86,9 +96,22 @@ class Pipeline:
             crops = [self.classifier.preprocess(align_face(image, face)) for face in faces]
         except Exception as exc:  # noqa: BLE001
             return ImageResult(item, error=f"detection failed ({type(exc).__name__}: {exc})")
+        if scale != 1.0:
+            faces = [face.scaled(scale) for face in faces]
         return ImageResult(
-            item, faces=faces, image=image if self.keep_images else None, crops=crops
+            item,
+            faces=faces,
+            image=image if self.keep_images else None,
+            scale=scale,
+            crops=crops,
         )
+
+    def _decode(self, item: InputItem) -> tuple[np.ndarray, float]:
+        if item.image is not None:
+            return item.image, 1.0
+        if self.decode_min_side:
+            return load_image_reduced(item.file, self.decode_min_side, self.max_pixels)
+        return load_image(item.file, self.max_pixels), 1.0
 
     def run(self, items: Iterable[InputItem]) -> Iterator[ImageResult]:
         """Results in input order, each with probabilities for all its faces.

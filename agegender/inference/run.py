@@ -42,10 +42,13 @@ def predict(
     video_stride: int = 10,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    decode_min_side: int | None = None,
 ) -> Summary:
     """Predict every face of ``input`` (image, folder or video) into ``output``/predictions.csv.
 
     Raises only for a missing ``input`` (:class:`InputNotFoundError`); bad files become rows.
+    ``decode_min_side``: decode big JPEGs reduced (see :func:`agegender.images.load_image_reduced`);
+    boxes stay in full-size pixels, annotated copies are written at the decoded size.
     """
     output = Path(output)
     files, skipped = scan_inputs(input)
@@ -58,6 +61,7 @@ def predict(
         workers=workers,
         max_pixels=max_pixels,
         keep_images=annotate,
+        decode_min_side=decode_min_side,
     )
     summary = Summary(skipped=[str(p) for p in skipped])
     has_video = any(is_video(f) for f in files)
@@ -160,6 +164,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         video_stride=int(cfg["video"]["stride"]),
         max_pixels=cfg.get("max_pixels"),
         progress=bool(cfg.get("progress", True)),
+        decode_min_side=cfg.get("decode_min_side"),
     )
     print(f"predict: {summary.line()} -> {output / CSV_NAME}")
     for example in summary.error_examples:
