@@ -197,7 +197,7 @@ def run_preprocess(
     chunk_size: int = 64,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
-    start_method: str = "fork" if "fork" in mp.get_all_start_methods() else "spawn",
+    start_method: str = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn",
 ) -> PreprocessReport:
     """Cache a face for every job not cached yet (jobs: ``key``, ``path``, optional box).
 
@@ -226,15 +226,18 @@ def run_preprocess(
     bar = tqdm(total=len(jobs), initial=report.already_done, disable=not progress, unit="face")
     executor = None
     try:
-        if workers <= 1 or len(chunks) <= 1:
+        if workers <= 1 or len(chunks) <= workers:
+            # Starting a worker costs seconds (imports); a few chunks are faster in-process.
             results = map(_process_chunk, chunks)
         else:
-            # fork where it exists (as DataLoader does): a spawned worker re-imports torch,
-            # cv2 and the caller's main module, seconds per worker on a busy 2-core machine.
-            # A dying worker raises BrokenProcessPool here instead of being silently replaced.
-            executor = ProcessPoolExecutor(
-                min(workers, len(chunks)), mp.get_context(start_method), _init_worker
-            )
+            # Not fork: a forked copy of a process whose OpenCV/OpenMP thread pools already
+            # ran can deadlock in its first cv2 call (seen here). forkserver forks each
+            # worker from a clean single-threaded server with numpy and pandas preloaded.
+            # A dying worker raises BrokenProcessPool instead of being silently replaced.
+            context = mp.get_context(start_method)
+            if start_method == "forkserver":
+                context.set_forkserver_preload(["agegender.data.cache"])
+            executor = ProcessPoolExecutor(min(workers, len(chunks)), context, _init_worker)
             futures = [executor.submit(_process_chunk, c) for c in chunks]
             results = (f.result() for f in as_completed(futures))
         for n, chunk_report in enumerate(results, start=1):

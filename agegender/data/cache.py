@@ -109,8 +109,11 @@ def read_index(cache_dir: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(
             cache_dir / f"shard_{shard:05d}.csv",
             dtype={"key": str, "status": str, "source": str, "fallback": str, "error": str},
-            keep_default_na=False,
+            keep_default_na=False,  # an empty fallback/error is "", not NaN ...
+            na_values={c: [""] for c in ["det_score", *LANDMARK_COLUMNS]},  # ... a score is
         )
+        frame = frame.astype({c: "float64" for c in ["det_score", *LANDMARK_COLUMNS]})
+        frame["detected"] = frame["detected"].astype(str) == "True"
         frame["shard"] = shard
         frames.append(frame)
     if not frames:

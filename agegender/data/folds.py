@@ -241,7 +241,7 @@ def image_relpath(user_id: str, face_id: int, original_image: str, kind: str = "
     return f"{kind}/{user_id}/{prefix}.{face_id}.{original_image}"
 
 
-def test_list_lines(table: pd.DataFrame, fold: int, task: str) -> set[str]:
+def levi_hassner_lines(table: pd.DataFrame, fold: int, task: str) -> set[str]:
     """A fold's labelled rows for one task in the Levi-Hassner test-list format
     (``<user>/landmark_aligned_face.<face_id>.<image> <label>``), as a set."""
     rows = table[(table["fold"] == fold) & (table[task] != IGNORE_INDEX)]
