@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,21 @@ def test_cache_of_another_source_is_refused(demo_root, tmp_path):
     dm = _dm(demo_root, source="mtcnn", cache_dir=tmp_path / "wrong")
     with pytest.raises(CacheError, match="aligned"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize("name", ["adience", "demo", "csv"])
+def test_data_configs_instantiate(tmp_path, name):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from agegender.data import CsvDataModule
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    overrides = [f"data={name}", f"data.root={tmp_path}"]
+    if name == "csv":
+        overrides = ["data=csv", f"data.csv={tmp_path / 'x.csv'}"]
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("preprocess", overrides=overrides)
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, CsvDataModule if name == "csv" else AdienceDataModule)
+    assert dm.batch_size > 0 and dm.preprocess_options["workers"] == 2

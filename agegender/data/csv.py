@@ -1,0 +1,149 @@
+"""Any labelled face dataset given as one CSV (``data=csv``): the shape custom datasets come in.
+
+Columns: ``path`` (relative to the CSV's folder), optional box ``x1, y1, x2, y2`` (original
+pixels; a row with a box is cropped around it, a row without one goes through MTCNN), ``age``
+(a bucket "25-32" / "(25, 32)", a number of years mapped to the nearest bucket, or empty),
+``gender`` (m / f / male / female, or empty), and optionally ``group`` (the person: splits are
+by group, so no one is in two splits) and/or ``fold`` (explicit test folds). Without ``fold``,
+groups are dealt into ``num_folds`` folds by a seeded shuffle; without ``group`` every image is
+its own group (a warning says so: splits are then only image-exclusive).
+
+Faces go through the same preprocessing and cache as Adience, so batches are identical.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from agegender.data.datamodule import FaceDataModule
+from agegender.data.folds import FoldFormatError, parse_age, parse_gender
+from agegender.labels import IGNORE_INDEX
+from agegender.preprocess import BOX_COLUMNS
+
+REQUIRED: tuple[str, ...] = ("path", "age", "gender")
+
+
+def _label(value: str, parse, column: str) -> tuple[int, str | None]:
+    if value.strip() == "":
+        return IGNORE_INDEX, None
+    label = parse(value, "remap")
+    if label == IGNORE_INDEX:
+        return label, f"{column} {value!r} is not a known value"
+    return label, None
+
+
+def read_face_csv(
+    csv: str | Path, num_folds: int = 5, seed: int = 0, strict_rows: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
+    """(table with key, path, box, user_id, fold, age, gender; malformed-row messages)."""
+    csv = Path(csv).expanduser()
+    if not csv.is_file():
+        raise FoldFormatError(f"CSV not found: {csv}")
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    raw.columns = [c.strip().lower() for c in raw.columns]
+    missing = [c for c in REQUIRED if c not in raw.columns]
+    if missing:
+        raise FoldFormatError(f"{csv}: missing column(s) {', '.join(missing)}")
+    has_box = [c in raw.columns for c in BOX_COLUMNS]
+    if any(has_box) and not all(has_box):
+        raise FoldFormatError(f"{csv}: a box needs all of {', '.join(BOX_COLUMNS)}")
+    base = csv.parent.resolve()
+    rows, problems = [], []
+    for lineno, rec in enumerate(raw.to_dict("records"), start=2):
+        errors = []
+        age, err = _label(rec["age"], parse_age, "age")
+        errors += [err] if err else []
+        gender, err = _label(rec["gender"], parse_gender, "gender")
+        errors += [err] if err else []
+        path = (base / rec["path"].strip()).resolve()
+        if not rec["path"].strip() or not path.is_relative_to(base):
+            errors.append(f"path {rec['path']!r} is not inside {base}")
+        box = [np.nan] * 4
+        if all(has_box) and any(rec[c].strip() for c in BOX_COLUMNS):
+            try:
+                box = [float(rec[c]) for c in BOX_COLUMNS]
+            except ValueError:
+                errors.append("box values must be numbers")
+            else:
+                if not (box[2] > box[0] and box[3] > box[1]):
+                    errors.append(f"empty box {box}")
+        fold = None
+        if "fold" in rec:
+            if not rec["fold"].strip().isdigit():
+                errors.append(f"fold {rec['fold']!r} is not a number")
+            else:
+                fold = int(rec["fold"])
+        if errors:
+            message = f"{csv}:{lineno}: {'; '.join(errors)}"
+            if strict_rows:
+                raise FoldFormatError(message)
+            problems.append(message)
+            continue
+        rel = path.relative_to(base).as_posix()
+        key = rel if np.isnan(box[0]) else f"{rel}#{','.join(f'{v:g}' for v in box)}"
+        group = rec.get("group", "").strip() or rel
+        rows.append([key, str(path), *box, group, fold, age, gender, lineno])
+    columns = ["key", "path", *BOX_COLUMNS, "user_id", "fold", "age", "gender", "line"]
+    table = pd.DataFrame(rows, columns=columns)
+    table = table.drop_duplicates(subset=["key", "age", "gender"])
+    if not table["key"].is_unique:
+        dup = table[table["key"].duplicated()]["key"].iloc[0]
+        raise FoldFormatError(f"{csv}: {dup!r} appears twice with different labels")
+    if "group" not in raw.columns:
+        warnings.warn(
+            f"{csv} has no 'group' column: every image is its own group, so one person may "
+            "end up in two splits; add a group (person id) column for subject-exclusive splits",
+            stacklevel=2,
+        )
+    if "fold" not in raw.columns:
+        groups = sorted(table["user_id"].unique())
+        order = np.random.default_rng(seed).permutation(len(groups))
+        fold_of = {groups[i]: n % num_folds for n, i in enumerate(order)}
+        table["fold"] = table["user_id"].map(fold_of)
+    table = table.astype({"fold": "int64", "age": "int64", "gender": "int64"})
+    return table.reset_index(drop=True), problems
+
+
+class CsvDataModule(FaceDataModule):
+    """The batches of :class:`AdienceDataModule` from a generic CSV (see module doc)."""
+
+    def __init__(
+        self,
+        csv: str | Path,
+        fold: int = 0,
+        num_folds: int = 5,
+        source: str = "mtcnn",
+        strict_rows: bool = False,
+        cache_dir: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.csv = Path(csv).expanduser()
+        kwargs.setdefault("auto_preprocess", True)  # a CSV dataset is usually small
+        if cache_dir is None:
+            cache_dir = self.csv.parent / "cache" / f"{self.csv.stem}-{source}"
+        super().__init__(self.csv.parent, fold=fold, source=source, cache_dir=cache_dir, **kwargs)
+        self.num_folds = int(num_folds)
+        self.strict_rows = bool(strict_rows)
+
+    def _read(self) -> pd.DataFrame:
+        table, problems = read_face_csv(self.csv, self.num_folds, self.seed, self.strict_rows)
+        if problems:
+            shown = "\n  ".join(problems[:10])
+            warnings.warn(f"{len(problems)} malformed rows skipped:\n  {shown}", stacklevel=2)
+        return table
+
+    def load_table(self) -> pd.DataFrame:
+        return self._read()
+
+    def jobs(self) -> pd.DataFrame:
+        return self._read()[["key", "path", *BOX_COLUMNS]]
+
+    def preprocess_command(self) -> str:
+        return (
+            f"python -m agegender.preprocess data=csv data.csv={self.csv} data.source={self.source}"
+        )
