@@ -135,3 +135,15 @@ def test_data_configs_instantiate(tmp_path, name):
     dm = instantiate(cfg.data)
     assert isinstance(dm, CsvDataModule if name == "csv" else AdienceDataModule)
     assert dm.batch_size > 0 and dm.preprocess_options["workers"] == 2
+
+
+def test_demo_through_mtcnn_preprocessing(tmp_path):
+    """The MTCNN path end to end: every demo face is cached (detected or flagged fallback)."""
+    root = generate_demo(tmp_path / "m", users=5, images_per_user=1)
+    dm = _dm(root, source="mtcnn", auto_preprocess=True, label_policy="remap")
+    dm.prepare_data()
+    index = FaceCache(dm.cache_dir).all_rows
+    assert (index["status"] == "ok").all() and len(index) == 5
+    assert (index["detected"] | (index["fallback"] == "no_face:centre")).all()
+    dm.setup("test")
+    assert next(iter(dm.test_dataloader()[0]))["image"].shape[1:] == (3, 227, 227)
