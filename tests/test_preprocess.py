@@ -173,3 +173,18 @@ def test_shard_writer_rejects_inconsistent_index(tmp_path):
     with pytest.raises(ValueError, match="offsets"):
         write_shard(tmp_path, 0, images, index)
     assert not list(tmp_path.iterdir())
+
+
+def test_command_line_entry_on_a_demo_root(tmp_path):
+    root = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "agegender.preprocess", "data=demo", f"data.root={root}",
+           "data.demo_users=5", "data.demo_images_per_user=1", "data.preprocess.progress=false",
+           f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "rows: 5 (already cached: 0, processed now: 5)" in done.stderr
+    assert len(FaceCache(root / "cache" / "aligned")) == 5
+    cmd[3] = f"data.root={tmp_path / 'nowhere'}"
+    cmd[2] = "data=adience"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "missing fold_0_data.txt" in done.stderr
