@@ -184,7 +184,6 @@ def test_command_line_entry_on_a_demo_root(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "rows: 5 (already cached: 0, processed now: 5)" in done.stderr
     assert len(FaceCache(root / "cache" / "aligned")) == 5
-    cmd[3] = f"data.root={tmp_path / 'nowhere'}"
-    cmd[2] = "data=adience"
+    cmd = [*cmd[:3], f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "missing fold_0_data.txt" in done.stderr
