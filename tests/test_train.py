@@ -163,3 +163,27 @@ def test_levi_hassner_learns_the_demo_data(demo: Path, tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["val/gender_count"] >= 15  # held-out users, not the training images
     assert objective >= 0.8
+
+
+def test_evaluate_only_from_a_checkpoint_reproduces_the_figures(
+    paper_run: tuple[Path, float], demo: Path, tmp_path: Path
+) -> None:
+    """train=false ckpt_path=...: the same checkpoint on the same data gives the same metrics."""
+    out, _ = paper_run
+    best = next((out / "checkpoints").glob("best-*.ckpt"))
+    cfg = compose_train(
+        [
+            "experiment=levi_hassner",
+            *FAST,
+            f"data.root={demo}",
+            "train=false",
+            f"ckpt_path={best}",
+        ],
+        tmp_path,
+    )
+    objective = train(cfg)
+    before = json.loads((out / "metrics.json").read_text())
+    after = json.loads((tmp_path / "metrics.json").read_text())
+    for key in [*REQUIRED, "val/acc"]:
+        assert after[key] == pytest.approx(before[key]), key
+    assert objective == pytest.approx(before["val/acc"])
