@@ -68,7 +68,7 @@ def test_killed_run_resumes_at_same_step_with_optimizer_and_scheduler_state(
     with pytest.raises(Crash):
         train(cfg, extra_callbacks=[CrashAtStep(5)])
 
-    last = first / "checkpoints" / "last.ckpt"
+    last = resolve_ckpt_path(str(first), tmp_path)  # the newest checkpoint of that run
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 4  # the every-2-steps checkpoint before the kill
     assert saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0  # mid-epoch
@@ -89,11 +89,18 @@ def test_killed_run_resumes_at_same_step_with_optimizer_and_scheduler_state(
 
 
 def test_ckpt_path_forms(tmp_path: Path) -> None:
+    import os
+
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
+    periodic = tmp_path / "checkpoints" / "periodic-step000500.ckpt"
     last.write_bytes(b"x")
+    periodic.write_bytes(b"x")
+    os.utime(last, (1, 1))  # periodic is newer: a kill after step 500, before validation
     assert resolve_ckpt_path(None, tmp_path) is None
-    assert resolve_ckpt_path("last", tmp_path) == str(last)
+    assert resolve_ckpt_path("last", tmp_path) == str(periodic)
+    assert resolve_ckpt_path(str(tmp_path), tmp_path / "elsewhere") == str(periodic)
+    os.utime(periodic, (0, 0))
     assert resolve_ckpt_path(str(tmp_path), tmp_path / "elsewhere") == str(last)
     assert resolve_ckpt_path(str(last), tmp_path / "elsewhere") == str(last)
     with pytest.raises(FileNotFoundError, match="hydra.run.dir"):

@@ -25,25 +25,31 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """Newest resumable checkpoint of a run: ``last.ckpt`` (written at validation) or
+    ``periodic-*.ckpt`` (every N steps), whichever was written last."""
+    folder = run_dir / CHECKPOINT_DIR if (run_dir / CHECKPOINT_DIR).is_dir() else run_dir
+    candidates = [*folder.glob("last*.ckpt"), *folder.glob("periodic-*.ckpt")]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def resolve_ckpt_path(spec: str | None, output_dir: Path) -> str | None:
-    """``ckpt_path``: None (fresh run), ``last`` (this run directory's last checkpoint: pair
+    """``ckpt_path``: None (fresh run), ``last`` (this run directory's newest checkpoint: pair
     it with ``hydra.run.dir=<the interrupted run>``), a run directory, or a ``.ckpt`` file."""
     if spec in (None, "", "null"):
         return None
     if spec == "last":
-        path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+        path = latest_checkpoint(output_dir)
+        where = output_dir / CHECKPOINT_DIR
         hint = "set hydra.run.dir to the interrupted run's directory, or pass its path"
     else:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            candidates = [path / CHECKPOINT_DIR / LAST_CHECKPOINT, path / LAST_CHECKPOINT]
-            path = next((p for p in candidates if p.is_file()), candidates[0])
-        hint = "pass a .ckpt file or a run directory holding checkpoints/last.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={spec}: no checkpoint at {path}; {hint}")
+        where = Path(spec).expanduser()
+        path = latest_checkpoint(where) if where.is_dir() else where
+        hint = "pass a .ckpt file or a run directory holding checkpoints/"
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={spec}: no checkpoint at {where}; {hint}")
     return str(path)
 
 
@@ -132,8 +138,9 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
         if callback.monitor and callback.best_model_path:
             return callback.best_model_path
     for callback in callbacks:
-        if callback.last_model_path:
-            log.warning("no best-by-validation checkpoint: evaluating %s", callback.last_model_path)
-            return callback.last_model_path
+        latest = callback.last_model_path or callback.best_model_path
+        if latest:
+            log.warning("no best-by-validation checkpoint: evaluating %s", latest)
+            return latest
     log.warning("no checkpoint was written: evaluating the final weights")
     return None
