@@ -80,6 +80,11 @@ class FaceOptions:
     fallback_fraction: float = 0.5
 
 
+#: Imported once by the forkserver, so each worker forked from it starts warm.
+_PRELOAD: dict[str, list[str]] = {
+    "mtcnn": ["agegender.data.cache", "torch", "facenet_pytorch", "agegender.faces"],
+    "aligned": ["agegender.data.cache", "agegender.images"],
+}
 _DETECTORS: dict[tuple, object] = {}  # one detector per worker process, built on first use
 _IN_WORKER = False
 
@@ -232,11 +237,11 @@ def run_preprocess(
         else:
             # Not fork: a forked copy of a process whose OpenCV/OpenMP thread pools already
             # ran can deadlock in its first cv2 call (seen here). forkserver forks each
-            # worker from a clean single-threaded server with numpy and pandas preloaded.
+            # worker from a clean single-threaded server with the heavy imports preloaded.
             # A dying worker raises BrokenProcessPool instead of being silently replaced.
             context = mp.get_context(start_method)
             if start_method == "forkserver":
-                context.set_forkserver_preload(["agegender.data.cache"])
+                context.set_forkserver_preload(_PRELOAD[options.source])
             executor = ProcessPoolExecutor(min(workers, len(chunks)), context, _init_worker)
             futures = [executor.submit(_process_chunk, c) for c in chunks]
             results = (f.result() for f in as_completed(futures))
