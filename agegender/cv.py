@@ -98,10 +98,12 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
             status, error = "failed", metrics["_unreadable"]
         else:
             missing = [c for c in METRIC_COLUMNS if c.startswith("test/") and c not in metrics]
-            status, error = ("ok", "") if not missing else ("failed", f"missing {missing}")
+            # a finished job without test figures (test=false, a sweep trial) is no fold result
+            status, error = ("ok", "") if not missing else ("untested", f"no {missing}")
         row: dict[str, Any] = {
             "job": job_dir.relative_to(sweep_dir).as_posix(),
             "fold": int(fold) if fold is not None and str(fold).isdigit() else None,
+            "fold_set": any(o.startswith(f"{FOLD_KEY}=") for o in overrides),
             "setting": setting,
             "overrides": " ".join(overrides),
             "status": status,
@@ -112,14 +114,14 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
             value = (metrics or {}).get(col)
             row[col] = float(value) if isinstance(value, int | float) else math.nan
         rows.append(row)
-    columns = ["job", "fold", "setting", "overrides", "status", "error", "objective"]
+    columns = ["job", "fold", "fold_set", "setting", "overrides", "status", "error", "objective"]
     return pd.DataFrame(rows, columns=[*columns, *METRIC_COLUMNS])
 
 
 def cv_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Fold rows, then ``mean`` and ``std`` rows (sample std over the folds that finished),
     per setting. Failed folds stay in the table with their status and no numbers."""
-    folds = runs[runs["fold"].notna()]
+    folds = runs[runs["fold"].notna() & runs["fold_set"]]
     if folds.empty:
         raise ValueError(f"no job of this sweep sets {FOLD_KEY}: not a cross-validation run")
     out = []
@@ -225,7 +227,9 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per job (an Optuna trial, a grid point, a fold): parameters as columns."""
     params = [dict(o.split("=", 1) for o in ov.split() if "=" in o) for ov in runs["overrides"]]
     table = pd.concat([runs[["job"]], pd.DataFrame(params, index=runs.index)], axis=1)
-    return pd.concat([table, runs[["objective", "status", "error", *METRIC_COLUMNS]]], axis=1)
+    job_status = runs["status"].map(lambda s: "failed" if s == "failed" else "completed")
+    rest = runs[["objective", "error", *METRIC_COLUMNS]].assign(status=job_status)
+    return pd.concat([table, rest[["objective", "status", "error", *METRIC_COLUMNS]]], axis=1)
 
 
 def aggregate(sweep_dir: str | Path) -> pd.DataFrame | None:
@@ -237,7 +241,9 @@ def aggregate(sweep_dir: str | Path) -> pd.DataFrame | None:
     if runs.empty:
         raise ValueError(f"{sweep_dir} holds no Hydra job directories (.hydra/overrides.yaml)")
     _atomic_write_text(sweep_dir / "sweep_results.csv", sweep_table(runs).to_csv(index=False))
-    if runs["fold"].isna().all():
+    # A CV table only for sweeps that set folds on the command line or in the sweeper's
+    # params (experiment=cv); an Optuna sweep on the default fold gets the sweep table only.
+    if not (runs["fold_set"] & runs["fold"].notna()).any():
         return None
     table = cv_table(runs)
     _atomic_write_text(sweep_dir / "cv_results.csv", table.to_csv(index=False))

@@ -81,7 +81,8 @@ def test_sweep_without_folds_writes_only_the_sweep_table(tmp_path: Path) -> None
     sweep = pd.read_csv(tmp_path / "sweep_results.csv")
     assert sweep.loc[0, "model.lr"] == 0.1 and sweep.loc[0, "objective"] == 0.3
     assert not (tmp_path / "cv_results.csv").exists()
-    assert collect_runs(tmp_path).loc[0, "status"] == "failed"  # no test metrics
+    assert sweep.loc[0, "status"] == "completed"
+    assert collect_runs(tmp_path).loc[0, "status"] == "untested"  # no test metrics
 
 
 def test_hydra_callback_records_a_failing_fold(tmp_path: Path) -> None:
