@@ -206,7 +206,8 @@ def plot_cv(table: pd.DataFrame, path: str | Path) -> None:
         for j, col in enumerate(METRIC_COLUMNS):
             ax = axes[i][j]
             values = [100 * group.loc[r, col] for r in fold_rows]
-            ax.bar([r.split()[1] for r in fold_rows], values, color="tab:blue")
+            ax.bar(range(len(fold_rows)), values, color="tab:blue")
+            ax.set_xticks(range(len(fold_rows)), [r.split()[1] for r in fold_rows])
             mean, std = 100 * group.loc["mean", col], 100 * group.loc["std", col]
             if not math.isnan(mean):
                 ax.axhline(mean, color="black", lw=1)

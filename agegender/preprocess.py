@@ -18,6 +18,7 @@ missing or unreadable file is reported in the index and the closing report, neve
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing as mp
 import sys
@@ -37,6 +38,8 @@ from agegender.data.cache import (
     write_manifest,
     write_shard,
 )
+
+log = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = ("mtcnn", "aligned")
 BOX_COLUMNS: list[str] = ["x1", "y1", "x2", "y2"]
@@ -228,6 +231,12 @@ def run_preprocess(
         (cache_dir, first + i, records[s : s + chunk_size], options)
         for i, s in enumerate(range(0, len(records), chunk_size))
     ]
+    if workers > 1 and mp.get_start_method(allow_none=True) not in mp.get_all_start_methods():
+        # Inside a joblib (loky) worker, e.g. folds run by hydra/launcher=local_parallel:
+        # child processes inherit a start method the standard library cannot recreate, and
+        # the jobs already fill the cores, so preprocess in this process instead.
+        log.info("preprocessing in-process: this is a %s worker", mp.get_start_method())
+        workers = 1
     bar = tqdm(total=len(jobs), initial=report.already_done, disable=not progress, unit="face")
     executor = None
     try:

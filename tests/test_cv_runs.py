@@ -91,6 +91,20 @@ def test_cv_reports_a_failed_fold(demo: Path, tmp_path: Path) -> None:
     assert "failed" in (sweep / "cv_results.md").read_text()
 
 
+def test_folds_in_parallel_with_the_joblib_launcher(tmp_path: Path) -> None:
+    """hydra/launcher=local_parallel runs two folds at once on a fresh demo root: one job
+    generates and preprocesses it while the other waits on the lock (no race), and
+    preprocessing inside a joblib worker runs in-process (no nested process pool)."""
+    sweep = tmp_path / "cv"
+    args = ["experiment=cv", "hydra/launcher=local_parallel", *TINY, "data.fold=0,1"]
+    proc = _train([*args, f"data.root={tmp_path / 'demo'}", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    table = pd.read_csv(sweep / "cv_results.csv").set_index("row")
+    assert list(table.index) == ["fold 0", "fold 1", "mean", "std"]
+    assert (table.loc[["fold 0", "fold 1"], "status"] == "ok").all()
+    assert "Using categorical units" not in proc.stderr + proc.stdout
+
+
 def test_optuna_sweep_runs_and_reports(demo: Path, tmp_path: Path) -> None:
     """``hparams_search=optuna`` with 2 TPE trials: each trial trains, returns its validation
     objective, and the sweep lands in one table (trial, params, objective)."""

@@ -9,6 +9,7 @@ computes the same seeded split).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from agegender.labels import TASK_NUM_CLASSES
 from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE
 from agegender.preprocess import FaceOptions, PreprocessReport, print_report, run_preprocess
 from agegender.transforms import EvalPreset, TrainPreset
+
+log = logging.getLogger(__name__)
 
 #: Preprocessing settings a data config may override (``data.preprocess.workers=...``).
 PREPROCESS_DEFAULTS: dict[str, Any] = {
@@ -127,7 +130,30 @@ class FaceDataModule(pl.LightningDataModule):
         done = set(read_index(self.cache_dir)["key"])
         return int((~self.jobs()["key"].isin(done)).sum())
 
+    def prepare_lock_path(self) -> Path:
+        """Lock file beside the cache: parallel jobs (joblib folds, several runs on one
+        dataset) must not preprocess the same faces at once."""
+        return self.cache_dir.parent / f".{self.cache_dir.name}.prepare.lock"
+
     def prepare_data(self) -> None:
+        """Preprocess what is missing; one process at a time per dataset, the others wait
+        for it and then find the cache complete."""
+        from filelock import FileLock, Timeout
+
+        lock_path = self.prepare_lock_path()
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("waiting for another process preparing %s (lock %s)", self.root, lock_path)
+            lock.acquire()
+        try:
+            self._prepare()
+        finally:
+            lock.release()
+
+    def _prepare(self) -> None:
         missing = self.uncached()
         if not missing:
             return
@@ -273,9 +299,13 @@ class AdienceDataModule(FaceDataModule):
         self._ensure_demo()
         return super().preprocess()
 
-    def prepare_data(self) -> None:
+    def prepare_lock_path(self) -> Path:
+        # beside the root, not in it: the demo generator writes only into an empty root
+        return self.root.parent / f".{self.root.name}.prepare.lock"
+
+    def _prepare(self) -> None:
         self._ensure_demo()
-        super().prepare_data()
+        super()._prepare()
 
     def preprocess_command(self) -> str:
         data = "data=demo " if self.demo else ""
