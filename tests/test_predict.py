@@ -80,6 +80,7 @@ def test_samples_csv_contract(tmp_path, samples_dir, mtcnn, random_classifier) -
         assert (tmp_path / "annotated" / name).is_file()
     assert summary.inputs == 4 and summary.faces == 4 and summary.errors == 0
     assert summary.skipped == [str(samples_dir / "README.md")]  # skipped by rule, reported
+    assert (tmp_path / "skipped.txt").read_text() == f"{samples_dir / 'README.md'}\n"
 
 
 def test_results_do_not_depend_on_batching(tmp_path, samples_dir, random_classifier) -> None:

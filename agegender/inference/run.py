@@ -26,6 +26,8 @@ from agegender.inference.summary import Summary
 
 CSV_NAME = "predictions.csv"
 ANNOTATED_DIR = "annotated"
+#: Folder entries that are not inputs (folder rule in agegender.inference.inputs), one per line.
+SKIPPED_NAME = "skipped.txt"
 #: Annotated copies waiting to be written (each holds a decoded image in memory).
 MAX_PENDING_ANNOTATIONS = 8
 
@@ -64,6 +66,9 @@ def predict(
         decode_min_side=decode_min_side,
     )
     summary = Summary(skipped=[str(p) for p in skipped])
+    if skipped:  # every folder entry is accounted for in the output, not only on stderr
+        output.mkdir(parents=True, exist_ok=True)
+        (output / SKIPPED_NAME).write_text("".join(f"{p}\n" for p in summary.skipped))
     has_video = any(is_video(f) for f in files)
     bar = tqdm(
         total=None if has_video else len(files),
@@ -171,4 +176,6 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         print(f"  error: {example}", file=sys.stderr)
     for path in summary.skipped[:5]:
         print(f"  skipped (not an image/video file, or hidden): {path}", file=sys.stderr)
+    if summary.skipped:
+        print(f"  all {len(summary.skipped)} skipped: {output / SKIPPED_NAME}", file=sys.stderr)
     return summary
