@@ -59,3 +59,25 @@ def test_caffe_init_biases() -> None:
     assert torch.all(trunk.conv2.bias == 1) and torch.all(trunk.fc6.bias == 1)
     assert torch.all(trunk.conv1.bias == 0) and torch.all(trunk.conv3.bias == 0)
     assert 0.004 < trunk.fc6.weight.std().item() < 0.006
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_caffe_lrn_equals_torch_local_response_norm(channels_last: bool) -> None:
+    """Our LRN is the same function as torch's (values and gradients), edge channels
+    included, in both memory formats; only its speed differs."""
+    from agegender.models.levi_hassner import CaffeLRN
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 5, 6) * 30  # large values: the normaliser matters
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours, ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y_ours = CaffeLRN(5, 1e-4, 0.75, 1.0)(ours)
+    y_ref = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(ref)
+    torch.testing.assert_close(y_ours, y_ref, rtol=1e-6, atol=1e-5)
+    grad = torch.randn_like(x)
+    y_ours.backward(grad)
+    y_ref.backward(grad)
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-5, atol=1e-6)
+    # and the normaliser is really applied: not the identity
+    assert (y_ours - x).abs().max() > 1.0

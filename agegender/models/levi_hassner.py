@@ -39,12 +39,37 @@ class CaffeInput(nn.Module):
         return (x - self.mean_rgb).flip(1)
 
 
+class CaffeLRN(nn.Module):
+    """Caffe's across-channel LRN: ``x / (k + alpha / n * sum_{n neighbours} x^2) ** beta``.
+
+    The same function as ``nn.LocalResponseNorm(n, alpha, beta, k)`` (tested against it).
+    Written out because torch's version pads and pools a 5-D view, which costs ~3x more on
+    the channels_last tensors this net runs on (~13% of an inference forward here); summing
+    shifted channel slices stays in the memory layout and autograd handles it.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squares = x.square()
+        window = squares.clone()
+        for d in range(1, self.size // 2 + 1):  # channels c-d .. c+d, zero beyond the edges
+            window[:, d:] += squares[:, :-d]
+            window[:, :-d] += squares[:, d:]
+        return x * (window * (self.alpha / self.size) + self.k).pow(-self.beta)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
 class LeviHassnerTrunk(nn.Module):
     """conv1..fc7 of the Levi-Hassner net: 3x227x227 (normalised) -> 512 features.
 
     Caffe rounds pooling output sizes up, hence ``ceil_mode=True`` (227 -> 56 -> 28 -> 14 -> 7,
-    so fc6 sees 384 * 7 * 7 = 18816 inputs). Caffe's across-channel LRN with k=1 equals
-    ``nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)``.
+    so fc6 sees 384 * 7 * 7 = 18816 inputs). Caffe's across-channel LRN (local_size 5,
+    alpha 1e-4, beta 0.75, k 1) is :class:`CaffeLRN`.
     """
 
     out_features: int = 512
@@ -53,10 +78,10 @@ class LeviHassnerTrunk(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 96, kernel_size=7, stride=4)
         self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.norm1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.norm1 = CaffeLRN(5, alpha=1e-4, beta=0.75, k=1.0)
         self.conv2 = nn.Conv2d(96, 256, kernel_size=5, padding=2)
         self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.norm2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.norm2 = CaffeLRN(5, alpha=1e-4, beta=0.75, k=1.0)
         self.conv3 = nn.Conv2d(256, 384, kernel_size=3, padding=1)
         self.pool5 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.fc6 = nn.Linear(384 * 7 * 7, 512)
