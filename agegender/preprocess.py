@@ -227,6 +227,10 @@ def run_preprocess(
     report = PreprocessReport(rows=len(jobs), already_done=len(jobs) - len(todo))
     first = max(completed_shards(cache_dir), default=-1) + 1
     records = todo.to_dict("records")
+    if workers > 1:
+        # At least ~4 chunks per worker, so a small run (or the tail of a resumed one) is not
+        # left to one worker while the others idle; big runs keep chunk_size.
+        chunk_size = max(1, min(chunk_size, math.ceil(len(records) / (4 * workers))))
     chunks = [
         (cache_dir, first + i, records[s : s + chunk_size], options)
         for i, s in enumerate(range(0, len(records), chunk_size))

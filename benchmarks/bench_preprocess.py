@@ -51,8 +51,7 @@ from agegender.preprocess import FaceOptions, run_preprocess
 cache, workers, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 jobs = pd.DataFrame({"key": [f.rsplit("/", 1)[-1] for f in files], "path": files})
 t0 = time.perf_counter()
-report = run_preprocess(jobs, cache, FaceOptions("mtcnn"), workers=workers, chunk_size=4,
-                        progress=False)
+report = run_preprocess(jobs, cache, FaceOptions("mtcnn"), workers=workers, progress=False)
 rate = len(files) / (time.perf_counter() - t0)
 assert report.processed == len(files) and report.errors == 0, report.summary()
 print(rate)
