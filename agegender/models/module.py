@@ -60,7 +60,8 @@ class AgeGenderModule(pl.LightningModule):
         label_smoothing: cross-entropy label smoothing (0 in the paper).
         optimizer, scheduler: see :func:`agegender.training.optim.build_optimizer` and
             :func:`~agegender.training.optim.build_scheduler`.
-        channels_last: NHWC memory format for the convolutions (faster on CPU and GPU).
+        channels_last: NHWC memory format for the convolutions (measure: it helps ResNets
+            and inference, and slowed Levi-Hassner training on CPU here).
     """
 
     def __init__(
