@@ -105,6 +105,17 @@ def test_missing_image_is_reported_and_left_out(tmp_path):
     assert sum(len(r) for r in dm.splits.values()) == len(table) - 1
 
 
+def test_no_image_found_at_all_is_a_clear_error(tmp_path):
+    """Fold files without their images (a wrong data.root, an unpacked archive elsewhere):
+    preprocessing reports every file missing; setup says so and how to recover."""
+    root = generate_demo(tmp_path / "empty", users=5, images_per_user=2)
+    shutil.rmtree(root / "aligned")
+    dm = _dm(root, auto_preprocess=True, label_policy="remap")
+    dm.prepare_data()
+    with pytest.raises(CacheError, match="none of the 10 rows .* delete .* preprocessing again"):
+        dm.setup("fit")
+
+
 def test_worker_processes_read_the_cache(demo_root):
     dm = _dm(demo_root, num_workers=2, persistent_workers=False)
     dm.setup("fit")

@@ -179,10 +179,19 @@ class FaceDataModule(pl.LightningDataModule):
                 f"  {self.preprocess_command()}"
             )
         ok = table["key"].isin(cache.index.index)
+        # Missing files are recorded as such in the cache and not retried by a rerun (it
+        # resumes); after adding the images, the cache has to be rebuilt.
+        retry = f"after adding the images, delete {self.cache_dir} and run the preprocessing again"
+        if not ok.any():
+            raise CacheError(
+                f"none of the {len(table)} rows of {self.root} has a face in the cache: every "
+                f"image was missing or unreadable (see status/error in {self.cache_dir}/"
+                f"shard_*.csv; expected layout in data/README.md); {retry}"
+            )
         if not ok.all():
             warnings.warn(
                 f"{int((~ok).sum())} rows left out: their image was missing or unreadable "
-                f"(see status/error in {self.cache_dir}/shard_*.csv)",
+                f"(see status/error in {self.cache_dir}/shard_*.csv); {retry}",
                 stacklevel=2,
             )
         self.table = table[ok].reset_index(drop=True)
