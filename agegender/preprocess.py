@@ -42,6 +42,8 @@ from agegender.data.cache import (
 log = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = ("mtcnn", "aligned")
+#: Index statuses of rows without a face that ``retry_failed`` processes again.
+FAILED_STATUSES: tuple[str, ...] = ("missing", "error")
 BOX_COLUMNS: list[str] = ["x1", "y1", "x2", "y2"]
 
 
@@ -205,12 +207,14 @@ def run_preprocess(
     chunk_size: int = 64,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    retry_failed: bool = False,
     start_method: str = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn",
 ) -> PreprocessReport:
     """Cache a face for every job not cached yet (jobs: ``key``, ``path``, optional box).
 
     ``on_chunk(n_done)`` is called after each shard lands (progress hooks, and the tests'
-    way of interrupting a run). ``workers <= 1`` runs in this process.
+    way of interrupting a run). ``workers <= 1`` runs in this process. ``retry_failed``
+    processes again the rows recorded as missing or unreadable (after the files were fixed).
     """
     from tqdm import tqdm
 
@@ -222,7 +226,10 @@ def run_preprocess(
     cache_dir = Path(cache_dir)
     write_manifest(cache_dir, options.size, options.source)
     remove_stray_temporaries(cache_dir)
-    done = set(read_index(cache_dir)["key"])
+    index = read_index(cache_dir)
+    if retry_failed:
+        index = index[~index["status"].isin(FAILED_STATUSES)]
+    done = set(index["key"])
     todo = jobs[~jobs["key"].isin(done)]
     report = PreprocessReport(rows=len(jobs), already_done=len(jobs) - len(todo))
     first = max(completed_shards(cache_dir), default=-1) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,30 @@ def test_missing_image_is_reported_and_left_out(tmp_path):
     assert sum(len(r) for r in dm.splits.values()) == len(table) - 1
 
 
+def test_fixed_files_are_retried_on_request(tmp_path):
+    """A plain rerun resumes past a missing file; once it is back, retry_failed=true caches
+    it (a newer index entry supersedes the old one) and the row returns to the splits."""
+    root = generate_demo(tmp_path / "fix", users=5, images_per_user=2)
+    table, _ = load_folds(root, "remap")
+    row = table.iloc[0]
+    image = root / image_relpath(row.user_id, row.face_id, row.original_image, "aligned")
+    saved = image.read_bytes()
+    image.unlink()
+    _dm(root, auto_preprocess=True, label_policy="remap").prepare_data()
+    image.write_bytes(saved)
+    assert _dm(root, label_policy="remap").preprocess().processed == 0  # resume: nothing to do
+    options = {"progress": False, "workers": 1, "retry_failed": True}
+    report = _dm(root, label_policy="remap", preprocess=options).preprocess()
+    assert report.processed == 1 and report.missing == 0
+    dm = _dm(root, label_policy="remap")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "rows left out" any more
+        dm.setup("fit")
+    assert sum(len(r) for r in dm.splits.values()) == len(table)
+    rows = FaceCache(dm.cache_dir).all_rows
+    assert rows.index.is_unique and (rows["status"] == "ok").all()
+
+
 def test_no_image_found_at_all_is_a_clear_error(tmp_path):
     """Fold files without their images (a wrong data.root, an unpacked archive elsewhere):
     preprocessing reports every file missing; setup says so and how to recover."""
@@ -112,7 +137,7 @@ def test_no_image_found_at_all_is_a_clear_error(tmp_path):
     shutil.rmtree(root / "aligned")
     dm = _dm(root, auto_preprocess=True, label_policy="remap")
     dm.prepare_data()
-    with pytest.raises(CacheError, match="none of the 10 rows .* delete .* preprocessing again"):
+    with pytest.raises(CacheError, match="none of the 10 rows .*data.preprocess.retry_failed=true"):
         dm.setup("fit")
 
 

@@ -102,7 +102,11 @@ def remove_stray_temporaries(cache_dir: str | Path) -> int:
 
 
 def read_index(cache_dir: str | Path) -> pd.DataFrame:
-    """The index of every complete shard, with a ``shard`` column; empty when there is none."""
+    """The index of every complete shard, with a ``shard`` column; empty when there is none.
+
+    One row per key: the newest shard's (a ``retry_failed`` preprocessing run writes a new
+    entry for a file that was missing or unreadable before; shards only ever grow).
+    """
     cache_dir = Path(cache_dir)
     frames = []
     for shard in completed_shards(cache_dir):
@@ -118,8 +122,8 @@ def read_index(cache_dir: str | Path) -> pd.DataFrame:
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=[*INDEX_COLUMNS, "shard"])
-    index = pd.concat(frames, ignore_index=True)
-    return index.astype({"offset": "int64", "shard": "int64"})
+    index = pd.concat(frames, ignore_index=True).drop_duplicates("key", keep="last")
+    return index.reset_index(drop=True).astype({"offset": "int64", "shard": "int64"})
 
 
 class FaceCache:

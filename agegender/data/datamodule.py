@@ -38,6 +38,7 @@ PREPROCESS_DEFAULTS: dict[str, Any] = {
     "detector_kwargs": {},
     "fallback_fraction": 0.5,
     "progress": True,
+    "retry_failed": False,
 }
 
 
@@ -123,6 +124,7 @@ class FaceDataModule(pl.LightningDataModule):
             workers=int(o["workers"]),
             chunk_size=int(o["chunk_size"]),
             progress=bool(o["progress"]),
+            retry_failed=bool(o["retry_failed"]),
         )
 
     def uncached(self) -> int:
@@ -179,9 +181,11 @@ class FaceDataModule(pl.LightningDataModule):
                 f"  {self.preprocess_command()}"
             )
         ok = table["key"].isin(cache.index.index)
-        # Missing files are recorded as such in the cache and not retried by a rerun (it
-        # resumes); after adding the images, the cache has to be rebuilt.
-        retry = f"after adding the images, delete {self.cache_dir} and run the preprocessing again"
+        # Missing files are recorded as such in the cache and a plain rerun resumes past them.
+        retry = (
+            f"after fixing the files, run: {self.preprocess_command()} "
+            "data.preprocess.retry_failed=true"
+        )
         if not ok.any():
             raise CacheError(
                 f"none of the {len(table)} rows of {self.root} has a face in the cache: every "
