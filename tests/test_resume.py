@@ -28,6 +28,16 @@ class CrashAtStep(pl.Callback):
             raise Crash(f"simulated kill at step {trainer.global_step}")
 
 
+class RecordBatches(pl.Callback):
+    """The dataset indices of every training batch, by global step."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.by_step[trainer.global_step] = batch["index"].tolist()
+
+
 class RecordStart(pl.Callback):
     """What the resumed run starts from (after Lightning restored the checkpoint)."""
 
@@ -107,3 +117,35 @@ def test_ckpt_path_forms(tmp_path: Path) -> None:
         resolve_ckpt_path("last", tmp_path / "fresh")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         resolve_ckpt_path(str(tmp_path / "missing.ckpt"), tmp_path)
+
+
+def test_mid_epoch_resume_continues_the_epochs_data_order(tmp_path_factory, tmp_path) -> None:  # noqa: ANN001
+    """The training loader's position is in the checkpoint: after a kill at step 5 and a
+    resume from step 4, steps 4..7 see exactly the batches an uninterrupted run sees."""
+    demo = demo_root(tmp_path_factory)
+    common = [
+        *FAST,
+        f"data.root={demo}",
+        "model=levi_hassner_shared",
+        "callbacks.periodic_checkpoint.every_n_train_steps=2",
+        "test=false",
+        "logger=none",
+        "~callbacks.lr_monitor",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=8",
+    ]
+    whole = RecordBatches()
+    train(compose_train(common, tmp_path / "whole"), extra_callbacks=[whole])
+
+    first = tmp_path / "first"
+    with pytest.raises(Crash):
+        train(compose_train(common, first), extra_callbacks=[CrashAtStep(5)])
+    saved = torch.load(resolve_ckpt_path(str(first), tmp_path), weights_only=True)
+    assert saved["global_step"] == 4 and saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+
+    resumed = RecordBatches()
+    cfg = compose_train([*common, f"ckpt_path={first}"], tmp_path / "second")
+    train(cfg, extra_callbacks=[resumed])
+    assert sorted(resumed.by_step) == [4, 5, 6, 7]
+    assert resumed.by_step == {step: whole.by_step[step] for step in range(4, 8)}
+    assert whole.by_step[4] != whole.by_step[0]  # shuffled: positions differ

@@ -18,6 +18,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from agegender.data.cache import CacheError, FaceCache, read_index
 from agegender.data.datasets import CachedFaceDataset
@@ -214,7 +215,11 @@ class FaceDataModule(pl.LightningDataModule):
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         if not self.datasets:
             raise RuntimeError("call setup() before asking for a dataloader")
-        return DataLoader(
+        # The training loader is stateful (torchdata): Lightning stores its position in every
+        # checkpoint, so a run killed mid-epoch resumes with the rest of that epoch's order
+        # instead of starting the epoch's data over.
+        loader_class = StatefulDataLoader if shuffle else DataLoader
+        return loader_class(
             self.datasets[name],
             batch_size=batch_size,
             shuffle=shuffle,
