@@ -83,11 +83,13 @@ def test_callback_configs_instantiate(tmp_path: Path) -> None:
     )
     names = {type(instantiate(c)).__name__ for c in cfg.callbacks.values()}
     assert names == {
-        "ModelCheckpoint",
+        "BestCheckpoint",
+        "LatestCheckpoint",
         "LearningRateMonitor",
         "TQDMProgressBar",
         "EarlyStopping",
         "FreezeBackbone",
     }
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
-    assert cfg.callbacks.model_checkpoint.save_last is True
+    # last.ckpt comes from LatestCheckpoint alone (ModelCheckpoint's save_last lags behind)
+    assert cfg.callbacks.model_checkpoint.save_last is False

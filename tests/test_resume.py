@@ -68,7 +68,7 @@ def test_killed_run_resumes_at_same_step_with_optimizer_and_scheduler_state(
         f"data.root={demo}",
         "model.model_kwargs.mode=shared",
         "model.scheduler.step_size=3",  # the lr decays before the kill: state must carry it
-        "callbacks.periodic_checkpoint.every_n_train_steps=2",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
         "test=false",
         "logger=none",
         "~callbacks.lr_monitor",
@@ -99,19 +99,13 @@ def test_killed_run_resumes_at_same_step_with_optimizer_and_scheduler_state(
 
 
 def test_ckpt_path_forms(tmp_path: Path) -> None:
-    import os
-
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
-    periodic = tmp_path / "checkpoints" / "periodic-step000500.ckpt"
     last.write_bytes(b"x")
-    periodic.write_bytes(b"x")
-    os.utime(last, (1, 1))  # periodic is newer: a kill after step 500, before validation
     assert resolve_ckpt_path(None, tmp_path) is None
-    assert resolve_ckpt_path("last", tmp_path) == str(periodic)
-    assert resolve_ckpt_path(str(tmp_path), tmp_path / "elsewhere") == str(periodic)
-    os.utime(periodic, (0, 0))
+    assert resolve_ckpt_path("last", tmp_path) == str(last)
     assert resolve_ckpt_path(str(tmp_path), tmp_path / "elsewhere") == str(last)
+    assert resolve_ckpt_path(str(tmp_path / "checkpoints"), tmp_path / "x") == str(last)
     assert resolve_ckpt_path(str(last), tmp_path / "elsewhere") == str(last)
     with pytest.raises(FileNotFoundError, match="hydra.run.dir"):
         resolve_ckpt_path("last", tmp_path / "fresh")
@@ -127,7 +121,7 @@ def test_mid_epoch_resume_continues_the_epochs_data_order(tmp_path_factory, tmp_
         *FAST,
         f"data.root={demo}",
         "model=levi_hassner_shared",
-        "callbacks.periodic_checkpoint.every_n_train_steps=2",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
         "test=false",
         "logger=none",
         "~callbacks.lr_monitor",
@@ -149,3 +143,110 @@ def test_mid_epoch_resume_continues_the_epochs_data_order(tmp_path_factory, tmp_
     assert sorted(resumed.by_step) == [4, 5, 6, 7]
     assert resumed.by_step == {step: whole.by_step[step] for step in range(4, 8)}
     assert whole.by_step[4] != whole.by_step[0]  # shuffled: positions differ
+
+
+# -- exact resume: a killed or stopped run, resumed, ends with the uninterrupted run's metrics --
+EXACT = [
+    "experiment=levi_hassner",
+    *FAST,
+    "model.model_kwargs.mode=shared",
+    "data.batch_size=8",
+    "trainer.limit_train_batches=4",  # 4 steps per epoch
+    "trainer.max_steps=-1",
+    "callbacks.last_checkpoint.every_n_train_steps=3",
+    "logger=none",
+    "~callbacks.lr_monitor",
+    "seed=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
+_KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import pytorch_lightning as pl
+from training_fixtures import compose_train
+from agegender.training.run import train
+
+class Kill(pl.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= {step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(compose_train({overrides!r}, __import__("pathlib").Path({out!r})), extra_callbacks=[Kill()])
+"""
+
+
+def _metrics(run_dir: Path) -> dict[str, float]:
+    import json
+
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _assert_same_metrics(got: Path, want: Path) -> None:
+    a, b = _metrics(got), _metrics(want)
+    assert a.keys() == b.keys()
+    for key in b:
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, list[str]]:  # noqa: ANN001
+    demo = demo_root(tmp_path_factory)
+    common = [*EXACT, f"data.root={demo}"]
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train(compose_train([*common, "trainer.max_epochs=4"], out))
+    return out, common
+
+
+def test_last_ckpt_of_a_finished_run_holds_its_last_epoch(uninterrupted) -> None:  # noqa: ANN001
+    out, _ = uninterrupted
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 3 and last["global_step"] == 16
+    assert last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 4  # all 4 done
+    best = [p for p in (out / "checkpoints").glob("best-*.ckpt")]
+    assert len(best) == 1
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(uninterrupted, tmp_path) -> None:  # noqa: ANN001
+    import shutil
+    import subprocess
+    import sys
+
+    want, common = uninterrupted
+    killed = tmp_path / "killed"
+    overrides = [*common, "trainer.max_epochs=4"]
+    script = _KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), step=10, overrides=overrides, out=str(killed)
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == -9, result.stderr[-3000:]  # really killed, not finished
+    saved = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 9 and saved["epoch"] == 2  # the middle of the third epoch
+    assert saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 2
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(killed, tmp_path / "killed_copy")
+    # own directory (ckpt_path=last with the run's directory as output) ...
+    train(compose_train([*overrides, "ckpt_path=last"], killed))
+    _assert_same_metrics(killed, want)
+    # ... and a new directory from the file
+    ckpt = tmp_path / "killed_copy" / "checkpoints" / "last.ckpt"
+    train(compose_train([*overrides, f"ckpt_path={ckpt}"], elsewhere))
+    _assert_same_metrics(elsewhere, want)
+
+
+@pytest.mark.slow
+def test_two_epochs_resumed_to_four_equals_uninterrupted(uninterrupted, tmp_path) -> None:  # noqa: ANN001
+    import shutil
+
+    want, common = uninterrupted
+    short = tmp_path / "short"
+    train(compose_train([*common, "trainer.max_epochs=2"], short))
+    shutil.copytree(short, tmp_path / "short_copy")
+    four = [*common, "trainer.max_epochs=4"]
+    train(compose_train([*four, "ckpt_path=last"], short))
+    _assert_same_metrics(short, want)
+    train(compose_train([*four, f"ckpt_path={tmp_path / 'short_copy'}"], tmp_path / "new"))
+    _assert_same_metrics(tmp_path / "new", want)

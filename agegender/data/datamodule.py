@@ -23,6 +23,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from agegender.data.cache import CacheError, FaceCache, read_index
 from agegender.data.datasets import CachedFaceDataset
 from agegender.data.folds import image_relpath, load_folds
+from agegender.data.sampling import SeededShuffleSampler
 from agegender.data.splits import fold_splits
 from agegender.labels import TASK_NUM_CLASSES
 from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE
@@ -66,6 +67,7 @@ class FaceDataModule(pl.LightningDataModule):
         face_size: int = FACE_SIZE,
         test_ten_crop: bool = True,
         seed: int = 0,
+        shuffle_seed: int | None = None,
         cache_dir: str | Path | None = None,
         auto_preprocess: bool = False,
         preprocess: dict[str, Any] | None = None,
@@ -83,6 +85,9 @@ class FaceDataModule(pl.LightningDataModule):
         self.crop_size, self.resize_size, self.face_size = crop_size, resize_size, face_size
         self.test_ten_crop = bool(test_ten_crop)
         self.seed = int(seed)
+        # The training order and crops/mirrors follow the run's seed (train.py passes its
+        # ``seed``); the validation carve follows ``seed`` (the split seed) alone.
+        self.shuffle_seed = self.seed if shuffle_seed is None else int(shuffle_seed)
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache" / source
         self.auto_preprocess = bool(auto_preprocess)
         unknown = set(preprocess or {}) - set(PREPROCESS_DEFAULTS)
@@ -215,17 +220,20 @@ class FaceDataModule(pl.LightningDataModule):
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         if not self.datasets:
             raise RuntimeError("call setup() before asking for a dataloader")
-        # The training loader is stateful (torchdata): Lightning stores its position in every
-        # checkpoint, so a run killed mid-epoch resumes with the rest of that epoch's order
-        # instead of starting the epoch's data over.
-        loader_class = StatefulDataLoader if shuffle else DataLoader
-        return loader_class(
-            self.datasets[name],
+        dataset = self.datasets[name]
+        # Training: a stateful loader (torchdata) whose sampler deals (index, augmentation
+        # seed) pairs; Lightning stores its position in every checkpoint, so a run killed
+        # mid-epoch resumes with the rest of that epoch, crops included. Every loader draws
+        # its worker seeds from its own generator, never from the global RNG that dropout uses.
+        sampler = SeededShuffleSampler(dataset, seed=self.shuffle_seed) if shuffle else None
+        return (StatefulDataLoader if shuffle else DataLoader)(
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     def train_dataloader(self) -> DataLoader:

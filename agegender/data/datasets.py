@@ -33,11 +33,22 @@ class CachedFaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """``item`` is an index, or ``(index, seed)`` from
+        :class:`agegender.data.sampling.SeededShuffleSampler`: the random augmentation then
+        draws from a generator seeded with ``seed``, not from the global stream, so the same
+        sample gets the same crop whatever worker, prefetching or resume served it."""
+        i, seed = item if isinstance(item, tuple) else (item, None)
         face = self.cache.face(int(self.shard[i]), int(self.offset[i]))
+        if seed is None:
+            image = self.transform(face)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image = self.transform(face)
         age, gender = self.age[i], self.gender[i]
         return {
-            "image": self.transform(face),
+            "image": image,
             "age": age,
             "gender": gender,
             "age_mask": age != IGNORE_INDEX,

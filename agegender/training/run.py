@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from agegender.training.checkpointing import LAST_NAME, ExactResume
 from agegender.training.metrics import CLASS_NAMES
 from agegender.training.report import plot_confusion, write_metrics_json
 
@@ -25,14 +26,16 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
+LAST_FILE = f"{LAST_NAME}.ckpt"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """Newest resumable checkpoint of a run: ``last.ckpt`` (written at validation) or
-    ``periodic-*.ckpt`` (every N steps), whichever was written last."""
-    folder = run_dir / CHECKPOINT_DIR if (run_dir / CHECKPOINT_DIR).is_dir() else run_dir
-    candidates = [*folder.glob("last*.ckpt"), *folder.glob("periodic-*.ckpt")]
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+    """A run's newest state: ``checkpoints/last.ckpt`` (:class:`LatestCheckpoint` keeps it
+    current), or ``last.ckpt`` in ``run_dir`` itself when given the checkpoints folder."""
+    for path in (run_dir / CHECKPOINT_DIR / LAST_FILE, run_dir / LAST_FILE):
+        if path.is_file():
+            return path
+    return None
 
 
 def resolve_ckpt_path(spec: str | None, output_dir: Path) -> str | None:
@@ -83,11 +86,13 @@ def build(
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    # the training order and augmentation follow the run's seed, like init and dropout
+    datamodule: pl.LightningDataModule = instantiate(cfg.data, shuffle_seed=cfg.seed)
     # Not recursive: optimizer/scheduler blocks are plain settings the module keeps as
     # hyper-parameters (a `_target_` there names a class, it is not built here).
     module: pl.LightningModule = instantiate(cfg.model, _recursive_=False)
-    callbacks = [*_instantiate_group(cfg.get("callbacks")), *extra_callbacks]
+    # ExactResume always: without it a resumed run draws other dropout masks.
+    callbacks = [*_instantiate_group(cfg.get("callbacks")), ExactResume(), *extra_callbacks]
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
