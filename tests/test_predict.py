@@ -43,20 +43,6 @@ def mtcnn():
     return build_detector("mtcnn")
 
 
-@pytest.fixture(scope="session")
-def original_classifier() -> FaceClassifier:
-    from agegender.inference import build_classifier
-    from agegender.weights import WeightsNotFoundError
-
-    # Tests never download: the README's install command converts the original weights into
-    # the cache (``python -m agegender.weights original``); without them these tests skip.
-    try:
-        classifier, _ = build_classifier(download=False)
-    except WeightsNotFoundError:
-        pytest.skip("original weights not cached: run `python -m agegender.weights original`")
-    return classifier
-
-
 def _read(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "predictions.csv", keep_default_na=False)
 
