@@ -183,3 +183,38 @@ def test_demo_through_mtcnn_preprocessing(tmp_path):
     assert (index["detected"] | (index["fallback"] == "no_face:centre")).all()
     dm.setup("test")
     assert next(iter(dm.test_dataloader()[0]))["image"].shape[1:] == (3, 227, 227)
+
+
+def test_ddp_eval_loaders_split_every_set_without_padding(demo_root):
+    """Under DDP (here 3 processes, as Lightning's strategy reports them), the val/test loaders
+    of the ranks hold disjoint shares that together are the whole set, each sample once, for
+    sets not divisible by the world size (Lightning's padding DistributedSampler would repeat
+    samples); Lightning keeps a DistributedSampler as it is. Without a distributed trainer:
+    plain sequential loaders."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler, SequentialSampler
+
+    world = 3
+    dm = _dm(demo_root, fold=1, batch_size=4)
+    dm.setup("fit")
+    sizes = {name: len(ds) for name, ds in dm.datasets.items() if name != "train"}
+    assert all(n % world for n in sizes.values()), sizes  # padding would show in every set
+    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
+
+    seen: dict[str, list[list[int]]] = {name: [] for name in sizes}
+    for rank in range(world):
+        kwargs = {"num_replicas": world, "rank": rank}
+        dm.trainer = SimpleNamespace(distributed_sampler_kwargs=kwargs)
+        loaders = {"val": dm.val_dataloader()}
+        loaders["test"], loaders["test_10crop"] = dm.test_dataloader()
+        for name, loader in loaders.items():
+            assert isinstance(loader.sampler, DistributedSampler)
+            seen[name].append([int(i) for b in loader for i in b["index"]])
+    assert not isinstance(dm.train_dataloader().sampler, DistributedSampler)  # Lightning's job
+    for name, shares in seen.items():
+        flat = [i for share in shares for i in share]
+        assert sorted(flat) == list(range(sizes[name])), (name, shares)  # each exactly once
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1, name
+    dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 1, "rank": 0})
+    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)

