@@ -17,12 +17,13 @@ a complete shard already holds.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from agegender.fileio import atomic_write
 
 STATUSES: tuple[str, ...] = ("ok", "missing", "error")
 LANDMARK_COLUMNS: list[str] = [f"lm{i}{axis}" for i in range(5) for axis in "xy"]
@@ -45,19 +46,6 @@ class CacheError(RuntimeError):
     """The cache is missing or does not match what was asked of it; says what to run."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_manifest(cache_dir: str | Path, size: int, source: str) -> None:
     """Record the face size and source, so a reader never mixes caches of different kinds."""
     cache_dir = Path(cache_dir)
@@ -69,7 +57,7 @@ def write_manifest(cache_dir: str | Path, size: int, source: str) -> None:
         if have != wanted:
             raise CacheError(f"{cache_dir} holds a cache of {have}, not {wanted}; use another dir")
         return
-    _atomic_write(path, lambda fh: fh.write(json.dumps(wanted).encode()))
+    atomic_write(path, lambda fh: fh.write(json.dumps(wanted).encode()))
 
 
 def write_shard(cache_dir: str | Path, shard: int, images: np.ndarray, index: pd.DataFrame) -> None:
@@ -81,8 +69,8 @@ def write_shard(cache_dir: str | Path, shard: int, images: np.ndarray, index: pd
     if sorted(stored[stored >= 0].tolist()) != list(range(len(images))):
         raise ValueError("index offsets do not match the stored images")
     index = index.reindex(columns=INDEX_COLUMNS)
-    _atomic_write(cache_dir / f"shard_{shard:05d}.npy", lambda fh: np.save(fh, images))
-    _atomic_write(cache_dir / f"shard_{shard:05d}.csv", lambda fh: index.to_csv(fh, index=False))
+    atomic_write(cache_dir / f"shard_{shard:05d}.npy", lambda fh: np.save(fh, images))
+    atomic_write(cache_dir / f"shard_{shard:05d}.csv", lambda fh: index.to_csv(fh, index=False))
 
 
 def completed_shards(cache_dir: str | Path) -> list[int]:
