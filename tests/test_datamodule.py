@@ -78,7 +78,7 @@ def test_splits_are_subject_exclusive_and_complete(demo_root, fold):
 def test_unprocessed_root_says_what_to_run(tmp_path):
     root = generate_demo(tmp_path / "raw", users=5, images_per_user=1)
     dm = _dm(root)
-    with pytest.raises(CacheError, match="python -m agegender.preprocess"):
+    with pytest.raises(CacheError, match="python -m agegender.data.preprocess"):
         dm.prepare_data()
     with pytest.raises(CacheError, match="run the preprocessing"):
         dm.setup("fit")

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from agegender.data.cache import FaceCache, read_index, write_shard
+from agegender.data.preprocess import FaceOptions, run_preprocess
 from agegender.faces import align_face, build_detector
 from agegender.images import load_image
-from agegender.preprocess import FaceOptions, run_preprocess
 
 
 def _jobs(paths, keys=None):
@@ -137,7 +137,7 @@ def test_interrupted_run_resumes_without_loss(tmp_path):
 
 SCRIPT = """
 import sys, time, pandas as pd
-from agegender.preprocess import FaceOptions, run_preprocess
+from agegender.data.preprocess import FaceOptions, run_preprocess
 jobs = pd.read_csv(sys.argv[1])
 run_preprocess(jobs, sys.argv[2], FaceOptions("aligned"), workers=2, chunk_size=2,
                progress=False, on_chunk=lambda n: time.sleep(0.2))
@@ -177,7 +177,7 @@ def test_shard_writer_rejects_inconsistent_index(tmp_path):
 
 def test_command_line_entry_on_a_demo_root(tmp_path):
     root = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "agegender.preprocess", "data=demo", f"data.root={root}",
+    cmd = [sys.executable, "-m", "agegender.data.preprocess", "data=demo", f"data.root={root}",
            "data.demo_users=5", "data.demo_images_per_user=1", "data.preprocess.progress=false",
            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -22,8 +22,8 @@ import pandas as pd
 
 from agegender.data.datamodule import FaceDataModule
 from agegender.data.folds import FoldFormatError, parse_age, parse_gender
+from agegender.data.preprocess import BOX_COLUMNS
 from agegender.labels import IGNORE_INDEX
-from agegender.preprocess import BOX_COLUMNS
 
 REQUIRED: tuple[str, ...] = ("path", "age", "gender")
 
@@ -145,5 +145,6 @@ class CsvDataModule(FaceDataModule):
 
     def preprocess_command(self) -> str:
         return (
-            f"python -m agegender.preprocess data=csv data.csv={self.csv} data.source={self.source}"
+            f"python -m agegender.data.preprocess data=csv data.csv={self.csv} "
+            f"data.source={self.source}"
         )

@@ -23,10 +23,10 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from agegender.data.cache import CacheError, FaceCache, read_index
 from agegender.data.datasets import CachedFaceDataset
 from agegender.data.folds import image_relpath, load_folds
+from agegender.data.preprocess import FaceOptions, PreprocessReport, print_report, run_preprocess
 from agegender.data.splits import fold_splits
 from agegender.labels import TASK_NUM_CLASSES
 from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE
-from agegender.preprocess import FaceOptions, PreprocessReport, print_report, run_preprocess
 from agegender.transforms import EvalPreset, TrainPreset
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,9 @@ class FaceDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def preprocess_command(self) -> str:
-        return f"python -m agegender.preprocess data.root={self.root} data.source={self.source}"
+        return (
+            f"python -m agegender.data.preprocess data.root={self.root} data.source={self.source}"
+        )
 
     # -- preprocessing ---------------------------------------------------------------------
     def face_options(self) -> FaceOptions:
@@ -328,5 +330,6 @@ class AdienceDataModule(FaceDataModule):
     def preprocess_command(self) -> str:
         data = "data=demo " if self.demo else ""
         return (
-            f"python -m agegender.preprocess {data}data.root={self.root} data.source={self.source}"
+            f"python -m agegender.data.preprocess {data}data.root={self.root} "
+            f"data.source={self.source}"
         )

@@ -1,6 +1,6 @@
 """Detect, align and cache every face once, so that training reads only the cache.
 
-``python -m agegender.preprocess data.root=/data/adience [data.source=mtcnn|aligned]``
+``python -m agegender.data.preprocess data.root=/data/adience [data.source=mtcnn|aligned]``
 (config ``conf/preprocess.yaml``). The Hydra entry is thin: the work is :func:`run_preprocess`,
 which :meth:`AdienceDataModule.prepare_data` also calls.
 
@@ -289,7 +289,7 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="preprocess")
+    @hydra.main(version_base="1.3", config_path="../../conf", config_name="preprocess")
     def _main(cfg: DictConfig) -> None:
         from agegender.data.cache import CacheError
         from agegender.data.folds import FoldFormatError
