@@ -149,7 +149,7 @@ def test_worker_processes_read_the_cache(demo_root):
 
 
 def test_cache_of_another_source_is_refused(demo_root, tmp_path):
-    shutil.copytree(demo_root / "cache" / "aligned", tmp_path / "wrong")
+    shutil.copytree(_dm(demo_root).cache_dir, tmp_path / "wrong")
     dm = _dm(demo_root, source="mtcnn", cache_dir=tmp_path / "wrong")
     with pytest.raises(CacheError, match="aligned"):
         dm.setup("fit")
