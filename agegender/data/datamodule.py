@@ -161,10 +161,13 @@ class FaceDataModule(pl.LightningDataModule):
         overrides = [f"data.source={self.source}"]
         if self.face_size != FACE_SIZE:
             overrides.append(f"++data.face_size={self.face_size}")
-        for name in PIXEL_OPTIONS:
+        used = self.face_options().settings()  # aligned: no detector, no alignment
+        for name in (n for n in PIXEL_OPTIONS if n in used):
             value = self.preprocess_options[name]
             if _plain(value) != _plain(PREPROCESS_DEFAULTS[name]):
-                overrides.append(f"data.preprocess.{name}={hydra_value(_plain(value))}")
+                # "++": the config's {} of detector_kwargs takes new keys only when forced
+                force = "++" if isinstance(_plain(value), Mapping) else ""
+                overrides.append(f"{force}data.preprocess.{name}={hydra_value(_plain(value))}")
         if self.explicit_cache_dir:
             overrides.append(f"data.cache_dir={self.cache_dir}")
         return [shlex.quote(o) for o in overrides]
