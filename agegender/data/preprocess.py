@@ -8,8 +8,12 @@ which :meth:`AdienceDataModule.prepare_data` also calls.
   landmarks with MTCNN and warp it onto the alignment template (:func:`agegender.faces.align_face`,
   the same function prediction uses). When MTCNN finds nothing, the centre of the coarse crop is
   used instead and the row is flagged (``fallback``). A given box (CSV data) skips detection.
-- ``source=aligned``: Adience's own ``aligned/`` images resized to the face size: the
-  exact-paper input, no detector.
+- ``source=aligned``: Adience's own ``aligned/`` images resized to the face size with
+  ``cv2.INTER_LINEAR``, as Caffe's ``convert_imageset`` did: the exact-paper input, no detector.
+
+Each combination of the settings that change a pixel (:meth:`FaceOptions.settings`) is cached
+in its own folder, named by their hash (:meth:`FaceOptions.cache_name`) and described by its
+``cache.json``; the DataModules derive that folder from their config.
 
 Parallel over processes (each with one torch thread and its own detector), chunked, each chunk
 written atomically (:mod:`agegender.data.cache`): a killed run resumes where it stopped. A
