@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from agegender.fileio import atomic_write
 from agegender.models import build_model
-from agegender.weights import atomic_write
 
 #: Value of the ``"format"`` key of our own checkpoints.
 FORMAT = "agegender.model.v1"

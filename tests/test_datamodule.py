@@ -78,7 +78,7 @@ def test_splits_are_subject_exclusive_and_complete(demo_root, fold):
 def test_unprocessed_root_says_what_to_run(tmp_path):
     root = generate_demo(tmp_path / "raw", users=5, images_per_user=1)
     dm = _dm(root)
-    with pytest.raises(CacheError, match="python -m agegender.preprocess"):
+    with pytest.raises(CacheError, match="python -m agegender.data.preprocess"):
         dm.prepare_data()
     with pytest.raises(CacheError, match="run the preprocessing"):
         dm.setup("fit")
@@ -149,7 +149,7 @@ def test_worker_processes_read_the_cache(demo_root):
 
 
 def test_cache_of_another_source_is_refused(demo_root, tmp_path):
-    shutil.copytree(demo_root / "cache" / "aligned", tmp_path / "wrong")
+    shutil.copytree(_dm(demo_root).cache_dir, tmp_path / "wrong")
     dm = _dm(demo_root, source="mtcnn", cache_dir=tmp_path / "wrong")
     with pytest.raises(CacheError, match="aligned"):
         dm.setup("fit")

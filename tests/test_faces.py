@@ -63,6 +63,26 @@ def test_alignment_maps_landmarks_onto_the_template() -> None:
         assert np.abs(aligned[round(v), round(u)].astype(int) - expected).max() <= 3
 
 
+def test_margin_and_crop_scale_reach_the_pixels() -> None:
+    """The sweepable framing: template_shrink moves the landmarks' targets (shrink 1 = the
+    tight 112 template), box_crop_scale the crop of a box; the defaults are the constants."""
+    image = _smooth(600, 700)
+    landmarks = template(256) * 1.3 + 50.0
+    face = Face((0, 0, 10, 10), 1.0, landmarks)
+    assert np.array_equal(align_face(image, face), align_face(image, face, 256, 2.0 / 3.0, 1.6))
+    tight = similarity_matrix(landmarks, 256, shrink=1.0)
+    mapped = landmarks @ tight[:, :2].T + tight[:, 2]
+    np.testing.assert_allclose(mapped, template(256, 1.0), atol=1e-2)
+    assert not np.array_equal(align_face(image, face), align_face(image, face, template_shrink=1.0))
+    box = Face((200, 150, 300, 250), 0.9)
+    np.testing.assert_array_equal(
+        align_face(image, box, box_crop_scale=2.0), crop_box(image, box.box, 256, scale=2.0)
+    )
+    assert not np.array_equal(align_face(image, box), align_face(image, box, box_crop_scale=2.0))
+    with pytest.raises(ValueError, match="shrink"):
+        template(256, 0.0)
+
+
 def test_box_crop_fallback_is_centred_square_with_black_outside() -> None:
     image = np.full((200, 300, 3), 90, np.uint8)
     image[80:120, 130:170] = (250, 10, 10)  # the "face", 40 x 40

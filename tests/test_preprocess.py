@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from agegender.data.cache import FaceCache, read_index, write_shard
+from agegender.data.preprocess import FaceOptions, run_preprocess
 from agegender.faces import align_face, build_detector
 from agegender.images import load_image
-from agegender.preprocess import FaceOptions, run_preprocess
 
 
 def _jobs(paths, keys=None):
@@ -39,14 +39,19 @@ def _tiles(tmp_path, n):
     return paths
 
 
-def test_aligned_source_is_a_plain_resize(tmp_path):
+def test_aligned_source_is_caffes_bilinear_resize(tmp_path):
+    """Adience's aligned faces become network input as Caffe's convert_imageset made them:
+    cv::resize with its default interpolation, INTER_LINEAR (not INTER_AREA)."""
     paths = _tiles(tmp_path, 3)
+    big = tmp_path / "in" / "big.png"  # Adience's aligned faces are larger than 256: shrunk
+    cv2.imwrite(str(big), np.random.default_rng(1).integers(0, 255, (400, 300, 3), np.uint8))
+    paths.append(big)
     report = run_preprocess(_jobs(paths), tmp_path / "c", FaceOptions("aligned"), progress=False)
-    assert (report.processed, report.detected, report.errors) == (3, 0, 0)
+    assert (report.processed, report.detected, report.errors) == (4, 0, 0)
     cache = FaceCache(tmp_path / "c")
     for p in paths:
         row = cache.index.loc[p.name]
-        expected = cv2.resize(load_image(p), (256, 256), interpolation=cv2.INTER_AREA)
+        expected = cv2.resize(load_image(p), (256, 256), interpolation=cv2.INTER_LINEAR)
         assert np.array_equal(cache.face(row["shard"], row["offset"]), expected)
 
 
@@ -137,7 +142,7 @@ def test_interrupted_run_resumes_without_loss(tmp_path):
 
 SCRIPT = """
 import sys, time, pandas as pd
-from agegender.preprocess import FaceOptions, run_preprocess
+from agegender.data.preprocess import FaceOptions, run_preprocess
 jobs = pd.read_csv(sys.argv[1])
 run_preprocess(jobs, sys.argv[2], FaceOptions("aligned"), workers=2, chunk_size=2,
                progress=False, on_chunk=lambda n: time.sleep(0.2))
@@ -177,13 +182,15 @@ def test_shard_writer_rejects_inconsistent_index(tmp_path):
 
 def test_command_line_entry_on_a_demo_root(tmp_path):
     root = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "agegender.preprocess", "data=demo", f"data.root={root}",
+    cmd = [sys.executable, "-m", "agegender.data.preprocess", "data=demo", f"data.root={root}",
            "data.demo_users=5", "data.demo_images_per_user=1", "data.preprocess.progress=false",
            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "rows: 5 (already cached: 0, processed now: 5)" in done.stderr
-    assert len(FaceCache(root / "cache" / "aligned")) == 5
+    cache_dir = root / "cache" / FaceOptions("aligned").cache_name()
+    assert f"cache: {cache_dir}" in done.stderr
+    assert len(FaceCache(cache_dir)) == 5
     cmd = [*cmd[:3], f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "missing fold_0_data.txt" in done.stderr

@@ -6,7 +6,12 @@ Format (chosen for loader speed and for surviving a kill):
   so a worker touches only the pages of the faces it serves;
 - ``shard_NNNNN.csv``: the index of that shard, one row per input (``key``, ``status``
   ``ok|missing|error``, ``detected``, ``det_score``, ``fallback``, ``error``, ten landmark
-  coordinates ``lm0x..lm4y`` and ``offset``, the row in the .npy, -1 when no face was stored).
+  coordinates ``lm0x..lm4y`` and ``offset``, the row in the .npy, -1 when no face was stored);
+- ``cache.json``: the manifest, naming the format and every setting that changes a pixel
+  (source, face size, image decoding, detector and all its arguments, alignment version,
+  template, margin, box crop scale, fallback rule). Its sha256 (:func:`cache_key`) names the
+  folder, so each combination of settings is preprocessed once into its own folder and a
+  cache is never read back for settings it was not made with.
 
 Each file is written to a temporary name and moved into place with ``os.replace``; the .csv goes
 last, so a shard exists only once both files are complete. A killed run therefore leaves whole
@@ -16,13 +21,16 @@ a complete shard already holds.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from agegender.fileio import atomic_write
 
 STATUSES: tuple[str, ...] = ("ok", "missing", "error")
 LANDMARK_COLUMNS: list[str] = [f"lm{i}{axis}" for i in range(5) for axis in "xy"]
@@ -39,37 +47,85 @@ INDEX_COLUMNS: list[str] = [
 ]
 _SHARD = re.compile(r"^shard_(\d{5,})\.csv$")
 MANIFEST = "cache.json"
+#: Version of the on-disk layout (shards + index + manifest); part of every cache key.
+FORMAT = "agegender.cache.v2"
+#: Hex digits of the sha256 in a cache folder's name.
+KEY_LENGTH = 10
 
 
 class CacheError(RuntimeError):
     """The cache is missing or does not match what was asked of it; says what to run."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def canonical_json(value: Any) -> str:
+    """One spelling of ``value`` on every run and machine: sorted keys, no spaces, ASCII,
+    floats as Python writes them (shortest round-trip repr), tuples as lists."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def write_manifest(cache_dir: str | Path, size: int, source: str) -> None:
-    """Record the face size and source, so a reader never mixes caches of different kinds."""
+def cache_key(settings: dict[str, Any]) -> str:
+    """Short hash of the format and every pixel-changing setting: the cache folder's suffix.
+
+    Equal settings give equal keys on any machine; any change gives another folder."""
+    text = canonical_json({"format": FORMAT, "settings": settings})
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:KEY_LENGTH]
+
+
+def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
+    """``{"format", "key", "settings"}`` of a cache (None when there is no manifest).
+
+    A manifest of the first format (``format, size, source`` only) reads with those two as
+    its settings, so the mismatch with today's settings is reported setting by setting."""
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    if "settings" not in meta:
+        settings = {k: v for k, v in meta.items() if k != "format"}
+        meta = {"format": meta.get("format"), "key": None, "settings": settings}
+    return meta
+
+
+def setting_differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """``"name: old -> new"`` for every setting (and the format) that differs."""
+    have = {"format": have.get("format"), **have.get("settings", {})}
+    want = {"format": FORMAT, **json.loads(canonical_json(want))}
+    lines = []
+    for name in sorted(set(have) | set(want)):
+        old = canonical_json(have[name]) if name in have else "(not recorded)"
+        new = canonical_json(want[name]) if name in want else "(not used)"
+        if old != new:
+            lines.append(f"{name}: {old} -> {new}")
+    return lines
+
+
+def check_manifest(cache_dir: str | Path, settings: dict[str, Any]) -> None:
+    """Raise :class:`CacheError` naming each setting that differs between the faces stored
+    in ``cache_dir`` and ``settings`` (the faces would silently be the wrong ones)."""
+    have = read_manifest(cache_dir)
+    if have is None:
+        raise CacheError(f"no face cache at {cache_dir} (run the preprocessing first)")
+    differences = setting_differences(have, settings)
+    if differences:
+        shown = "\n  ".join(differences)
+        raise CacheError(
+            f"{cache_dir} holds faces made with other settings (stored -> asked):\n  {shown}\n"
+            "use another data.cache_dir, or leave it unset: every combination of settings "
+            "gets its own folder"
+        )
+
+
+def write_manifest(cache_dir: str | Path, settings: dict[str, Any]) -> None:
+    """Record every pixel-changing setting (``cache.json``, readable), or check that an
+    existing cache was made with exactly these, so faces of different kinds never mix."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / MANIFEST
-    wanted = {"format": "agegender.cache.v1", "size": int(size), "source": source}
-    if path.exists():
-        have = json.loads(path.read_text())
-        if have != wanted:
-            raise CacheError(f"{cache_dir} holds a cache of {have}, not {wanted}; use another dir")
+    if (cache_dir / MANIFEST).exists():
+        check_manifest(cache_dir, settings)
         return
-    _atomic_write(path, lambda fh: fh.write(json.dumps(wanted).encode()))
+    meta = {"format": FORMAT, "key": cache_key(settings), "settings": settings}
+    text = json.dumps(json.loads(canonical_json(meta)), indent=2, sort_keys=True) + "\n"
+    atomic_write(cache_dir / MANIFEST, lambda fh: fh.write(text.encode()))
 
 
 def write_shard(cache_dir: str | Path, shard: int, images: np.ndarray, index: pd.DataFrame) -> None:
@@ -81,8 +137,8 @@ def write_shard(cache_dir: str | Path, shard: int, images: np.ndarray, index: pd
     if sorted(stored[stored >= 0].tolist()) != list(range(len(images))):
         raise ValueError("index offsets do not match the stored images")
     index = index.reindex(columns=INDEX_COLUMNS)
-    _atomic_write(cache_dir / f"shard_{shard:05d}.npy", lambda fh: np.save(fh, images))
-    _atomic_write(cache_dir / f"shard_{shard:05d}.csv", lambda fh: index.to_csv(fh, index=False))
+    atomic_write(cache_dir / f"shard_{shard:05d}.npy", lambda fh: np.save(fh, images))
+    atomic_write(cache_dir / f"shard_{shard:05d}.csv", lambda fh: index.to_csv(fh, index=False))
 
 
 def completed_shards(cache_dir: str | Path) -> list[int]:
@@ -135,12 +191,13 @@ class FaceCache:
 
     def __init__(self, cache_dir: str | Path) -> None:
         self.cache_dir = Path(cache_dir)
-        manifest = self.cache_dir / MANIFEST
-        if not manifest.is_file():
+        meta = read_manifest(self.cache_dir)
+        if meta is None:
             raise CacheError(f"no face cache at {self.cache_dir} (run the preprocessing first)")
-        meta = json.loads(manifest.read_text())
-        self.size = int(meta["size"])
-        self.source = str(meta["source"])
+        #: The settings the faces were made with (``cache.json``).
+        self.settings: dict[str, Any] = meta["settings"]
+        self.size = int(self.settings["size"])
+        self.source = str(self.settings["source"])
         index = read_index(self.cache_dir)
         if not index["key"].is_unique:
             raise CacheError(f"{self.cache_dir}: a key appears in two shards")

@@ -13,6 +13,7 @@ Faces go through the same preprocessing and cache as Adience, so batches are ide
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ import pandas as pd
 
 from agegender.data.datamodule import FaceDataModule
 from agegender.data.folds import FoldFormatError, parse_age, parse_gender
+from agegender.data.preprocess import BOX_COLUMNS
 from agegender.labels import IGNORE_INDEX
-from agegender.preprocess import BOX_COLUMNS
 
 REQUIRED: tuple[str, ...] = ("path", "age", "gender")
 
@@ -119,14 +120,11 @@ class CsvDataModule(FaceDataModule):
         num_folds: int = 5,
         source: str = "mtcnn",
         strict_rows: bool = False,
-        cache_dir: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         self.csv = Path(csv).expanduser()
         kwargs.setdefault("auto_preprocess", True)  # a CSV dataset is usually small
-        if cache_dir is None:
-            cache_dir = self.csv.parent / "cache" / f"{self.csv.stem}-{source}"
-        super().__init__(self.csv.parent, fold=fold, source=source, cache_dir=cache_dir, **kwargs)
+        super().__init__(self.csv.parent, fold=fold, source=source, **kwargs)
         self.num_folds = int(num_folds)
         self.strict_rows = bool(strict_rows)
 
@@ -143,7 +141,10 @@ class CsvDataModule(FaceDataModule):
     def jobs(self) -> pd.DataFrame:
         return self._read()[["key", "path", *BOX_COLUMNS]]
 
+    def default_cache_dir(self) -> Path:
+        """``<csv folder>/cache/<csv name>-<source>[-<detector>]-<key>``: several CSVs may
+        share a folder, each setting gets its own cache."""
+        return self.csv.parent / "cache" / f"{self.csv.stem}-{self.face_options().cache_name()}"
+
     def preprocess_command(self) -> str:
-        return (
-            f"python -m agegender.preprocess data=csv data.csv={self.csv} data.source={self.source}"
-        )
+        return self._command("data=csv", f"data.csv={shlex.quote(str(self.csv))}")

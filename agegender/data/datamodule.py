@@ -10,7 +10,10 @@ computes the same seeded split).
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,15 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from agegender.data.cache import CacheError, FaceCache, read_index
+from agegender.data.cache import MANIFEST, CacheError, FaceCache, check_manifest, read_index
 from agegender.data.datasets import CachedFaceDataset
 from agegender.data.folds import image_relpath, load_folds
+from agegender.data.preprocess import FaceOptions, PreprocessReport, print_report, run_preprocess
 from agegender.data.sampling import SeededShuffleSampler
 from agegender.data.splits import fold_splits
+from agegender.faces.align import BOX_CROP_SCALE, TEMPLATE_SHRINK
 from agegender.labels import TASK_NUM_CLASSES
 from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE
-from agegender.preprocess import FaceOptions, PreprocessReport, print_report, run_preprocess
 from agegender.transforms import EvalPreset, TrainPreset
 
 log = logging.getLogger(__name__)
@@ -40,9 +44,47 @@ PREPROCESS_DEFAULTS: dict[str, Any] = {
     "detector": "mtcnn",
     "detector_kwargs": {},
     "fallback_fraction": 0.5,
+    "template_shrink": None,  # None = agegender.faces.align.TEMPLATE_SHRINK
+    "box_crop_scale": None,  # None = agegender.faces.align.BOX_CROP_SCALE
     "progress": True,
     "retry_failed": False,
 }
+#: The preprocess options that change pixels (the others only change how fast, or retries).
+PIXEL_OPTIONS: tuple[str, ...] = (
+    "detector",
+    "detector_kwargs",
+    "fallback_fraction",
+    "template_shrink",
+    "box_crop_scale",
+)
+
+
+def hydra_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar, so an error message can print a command that
+    reproduces a config (``{min_size:30}``, ``[0.6,0.7,0.7]``, ``'a b'``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    text = str(value)
+    if re.fullmatch(r"[A-Za-z_][\w./-]*", text) and text not in ("true", "false", "null"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _plain(value: Any) -> Any:
+    """Plain Python containers of a config value (Hydra passes DictConfig / ListConfig)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def adience_key(user_id: str, face_id: int, original_image: str) -> str:
@@ -89,12 +131,15 @@ class FaceDataModule(pl.LightningDataModule):
         # The training order and crops/mirrors follow the run's seed (train.py passes its
         # ``seed``); the validation carve follows ``seed`` (the split seed) alone.
         self.shuffle_seed = self.seed if shuffle_seed is None else int(shuffle_seed)
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache" / source
         self.auto_preprocess = bool(auto_preprocess)
         unknown = set(preprocess or {}) - set(PREPROCESS_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown preprocess options {sorted(unknown)}")
         self.preprocess_options = {**PREPROCESS_DEFAULTS, **dict(preprocess or {})}
+        # The folder follows from the settings, so the preprocessing command and every
+        # training run with the same config meet in it without being told where it is.
+        self.explicit_cache_dir = bool(cache_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.default_cache_dir()
         self.splits: dict[str, pd.DataFrame] = {}
         self.datasets: dict[str, CachedFaceDataset] = {}
 
@@ -108,17 +153,48 @@ class FaceDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def preprocess_command(self) -> str:
-        return f"python -m agegender.preprocess data.root={self.root} data.source={self.source}"
+        """A command that fills this DataModule's cache (same settings, same folder)."""
+        return self._command(f"data.root={shlex.quote(str(self.root))}")
+
+    def _command(self, *dataset: str) -> str:
+        return " ".join(
+            ["python -m agegender.data.preprocess", *dataset, *self.setting_overrides()]
+        )
+
+    def setting_overrides(self) -> list[str]:
+        """Hydra overrides of every pixel-changing setting this DataModule was given beyond
+        the config defaults (plus an explicit cache folder)."""
+        overrides = [f"data.source={self.source}"]
+        if self.face_size != FACE_SIZE:
+            overrides.append(f"++data.face_size={self.face_size}")
+        used = self.face_options().settings()  # aligned: no detector, no alignment
+        for name in (n for n in PIXEL_OPTIONS if n in used):
+            value = self.preprocess_options[name]
+            if _plain(value) != _plain(PREPROCESS_DEFAULTS[name]):
+                # "++": the config's {} of detector_kwargs takes new keys only when forced
+                force = "++" if isinstance(_plain(value), Mapping) else ""
+                overrides.append(f"{force}data.preprocess.{name}={hydra_value(_plain(value))}")
+        if self.explicit_cache_dir:
+            overrides.append(f"data.cache_dir={self.cache_dir}")
+        return [shlex.quote(o) for o in overrides]
+
+    def default_cache_dir(self) -> Path:
+        """``<root>/cache/<source>[-<detector>]-<key>``: one folder per combination of
+        pixel-changing settings (:meth:`FaceOptions.cache_name`)."""
+        return self.root / "cache" / self.face_options().cache_name()
 
     # -- preprocessing ---------------------------------------------------------------------
     def face_options(self) -> FaceOptions:
         o = self.preprocess_options
+        shrink, crop = o["template_shrink"], o["box_crop_scale"]
         return FaceOptions(
             source=self.source,
             size=self.face_size,
             detector=o["detector"],
-            detector_kwargs=tuple(sorted(dict(o["detector_kwargs"]).items())),
+            detector_kwargs=_plain(o["detector_kwargs"]),
             fallback_fraction=float(o["fallback_fraction"]),
+            template_shrink=TEMPLATE_SHRINK if shrink is None else float(shrink),
+            box_crop_scale=BOX_CROP_SCALE if crop is None else float(crop),
         )
 
     def preprocess(self) -> PreprocessReport:
@@ -163,6 +239,8 @@ class FaceDataModule(pl.LightningDataModule):
             lock.release()
 
     def _prepare(self) -> None:
+        if (self.cache_dir / MANIFEST).exists():
+            check_manifest(self.cache_dir, self.face_options().settings())
         missing = self.uncached()
         if not missing:
             return
@@ -179,8 +257,7 @@ class FaceDataModule(pl.LightningDataModule):
             return
         table = self.load_table()
         cache = FaceCache(self.cache_dir)
-        if cache.source != self.source or cache.size != self.face_size:
-            raise CacheError(f"{self.cache_dir} holds {cache.source}/{cache.size} faces")
+        check_manifest(self.cache_dir, self.face_options().settings())
         known = table["key"].isin(cache.all_rows.index)
         if not known.all():
             raise CacheError(
@@ -365,7 +442,5 @@ class AdienceDataModule(FaceDataModule):
         super()._prepare()
 
     def preprocess_command(self) -> str:
-        data = "data=demo " if self.demo else ""
-        return (
-            f"python -m agegender.preprocess {data}data.root={self.root} data.source={self.source}"
-        )
+        data = ["data=demo"] if self.demo else []
+        return self._command(*data, f"data.root={shlex.quote(str(self.root))}")

@@ -5,8 +5,10 @@ with ``image`` from :func:`agegender.images.load_image` (H x W x 3 uint8 RGB).
 """
 
 from agegender.faces.align import (
+    ALIGN_VERSION,
     ALIGNED_SIZE,
     BOX_CROP_SCALE,
+    TEMPLATE_SHRINK,
     align_face,
     crop_box,
     similarity_matrix,
@@ -16,11 +18,13 @@ from agegender.faces.registry import DETECTOR_BUILDERS, build_detector
 from agegender.faces.types import Detector, Face
 
 __all__ = [
+    "ALIGN_VERSION",
     "ALIGNED_SIZE",
     "BOX_CROP_SCALE",
     "DETECTOR_BUILDERS",
     "Detector",
     "Face",
+    "TEMPLATE_SHRINK",
     "align_face",
     "build_detector",
     "crop_box",

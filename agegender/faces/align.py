@@ -18,7 +18,7 @@ ALIGNED_SIZE: int = 256
 # mouth corners). The face fills that crop; Adience's aligned faces show the whole head,
 # so the template is shrunk by 2/3 about the centre: the eyes end up ~0.21 of the crop apart
 # and the face covers ~60% of it, with hair and chin inside.
-_TIGHT_112 = np.array(
+TEMPLATE_112: np.ndarray = np.array(
     [
         [38.2946, 51.6963],
         [73.5318, 51.5014],
@@ -28,41 +28,58 @@ _TIGHT_112 = np.array(
     ],
     dtype=np.float64,
 )
+#: How much the tight template is shrunk about the centre: the margin around the face
+#: (smaller = more margin). A preprocessing setting (``data.preprocess.template_shrink``).
 TEMPLATE_SHRINK: float = 2.0 / 3.0
 
 #: Template in units of the output side (multiply by ``size``), order as :class:`Face`.
-TEMPLATE_UNIT: np.ndarray = 0.5 + (_TIGHT_112 / 112.0 - 0.5) * TEMPLATE_SHRINK
+TEMPLATE_UNIT: np.ndarray = 0.5 + (TEMPLATE_112 / 112.0 - 0.5) * TEMPLATE_SHRINK
 
 #: Fallback without landmarks: side of the square crop relative to the box's longer side,
 #: chosen so a face box occupies about the same ~60% of the crop as with landmarks.
 BOX_CROP_SCALE: float = 1.6
 
+#: Version of the pixels this module produces. The face cache is keyed by it (with the
+#: template, shrink and crop scale), so bump it whenever a change to :func:`align_face`,
+#: :func:`crop_box` or their warping changes any output pixel: old caches are then not reused.
+ALIGN_VERSION: int = 1
 
-def template(size: int = ALIGNED_SIZE) -> np.ndarray:
+
+def template(size: int = ALIGNED_SIZE, shrink: float = TEMPLATE_SHRINK) -> np.ndarray:
     """The 5 landmark positions (5 x 2, float32) that :func:`align_face` maps faces onto."""
-    return (TEMPLATE_UNIT * size).astype(np.float32)
+    if not shrink > 0:
+        raise ValueError(f"template shrink must be > 0, got {shrink}")
+    return ((0.5 + (TEMPLATE_112 / 112.0 - 0.5) * shrink) * size).astype(np.float32)
 
 
-def align_face(image: np.ndarray, face: Face, size: int = ALIGNED_SIZE) -> np.ndarray:
+def align_face(
+    image: np.ndarray,
+    face: Face,
+    size: int = ALIGNED_SIZE,
+    template_shrink: float = TEMPLATE_SHRINK,
+    box_crop_scale: float = BOX_CROP_SCALE,
+) -> np.ndarray:
     """Warp ``face`` out of ``image`` into a size x size x 3 uint8 RGB crop.
 
     - landmarks present: 5-point similarity transform (rotation, uniform scale, shift) onto
-      :func:`template`, so eyes are level and at a fixed distance;
-    - no landmarks: a square crop of :data:`BOX_CROP_SCALE` x the box's longer side around its
+      :func:`template` shrunk by ``template_shrink``, so eyes are level and at a fixed distance;
+    - no landmarks: a square crop of ``box_crop_scale`` x the box's longer side around its
       centre (:func:`crop_box`);
     - a box covering the whole image without landmarks means "the image is the face"
       (``detector=none``): plain resize to size x size, the Levi-Hassner test protocol.
-    Pixels outside the image are black, as in Adience's aligned faces.
+    Pixels outside the image are black, as in Adience's aligned faces. The two framing
+    arguments exist so preprocessing can sweep the margin; prediction uses the defaults.
     """
     check_image(image)
     if face.landmarks is not None:
-        matrix = similarity_matrix(np.asarray(face.landmarks, dtype=np.float32), size)
+        landmarks = np.asarray(face.landmarks, dtype=np.float32)
+        matrix = similarity_matrix(landmarks, size, template_shrink)
         if matrix is not None:
             return _warp(image, matrix, size)
     height, width = image.shape[:2]
     if face.landmarks is None and _covers_image(face.box, width, height):
         return cv2.resize(image, (size, size), interpolation=_interpolation(width, height, size))
-    return crop_box(image, face.box, size)
+    return crop_box(image, face.box, size, box_crop_scale)
 
 
 def crop_box(
@@ -73,6 +90,8 @@ def crop_box(
 ) -> np.ndarray:
     """Square crop of side ``scale`` x the box's longer side, centred on the box, resized."""
     check_image(image)
+    if not scale > 0:
+        raise ValueError(f"box crop scale must be > 0, got {scale}")
     x1, y1, x2, y2 = (float(v) for v in box)
     if not (x2 > x1 and y2 > y1):
         raise ValueError(f"empty face box {box}")
@@ -86,12 +105,14 @@ def crop_box(
     return _warp(image, matrix, size)
 
 
-def similarity_matrix(landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray | None:
+def similarity_matrix(
+    landmarks: np.ndarray, size: int = ALIGNED_SIZE, shrink: float = TEMPLATE_SHRINK
+) -> np.ndarray | None:
     """2 x 3 similarity transform from ``landmarks`` to the template (None if degenerate)."""
     if not np.all(np.isfinite(landmarks)):
         return None
     matrix, _ = cv2.estimateAffinePartial2D(
-        landmarks.astype(np.float32), template(size), method=cv2.LMEDS
+        landmarks.astype(np.float32), template(size, shrink), method=cv2.LMEDS
     )
     if matrix is None or not np.all(np.isfinite(matrix)):
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -50,3 +52,32 @@ def build_detector(name: str = "mtcnn", **kwargs: Any) -> Detector:
     except KeyError:
         raise ValueError(f"unknown detector {name!r}; known: {sorted(DETECTOR_BUILDERS)}") from None
     return builder(**kwargs)
+
+
+#: The class each builder instantiates (module, name), for :func:`detector_arguments`.
+_DETECTOR_CLASSES: dict[str, tuple[str, str]] = {
+    "mtcnn": ("agegender.faces.mtcnn", "MTCNNDetector"),
+    "opencv_ssd": ("agegender.faces.opencv_ssd", "OpenCVSSDDetector"),
+    "haar": ("agegender.faces.haar", "HaarDetector"),
+    "none": ("agegender.faces.whole", "WholeImageDetector"),
+}
+
+
+def detector_arguments(name: str, **kwargs: Any) -> dict[str, Any]:
+    """Every argument detector ``name`` would be built with: ``kwargs`` plus the defaults of
+    its constructor, without building it.
+
+    The face cache is keyed by this, so ``{}`` and the defaults spelled out share a cache,
+    and changing a default in code does not silently reuse faces detected the old way. An
+    unknown option is a ``TypeError`` here, before any preprocessing starts.
+    """
+    if name not in _DETECTOR_CLASSES:
+        raise ValueError(f"unknown detector {name!r}; known: {sorted(DETECTOR_BUILDERS)}")
+    module, cls_name = _DETECTOR_CLASSES[name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    try:
+        bound = inspect.signature(cls).bind(**kwargs)
+    except TypeError as e:
+        raise TypeError(f"detector {name!r}: {e}") from None
+    bound.apply_defaults()
+    return dict(bound.arguments)

@@ -1,6 +1,6 @@
 """Detect, align and cache every face once, so that training reads only the cache.
 
-``python -m agegender.preprocess data.root=/data/adience [data.source=mtcnn|aligned]``
+``python -m agegender.data.preprocess data.root=/data/adience [data.source=mtcnn|aligned]``
 (config ``conf/preprocess.yaml``). The Hydra entry is thin: the work is :func:`run_preprocess`,
 which :meth:`AdienceDataModule.prepare_data` also calls.
 
@@ -8,8 +8,12 @@ which :meth:`AdienceDataModule.prepare_data` also calls.
   landmarks with MTCNN and warp it onto the alignment template (:func:`agegender.faces.align_face`,
   the same function prediction uses). When MTCNN finds nothing, the centre of the coarse crop is
   used instead and the row is flagged (``fallback``). A given box (CSV data) skips detection.
-- ``source=aligned``: Adience's own ``aligned/`` images resized to the face size: the
-  exact-paper input, no detector.
+- ``source=aligned``: Adience's own ``aligned/`` images resized to the face size with
+  ``cv2.INTER_LINEAR``, as Caffe's ``convert_imageset`` did: the exact-paper input, no detector.
+
+Each combination of the settings that change a pixel (:meth:`FaceOptions.settings`) is cached
+in its own folder, named by their hash (:meth:`FaceOptions.cache_name`) and described by its
+``cache.json``; the DataModules derive that folder from their config.
 
 Parallel over processes (each with one torch thread and its own detector), chunked, each chunk
 written atomically (:mod:`agegender.data.cache`): a killed run resumes where it stopped. A
@@ -21,23 +25,29 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
+import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from agegender.data.cache import (
     LANDMARK_COLUMNS,
+    cache_key,
     completed_shards,
     read_index,
     remove_stray_temporaries,
     write_manifest,
     write_shard,
 )
+from agegender.faces.align import ALIGN_VERSION, BOX_CROP_SCALE, TEMPLATE_112, TEMPLATE_SHRINK
+from agegender.images import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +83,96 @@ class PreprocessReport:
         )
 
 
+#: OpenCV interpolation of ``source=aligned``: ``cv::resize``'s default, bilinear, which is
+#: what Caffe's ``convert_imageset`` (the Levi-Hassner LMDBs) resized with.
+ALIGNED_INTERPOLATION: str = "INTER_LINEAR"
+
+
+def _frozen(value: Any) -> Any:
+    """Hashable, order-independent form of a config value (lists -> tuples)."""
+    if isinstance(value, Mapping):
+        raise TypeError(f"detector options must be plain values or lists, not a mapping: {value}")
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"unsupported detector option value {value!r} ({type(value).__name__})")
+
+
 @dataclass(frozen=True)
 class FaceOptions:
-    """How one image becomes a face (picklable: it travels to the worker processes)."""
+    """How one image becomes a face (picklable: it travels to the worker processes).
+
+    Every field changes pixels, so every field is in :meth:`settings`, the cache key."""
 
     source: str = "mtcnn"
     size: int = 256
     detector: str = "mtcnn"
-    detector_kwargs: tuple[tuple[str, object], ...] = ()
+    #: Sorted ``(name, value)`` pairs (a mapping is accepted and sorted).
+    detector_kwargs: tuple[tuple[str, Any], ...] = ()
     #: Side of the fallback box, as a fraction of the coarse crop's shorter side.
     fallback_fraction: float = 0.5
+    #: Margin of landmark alignment (:data:`agegender.faces.align.TEMPLATE_SHRINK`).
+    template_shrink: float = TEMPLATE_SHRINK
+    #: Crop of a box without landmarks (:data:`agegender.faces.align.BOX_CROP_SCALE`).
+    box_crop_scale: float = BOX_CROP_SCALE
+
+    def __post_init__(self) -> None:
+        kwargs = self.detector_kwargs
+        pairs = kwargs.items() if isinstance(kwargs, Mapping) else kwargs
+        frozen = tuple(sorted((str(k), _frozen(v)) for k, v in pairs))
+        object.__setattr__(self, "detector_kwargs", frozen)
+        for name in ("fallback_fraction", "template_shrink", "box_crop_scale"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "size", int(self.size))
+        if not 0 < self.fallback_fraction <= 1:
+            raise ValueError(f"fallback_fraction must be in (0, 1], got {self.fallback_fraction}")
+        if not (self.template_shrink > 0 and self.box_crop_scale > 0):
+            raise ValueError("template_shrink and box_crop_scale must be > 0")
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting that changes a cached pixel, by name: the cache key and manifest.
+
+        Built here and only here. ``source=aligned`` runs no detector and no alignment, so
+        those settings are not part of its key. Worker counts, chunking, progress and
+        retrying change no pixel and are not settings. Image decoding is
+        :func:`agegender.images.load_image` (EXIF-upright RGB, full resolution) with its
+        size guard, which decides whether a huge file becomes a face or an error row.
+        """
+        settings: dict[str, Any] = {
+            "source": self.source,
+            "size": self.size,
+            "decode": {"loader": "agegender.images.load_image", "max_pixels": DEFAULT_MAX_PIXELS},
+        }
+        if self.source == "aligned":
+            settings["resize"] = f"cv2.resize {ALIGNED_INTERPOLATION}"
+            return settings
+        from agegender.faces.registry import detector_arguments
+
+        arguments = detector_arguments(self.detector, **dict(self.detector_kwargs))
+        settings.update(
+            detector=self.detector,
+            detector_kwargs={k: _frozen(v) for k, v in arguments.items()},
+            fallback_fraction=self.fallback_fraction,
+            align_version=ALIGN_VERSION,
+            template=TEMPLATE_112.tolist(),
+            template_shrink=self.template_shrink,
+            box_crop_scale=self.box_crop_scale,
+        )
+        return settings
+
+    def cache_key(self) -> str:
+        """sha256[:10] of the canonical JSON of :meth:`settings` (and the cache format)."""
+        return cache_key(self.settings())
+
+    def cache_name(self) -> str:
+        """The cache folder's name: ``<source>-<detector>-<key>`` (``aligned-<key>``)."""
+        if self.source == "aligned":
+            return f"aligned-{self.cache_key()}"
+        detector = re.sub(r"[^\w.-]", "_", self.detector)
+        return f"{self.source}-{detector}-{self.cache_key()}"
 
 
 #: Imported once by the forkserver, so each worker forked from it starts warm.
@@ -128,7 +218,8 @@ def face_from_image(
 
     info: dict = {"detected": False, "det_score": math.nan, "fallback": ""}
     if options.source == "aligned":
-        face = cv2.resize(image, (options.size, options.size), interpolation=cv2.INTER_AREA)
+        interpolation = getattr(cv2, ALIGNED_INTERPOLATION)
+        face = cv2.resize(image, (options.size, options.size), interpolation=interpolation)
         return face, info
     from agegender.faces import Face, align_face
 
@@ -148,7 +239,14 @@ def face_from_image(
             info["fallback"] = "no_face:centre"
     if chosen.landmarks is not None:
         info.update(zip(LANDMARK_COLUMNS, np.asarray(chosen.landmarks, float).ravel(), strict=True))
-    return align_face(image, chosen, size=options.size), info
+    face = align_face(
+        image,
+        chosen,
+        size=options.size,
+        template_shrink=options.template_shrink,
+        box_crop_scale=options.box_crop_scale,
+    )
+    return face, info
 
 
 def _process_chunk(args: tuple) -> PreprocessReport:
@@ -224,7 +322,7 @@ def run_preprocess(
     if not jobs["key"].is_unique:
         raise ValueError("preprocessing jobs must have unique keys")
     cache_dir = Path(cache_dir)
-    write_manifest(cache_dir, options.size, options.source)
+    write_manifest(cache_dir, options.settings())
     remove_stray_temporaries(cache_dir)
     index = read_index(cache_dir)
     if retry_failed:
@@ -289,7 +387,7 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="preprocess")
+    @hydra.main(version_base="1.3", config_path="../../conf", config_name="preprocess")
     def _main(cfg: DictConfig) -> None:
         from agegender.data.cache import CacheError
         from agegender.data.folds import FoldFormatError
