@@ -14,7 +14,9 @@ from agegender.labels import IGNORE_INDEX
 
 
 class CachedFaceDataset(Dataset):
-    """Items are the batch dict of interface 5: image, age, gender, their masks, index.
+    """Items are the batch dict of interface 5: image, age, gender, their masks, index, and
+    ``origin`` when the transform reports where its crops came from (``with_origin``, as the
+    presets of :mod:`agegender.transforms` do): a net with a per-pixel mean image needs it.
 
     ``rows`` needs ``key``, ``age`` and ``gender`` columns (IGNORE_INDEX = unknown); ``index``
     is the row's position in ``rows``, so predictions can be joined back to the table.
@@ -36,11 +38,20 @@ class CachedFaceDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         face = self.cache.face(int(self.shard[i]), int(self.offset[i]))
         age, gender = self.age[i], self.gender[i]
-        return {
-            "image": self.transform(face),
+        with_origin = getattr(self.transform, "with_origin", None)
+        origin = None
+        if with_origin is not None:
+            image, origin = with_origin(face)
+        else:
+            image = self.transform(face)
+        item = {
+            "image": image,
             "age": age,
             "gender": gender,
             "age_mask": age != IGNORE_INDEX,
             "gender_mask": gender != IGNORE_INDEX,
             "index": torch.tensor(i, dtype=torch.int64),
         }
+        if origin is not None:
+            item["origin"] = origin
+        return item
