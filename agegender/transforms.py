@@ -6,6 +6,10 @@ cannot drift apart. Input: an aligned face as produced by :mod:`agegender.faces`
 (RGB uint8, H x W x 3 numpy array or 3 x H x W uint8 tensor, normally 256 x 256).
 Output: float32 RGB in [0, 255], the convention every model in :mod:`agegender.models`
 normalises itself (no mean subtraction here, on purpose).
+
+``with_origin`` also says where each crop came from in the resized face (an int64 ``origin``
+of ``top, left, mirrored``): a net with a per-pixel mean image subtracts the mean at that
+source position before the mirror, as Caffe's ``DataTransformer`` did.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE
+from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE, centre_offset
 
 
 def face_to_tensor(face: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -26,21 +30,55 @@ def face_to_tensor(face: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)
 
 
+def centre_origin(resize_size: int = FACE_SIZE, crop_size: int = INPUT_SIZE) -> torch.Tensor:
+    """Origin (top, left, mirrored) of the centre crop: int64 tensor of 3."""
+    c = centre_offset(resize_size, crop_size)
+    return torch.tensor([c, c, 0], dtype=torch.int64)
+
+
+def ten_crop_origins(resize_size: int = FACE_SIZE, crop_size: int = INPUT_SIZE) -> torch.Tensor:
+    """10 x 3 origins (top, left, mirrored) of :class:`EvalPreset`'s 10 crops, in TenCrop's
+    order: five_crop(img) (top-left, top-right, bottom-left, bottom-right, centre), then
+    five_crop(hflip(img)). A crop of the mirrored face is the mirror of the crop at the
+    mirrored columns, so those sources are left <-> right (and the centre's left is
+    ``S - crop - c``, 15 not 14 for 256 -> 227)."""
+    far, c = resize_size - crop_size, centre_offset(resize_size, crop_size)
+    plain = [(0, 0), (0, far), (far, 0), (far, far), (c, c)]
+    rows = [(top, left, 0) for top, left in plain]
+    rows += [(top, far - left, 1) for top, left in plain]
+    return torch.tensor(rows, dtype=torch.int64)
+
+
 class TrainPreset:
-    """Paper training augmentation: (resize to a square) random crop + horizontal mirror."""
+    """Paper training augmentation: (resize to a square) random crop + horizontal mirror.
+
+    The crop and flip are drawn here with torch's global RNG (torchvision's RandomCrop does
+    not return the offsets it drew, and the mean image needs them); the draws come from the
+    same RNG RandomCrop/RandomHorizontalFlip use, which Lightning's ``seed_everything`` and
+    per-worker seeding make reproducible.
+    """
 
     def __init__(self, crop_size: int = INPUT_SIZE, resize_size: int = FACE_SIZE) -> None:
-        self.transform = v2.Compose(
-            [
-                v2.Resize((resize_size, resize_size), antialias=True),
-                v2.RandomCrop(crop_size),
-                v2.RandomHorizontalFlip(0.5),
-                v2.ToDtype(torch.float32, scale=False),
-            ]
-        )
+        if crop_size > resize_size:
+            raise ValueError(f"crop {crop_size} is larger than the resized face {resize_size}")
+        self.crop_size, self.resize_size = crop_size, resize_size
+        self.resize = v2.Resize((resize_size, resize_size), antialias=True)
+
+    def with_origin(self, face: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (3 x S x S float32 crop, int64 origin: top, left, mirrored)."""
+        image = self.resize(face_to_tensor(face))
+        room = self.resize_size - self.crop_size + 1
+        top = int(torch.randint(0, room, (1,)).item())
+        left = int(torch.randint(0, room, (1,)).item())
+        mirrored = bool(torch.rand(1).item() < 0.5)
+        out = image[:, top : top + self.crop_size, left : left + self.crop_size]
+        if mirrored:
+            out = out.flip(-1)
+        origin = torch.tensor([top, left, int(mirrored)], dtype=torch.int64)
+        return out.to(torch.float32), origin
 
     def __call__(self, face: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.transform(face_to_tensor(face))
+        return self.with_origin(face)[0]
 
 
 class EvalPreset:
@@ -51,6 +89,11 @@ class EvalPreset:
         self, crop_size: int = INPUT_SIZE, resize_size: int = FACE_SIZE, ten_crop: bool = False
     ) -> None:
         self.ten_crop = ten_crop
+        self.origin = (
+            ten_crop_origins(resize_size, crop_size)
+            if ten_crop
+            else centre_origin(resize_size, crop_size)
+        )
         crop = v2.TenCrop(crop_size) if ten_crop else v2.CenterCrop(crop_size)
         self.transform = v2.Compose(
             [
@@ -64,3 +107,7 @@ class EvalPreset:
         out = self.transform(face_to_tensor(face))
         # TenCrop yields a tuple of crops; v2 transforms map over it, so stack once at the end.
         return torch.stack(list(out)) if self.ten_crop else out
+
+    def with_origin(self, face: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (crop(s), origin: 3, or 10 x 3 in the crops' order); see :func:`ten_crop_origins`."""
+        return self(face), self.origin.clone()

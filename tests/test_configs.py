@@ -52,6 +52,7 @@ def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
     assert cfg.model.model_name == "levi_hassner"
     assert cfg.model.model_kwargs.mode == "separate"
     assert cfg.model.model_kwargs.dropout == 0.5 and cfg.model.model_kwargs.caffe_init
+    assert cfg.model.model_kwargs.mean == "image"  # the prototxt's per-pixel mean_file
     assert cfg.model.label_smoothing == 0.0
 
 
@@ -60,6 +61,7 @@ def test_modern_experiment_is_separate_from_the_paper(tmp_path: Path) -> None:
     assert cfg.model.optimizer._target_ == "torch.optim.AdamW"
     assert cfg.model.scheduler.name == "cosine"
     assert cfg.model.label_smoothing > 0
+    assert cfg.model.model_kwargs.mean == "channel"
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])

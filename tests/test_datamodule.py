@@ -34,8 +34,9 @@ def test_batches_follow_interface(demo_root):
     dm = _dm(demo_root, fold=2, label_policy="remap")
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "age", "gender", "age_mask", "gender_mask", "index"}
+    assert set(batch) == {"image", "age", "gender", "age_mask", "gender_mask", "index", "origin"}
     assert batch["image"].shape == (6, 3, 227, 227) and batch["image"].dtype == torch.float32
+    assert batch["origin"].shape == (6, 3) and batch["origin"].dtype == torch.int64
     assert batch["image"].min() >= 0 and batch["image"].max() <= 255
     for task in ("age", "gender"):
         assert batch[task].dtype == torch.int64
@@ -44,6 +45,7 @@ def test_batches_follow_interface(demo_root):
     centre, ten = dm.test_dataloader()
     assert next(iter(centre))["image"].shape == (6, 3, 227, 227)
     assert next(iter(ten))["image"].shape == (6, 10, 3, 227, 227)
+    assert next(iter(ten))["origin"].shape == (6, 10, 3)
     dm_single = _dm(demo_root, fold=2, test_ten_crop=False)
     dm_single.setup("test")
     assert isinstance(dm_single.test_dataloader(), torch.utils.data.DataLoader)

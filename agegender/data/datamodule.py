@@ -23,10 +23,12 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchvision.transforms.v2 import functional as TF
 
 from agegender.data.cache import MANIFEST, CacheError, FaceCache, check_manifest, read_index
 from agegender.data.datasets import CachedFaceDataset
 from agegender.data.folds import image_relpath, load_folds
+from agegender.data.mean import compute_image_mean
 from agegender.data.preprocess import FaceOptions, PreprocessReport, print_report, run_preprocess
 from agegender.data.sampling import SeededShuffleSampler
 from agegender.data.splits import fold_splits
@@ -355,6 +357,21 @@ class FaceDataModule(pl.LightningDataModule):
         if not self.test_ten_crop:
             return centre
         return [centre, self._loader("test_10crop", self.eval_batch_size, shuffle=False)]
+
+    def train_mean_image(self) -> torch.Tensor:
+        """Per-pixel mean of the training split's faces (Caffe's ``compute_image_mean`` over
+        the fold's training images; never validation or test): 3 x R x R float32 RGB, R the
+        resize size the crops are taken from. Faces cached at another size are averaged at
+        their size and the mean resized (resizing is linear: the mean of the resized faces
+        up to their uint8 rounding)."""
+        if not self.datasets:
+            raise RuntimeError("call setup() before asking for the training mean image")
+        train = self.datasets["train"]
+        mean = compute_image_mean(train.cache, train.rows["key"])
+        if mean.shape[-1] != self.resize_size:
+            size = [self.resize_size, self.resize_size]
+            mean = TF.resize(mean, size, antialias=True)
+        return mean
 
     def class_counts(self, split: str = "train") -> dict[str, list[int]]:
         """Label counts of a split per task (unknown labels not counted), e.g. for weighting."""

@@ -14,7 +14,9 @@ from agegender.labels import IGNORE_INDEX
 
 
 class CachedFaceDataset(Dataset):
-    """Items are the batch dict of interface 5: image, age, gender, their masks, index.
+    """Items are the batch dict of interface 5: image, age, gender, their masks, index, and
+    ``origin`` when the transform reports where its crops came from (``with_origin``, as the
+    presets of :mod:`agegender.transforms` do): a net with a per-pixel mean image needs it.
 
     ``rows`` needs ``key``, ``age`` and ``gender`` columns (IGNORE_INDEX = unknown); ``index``
     is the row's position in ``rows``, so predictions can be joined back to the table.
@@ -40,14 +42,17 @@ class CachedFaceDataset(Dataset):
         sample gets the same crop whatever worker, prefetching or resume served it."""
         i, seed = item if isinstance(item, tuple) else (item, None)
         face = self.cache.face(int(self.shard[i]), int(self.offset[i]))
+        # Presets that crop report where (the per-pixel mean image is subtracted there).
+        transform = getattr(self.transform, "with_origin", None) or self.transform
         if seed is None:
-            image = self.transform(face)
+            out = transform(face)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                image = self.transform(face)
+                out = transform(face)
+        image, origin = out if isinstance(out, tuple) else (out, None)
         age, gender = self.age[i], self.gender[i]
-        return {
+        item = {
             "image": image,
             "age": age,
             "gender": gender,
@@ -55,3 +60,6 @@ class CachedFaceDataset(Dataset):
             "gender_mask": gender != IGNORE_INDEX,
             "index": torch.tensor(i, dtype=torch.int64),
         }
+        if origin is not None:
+            item["origin"] = origin
+        return item

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE
-from agegender.transforms import EvalPreset
+from agegender.transforms import EvalPreset, ten_crop_origins
 
 
 class FaceClassifier:
@@ -16,6 +16,8 @@ class FaceClassifier:
     Preprocessing is the shared :class:`agegender.transforms.EvalPreset` (resize 256, centre
     227, or 10-crop with ``oversample``), so prediction sees exactly what evaluation saw.
     ``preprocess`` is separate from ``predict`` so it can run in the loader threads.
+    A network with a per-pixel mean image (its checkpoint's) gets the crops' origins: none
+    for the centre crop, TenCrop's 10 origins with ``oversample``.
     """
 
     def __init__(
@@ -35,6 +37,8 @@ class FaceClassifier:
         crop = int(getattr(model, "input_size", INPUT_SIZE))
         resize = int(getattr(model, "resize_size", FACE_SIZE))
         self.preset = EvalPreset(crop_size=crop, resize_size=resize, ten_crop=oversample)
+        self.takes_origin = bool(getattr(model, "takes_origin", False))
+        self.ten_origins = ten_crop_origins(resize, crop).to(self.device)
         self.tasks = tuple(getattr(model, "tasks", ("age", "gender")))
 
     def preprocess(self, face: np.ndarray) -> torch.Tensor:
@@ -44,13 +48,18 @@ class FaceClassifier:
     @torch.inference_mode()
     def predict(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         """N x 3 x S x S (or N x 10 x 3 x S x S) -> {task: N x C probabilities (float32)}."""
+        origin = None
         if batch.ndim == 5:
             n, crops = batch.shape[:2]
             flat = batch.reshape(n * crops, *batch.shape[2:])
+            if self.takes_origin:
+                if crops != len(self.ten_origins):
+                    raise ValueError(f"{crops} crops per face; over-sampling makes 10")
+                origin = self.ten_origins.repeat(n, 1)
         else:
             n, crops, flat = batch.shape[0], 1, batch
         flat = flat.to(self.device).contiguous(memory_format=self.memory_format)
-        logits = self.model(flat)
+        logits = self.model(flat, origin=origin) if self.takes_origin else self.model(flat)
         out = {}
         for task, value in logits.items():
             probs = torch.softmax(value.float(), dim=1).reshape(n, crops, -1).mean(dim=1)

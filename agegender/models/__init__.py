@@ -9,12 +9,18 @@ with the backbone and a checkpoint always carries the normalisation it was train
 Outputs are a dict of logits, one entry per task (``"age"``: N x 8, ``"gender"``: N x 2).
 """
 
-from agegender.models.levi_hassner import CaffeInput, LeviHassnerNet, LeviHassnerTrunk
+from agegender.models.levi_hassner import (
+    CaffeInput,
+    CaffeMeanImage,
+    LeviHassnerNet,
+    LeviHassnerTrunk,
+)
 from agegender.models.registry import MODEL_BUILDERS, build_model
 
 __all__ = [
     "MODEL_BUILDERS",
     "CaffeInput",
+    "CaffeMeanImage",
     "LeviHassnerNet",
     "LeviHassnerTrunk",
     "build_model",

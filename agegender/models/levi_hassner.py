@@ -22,6 +22,16 @@ CAFFE_MEAN_BGR: tuple[float, float, float] = (78.4263377603, 87.7689143744, 114.
 INPUT_SIZE: int = 227
 FACE_SIZE: int = 256
 
+#: How the net subtracts the mean: ``channel`` (CAFFE_MEAN_BGR; the original deployed nets)
+#: or ``image`` (a per-pixel mean image, as the paper's training prototxt's ``mean_file``).
+MEAN_MODES: tuple[str, ...] = ("channel", "image")
+
+
+def centre_offset(size: int, crop: int) -> int:
+    """Top/left of a centre crop, torchvision's rounding (= Caffe's ``(size - crop) / 2`` for
+    256 -> 227: both give 14), so the mean's centre matches the image's centre crop."""
+    return int(round((size - crop) / 2.0))
+
 
 class CaffeInput(nn.Module):
     """RGB [0, 255] -> BGR minus the Caffe channel means (what the original nets were fed).
@@ -37,6 +47,64 @@ class CaffeInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean_rgb).flip(1)
+
+
+class CaffeMeanImage(nn.Module):
+    """RGB [0, 255] crop -> BGR minus a per-pixel mean image, exactly as Caffe's
+    ``DataTransformer`` with ``mean_file``: the mean is taken at the crop's *source* position
+    and the result mirrored, ``out = mirror?(crop(image - mean))``.
+
+    The mean (3 x S x S RGB, S = the face size the crops come from) is a persistent buffer, so
+    every checkpoint carries the mean it was trained with and eval, predict and export cannot
+    use another one. ``origin`` (N x 3 int: top, left, mirrored) says where each crop came
+    from; ``None`` means the (unmirrored) centre crop, the single-crop test protocol. Until
+    :meth:`fill` is called it holds the Caffe channel means at every pixel.
+    """
+
+    def __init__(self, size: int = FACE_SIZE, fill_bgr: Sequence[float] = CAFFE_MEAN_BGR) -> None:
+        super().__init__()
+        mean = torch.tensor(list(fill_bgr)[::-1], dtype=torch.float32).view(3, 1, 1)
+        self.register_buffer("mean_image", mean.expand(3, size, size).clone(), persistent=True)
+
+    @torch.no_grad()
+    def fill(self, mean_image: torch.Tensor) -> None:
+        """Set the mean image (3 x S x S RGB, pixel units), e.g. the training split's."""
+        if tuple(mean_image.shape) != tuple(self.mean_image.shape):
+            raise ValueError(
+                f"mean image must be {tuple(self.mean_image.shape)} (3 x H x W RGB), "
+                f"got {tuple(mean_image.shape)}"
+            )
+        if not torch.isfinite(mean_image).all():
+            raise ValueError("mean image has non-finite values")
+        self.mean_image.copy_(mean_image)
+
+    def crops(self, origin: torch.Tensor, crop: int) -> torch.Tensor:
+        """N x 3 x crop x crop: the mean under each crop, mirrored where the crop was."""
+        origin = origin.to(device=self.mean_image.device, dtype=torch.long).reshape(-1, 3)
+        size = self.mean_image.shape[-1]
+        # Checked on CPU only: on a GPU the check would synchronise every step (origins come
+        # from the presets; an index past the edge is a device-side assert there anyway).
+        if origin.device.type == "cpu" and (
+            (origin[:, :2] < 0).any() or (origin[:, :2] > size - crop).any()
+        ):
+            raise ValueError(f"crop origins outside the {size} x {size} mean image: {origin}")
+        steps = torch.arange(crop, device=origin.device)
+        rows = origin[:, 0:1] + steps
+        cols = origin[:, 1:2] + steps
+        cols = torch.where(origin[:, 2:3] != 0, cols.flip(1), cols)
+        # 3 x N x crop x crop gather, then sample-first
+        return self.mean_image[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
+
+    def forward(self, x: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor:
+        crop = x.shape[-1]
+        if origin is None:
+            c = centre_offset(self.mean_image.shape[-1], crop)
+            mean = self.mean_image[None, :, c : c + crop, c : c + crop]
+        else:
+            if origin.reshape(-1, 3).shape[0] != x.shape[0]:
+                raise ValueError(f"{x.shape[0]} crops but {origin.reshape(-1, 3).shape[0]} origins")
+            mean = self.crops(origin, crop)
+        return (x - mean).flip(1)
 
 
 class CaffeLRN(nn.Module):
@@ -119,11 +187,16 @@ class LeviHassnerNet(nn.Module):
 
     ``separate`` is the paper (and the original weights): one full network per task.
     ``shared`` is the multi-task variant: one trunk, one fc8 head per task.
-    Input/output convention: see :mod:`agegender.models`.
+    ``mean``: ``channel`` subtracts the Caffe channel means (the original deployed nets and
+    their parity with OpenCV); ``image`` subtracts a per-pixel mean image held in the state
+    dict (:class:`CaffeMeanImage`, filled from the training split at the start of training),
+    as the paper's training did. Input/output convention: see :mod:`agegender.models`.
     """
 
     input_size: int = INPUT_SIZE
     resize_size: int = FACE_SIZE
+    #: forward() takes ``origin`` (where each crop came from); callers check this flag.
+    takes_origin: bool = True
 
     def __init__(
         self,
@@ -131,16 +204,22 @@ class LeviHassnerNet(nn.Module):
         tasks: Sequence[str] = ("age", "gender"),
         dropout: float = 0.5,
         caffe_init: bool = True,
+        mean: str = "channel",
     ) -> None:
         super().__init__()
         if mode not in ("shared", "separate"):
             raise ValueError(f"mode must be 'shared' or 'separate', got {mode!r}")
+        if mean not in MEAN_MODES:
+            raise ValueError(f"mean must be one of {MEAN_MODES}, got {mean!r}")
         unknown = set(tasks) - set(TASK_NUM_CLASSES)
         if unknown or not tasks:
             raise ValueError(f"tasks must be a non-empty subset of {sorted(TASK_NUM_CLASSES)}")
         self.mode = mode
         self.tasks = tuple(tasks)
-        self.normalize = CaffeInput()
+        self.mean = mean
+        self.normalize: CaffeInput | CaffeMeanImage = (
+            CaffeMeanImage(self.resize_size) if mean == "image" else CaffeInput()
+        )
         if mode == "shared":
             self.trunk = LeviHassnerTrunk(dropout)
         else:
@@ -161,8 +240,22 @@ class LeviHassnerNet(nn.Module):
             nn.init.normal_(self.heads[task].weight, 0.0, 0.01)
             nn.init.zeros_(self.heads[task].bias)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.normalize(x)
+    def set_mean_image(self, mean_image: torch.Tensor) -> None:
+        """Fill the per-pixel mean (3 x 256 x 256 RGB); only a ``mean="image"`` net has one."""
+        if not isinstance(self.normalize, CaffeMeanImage):
+            raise ValueError(f"this net subtracts {self.mean} means, not a mean image")
+        self.normalize.fill(mean_image)
+
+    def forward(
+        self, x: torch.Tensor, origin: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``x``: N x 3 x 227 x 227 RGB crops; ``origin``: N x 3 (top, left, mirrored) of each
+        crop in the 256 face, used by ``mean="image"`` (None = centre crops), ignored by
+        channel means."""
+        if isinstance(self.normalize, CaffeMeanImage):
+            x = self.normalize(x, origin)
+        else:
+            x = self.normalize(x)
         if self.mode == "shared":
             features = self.trunk(x)
             return {t: self.heads[t](features) for t in self.tasks}

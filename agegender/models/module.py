@@ -9,6 +9,7 @@ and the checkpoint loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ from agegender.labels import TASK_NUM_CLASSES
 from agegender.models.registry import build_model
 from agegender.training.metrics import StageMetrics
 from agegender.training.optim import build_optimizer, build_scheduler
+from agegender.transforms import ten_crop_origins
+
+log = logging.getLogger(__name__)
 
 #: Evaluation stages: validation (centre crop) and the two test protocols, in the order of
 #: the test dataloaders (0 = centre crop, 1 = 10-crop over-sampling).
@@ -62,6 +66,11 @@ class AgeGenderModule(pl.LightningModule):
             :func:`~agegender.training.optim.build_scheduler`.
         channels_last: NHWC memory format for the convolutions (measure: it helps ResNets
             and inference, and slowed Levi-Hassner training on CPU here).
+
+    A network built with a per-pixel mean image (Levi-Hassner ``mean="image"``) gets the
+    training split's mean from the datamodule's ``train_mean_image()`` when a fresh fit
+    starts; resumed fits and evaluations use the mean stored in the checkpoint. Networks
+    with ``takes_origin`` get each crop's origin (batch key ``origin``) with the images.
     """
 
     def __init__(
@@ -121,10 +130,47 @@ class AgeGenderModule(pl.LightningModule):
                 if isinstance(layer, nn.Conv2d):
                     layer.to(memory_format=torch.channels_last)
 
+    # -- the mean image -------------------------------------------------------------------------
+    @property
+    def uses_mean_image(self) -> bool:
+        return getattr(self.model, "mean", None) == "image"
+
+    def on_fit_start(self) -> None:
+        """Fill the network's mean image from the training split on a fresh fit. Runs after
+        Lightning restored a checkpoint: a resumed fit keeps the checkpoint's mean (the one
+        its weights were trained with), whatever the data says now."""
+        if not self.uses_mean_image:
+            return
+        if self.trainer.ckpt_path:
+            log.info("mean image: kept from the checkpoint %s", self.trainer.ckpt_path)
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not callable(getattr(datamodule, "train_mean_image", None)):
+            raise RuntimeError(
+                "the network subtracts a per-pixel mean image (model_kwargs.mean=image), "
+                "which comes from the datamodule's train_mean_image(); fit with a "
+                "FaceDataModule (train.py does), or use model_kwargs.mean=channel"
+            )
+        mean = datamodule.train_mean_image()
+        self.model.set_mean_image(mean.to(self.device))
+        red, green, blue = mean.double().mean(dim=(1, 2)).tolist()
+        log.info(
+            "mean image of the training split: per-channel average R %.2f G %.2f B %.2f",
+            red,
+            green,
+            blue,
+        )
+
     # -- forward and losses --------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, origin: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``origin``: N x 3 (top, left, mirrored) of each crop, for networks that take it
+        (None = centre crops); other networks never see it."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if getattr(self.model, "takes_origin", False):
+            return self.model(x, origin=origin)
         return self.model(x)
 
     def task_losses(
@@ -150,7 +196,7 @@ class AgeGenderModule(pl.LightningModule):
 
     # -- steps ---------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = self.task_losses(self(batch["image"]), batch)
+        losses = self.task_losses(self(batch["image"], batch.get("origin")), batch)
         loss = self.total_loss(losses)
         n = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
@@ -159,7 +205,7 @@ class AgeGenderModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["image"])
+        logits = self(batch["image"], batch.get("origin"))
         losses = self.task_losses(logits, batch)
         self.log("val/loss", self.total_loss(losses), batch_size=batch["image"].shape[0])
         self._update("val", logits, batch)
@@ -167,15 +213,23 @@ class AgeGenderModule(pl.LightningModule):
     def test_step(
         self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        images = batch["image"]
+        images, origin = batch["image"], batch.get("origin")
         if images.ndim == 5:
             # Over-sampling: N x K x 3 x S x S -> average the K crops' probabilities.
             n, k = images.shape[:2]
-            logits = self(images.flatten(0, 1))
+            if origin is None and getattr(self.model, "takes_origin", False):
+                # batches without origins hold EvalPreset's 10 crops, in TenCrop's order
+                hp = self.hparams
+                origin = ten_crop_origins(hp.resize_size, hp.input_size).to(images.device)
+                if k != len(origin):
+                    raise ValueError(f"{k} crops per face without origins; expected 10-crop")
+                origin = origin.expand(n, k, 3)
+            flat_origin = None if origin is None else origin.flatten(0, 1)
+            logits = self(images.flatten(0, 1), flat_origin)
             scores = {t: v.softmax(dim=1).view(n, k, -1).mean(dim=1) for t, v in logits.items()}
             stage = "test_10crop"
         else:
-            scores = {t: v.softmax(dim=1) for t, v in self(images).items()}
+            scores = {t: v.softmax(dim=1) for t, v in self(images, origin).items()}
             stage = "test"
         self._update(stage, scores, batch)
 
