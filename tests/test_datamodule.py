@@ -213,7 +213,8 @@ def test_ddp_eval_loaders_split_every_set_without_padding(demo_root):
         for name, loader in loaders.items():
             assert isinstance(loader.sampler, DistributedSampler)
             seen[name].append([int(i) for b in loader for i in b["index"]])
-    assert not isinstance(dm.train_dataloader().sampler, DistributedSampler)  # Lightning's job
+        train = dm.train_dataloader().sampler  # ours, so Lightning leaves it (and set_epoch) be
+        assert (train.num_replicas, train.rank) == (world, rank)
     for name, shares in seen.items():
         flat = [i for share in shares for i in share]
         assert sorted(flat) == list(range(sizes[name])), (name, shares)  # each exactly once

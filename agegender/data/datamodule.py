@@ -307,7 +307,8 @@ class FaceDataModule(pl.LightningDataModule):
         # sample once, also under DDP. Every loader draws its worker seeds from its own
         # generator, never from the global RNG that dropout uses.
         if shuffle:
-            sampler = SeededShuffleSampler(dataset, seed=self.shuffle_seed)
+            world, rank = self._world()
+            sampler = SeededShuffleSampler(dataset, self.shuffle_seed, world, rank)
         else:
             sampler = self._eval_sampler(dataset)
         return (StatefulDataLoader if shuffle else DataLoader)(
@@ -320,6 +321,14 @@ class FaceDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
+    def _world(self) -> tuple[int, int]:
+        """(processes, this rank) as the Lightning strategy reports them; (1, 0) alone."""
+        trainer = self.trainer
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if not kwargs:
+            return 1, 0
+        return int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
+
     def _eval_sampler(self, dataset: CachedFaceDataset) -> UnrepeatedDistributedSampler | None:
         """Under DDP, each rank evaluates a disjoint share of the set, none padded.
 
@@ -331,11 +340,9 @@ class FaceDataModule(pl.LightningDataModule):
         logs with ``sync_dist`` and the torchmetrics states are reduced once, at epoch end.
         None (a plain sequential loader) outside distributed runs.
         """
-        trainer = self.trainer
-        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
-        if not kwargs or int(kwargs.get("num_replicas", 1)) <= 1:
+        world, rank = self._world()
+        if world <= 1:
             return None
-        world, rank = int(kwargs["num_replicas"]), int(kwargs["rank"])
         if 0 < len(dataset) < world:
             # every rank must run at least one batch (DDP's first-batch buffer sync)
             warnings.warn(

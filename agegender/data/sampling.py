@@ -19,17 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
 #: Upper bound (exclusive) of the augmentation seeds.
 _SEED_RANGE = 2**62
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class SeededShuffleSampler(DistributedSampler):
@@ -41,17 +34,12 @@ class SeededShuffleSampler(DistributedSampler):
     """
 
     def __init__(
-        self,
-        dataset: Dataset,
-        seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
+        self, dataset: Dataset, seed: int = 0, num_replicas: int = 1, rank: int = 0
     ) -> None:
-        world, me = _world()
         super().__init__(
             dataset,
-            num_replicas=world if num_replicas is None else num_replicas,
-            rank=me if rank is None else rank,
+            num_replicas=num_replicas,
+            rank=rank,
             shuffle=True,
             seed=seed,
             drop_last=False,
