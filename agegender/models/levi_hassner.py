@@ -161,9 +161,15 @@ class LeviHassnerNet(nn.Module):
             nn.init.normal_(self.heads[task].weight, 0.0, 0.01)
             nn.init.zeros_(self.heads[task].bias)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, *, tasks: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Logits per task; ``tasks`` limits the output to those heads (default: all), and in
+        ``separate`` mode runs only their trunks: a batch of age faces never passes through,
+        nor trains, the gender network (the paper's two nets each saw only their own list)."""
+        tasks = self.tasks if tasks is None else tuple(tasks)
         x = self.normalize(x)
         if self.mode == "shared":
             features = self.trunk(x)
-            return {t: self.heads[t](features) for t in self.tasks}
-        return {t: self.heads[t](self.trunks[t](x)) for t in self.tasks}
+            return {t: self.heads[t](features) for t in tasks}
+        return {t: self.heads[t](self.trunks[t](x)) for t in tasks}
