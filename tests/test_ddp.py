@@ -26,11 +26,11 @@ def test_train_py_ddp_two_cpu_processes(tmp_path_factory, tmp_path: Path) -> Non
             "trainer.accelerator=cpu",
             "trainer.devices=2",
             "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
             "trainer.limit_val_batches=2",
             "trainer.limit_test_batches=2",
             "trainer.num_sanity_val_steps=0",
             "trainer.enable_progress_bar=false",
-            "model.model_kwargs.mode=shared",
             "data=demo",
             f"data.root={demo}",
             "data.batch_size=4",
@@ -51,3 +51,6 @@ def test_train_py_ddp_two_cpu_processes(tmp_path_factory, tmp_path: Path) -> Non
         assert 0.0 <= metrics[key] <= 1.0
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
+    # the paper's per-task choice: rank 0 assembles, every rank then evaluates that file
+    assert (run_dir / "checkpoints" / "best-per-task.ckpt").is_file()
+    assert "evaluated " + str(run_dir / "checkpoints" / "best-per-task.ckpt") in log
