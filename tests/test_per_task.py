@@ -275,6 +275,8 @@ def test_selection_final_tests_the_last_weights(demo: Path, tmp_path: Path) -> N
     assert {p.name for p in folder.glob("*.ckpt")} == {"final.ckpt", "last.ckpt"}
     saved = torch.load(folder / "final.ckpt", weights_only=True)
     assert saved["global_step"] == 3
+    # last.ckpt (resume) is refreshed at every validation, here the step-2 one
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
     assert any(not torch.equal(weights.validated[k], v) for k, v in weights.final.items())
     for key, value in weights.final.items():
         assert torch.equal(tested.state[key], value), key
