@@ -54,6 +54,9 @@ def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
     assert cfg.model.model_kwargs.dropout == 0.5 and cfg.model.model_kwargs.caffe_init
     assert cfg.model.model_kwargs.mean == "image"  # the prototxt's per-pixel mean_file
     assert cfg.model.label_smoothing == 0.0
+    # two nets, each on its own list, each from its own best validation
+    assert cfg.data.train_batches == "per_task" and cfg.selection == "per_task"
+    assert list(cfg.data.train_tasks) == list(cfg.model.model_kwargs.tasks)
 
 
 def test_modern_experiment_is_separate_from_the_paper(tmp_path: Path) -> None:
@@ -62,6 +65,7 @@ def test_modern_experiment_is_separate_from_the_paper(tmp_path: Path) -> None:
     assert cfg.model.scheduler.name == "cosine"
     assert cfg.model.label_smoothing > 0
     assert cfg.model.model_kwargs.mean == "channel"
+    assert cfg.data.train_batches == "joint" and cfg.selection == "joint"
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])

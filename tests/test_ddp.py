@@ -30,9 +30,9 @@ DATA = [
     "data.preprocess.workers=1",
     "data.preprocess.progress=false",
 ]
+# The paper's configuration: separate trunks, per-task batches, per-task checkpoint choice.
 COMMON = [
     "experiment=levi_hassner",
-    "model.model_kwargs.mode=shared",
     "trainer.enable_progress_bar=false",
     "trainer.num_sanity_val_steps=0",
 ]
@@ -84,6 +84,8 @@ def test_train_py_ddp_two_cpu_processes_counts_every_sample_once(tmp_path: Path)
     evaluated = re.findall(r"\(evaluated (\S+\.ckpt)\)", log)
     assert evaluated, log[-3000:]
     ckpt_path = Path(evaluated[-1])
+    # the paper's per-task choice: rank 0 assembles, every rank then evaluates that file
+    assert ckpt_path == ddp_dir / "checkpoints" / "best-per-task.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
 

@@ -17,23 +17,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms.v2 import functional as TF
 
 from agegender.data.cache import MANIFEST, CacheError, FaceCache, check_manifest, read_index
-from agegender.data.datasets import CachedFaceDataset
+from agegender.data.datasets import CachedFaceDataset, RowSubset
 from agegender.data.folds import image_relpath, load_folds
 from agegender.data.mean import compute_image_mean
 from agegender.data.preprocess import FaceOptions, PreprocessReport, print_report, run_preprocess
 from agegender.data.sampling import SeededShuffleSampler
 from agegender.data.splits import fold_splits
 from agegender.faces.align import BOX_CROP_SCALE, TEMPLATE_SHRINK
-from agegender.labels import TASK_NUM_CLASSES
+from agegender.labels import IGNORE_INDEX, TASK_NUM_CLASSES
 from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE
 from agegender.transforms import EvalPreset, TrainPreset
 
@@ -89,12 +91,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: ``train_batches``: ``joint`` (one loader over every training row, unknown labels masked)
+#: or ``per_task`` (one loader per task over the rows labelled for it, as the paper's two
+#: Caffe nets each read their own list).
+TRAIN_BATCHES: tuple[str, ...] = ("joint", "per_task")
+
+
 def adience_key(user_id: str, face_id: int, original_image: str) -> str:
     return f"{user_id}/{face_id}/{original_image}"
 
 
 class FaceDataModule(pl.LightningDataModule):
-    """Shared machinery; subclasses provide :meth:`load_table` and :meth:`jobs`."""
+    """Shared machinery; subclasses provide :meth:`load_table` and :meth:`jobs`.
+
+    ``train_batches``: see :data:`TRAIN_BATCHES`; ``train_tasks``: the tasks that get a
+    loader with ``per_task`` (None: every task; set it to the model's tasks).
+    """
 
     def __init__(
         self,
@@ -116,8 +128,17 @@ class FaceDataModule(pl.LightningDataModule):
         cache_dir: str | Path | None = None,
         auto_preprocess: bool = False,
         preprocess: dict[str, Any] | None = None,
+        train_batches: str = "joint",
+        train_tasks: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        if train_batches not in TRAIN_BATCHES:
+            raise ValueError(f"train_batches must be one of {TRAIN_BATCHES}, got {train_batches!r}")
+        self.train_batches = train_batches
+        self.train_tasks = tuple(train_tasks) if train_tasks else tuple(TASK_NUM_CLASSES)
+        unknown = set(self.train_tasks) - set(TASK_NUM_CLASSES)
+        if unknown:
+            raise ValueError(f"train_tasks: unknown tasks {sorted(unknown)}")
         self.root = Path(root).expanduser()
         self.fold = int(fold)
         self.source = source
@@ -297,10 +318,18 @@ class FaceDataModule(pl.LightningDataModule):
             ten = EvalPreset(self.crop_size, self.resize_size, ten_crop=True)
             self.datasets["test_10crop"] = CachedFaceDataset(cache, self.splits["test"], ten)
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self,
+        name: str,
+        batch_size: int,
+        shuffle: bool,
+        rows: Sequence[int] | None = None,
+        drop_last: bool = False,
+    ) -> DataLoader:
+        """A loader over ``self.datasets[name]``, or over its ``rows`` positions only."""
         if not self.datasets:
             raise RuntimeError("call setup() before asking for a dataloader")
-        dataset = self.datasets[name]
+        dataset = self.datasets[name] if rows is None else RowSubset(self.datasets[name], rows)
         # Training: a stateful loader (torchdata) whose sampler deals (index, augmentation
         # seed) pairs; Lightning stores its position in every checkpoint, so a run killed
         # mid-epoch resumes with the rest of that epoch, crops included. Evaluation: every
@@ -318,6 +347,7 @@ class FaceDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
@@ -353,8 +383,34 @@ class FaceDataModule(pl.LightningDataModule):
             return None
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+    def labelled_rows(self, task: str, split: str = "train") -> list[int]:
+        """Positions in ``split`` of the rows whose ``task`` label is known."""
+        labels = self.splits[split][task].to_numpy()
+        return np.flatnonzero(labels != IGNORE_INDEX).tolist()
+
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        if self.train_batches == "joint":
+            return self._loader("train", self.batch_size, shuffle=True)
+        # per_task: each task's own shuffled list, every batch exactly batch_size faces, all
+        # labelled for the task (Caffe's batches are always full: the tail of a pass that
+        # would make a short batch is dropped, and the next reshuffled pass starts).
+        # ``max_size_cycle``: every step draws one batch from each list; a list that runs out
+        # restarts (reshuffled) at once, as Caffe's data layer cycles its own list, so one
+        # "epoch" is one pass over the LONGEST task list, floor(rows / batch_size) steps. Each
+        # loader stays a StatefulDataLoader: Lightning saves both positions in the checkpoint
+        # (loops.fit_loop.state_dict.combined_loader) and a resume continues both lists.
+        loaders = {}
+        for task in self.train_tasks:
+            rows = self.labelled_rows(task)
+            if len(rows) < self.batch_size:
+                raise ValueError(
+                    f"train_batches=per_task: {len(rows)} training rows have a {task} label, "
+                    f"fewer than one batch (data.batch_size={self.batch_size})"
+                )
+            loaders[task] = self._loader(
+                "train", self.batch_size, shuffle=True, rows=rows, drop_last=True
+            )
+        return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)

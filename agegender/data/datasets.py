@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from agegender.data.cache import FaceCache
 from agegender.labels import IGNORE_INDEX
@@ -63,3 +63,13 @@ class CachedFaceDataset(Dataset):
         if origin is not None:
             item["origin"] = origin
         return item
+
+
+class RowSubset(Subset):
+    """A Subset that also passes ``(index, seed)`` items through (one task's labelled rows,
+    served by :class:`agegender.data.sampling.SeededShuffleSampler`)."""
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        if isinstance(item, tuple):
+            return self.dataset[(self.indices[item[0]], item[1])]
+        return self.dataset[self.indices[item]]

@@ -247,16 +247,23 @@ class LeviHassnerNet(nn.Module):
         self.normalize.fill(mean_image)
 
     def forward(
-        self, x: torch.Tensor, origin: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        origin: torch.Tensor | None = None,
+        *,
+        tasks: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """``x``: N x 3 x 227 x 227 RGB crops; ``origin``: N x 3 (top, left, mirrored) of each
         crop in the 256 face, used by ``mean="image"`` (None = centre crops), ignored by
-        channel means."""
+        channel means. ``tasks`` limits the output to those heads (default: all), and in
+        ``separate`` mode runs only their trunks: a batch of age faces never passes through,
+        nor trains, the gender network (the paper's two nets each saw only their own list)."""
+        tasks = self.tasks if tasks is None else tuple(tasks)
         if isinstance(self.normalize, CaffeMeanImage):
             x = self.normalize(x, origin)
         else:
             x = self.normalize(x)
         if self.mode == "shared":
             features = self.trunk(x)
-            return {t: self.heads[t](features) for t in self.tasks}
-        return {t: self.heads[t](self.trunks[t](x)) for t in self.tasks}
+            return {t: self.heads[t](features) for t in tasks}
+        return {t: self.heads[t](self.trunks[t](x)) for t in tasks}

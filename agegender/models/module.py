@@ -9,6 +9,7 @@ and the checkpoint loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -100,6 +101,9 @@ class AgeGenderModule(pl.LightningModule):
 
             load_pretrained(self.model, model_name, pretrained)
         self.tasks: tuple[str, ...] = tuple(self.model.tasks)
+        #: LeviHassnerNet computes a subset of its tasks on request; other networks (one
+        #: shared backbone) compute every head and :meth:`forward` picks the asked ones.
+        self._forward_takes_tasks = "tasks" in inspect.signature(self.model.forward).parameters
         weights = _plain(dict(loss_weights or {}))
         unknown = set(weights) - set(TASK_NUM_CLASSES)
         if unknown:
@@ -163,15 +167,23 @@ class AgeGenderModule(pl.LightningModule):
 
     # -- forward and losses --------------------------------------------------------------------
     def forward(
-        self, x: torch.Tensor, origin: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        origin: torch.Tensor | None = None,
+        tasks: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``origin``: N x 3 (top, left, mirrored) of each crop, for networks that take it
+        """Logits per task (``tasks``: only those; default every task of the network).
+        ``origin``: N x 3 (top, left, mirrored) of each crop, for networks that take it
         (None = centre crops); other networks never see it."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        kwargs: dict[str, Any] = {}
         if getattr(self.model, "takes_origin", False):
-            return self.model(x, origin=origin)
-        return self.model(x)
+            kwargs["origin"] = origin
+        if tasks is not None and self._forward_takes_tasks:
+            kwargs["tasks"] = tasks
+        logits = self.model(x, **kwargs)
+        return logits if tasks is None else {t: logits[t] for t in tasks}
 
     def task_losses(
         self, logits: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
@@ -191,14 +203,45 @@ class AgeGenderModule(pl.LightningModule):
                 losses[task] = logits[task].sum() * 0.0
         return losses
 
+    def per_task_losses(
+        self, batches: Mapping[str, Mapping[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Per-task batches: every task of the network needs its own batch (a missing one
+        would leave that network untrained, and unused parameters break DDP), and each
+        batch passes through its own task only (with a shared trunk: the trunk and that
+        task's head)."""
+        if set(batches) != set(self.tasks):
+            raise ValueError(
+                f"per-task training batches for {sorted(batches)}, but the network's tasks "
+                f"are {sorted(self.tasks)}: set data.train_tasks to the model's tasks"
+            )
+        losses = {}
+        for task in self.tasks:
+            batch = batches[task]
+            # Every face is labelled for the task (the loader holds only those rows); no mask,
+            # so an unlabelled face (-1) would fail loudly in cross_entropy, not be skipped.
+            losses[task] = F.cross_entropy(
+                self(batch["image"], batch.get("origin"), tasks=[task])[task],
+                batch[task],
+                label_smoothing=self.hparams.label_smoothing,
+            )
+        return losses
+
     def total_loss(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.loss_weights[t] * losses[t] for t in self.tasks)
 
     # -- steps ---------------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = self.task_losses(self(batch["image"], batch.get("origin")), batch)
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        """A joint batch (``image``, masked labels) or per-task batches (``{task: batch}``,
+        ``data.train_batches=per_task``): each task's faces go through that task's network
+        only, and its loss is the mean cross-entropy over them; the step sums the tasks."""
+        if "image" in batch:
+            losses = self.task_losses(self(batch["image"], batch.get("origin")), batch)
+            n = batch["image"].shape[0]
+        else:
+            losses = self.per_task_losses(batch)
+            n = sum(b["image"].shape[0] for b in batch.values())
         loss = self.total_loss(losses)
-        n = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         for task, value in losses.items():
             self.log(f"train/{task}_loss", value, batch_size=n)

@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from agegender.training.checkpointing import LAST_NAME, ExactResume
 from agegender.training.metrics import CLASS_NAMES
 from agegender.training.report import plot_confusion, write_metrics_json
+from agegender.training.selection import select_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | 
 
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        eval_ckpt = _best_checkpoint(trainer)
+        eval_ckpt = select_checkpoint(cfg.get("selection", "joint"), trainer, _best_checkpoint)
     else:
         eval_ckpt = ckpt_path
         if eval_ckpt is None:
