@@ -26,8 +26,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from agegender.checkpoints import LIGHTNING_PREFIX
-from agegender.training.checkpointing import BestCheckpoint
 from agegender.fileio import atomic_write
+from agegender.training.checkpointing import BestCheckpoint
 
 log = logging.getLogger(__name__)
 
