@@ -108,6 +108,44 @@ def test_missing_image_is_reported_and_left_out(tmp_path):
     assert sum(len(r) for r in dm.splits.values()) == len(table) - 1
 
 
+def test_deleting_images_never_moves_a_user(tmp_path):
+    """Users go to train/validation from the fold files alone: with images deleted (a whole
+    validation user's among them, and some of other users), every remaining row stays in
+    the split its user had, and only the deleted rows are gone."""
+
+    def users_by_split(dm):
+        return {name: set(rows["user_id"]) for name, rows in dm.splits.items()}
+
+    whole = generate_demo(tmp_path / "whole", users=20, images_per_user=3)
+    dm = _dm(whole, auto_preprocess=True, label_policy="remap", val_fraction=0.2)
+    dm.prepare_data()
+    dm.setup("fit")
+    before = users_by_split(dm)
+    keys_before = {name: set(rows["key"]) for name, rows in dm.splits.items()}
+
+    holes = tmp_path / "holes"
+    shutil.copytree(whole, holes, ignore=shutil.ignore_patterns("cache"))
+    table, _ = load_folds(holes, "remap")
+    gone_user = sorted(before["val"])[0]
+    doomed = table[(table["user_id"] == gone_user) | (table.index % 7 == 0)]
+    for row in doomed.itertuples():
+        (holes / image_relpath(row.user_id, row.face_id, row.original_image, "aligned")).unlink(
+            missing_ok=True
+        )
+    dm = _dm(holes, auto_preprocess=True, label_policy="remap", val_fraction=0.2)
+    dm.prepare_data()
+    with pytest.warns(UserWarning, match="rows left out"):
+        dm.setup("fit")
+    after = users_by_split(dm)
+    assert gone_user not in after["val"]  # all its images are gone ...
+    assert after["val"] == before["val"] - {gone_user}  # ... and no one took its place
+    for name in before:
+        assert after[name] <= before[name]
+        gone = {k for k in keys_before[name] if k.split("/")[0] in set(doomed["user_id"])}
+        assert set(dm.splits[name]["key"]) <= keys_before[name]
+        assert len(keys_before[name]) - len(dm.splits[name]) <= len(gone)
+
+
 def test_fixed_files_are_retried_on_request(tmp_path):
     """A plain rerun resumes past a missing file; once it is back, retry_failed=true caches
     it (a newer index entry supersedes the old one) and the row returns to the splits."""

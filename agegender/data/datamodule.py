@@ -305,8 +305,15 @@ class FaceDataModule(pl.LightningDataModule):
                 f"(see status/error in {self.cache_dir}/shard_*.csv); {retry}",
                 stacklevel=2,
             )
+        # Users are dealt to train/validation from the labels alone, before any image is
+        # looked at: a missing image drops its row from its split, never moves a user.
+        splits = fold_splits(table, self.fold, self.val_fraction, self.seed)
+        cached = set(cache.index.index)
+        self.splits = {
+            name: rows[rows["key"].isin(cached)].reset_index(drop=True)
+            for name, rows in splits.items()
+        }
         self.table = table[ok].reset_index(drop=True)
-        self.splits = fold_splits(self.table, self.fold, self.val_fraction, self.seed)
         train_tf = TrainPreset(self.crop_size, self.resize_size)
         centre = EvalPreset(self.crop_size, self.resize_size, ten_crop=False)
         self.datasets = {

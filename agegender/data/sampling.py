@@ -28,9 +28,11 @@ _SEED_RANGE = 2**62
 class SeededShuffleSampler(DistributedSampler):
     """Shuffled ``(index, augmentation_seed)`` pairs; epoch ``e`` is the same on every machine.
 
-    The order is DistributedSampler's (``randperm`` seeded with ``seed + epoch``); the seeds
-    come from a second generator seeded with ``(seed, epoch)``, one per dataset index, so a
-    sample gets the same crop in the same epoch whatever the rank or worker that loads it.
+    Each pass over the data (an epoch, or a further pass within one when Lightning's
+    ``max_size_cycle`` restarts a shorter per-task list) draws its order and one seed per
+    sample from a generator seeded with ``(seed, epoch, pass)``; the seed is per dataset
+    index, so a sample gets the same crop in the same pass whatever rank or worker loads it.
+    Padding and rank slicing are DistributedSampler's.
     """
 
     def __init__(
@@ -44,39 +46,45 @@ class SeededShuffleSampler(DistributedSampler):
             seed=seed,
             drop_last=False,
         )
+        self.next_pass = 0
 
-    def epoch_items(self, epoch: int) -> list[tuple[int, int]]:
-        """This rank's ``(index, seed)`` list for ``epoch``."""
-        previous, self.epoch = self.epoch, epoch
-        try:
-            indices = list(super().__iter__())
-        finally:
-            self.epoch = previous
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        seeds = torch.randint(_SEED_RANGE, (len(self.dataset),), generator=generator).tolist()
-        return [(i, seeds[i]) for i in indices]
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.next_pass = 0
+        super().set_epoch(epoch)
+
+    def pass_items(self, epoch: int, pass_: int) -> list[tuple[int, int]]:
+        """This rank's ``(index, seed)`` list for pass ``pass_`` of ``epoch``."""
+        generator = torch.Generator().manual_seed(hash((self.seed, epoch, pass_)) % _SEED_RANGE)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=generator).tolist()
+        seeds = torch.randint(_SEED_RANGE, (n,), generator=generator).tolist()
+        if len(order) < self.total_size:  # pad to equal shares (DistributedSampler's rule)
+            order += (order * (self.total_size // max(n, 1) + 1))[: self.total_size - n]
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        return [(i, seeds[i]) for i in mine]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return _EpochIterator(self, self.epoch)
+        pass_, self.next_pass = self.next_pass, self.next_pass + 1
+        return _PassIterator(self, self.epoch, pass_)
 
 
-class _EpochIterator(Iterator[tuple[int, int]]):
-    """One epoch of a :class:`SeededShuffleSampler`, resumable at any position.
+class _PassIterator(Iterator[tuple[int, int]]):
+    """One pass of a :class:`SeededShuffleSampler`, resumable at any position.
 
-    Its state (epoch, items yielded) is what torchdata saves for the sampler; loading it
-    rebuilds the same epoch and skips what was already served.
+    Its state (epoch, pass, items yielded) is what torchdata saves for the sampler; loading
+    it rebuilds the same pass and skips what was already served.
     """
 
-    def __init__(self, sampler: SeededShuffleSampler, epoch: int) -> None:
+    def __init__(self, sampler: SeededShuffleSampler, epoch: int, pass_: int) -> None:
         self.sampler = sampler
-        self._start(epoch, 0)
+        self._start(epoch, pass_, 0)
 
-    def _start(self, epoch: int, yielded: int) -> None:
-        self.epoch = epoch
-        self.items = self.sampler.epoch_items(epoch)
-        self.yielded = yielded
+    def _start(self, epoch: int, pass_: int, yielded: int) -> None:
+        self.epoch, self.pass_, self.yielded = epoch, pass_, yielded
+        self.items = self.sampler.pass_items(epoch, pass_)
 
-    def __iter__(self) -> _EpochIterator:
+    def __iter__(self) -> _PassIterator:
         return self
 
     def __next__(self) -> tuple[int, int]:
@@ -87,8 +95,10 @@ class _EpochIterator(Iterator[tuple[int, int]]):
         return item
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "yielded": self.yielded}
+        return {"epoch": self.epoch, "pass": self.pass_, "yielded": self.yielded}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.set_epoch(int(state["epoch"]))
-        self._start(int(state["epoch"]), int(state["yielded"]))
+        epoch, pass_ = int(state["epoch"]), int(state.get("pass", 0))
+        self.sampler.set_epoch(epoch)
+        self.sampler.next_pass = pass_ + 1
+        self._start(epoch, pass_, int(state["yielded"]))
