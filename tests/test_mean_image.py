@@ -147,7 +147,7 @@ def test_classifier_oversampling_uses_the_ten_origins(mean_rgb) -> None:  # noqa
 def _small_cache(root: Path, n: int = 7, size: int = 8) -> tuple[FaceCache, np.ndarray]:
     rng = np.random.default_rng(7)
     faces = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    write_manifest(root, size, "aligned")
+    write_manifest(root, {"source": "aligned", "size": size})
     for shard, rows in enumerate((range(0, 4), range(4, n))):
         index = pd.DataFrame(
             {"key": [f"k{i}" for i in rows], "status": "ok", "offset": range(len(rows))}
@@ -212,6 +212,7 @@ def paper_run(demo: Path, tmp_path_factory) -> tuple[Path, torch.Tensor]:  # noq
         *FAST,
         f"data.root={demo}",
         "model.model_kwargs.mode=shared",
+        "selection=joint",
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",
         "trainer.limit_test_batches=1",
@@ -270,6 +271,7 @@ def test_resumed_fit_keeps_the_checkpoints_mean(
         *FAST,
         f"data.root={demo}",
         "model.model_kwargs.mode=shared",
+        "selection=joint",
         "trainer.max_steps=3",
         "trainer.val_check_interval=1",
         "trainer.limit_val_batches=1",

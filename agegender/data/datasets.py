@@ -73,3 +73,6 @@ class RowSubset(Subset):
         if isinstance(item, tuple):
             return self.dataset[(self.indices[item[0]], item[1])]
         return self.dataset[self.indices[item]]
+
+    def __getitems__(self, items: list) -> list[dict[str, torch.Tensor]]:
+        return [self[item] for item in items]
