@@ -116,6 +116,19 @@ def test_duplicates_drop_or_keep(tmp_path):
     assert json.loads(out.read_text())["0"]["rows"] == 2
 
 
+def test_datamodule_keeps_duplicates_in_the_table_but_not_in_the_jobs(tmp_path):
+    from agegender.data import AdienceDataModule
+
+    row = _row(user="u1", image="a.jpg", face_id="7", age="(0, 2)", gender="f")
+    root = write_folds(tmp_path, {0: [row, row]})
+    for duplicates, copies in (("drop", 1), ("keep", 2)):
+        dm = AdienceDataModule(root, duplicates=duplicates)
+        table = dm.load_table()
+        assert (table["face_id"] == 7).sum() == copies, duplicates
+        jobs = dm.jobs()
+        assert jobs["key"].is_unique and len(jobs) == 5, duplicates  # one job per face
+
+
 def test_malformed_rows_are_reported_with_file_and_line(tmp_path):
     bad = [
         _row(face_id="1"),
