@@ -57,6 +57,7 @@ def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
     # two nets, each on its own list, each from its own best validation
     assert cfg.data.train_batches == "per_task" and cfg.selection == "per_task"
     assert list(cfg.data.train_tasks) == list(cfg.model.model_kwargs.tasks)
+    assert cfg.data.duplicates == "keep"  # the published lists keep the duplicated rows
 
 
 def test_modern_experiment_is_separate_from_the_paper(tmp_path: Path) -> None:
@@ -66,6 +67,7 @@ def test_modern_experiment_is_separate_from_the_paper(tmp_path: Path) -> None:
     assert cfg.model.label_smoothing > 0
     assert cfg.model.model_kwargs.mean == "channel"
     assert cfg.data.train_batches == "joint" and cfg.selection == "joint"
+    assert cfg.data.duplicates == "drop"
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])

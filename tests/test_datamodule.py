@@ -259,3 +259,22 @@ def test_ddp_eval_loaders_split_every_set_without_padding(demo_root):
         assert max(map(len, shares)) - min(map(len, shares)) <= 1, name
     dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 1, "rank": 0})
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
+
+
+def test_kept_duplicates_list_the_cached_face_twice(demo_root):
+    # the demo tree repeats one row, as Adience does; both copies read the one cached face
+    dropped, kept = _dm(demo_root), _dm(demo_root, duplicates="keep")
+    dropped.setup("fit")
+    kept.setup("fit")
+    assert len(kept.table) == len(dropped.table) + 1
+    assert dropped.table["key"].is_unique
+    twice = kept.table["key"][kept.table["key"].duplicated()].tolist()
+    assert len(twice) == 1 and kept.jobs()["key"].is_unique
+    found = {}
+    for name in ("train", "val", "test"):
+        ds = kept.datasets[name]
+        positions = ds.rows.index[ds.rows["key"] == twice[0]].tolist()
+        if positions:
+            found[name] = positions
+            assert len({(ds.shard[i], ds.offset[i]) for i in positions}) == 1  # one cached face
+    assert [len(p) for p in found.values()] == [2]  # listed twice, in one split

@@ -4,6 +4,7 @@ and (with ../shared) exact equality with the Levi-Hassner test lists."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -84,6 +85,50 @@ def test_dirty_rows_keep_their_other_label_and_duplicates_drop_once(tmp_path):
     assert remap[(remap["fold"] == 0) & (remap["face_id"] == 4)]["age"].tolist() == [4]
 
 
+def test_duplicates_drop_or_keep(tmp_path):
+    row = _row(user="u1", image="a.jpg", face_id="7", age="(0, 2)", gender="f")
+    root = write_folds(tmp_path, {0: [row, _row(face_id="8"), row]})
+    dropped, report = load_folds(root, "strict")
+    assert report.duplicates == 1 and not report.duplicates_kept
+    assert "1 duplicate rows dropped" in report.summary()
+    assert dropped[dropped["fold"] == 0]["face_id"].tolist() == [7, 8]
+    kept, report = load_folds(root, "strict", duplicates="keep")
+    assert report.duplicates == 1 and report.duplicates_kept
+    assert "1 duplicate rows kept" in report.summary()
+    fold0 = kept[kept["fold"] == 0]
+    assert fold0["face_id"].tolist() == [7, 8, 7] and fold0["line"].tolist() == [2, 3, 4]
+    face7 = "u1/landmark_aligned_face.7.a.jpg"
+    assert levi_hassner_lines(kept, 0, "age") == [
+        f"{face7} 0",
+        f"{face7} 0",
+        "u1/landmark_aligned_face.8.img.jpg 4",
+    ]
+    assert levi_hassner_lines(dropped, 0, "gender") == [
+        f"{face7} 1",
+        "u1/landmark_aligned_face.8.img.jpg 0",
+    ]
+    with pytest.raises(ValueError, match="duplicates option"):
+        load_folds(root, duplicates="once")
+    out = tmp_path / "kept.json"
+    assert main([str(root), "--duplicates", "keep", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["0"]["rows"] == 3
+    assert main([str(root), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["0"]["rows"] == 2
+
+
+def test_datamodule_keeps_duplicates_in_the_table_but_not_in_the_jobs(tmp_path):
+    from agegender.data import AdienceDataModule
+
+    row = _row(user="u1", image="a.jpg", face_id="7", age="(0, 2)", gender="f")
+    root = write_folds(tmp_path, {0: [row, row]})
+    for duplicates, copies in (("drop", 1), ("keep", 2)):
+        dm = AdienceDataModule(root, duplicates=duplicates)
+        table = dm.load_table()
+        assert (table["face_id"] == 7).sum() == copies, duplicates
+        jobs = dm.jobs()
+        assert jobs["key"].is_unique and len(jobs) == 5, duplicates  # one job per face
+
+
 def test_malformed_rows_are_reported_with_file_and_line(tmp_path):
     bad = [
         _row(face_id="1"),
@@ -140,16 +185,24 @@ def test_summary_command(tmp_path, capsys):
 
 
 def test_real_folds_match_levi_hassner_test_lists(shared_dir):
+    """duplicates="keep" gives the published lists line for line, copies included;
+    duplicates="drop" gives their distinct lines."""
     adience = shared_dir / "adience"
     table, report = load_folds(adience, "strict", drop_unlabelled=False)
-    assert report.malformed == [] and report.duplicates == 117
-    assert len(table) + report.duplicates == 19487
+    kept, kept_report = load_folds(adience, "strict", drop_unlabelled=False, duplicates="keep")
+    assert report.malformed == [] and report.duplicates == kept_report.duplicates == 117
+    assert len(table) + report.duplicates == len(kept) == 19487
     assert table["user_id"].nunique() == 168
     summary = summarize(table[(table["age"] >= 0) | (table["gender"] >= 0)])
+    kept_summary = summarize(kept[(kept["age"] >= 0) | (kept["gender"] >= 0)])
     for fold in range(5):
         lists = adience / "levi_hassner_test_lists" / f"test_fold_is_{fold}"
         for task in ("age", "gender"):
             lines = (lists / f"{task}_test.txt").read_text().splitlines()
-            expected = {line.strip() for line in lines if line.strip()}
-            assert levi_hassner_lines(table, fold, task) == expected, (fold, task)
-            assert sum(summary[str(fold)][f"{task}_counts"]) == len(expected)
+            published = sorted(line.strip() for line in lines if line.strip())
+            assert levi_hassner_lines(kept, fold, task) == published, (fold, task)
+            assert Counter(levi_hassner_lines(kept, fold, task)) == Counter(published)
+            assert sum(kept_summary[str(fold)][f"{task}_counts"]) == len(published)
+            distinct = sorted(set(published))
+            assert levi_hassner_lines(table, fold, task) == distinct, (fold, task)
+            assert sum(summary[str(fold)][f"{task}_counts"]) == len(distinct)

@@ -469,6 +469,7 @@ class AdienceDataModule(FaceDataModule):
         label_policy: str = "strict",
         source: str = "mtcnn",
         strict_rows: bool = False,
+        duplicates: str = "drop",
         demo: bool = False,
         demo_users: int = 20,
         demo_images_per_user: int = 10,
@@ -479,11 +480,14 @@ class AdienceDataModule(FaceDataModule):
         super().__init__(root, fold=fold, source=source, **kwargs)
         self.label_policy = label_policy
         self.strict_rows = bool(strict_rows)
+        self.duplicates = duplicates  # drop | keep (exact duplicate fold rows; one cache key)
         self.demo = bool(demo)
         self.demo_users, self.demo_images_per_user = demo_users, demo_images_per_user
 
     def _folds(self, policy: str, drop_unlabelled: bool) -> pd.DataFrame:
-        table, report = load_folds(self.root, policy, self.strict_rows, drop_unlabelled)
+        table, report = load_folds(
+            self.root, policy, self.strict_rows, drop_unlabelled, duplicates=self.duplicates
+        )
         if report.malformed:
             warnings.warn(f"{self.root}: {report.summary()}", stacklevel=2)
         table["key"] = [

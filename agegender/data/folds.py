@@ -8,12 +8,15 @@ the literature treats them give different numbers, so the policy is an explicit 
 - ``remap``: odd values go to the nearest bucket (ties to the lower bucket; a range by its
   first number), as other published work does.
 
-A row unknown for one task keeps its other label (the head's loss masks it). Rows that cannot
-be trusted at all (wrong column count, non-numeric face id, a path component that would escape
-the data root) are reported with file and line and left out; ``strict_rows=True`` makes them
-fatal instead.
+A row unknown for one task keeps its other label (the head's loss masks it). Exact duplicate
+rows (same user, face, image and fold) are counted; ``duplicates="drop"`` (the default) keeps
+one copy, ``duplicates="keep"`` every copy, as the Levi-Hassner lists do (their line counts
+include the copies). Rows that cannot be trusted at all (wrong column count, non-numeric face
+id, a path component that would escape the data root) are reported with file and line and
+left out; ``strict_rows=True`` makes them fatal instead.
 
-Run ``python -m agegender.data.folds ROOT --policy strict --json OUT.json`` for per-fold counts.
+Run ``python -m agegender.data.folds ROOT --policy strict --json OUT.json`` for per-fold counts
+(``--duplicates keep`` to count the copies).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ COLUMNS: tuple[str, ...] = (
 )
 NUM_FOLDS = 5
 POLICIES: tuple[str, ...] = ("strict", "remap")
+#: What happens to exact duplicate rows: ``drop`` (all but the first) or ``keep`` (every copy).
+DUPLICATES: tuple[str, ...] = ("drop", "keep")
 #: Columns identifying one face image (the cache key).
 KEY: list[str] = ["user_id", "face_id", "original_image"]
 
@@ -68,15 +73,17 @@ class LoadReport:
     """What the loader left out and why, so nothing disappears silently."""
 
     malformed: list[str] = field(default_factory=list)
-    duplicates: int = 0
+    duplicates: int = 0  # rows repeating an earlier row (dropped or kept, see ``duplicates_kept``)
+    duplicates_kept: bool = False
     unknown_age: int = 0
     unknown_gender: int = 0
     dropped_unlabelled: int = 0
 
     def summary(self) -> str:
+        fate = "kept" if self.duplicates_kept else "dropped"
         return (
             f"{len(self.malformed)} malformed rows skipped, {self.duplicates} duplicate rows "
-            f"dropped, {self.unknown_age} rows without age, {self.unknown_gender} without "
+            f"{fate}, {self.unknown_age} rows without age, {self.unknown_gender} without "
             f"gender, {self.dropped_unlabelled} with neither (dropped)"
         )
 
@@ -202,15 +209,20 @@ def load_folds(
     policy: str = "strict",
     strict_rows: bool = False,
     drop_unlabelled: bool = True,
+    duplicates: str = "drop",
 ) -> tuple[pd.DataFrame, LoadReport]:
     """All five folds as one table with integer ``age``/``gender`` (IGNORE_INDEX = unknown).
 
     Columns: user_id, original_image, face_id, fold, line, age_raw, gender_raw, age, gender,
-    and the box/pose columns of the fold file (as written). Exact duplicates (same user, face
-    and image) are dropped once, keeping the first.
+    and the box/pose columns of the fold file (as written). Exact duplicates (same user, face,
+    image and fold) are counted in ``report.duplicates``; ``duplicates="drop"`` keeps the first
+    copy only, ``"keep"`` keeps every copy (the Levi-Hassner lists' multiplicity; the copies
+    share one cache key).
     """
     _check_policy(policy)
-    report = LoadReport()
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"unknown duplicates option {duplicates!r}; expected one of {DUPLICATES}")
+    report = LoadReport(duplicates_kept=duplicates == "keep")
     frames = [read_fold_file(p, k, report, strict_rows) for k, p in enumerate(fold_paths(root))]
     table = pd.concat(frames, ignore_index=True)
     table = table.rename(columns={"age": "age_raw", "gender": "gender_raw"})
@@ -218,7 +230,8 @@ def load_folds(
     table["gender"] = table["gender_raw"].map(lambda v: parse_gender(v, policy)).astype("int64")
     dup = table.duplicated(subset=[*KEY, "fold"], keep="first")
     report.duplicates = int(dup.sum())
-    table = table[~dup]
+    if duplicates == "drop":
+        table = table[~dup]
     users_per_fold = table.groupby("user_id")["fold"].nunique()
     leaky = users_per_fold[users_per_fold > 1]
     if len(leaky):
@@ -241,16 +254,17 @@ def image_relpath(user_id: str, face_id: int, original_image: str, kind: str = "
     return f"{kind}/{user_id}/{prefix}.{face_id}.{original_image}"
 
 
-def levi_hassner_lines(table: pd.DataFrame, fold: int, task: str) -> set[str]:
+def levi_hassner_lines(table: pd.DataFrame, fold: int, task: str) -> list[str]:
     """A fold's labelled rows for one task in the Levi-Hassner test-list format
-    (``<user>/landmark_aligned_face.<face_id>.<image> <label>``), as a set."""
+    (``<user>/landmark_aligned_face.<face_id>.<image> <label>``), sorted, one line per row (a
+    table loaded with ``duplicates="keep"`` gives the duplicated rows' lines more than once)."""
     rows = table[(table["fold"] == fold) & (table[task] != IGNORE_INDEX)]
-    return {
+    return sorted(
         f"{u}/landmark_aligned_face.{f}.{i} {label}"
         for u, f, i, label in zip(
             rows["user_id"], rows["face_id"], rows["original_image"], rows[task], strict=True
         )
-    }
+    )
 
 
 def summarize(table: pd.DataFrame) -> dict[str, dict]:
@@ -285,9 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--policy", choices=POLICIES, default="strict")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     parser.add_argument("--strict-rows", action="store_true", help="malformed rows are fatal")
+    parser.add_argument(
+        "--duplicates",
+        choices=DUPLICATES,
+        default="drop",
+        help="exact duplicate rows: drop all but the first, or keep every copy (Levi-Hassner)",
+    )
     args = parser.parse_args(argv)
     try:
-        table, report = load_folds(args.root, args.policy, strict_rows=args.strict_rows)
+        table, report = load_folds(
+            args.root, args.policy, strict_rows=args.strict_rows, duplicates=args.duplicates
+        )
     except FoldFormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
