@@ -9,8 +9,9 @@ aborts the multirun. The same aggregation runs standalone::
 
 Outputs in SWEEP_DIR: ``cv_results.csv`` (fractions, one row per fold, then mean and std rows
 per setting), ``cv_results.md`` (percentages, the shape of Levi & Hassner's Table 3/4),
-``cv_results.png`` (per-fold bars with mean +- std) and ``sweep_results.csv`` (one row per job:
-its overrides, objective and status; this is the table of an Optuna sweep).
+``cv_results.png`` (per-fold bars with mean +- std and the paper's figures, ``PUBLISHED``)
+and ``sweep_results.csv`` (one row per job: its overrides, objective and status; this is the
+table of an Optuna sweep).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from agegender.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,19 @@ METRICS: tuple[tuple[str, str], ...] = (
 #: (metrics.json prefix, protocol title): single centre crop and 10-crop over-sampling.
 PROTOCOLS: tuple[tuple[str, str], ...] = (("test", "single crop"), ("test_10crop", "over-sampled"))
 METRIC_COLUMNS: tuple[str, ...] = tuple(f"{p}/{m}" for p, _ in PROTOCOLS for m, _ in METRICS)
+#: The published figures, drawn as reference lines in ``cv_results.png``: mean accuracy (%)
+#: over the 5 Adience folds in Levi & Hassner, "Age and Gender Classification using
+#: Convolutional Neural Networks", CVPR 2015 AMFG workshop, Table 3 (gender) and Table 4
+#: (age exact and 1-off); ``test`` is their single centre crop, ``test_10crop`` over-sampling.
+PUBLISHED: dict[str, float] = {
+    "test/age_acc": 49.5,
+    "test/age_acc_1off": 84.6,
+    "test/gender_acc": 85.9,
+    "test_10crop/age_acc": 50.7,
+    "test_10crop/age_acc_1off": 84.7,
+    "test_10crop/gender_acc": 86.8,
+}
+PUBLISHED_LABEL = "Levi & Hassner 2015"
 
 STATUS_FILE = "job_status.json"
 METRICS_FILE = "metrics.json"
@@ -181,42 +198,55 @@ def cv_markdown(table: pd.DataFrame) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def plot_cv(table: pd.DataFrame, path: str | Path) -> None:
-    """Per-fold bars with the mean as a line and +-std as a band, one panel per metric."""
+def plot_cv(table: pd.DataFrame, path: str | Path) -> Figure:
+    """Per-fold bars with the mean as a line and +-std as a band, one panel per metric and
+    protocol (``METRIC_COLUMNS``), one row per setting (the overrides besides the fold, in
+    full as the row's title); the paper's figure (``PUBLISHED``) as a dashed red line.
+
+    Saves the figure to ``path`` and returns it (closed: for inspection, not display)."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    titles = {f"{p}/{m}": f"{title} ({proto})" for p, proto in PROTOCOLS for m, title in METRICS}
     settings = list(dict.fromkeys(table["setting"]))
-    fig, axes = plt.subplots(
-        len(settings),
-        len(METRIC_COLUMNS),
-        figsize=(3 * len(METRIC_COLUMNS), 3 * len(settings)),
-        squeeze=False,
-    )
-    for i, setting in enumerate(settings):
+    width = 3 * len(METRIC_COLUMNS)
+    fig = plt.figure(figsize=(width, 3.4 * len(settings)), layout="constrained")
+    subfigs = fig.subfigures(len(settings), 1, squeeze=False)[:, 0]
+    for subfig, setting in zip(subfigs, settings, strict=True):
+        name = setting if isinstance(setting, str) and setting else "(no overrides)"
+        subfig.suptitle(textwrap.fill(f"setting: {name}", width=12 * width), fontsize=10)
+        axes = subfig.subplots(1, len(METRIC_COLUMNS), sharey=True, squeeze=False)[0]
         group = table[table["setting"] == setting].set_index("row")
         fold_rows = [r for r in group.index if r.startswith("fold")]
-        for j, col in enumerate(METRIC_COLUMNS):
-            ax = axes[i][j]
+        for ax, col in zip(axes, METRIC_COLUMNS, strict=True):
             values = [100 * group.loc[r, col] for r in fold_rows]
-            ax.bar(range(len(fold_rows)), values, color="tab:blue")
+            ax.bar(range(len(fold_rows)), values, color="tab:blue", label="per fold")
             ax.set_xticks(range(len(fold_rows)), [r.split()[1] for r in fold_rows])
+            for x, (r, value) in enumerate(zip(fold_rows, values, strict=True)):
+                if math.isnan(value):  # a failed fold: say so instead of an empty slot
+                    ax.text(x, 30, group.loc[r, "status"], rotation=90, ha="center", fontsize=7)
             mean, std = 100 * group.loc["mean", col], 100 * group.loc["std", col]
             if not math.isnan(mean):
-                ax.axhline(mean, color="black", lw=1)
+                std_text = "" if math.isnan(std) else f" ± {std:.1f}"
+                ax.axhline(mean, color="black", lw=1, label=f"mean: {mean:.1f}{std_text}")
                 if not math.isnan(std):
                     ax.axhspan(mean - std, mean + std, color="gray", alpha=0.3)
-                ax.set_title(f"{col}\n{mean:.1f} ± {0 if math.isnan(std) else std:.1f}", fontsize=8)
-            else:
-                ax.set_title(col, fontsize=8)
+            if col in PUBLISHED:
+                ref = PUBLISHED[col]
+                ax.axhline(ref, color="tab:red", ls="--", lw=1.5, label=f"{PUBLISHED_LABEL}: {ref}")
+            ax.set_title(titles[col], fontsize=9)
             ax.set_ylim(0, 100)
             ax.set_xlabel("fold", fontsize=8)
-        axes[i][0].set_ylabel(f"% {setting}"[:40], fontsize=8)
-    fig.tight_layout()
+            ax.tick_params(labelsize=8)
+            ax.legend(loc="lower center", fontsize=7, framealpha=0.9)
+        axes[0].set_ylabel("accuracy (%)", fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:

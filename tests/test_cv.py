@@ -12,7 +12,15 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from agegender.cv import METRIC_COLUMNS, aggregate, collect_runs, cv_markdown, main
+from agegender.cv import (
+    METRIC_COLUMNS,
+    aggregate,
+    collect_runs,
+    cv_markdown,
+    cv_table,
+    main,
+    plot_cv,
+)
 
 
 def _fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None) -> Path:
@@ -43,6 +51,37 @@ def test_five_folds_give_fold_rows_and_mean_std(tmp_path: Path) -> None:
     assert "44.0 ± 3.2" in md and "Age 1-off (over-sampled)" in md
     assert (tmp_path / "cv_results.png").stat().st_size > 0
     assert len(pd.read_csv(tmp_path / "sweep_results.csv")) == 5
+
+
+#: Levi & Hassner 2015, Tables 3 and 4 (mean over 5 folds, %), written out independently of
+#: agegender.cv.PUBLISHED so that a wrong figure or a panel mapped to the wrong protocol fails.
+PAPER = {
+    "test/age_acc": 49.5,
+    "test_10crop/age_acc": 50.7,
+    "test/age_acc_1off": 84.6,
+    "test_10crop/age_acc_1off": 84.7,
+    "test/gender_acc": 85.9,
+    "test_10crop/gender_acc": 86.8,
+}
+
+
+def test_plot_shows_the_published_figures_and_the_full_setting(tmp_path: Path) -> None:
+    setting = [f"model.optimizer.lr=0.00{i}" for i in range(1, 9)]  # longer than 40 characters
+    for k in range(3):
+        _fake_job(tmp_path, k, [*setting, f"data.fold={k}"], _metrics(0.4 + 0.02 * k))
+    fig = plot_cv(cv_table(collect_runs(tmp_path)), tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert len(axes) == len(METRIC_COLUMNS) == len(PAPER)
+    for ax, col in zip(axes, METRIC_COLUMNS, strict=True):
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert len(dashed) == 1, col
+        assert list(dashed[0].get_ydata()) == [PAPER[col]] * 2, col
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert f"Levi & Hassner 2015: {PAPER[col]}" in legend, (col, legend)
+    assert axes[0].get_ylabel() == "accuracy (%)"
+    texts = [t.get_text().replace("\n", " ") for t in fig.findobj(lambda o: hasattr(o, "get_text"))]
+    assert any(" ".join(setting) in t for t in texts), "the setting is shown in full"
 
 
 def test_failed_fold_is_listed_not_averaged(tmp_path: Path) -> None:
