@@ -42,7 +42,7 @@ BOX_CROP_SCALE: float = 1.6
 #: Version of the pixels this module produces. The face cache is keyed by it (with the
 #: template, shrink and crop scale), so bump it whenever a change to :func:`align_face`,
 #: :func:`crop_box` or their warping changes any output pixel: old caches are then not reused.
-ALIGN_VERSION: int = 1
+ALIGN_VERSION: int = 2  # 2: half-pixel centre fix of the area pre-shrink in _warp
 
 
 def template(size: int = ALIGNED_SIZE, shrink: float = TEMPLATE_SHRINK) -> np.ndarray:
@@ -131,7 +131,9 @@ def _warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
             interpolation=cv2.INTER_AREA,
         )
         sx, sy = width / small.shape[1], height / small.shape[0]
-        pre = np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0], [0.0, 0.0, 1.0]])
+        # small pixel u (centre) covers full-size pixels u*sx .. (u+1)*sx - 1: its centre is
+        # at u*sx + (sx - 1)/2 in OpenCV's pixel-centre coordinates
+        pre = np.array([[sx, 0.0, (sx - 1) / 2], [0.0, sy, (sy - 1) / 2], [0.0, 0.0, 1.0]])
         matrix = (np.vstack([matrix, [0.0, 0.0, 1.0]]) @ pre)[:2]
         image = small
     return cv2.warpAffine(
