@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from agegender.models.module import AgeGenderModule, masked_targets
-from agegender.training.metrics import OneOffAccuracy, StageMetrics
+from agegender.training.metrics import StageMetrics
 from agegender.training.optim import build_optimizer, build_scheduler, cosine_factor
 
 PAPER_OPTIMIZER = {
@@ -96,12 +96,6 @@ def test_metrics_skip_unlabelled_and_count_one_off() -> None:
     assert scalars["val/age_acc_class/38-43"] == 0.0
     assert "val/age_acc_class/0-2" not in scalars  # no sample of that class: no figure
     assert "val/gender_acc" not in scalars  # no gender update at all: reported as absent
-
-
-def test_one_off_accuracy_counts_adjacent_buckets_only() -> None:
-    metric = OneOffAccuracy(1)
-    metric.update(torch.tensor([0, 1, 3, 7]), torch.tensor([1, 1, 5, 6]))
-    assert metric.compute().item() == pytest.approx(3 / 4)
 
 
 def test_ten_crop_averages_probabilities(module: AgeGenderModule) -> None:
