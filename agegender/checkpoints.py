@@ -145,7 +145,9 @@ def load_model(
     path: str | os.PathLike[str], map_location: Any = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network stored at ``path`` (our format or a train.py Lightning checkpoint);
-    returns it in eval mode, with the checkpoint's meta."""
+    returns it in eval mode, with the checkpoint's meta. The network's ``face_spec`` (its
+    class's, :mod:`agegender.spec`) says how to feed it; the ``input_size``/``resize_size``
+    hyper-parameters of older Lightning checkpoints are left in the meta, unused."""
     path = Path(path)
     ckpt = _read(path, map_location)
     name, kwargs, state, meta = _unpack(ckpt, path)

@@ -3,7 +3,9 @@
 Training, evaluation and prediction all go through these presets (defined side by side,
 as torchvision's classification references do), so the crop, flip and dtype conventions
 cannot drift apart. Input: an aligned face as produced by :mod:`agegender.faces`
-(RGB uint8, H x W x 3 numpy array or 3 x H x W uint8 tensor, normally 256 x 256).
+(RGB uint8, H x W x 3 numpy array or 3 x H x W uint8 tensor, normally the spec's face size).
+The sizes come from the network's :class:`agegender.spec.FaceSpec` (``resize_size``,
+``crop_size``): the presets take the spec, never sizes of their own.
 Output: float32 RGB in [0, 255], the convention every model in :mod:`agegender.models`
 normalises itself (no mean subtraction here, on purpose).
 
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE, centre_offset
+from agegender.models.levi_hassner import centre_offset
+from agegender.spec import FaceSpec
 
 
 def face_to_tensor(face: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -30,13 +33,13 @@ def face_to_tensor(face: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)
 
 
-def centre_origin(resize_size: int = FACE_SIZE, crop_size: int = INPUT_SIZE) -> torch.Tensor:
+def centre_origin(resize_size: int, crop_size: int) -> torch.Tensor:
     """Origin (top, left, mirrored) of the centre crop: int64 tensor of 3."""
     c = centre_offset(resize_size, crop_size)
     return torch.tensor([c, c, 0], dtype=torch.int64)
 
 
-def ten_crop_origins(resize_size: int = FACE_SIZE, crop_size: int = INPUT_SIZE) -> torch.Tensor:
+def ten_crop_origins(resize_size: int, crop_size: int) -> torch.Tensor:
     """10 x 3 origins (top, left, mirrored) of :class:`EvalPreset`'s 10 crops, in TenCrop's
     order: five_crop(img) (top-left, top-right, bottom-left, bottom-right, centre), then
     five_crop(hflip(img)). A crop of the mirrored face is the mirror of the crop at the
@@ -58,9 +61,8 @@ class TrainPreset:
     per-worker seeding make reproducible.
     """
 
-    def __init__(self, crop_size: int = INPUT_SIZE, resize_size: int = FACE_SIZE) -> None:
-        if crop_size > resize_size:
-            raise ValueError(f"crop {crop_size} is larger than the resized face {resize_size}")
+    def __init__(self, spec: FaceSpec) -> None:
+        crop_size, resize_size = spec.crop_size, spec.resize_size  # FaceSpec: crop <= resize
         self.crop_size, self.resize_size = crop_size, resize_size
         self.resize = v2.Resize((resize_size, resize_size), antialias=True)
 
@@ -85,9 +87,8 @@ class EvalPreset:
     """Paper test protocol: centre crop (3 x S x S), or 10-crop over-sampling (10 x 3 x S x S:
     four corners and centre, each also mirrored; the caller averages the probabilities)."""
 
-    def __init__(
-        self, crop_size: int = INPUT_SIZE, resize_size: int = FACE_SIZE, ten_crop: bool = False
-    ) -> None:
+    def __init__(self, spec: FaceSpec, ten_crop: bool = False) -> None:
+        crop_size, resize_size = spec.crop_size, spec.resize_size
         self.ten_crop = ten_crop
         self.origin = (
             ten_crop_origins(resize_size, crop_size)

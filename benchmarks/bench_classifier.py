@@ -28,12 +28,12 @@ import torch
 
 from agegender.caffe_io import read_caffe_net
 from agegender.checkpoints import load_model
-from agegender.models.levi_hassner import CAFFE_MEAN_BGR, FACE_SIZE, INPUT_SIZE
+from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
 from agegender.transforms import EvalPreset
 from agegender.weights import ensure_gag_wheel, ensure_original_weights, read_gag_member
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
-OFFSET = (FACE_SIZE - INPUT_SIZE) // 2
+OFFSET = (SPEC.face_size - SPEC.crop_size) // 2
 
 
 def make_faces(n: int) -> list[np.ndarray]:
@@ -49,16 +49,16 @@ def make_faces(n: int) -> list[np.ndarray]:
             h, w = img.shape[:2]
             side = int(min(h, w) * rng.uniform(0.5, 0.9))
             y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-            bgr = cv2.resize(img[y : y + side, x : x + side], (FACE_SIZE, FACE_SIZE))
+            bgr = cv2.resize(img[y : y + side, x : x + side], (SPEC.face_size, SPEC.face_size))
             faces.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         else:
-            faces.append(rng.integers(0, 256, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8))
+            faces.append(rng.integers(0, 256, (SPEC.face_size, SPEC.face_size, 3), dtype=np.uint8))
     return faces
 
 
 def our_batches(faces: list[np.ndarray], batch: int) -> list[torch.Tensor]:
     """The package's one preprocessing path, batched and laid out channels_last."""
-    preset = EvalPreset()
+    preset = EvalPreset(SPEC)
     return [
         torch.stack([preset(f) for f in faces[i : i + batch]]).contiguous(
             memory_format=torch.channels_last
@@ -70,12 +70,14 @@ def our_batches(faces: list[np.ndarray], batch: int) -> list[torch.Tensor]:
 def cv2_blobs(faces: list[np.ndarray], batch: int) -> list[np.ndarray]:
     """What OpenCV users feed the Caffe nets: BGR centre crop, mean subtracted, NCHW."""
     crops = [
-        np.ascontiguousarray(f[OFFSET : OFFSET + INPUT_SIZE, OFFSET : OFFSET + INPUT_SIZE, ::-1])
+        np.ascontiguousarray(
+            f[OFFSET : OFFSET + SPEC.crop_size, OFFSET : OFFSET + SPEC.crop_size, ::-1]
+        )
         for f in faces
     ]
     return [
         cv2.dnn.blobFromImages(
-            crops[i : i + batch], 1.0, (INPUT_SIZE, INPUT_SIZE), CAFFE_MEAN_BGR, swapRB=False
+            crops[i : i + batch], 1.0, (SPEC.crop_size, SPEC.crop_size), SPEC.mean, swapRB=False
         )
         for i in range(0, len(crops), batch)
     ]

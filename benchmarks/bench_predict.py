@@ -32,7 +32,7 @@ from agegender.faces import build_detector
 from agegender.images import load_image
 from agegender.inference import build_classifier, configure_torch_threads, predict
 from agegender.labels import AGE_BUCKETS, GENDERS
-from agegender.models.levi_hassner import CAFFE_MEAN_BGR, INPUT_SIZE
+from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
 from agegender.weights import ensure_gag_asset
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -101,7 +101,7 @@ class SeedPipeline:
                     if face.size == 0:
                         continue
                     blob = cv2.dnn.blobFromImage(
-                        face, 1.0, (INPUT_SIZE, INPUT_SIZE), CAFFE_MEAN_BGR, swapRB=False
+                        face, 1.0, (SPEC.crop_size, SPEC.crop_size), SPEC.mean, swapRB=False
                     )
                     self.gender_net.setInput(blob)
                     gender = GENDERS[int(self.gender_net.forward()[0].argmax())]

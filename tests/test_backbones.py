@@ -24,9 +24,10 @@ SIZES = {"resnet18": (224, 256), "resnet50": (224, 256), "inception_resnet_v1": 
 @pytest.mark.parametrize("name", ["resnet18", "inception_resnet_v1"])
 def test_heads_and_sizes(name: str) -> None:
     model = build_model(name, tasks=["age", "gender"]).eval()
-    assert (model.input_size, model.resize_size) == SIZES[name]
+    crop = model.face_spec.crop_size
+    assert (crop, model.face_spec.resize_size) == SIZES[name]
     with torch.no_grad():
-        out = model(torch.rand(2, 3, model.input_size, model.input_size) * 255)
+        out = model(torch.rand(2, 3, crop, crop) * 255)
     assert out["age"].shape == (2, 8) and out["gender"].shape == (2, 2)
     assert build_model(name, tasks=["gender"]).tasks == ("gender",)
 
@@ -34,7 +35,7 @@ def test_heads_and_sizes(name: str) -> None:
 def test_resnet50_builds_with_two_heads() -> None:
     model = build_model("resnet50")
     assert model.heads["age"].in_features == 2048
-    assert model.input_size == 224
+    assert model.face_spec.crop_size == 224
 
 
 def test_resnet_normalises_0_255_rgb_with_imagenet_statistics() -> None:

@@ -23,8 +23,8 @@ def test_every_group_is_covered() -> None:
 def test_experiment_composes_and_resolves(experiment: str, tmp_path: Path) -> None:
     cfg = compose_train([f"experiment={experiment}"], tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation resolves
-    assert cfg.data.crop_size == cfg.model.input_size
-    assert cfg.data.resize_size == cfg.model.resize_size
+    assert cfg.data.model_name == cfg.model.model_name  # sizes: that network's face_spec
+    assert not {"crop_size", "resize_size", "input_size"} & (set(cfg.data) | set(cfg.model))
     assert cfg.optimized_metric.startswith("val/")
 
 
@@ -34,8 +34,8 @@ def test_model_config_builds_its_network_with_matching_data_sizes(
 ) -> None:
     cfg = compose_train([f"model={model}"], tmp_path)
     module = instantiate(cfg.model, _recursive_=False)
-    assert module.model.input_size == cfg.data.crop_size
-    assert module.model.resize_size == cfg.data.resize_size
+    datamodule = instantiate(cfg.data)
+    assert datamodule.face_spec == module.face_spec == module.model.face_spec
 
 
 def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
@@ -47,7 +47,8 @@ def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
     assert (sched.name, sched.step_size, sched.gamma) == ("step", 10000, 0.1)
     assert cfg.trainer.max_steps == 50000
     assert cfg.data.batch_size == 50
-    assert (cfg.data.crop_size, cfg.data.resize_size) == (227, 256)
+    spec = instantiate(cfg.data).face_spec
+    assert (spec.face_size, spec.resize_size, spec.crop_size) == (256, 256, 227)
     assert cfg.data.test_ten_crop is True
     assert cfg.model.model_name == "levi_hassner"
     assert cfg.model.model_kwargs.mode == "separate"

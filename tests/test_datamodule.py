@@ -14,6 +14,7 @@ from agegender.data.cache import CacheError, FaceCache
 from agegender.data.demo import generate_demo
 from agegender.data.folds import image_relpath, load_folds
 from agegender.labels import IGNORE_INDEX
+from agegender.models import LeviHassnerNet
 from agegender.transforms import EvalPreset
 
 
@@ -57,7 +58,7 @@ def test_eval_images_are_the_shared_preset_of_the_cached_face(demo_root):
     ds = dm.datasets["test"]
     item = ds[3]
     face = FaceCache(dm.cache_dir).face(int(ds.shard[3]), int(ds.offset[3]))
-    assert torch.equal(item["image"], EvalPreset(227, 256)(face))
+    assert torch.equal(item["image"], EvalPreset(LeviHassnerNet.face_spec)(face))
     assert ds.rows["key"][int(item["index"])] == ds.rows["key"][3]
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from agegender.faces import (
-    ALIGNED_SIZE,
     Face,
     align_face,
     build_detector,
@@ -56,7 +55,7 @@ def test_alignment_maps_landmarks_onto_the_template() -> None:
     np.testing.assert_allclose(mapped, template(256), atol=1e-2)
 
     image = _smooth(600, 700)
-    aligned = align_face(image, Face((0, 0, 10, 10), 1.0, landmarks))
+    aligned = align_face(image, Face((0, 0, 10, 10), 1.0, landmarks), 256)
     assert aligned.shape == (256, 256, 3) and aligned.dtype == np.uint8
     for (u, v), (x, y) in zip(template(256), landmarks, strict=True):
         expected = image[round(y), round(x)].astype(int)
@@ -69,16 +68,22 @@ def test_margin_and_crop_scale_reach_the_pixels() -> None:
     image = _smooth(600, 700)
     landmarks = template(256) * 1.3 + 50.0
     face = Face((0, 0, 10, 10), 1.0, landmarks)
-    assert np.array_equal(align_face(image, face), align_face(image, face, 256, 2.0 / 3.0, 1.6))
+    assert np.array_equal(
+        align_face(image, face, 256), align_face(image, face, 256, 2.0 / 3.0, 1.6)
+    )
     tight = similarity_matrix(landmarks, 256, shrink=1.0)
     mapped = landmarks @ tight[:, :2].T + tight[:, 2]
     np.testing.assert_allclose(mapped, template(256, 1.0), atol=1e-2)
-    assert not np.array_equal(align_face(image, face), align_face(image, face, template_shrink=1.0))
+    assert not np.array_equal(
+        align_face(image, face, 256), align_face(image, face, 256, template_shrink=1.0)
+    )
     box = Face((200, 150, 300, 250), 0.9)
     np.testing.assert_array_equal(
-        align_face(image, box, box_crop_scale=2.0), crop_box(image, box.box, 256, scale=2.0)
+        align_face(image, box, 256, box_crop_scale=2.0), crop_box(image, box.box, 256, scale=2.0)
     )
-    assert not np.array_equal(align_face(image, box), align_face(image, box, box_crop_scale=2.0))
+    assert not np.array_equal(
+        align_face(image, box, 256), align_face(image, box, 256, box_crop_scale=2.0)
+    )
     with pytest.raises(ValueError, match="shrink"):
         template(256, 0.0)
 
@@ -94,15 +99,15 @@ def test_box_crop_fallback_is_centred_square_with_black_outside() -> None:
     out = align_face(image, face, size=64)
     assert (out[1, 1] == 0).all()
     with pytest.raises(ValueError, match="empty face box"):
-        crop_box(image, (10, 10, 10, 20))
+        crop_box(image, (10, 10, 10, 20), 64)
 
 
 def test_none_detector_is_the_whole_image_resized() -> None:
     image = _smooth(400, 300)
     faces = build_detector("none").detect(image)
     assert faces == [Face((0.0, 0.0, 300.0, 400.0), 1.0)]
-    out = align_face(image, faces[0])
-    assert out.shape == (ALIGNED_SIZE, ALIGNED_SIZE, 3)
+    out = align_face(image, faces[0], 256)
+    assert out.shape == (256, 256, 3)
     np.testing.assert_array_equal(out, cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from agegender.models import LeviHassnerNet, LeviHassnerTrunk
-from agegender.models.levi_hassner import CAFFE_MEAN_BGR, CaffeInput
+from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
+from agegender.models.levi_hassner import CaffeInput
 
 
 def test_trunk_sizes_follow_caffe_ceil_pooling() -> None:
@@ -50,7 +51,7 @@ def test_single_task_and_bad_mode() -> None:
 def test_caffe_input_swaps_to_bgr_and_subtracts_mean() -> None:
     rgb = torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1)
     bgr = CaffeInput()(rgb).flatten().tolist()
-    expected = [30 - CAFFE_MEAN_BGR[0], 20 - CAFFE_MEAN_BGR[1], 10 - CAFFE_MEAN_BGR[2]]
+    expected = [30 - SPEC.mean[0], 20 - SPEC.mean[1], 10 - SPEC.mean[2]]
     assert bgr == pytest.approx(expected)
 
 

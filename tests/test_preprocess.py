@@ -79,7 +79,7 @@ def test_mtcnn_detects_aligns_and_records(tmp_path, samples_dir):
     landmarks = row[[f"lm{i}{a}" for i in range(5) for a in "xy"]].to_numpy(float)
     np.testing.assert_allclose(landmarks.reshape(5, 2), face.landmarks, atol=1e-3)
     cached = cache.face(row["shard"], row["offset"])
-    assert np.abs(cached.astype(int) - align_face(image, face).astype(int)).max() <= 1
+    assert np.abs(cached.astype(int) - align_face(image, face, 256).astype(int)).max() <= 1
     row = cache.index.loc["blank.png"]
     assert not row["detected"] and row["fallback"] == "no_face:centre"
     assert math.isnan(row["det_score"])
@@ -87,7 +87,7 @@ def test_mtcnn_detects_aligns_and_records(tmp_path, samples_dir):
     assert row["fallback"] == "given_box" and not row["detected"]
     from agegender.faces import Face
 
-    given = align_face(image, Face(box=(10.0, 20.0, 110.0, 140.0), score=0.0))
+    given = align_face(image, Face(box=(10.0, 20.0, 110.0, 140.0), score=0.0), 256)
     assert np.array_equal(cache.face(row["shard"], row["offset"]), given)
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from agegender.models import LeviHassnerNet
+from agegender.models.backbones import InceptionResnetAgeGender
 from agegender.transforms import EvalPreset, TrainPreset, face_to_tensor
+
+SPEC = LeviHassnerNet.face_spec
 
 
 def _face(h: int = 256, w: int = 256) -> np.ndarray:
@@ -14,7 +18,7 @@ def _face(h: int = 256, w: int = 256) -> np.ndarray:
 
 def test_eval_centre_crop_matches_caffe_offset() -> None:
     face = _face()
-    out = EvalPreset()(face)
+    out = EvalPreset(SPEC)(face)
     # Caffe/OpenCV crop 227 of 256 at offset (256 - 227) // 2 = 14.
     expected = torch.from_numpy(face[14:241, 14:241]).permute(2, 0, 1).float()
     assert out.dtype == torch.float32
@@ -23,7 +27,7 @@ def test_eval_centre_crop_matches_caffe_offset() -> None:
 
 def test_ten_crop_contains_corners_centre_and_mirrors() -> None:
     face = _face()
-    crops = EvalPreset(ten_crop=True)(face)
+    crops = EvalPreset(SPEC, ten_crop=True)(face)
     assert crops.shape == (10, 3, 227, 227)
     tl = torch.from_numpy(face[:227, :227]).permute(2, 0, 1).float()
     assert any(torch.equal(c, tl) for c in crops)
@@ -32,13 +36,13 @@ def test_ten_crop_contains_corners_centre_and_mirrors() -> None:
 
 def test_train_crop_is_a_window_of_the_face() -> None:
     face = _face()
-    out = TrainPreset()(face)
+    out = TrainPreset(SPEC)(face)
     assert out.shape == (3, 227, 227) and out.max() <= 255
 
 
 def test_non_square_input_is_resized_to_the_face_size() -> None:
-    assert EvalPreset()(_face(300, 200)).shape == (3, 227, 227)
-    assert EvalPreset(crop_size=160, resize_size=182)(_face()).shape == (3, 160, 160)
+    assert EvalPreset(SPEC)(_face(300, 200)).shape == (3, 227, 227)
+    assert EvalPreset(InceptionResnetAgeGender.face_spec)(_face()).shape == (3, 160, 160)
 
 
 def test_face_to_tensor_rejects_wrong_layout() -> None:

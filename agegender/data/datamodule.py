@@ -36,7 +36,9 @@ from agegender.data.sampling import SeededShuffleSampler
 from agegender.data.splits import fold_splits
 from agegender.faces.align import BOX_CROP_SCALE, TEMPLATE_SHRINK
 from agegender.labels import IGNORE_INDEX, TASK_NUM_CLASSES
-from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE
+from agegender.models.registry import DEFAULT_MODEL
+from agegender.models.registry import face_spec as model_face_spec
+from agegender.spec import FaceSpec
 from agegender.transforms import EvalPreset, TrainPreset
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,11 @@ def adience_key(user_id: str, face_id: int, original_image: str) -> str:
 class FaceDataModule(pl.LightningDataModule):
     """Shared machinery; subclasses provide :meth:`load_table` and :meth:`jobs`.
 
+    Sizes come from the network's :class:`~agegender.spec.FaceSpec`: ``face_spec`` if given,
+    else the class attribute of the network registered as ``model_name`` (the configs pass
+    ``${model.model_name}``; read, never built). ``face_size`` (None = the spec's) caches
+    faces at another side; the presets still resize them to the spec's ``resize_size``.
+
     ``train_batches``: see :data:`TRAIN_BATCHES`; ``train_tasks``: the tasks that get a
     loader with ``per_task`` (None: every task; set it to the model's tasks).
     """
@@ -119,9 +126,9 @@ class FaceDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
-        crop_size: int = INPUT_SIZE,
-        resize_size: int = FACE_SIZE,
-        face_size: int = FACE_SIZE,
+        model_name: str = DEFAULT_MODEL,
+        face_spec: FaceSpec | Mapping[str, Any] | None = None,
+        face_size: int | None = None,
         test_ten_crop: bool = True,
         seed: int = 0,
         shuffle_seed: int | None = None,
@@ -148,7 +155,12 @@ class FaceDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
-        self.crop_size, self.resize_size, self.face_size = crop_size, resize_size, face_size
+        if face_spec is None:
+            face_spec = model_face_spec(model_name)
+        elif not isinstance(face_spec, FaceSpec):  # a mapping from a config
+            face_spec = FaceSpec(**_plain(face_spec))
+        self.face_spec: FaceSpec = face_spec
+        self.face_size = int(face_size) if face_size is not None else self.face_spec.face_size
         self.test_ten_crop = bool(test_ten_crop)
         self.seed = int(seed)
         # The training order and crops/mirrors follow the run's seed (train.py passes its
@@ -188,7 +200,8 @@ class FaceDataModule(pl.LightningDataModule):
         """Hydra overrides of every pixel-changing setting this DataModule was given beyond
         the config defaults (plus an explicit cache folder)."""
         overrides = [f"data.source={self.source}"]
-        if self.face_size != FACE_SIZE:
+        # the command composes without a model: it caches at the default network's size
+        if self.face_size != model_face_spec(DEFAULT_MODEL).face_size:
             overrides.append(f"++data.face_size={self.face_size}")
         used = self.face_options().settings()  # aligned: no detector, no alignment
         for name in (n for n in PIXEL_OPTIONS if n in used):
@@ -314,15 +327,15 @@ class FaceDataModule(pl.LightningDataModule):
             for name, rows in splits.items()
         }
         self.table = table[ok].reset_index(drop=True)
-        train_tf = TrainPreset(self.crop_size, self.resize_size)
-        centre = EvalPreset(self.crop_size, self.resize_size, ten_crop=False)
+        train_tf = TrainPreset(self.face_spec)
+        centre = EvalPreset(self.face_spec, ten_crop=False)
         self.datasets = {
             "train": CachedFaceDataset(cache, self.splits["train"], train_tf),
             "val": CachedFaceDataset(cache, self.splits["val"], centre),
             "test": CachedFaceDataset(cache, self.splits["test"], centre),
         }
         if self.test_ten_crop:
-            ten = EvalPreset(self.crop_size, self.resize_size, ten_crop=True)
+            ten = EvalPreset(self.face_spec, ten_crop=True)
             self.datasets["test_10crop"] = CachedFaceDataset(cache, self.splits["test"], ten)
 
     def _loader(
@@ -438,8 +451,9 @@ class FaceDataModule(pl.LightningDataModule):
             raise RuntimeError("call setup() before asking for the training mean image")
         train = self.datasets["train"]
         mean = compute_image_mean(train.cache, train.rows["key"])
-        if mean.shape[-1] != self.resize_size:
-            size = [self.resize_size, self.resize_size]
+        resize = self.face_spec.resize_size
+        if mean.shape[-1] != resize:
+            size = [resize, resize]
             mean = TF.resize(mean, size, antialias=True)
         return mean
 

@@ -105,10 +105,12 @@ def _frozen(value: Any) -> Any:
 class FaceOptions:
     """How one image becomes a face (picklable: it travels to the worker processes).
 
-    Every field changes pixels, so every field is in :meth:`settings`, the cache key."""
+    Every field changes pixels, so every field is in :meth:`settings`, the cache key.
+    ``size``: side of the cached faces; None = the default network's ``face_spec.face_size``
+    (:func:`agegender.models.registry.face_spec`; the DataModules pass their model's)."""
 
     source: str = "mtcnn"
-    size: int = 256
+    size: int | None = None
     detector: str = "mtcnn"
     #: Sorted ``(name, value)`` pairs (a mapping is accepted and sorted).
     detector_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -126,6 +128,12 @@ class FaceOptions:
         object.__setattr__(self, "detector_kwargs", frozen)
         for name in ("fallback_fraction", "template_shrink", "box_crop_scale"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        if self.size is None:
+            # here, not at import: the workers unpickle options with their size set and
+            # never import the networks (torch, the backbones)
+            from agegender.models.registry import face_spec
+
+            object.__setattr__(self, "size", face_spec().face_size)
         object.__setattr__(self, "size", int(self.size))
         if not 0 < self.fallback_fraction <= 1:
             raise ValueError(f"fallback_fraction must be in (0, 1], got {self.fallback_fraction}")

@@ -1,12 +1,12 @@
 """Face detection (several detectors behind one interface) and the one face alignment.
 
-Usage: ``faces = build_detector("mtcnn").detect(image)`` then ``align_face(image, faces[0])``
+Usage: ``faces = build_detector("mtcnn").detect(image)`` then ``align_face(image, faces[0], size)``
+(``size``: the network's ``face_spec.face_size``)
 with ``image`` from :func:`agegender.images.load_image` (H x W x 3 uint8 RGB).
 """
 
 from agegender.faces.align import (
     ALIGN_VERSION,
-    ALIGNED_SIZE,
     BOX_CROP_SCALE,
     TEMPLATE_SHRINK,
     align_face,
@@ -19,7 +19,6 @@ from agegender.faces.types import Detector, Face
 
 __all__ = [
     "ALIGN_VERSION",
-    "ALIGNED_SIZE",
     "BOX_CROP_SCALE",
     "DETECTOR_BUILDERS",
     "Detector",

@@ -1,7 +1,8 @@
 """The ONE face alignment: an image + a detected face -> a size x size RGB crop.
 
 Adience preprocessing (training data) and prediction both call :func:`align_face`, so a
-network always sees faces framed the same way it was trained on.
+network always sees faces framed the same way it was trained on. The size is always given:
+it is the network's ``face_spec.face_size`` (:mod:`agegender.spec`), 256 for every network.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ import cv2
 import numpy as np
 
 from agegender.faces.types import Face, check_image
-
-#: Size of an aligned face (the Levi-Hassner net then crops 227 of it).
-ALIGNED_SIZE: int = 256
 
 # The widely used 5-point template of a tightly cropped 112 x 112 face (eyes, nose tip,
 # mouth corners). The face fills that crop; Adience's aligned faces show the whole head,
@@ -45,7 +43,7 @@ BOX_CROP_SCALE: float = 1.6
 ALIGN_VERSION: int = 2  # 2: half-pixel centre fix of the area pre-shrink in _warp
 
 
-def template(size: int = ALIGNED_SIZE, shrink: float = TEMPLATE_SHRINK) -> np.ndarray:
+def template(size: int, shrink: float = TEMPLATE_SHRINK) -> np.ndarray:
     """The 5 landmark positions (5 x 2, float32) that :func:`align_face` maps faces onto."""
     if not shrink > 0:
         raise ValueError(f"template shrink must be > 0, got {shrink}")
@@ -55,7 +53,7 @@ def template(size: int = ALIGNED_SIZE, shrink: float = TEMPLATE_SHRINK) -> np.nd
 def align_face(
     image: np.ndarray,
     face: Face,
-    size: int = ALIGNED_SIZE,
+    size: int,
     template_shrink: float = TEMPLATE_SHRINK,
     box_crop_scale: float = BOX_CROP_SCALE,
 ) -> np.ndarray:
@@ -85,7 +83,7 @@ def align_face(
 def crop_box(
     image: np.ndarray,
     box: tuple[float, float, float, float],
-    size: int = ALIGNED_SIZE,
+    size: int,
     scale: float = BOX_CROP_SCALE,
 ) -> np.ndarray:
     """Square crop of side ``scale`` x the box's longer side, centred on the box, resized."""
@@ -106,7 +104,7 @@ def crop_box(
 
 
 def similarity_matrix(
-    landmarks: np.ndarray, size: int = ALIGNED_SIZE, shrink: float = TEMPLATE_SHRINK
+    landmarks: np.ndarray, size: int, shrink: float = TEMPLATE_SHRINK
 ) -> np.ndarray | None:
     """2 x 3 similarity transform from ``landmarks`` to the template (None if degenerate)."""
     if not np.all(np.isfinite(landmarks)):

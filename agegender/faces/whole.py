@@ -9,8 +9,8 @@ from agegender.faces.types import Detector, Face, check_image
 
 class WholeImageDetector(Detector):
     """One face per image: the full frame, score 1.0, no landmarks, so that
-    :func:`agegender.faces.align_face` resizes it to 256 x 256 (then the eval preset
-    centre-crops 227)."""
+    :func:`agegender.faces.align_face` resizes it to the face size (Levi-Hassner: 256 x 256,
+    then the eval preset centre-crops 227)."""
 
     name = "none"
     thread_safe = True

@@ -6,15 +6,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from agegender.models.levi_hassner import FACE_SIZE, INPUT_SIZE
+from agegender.spec import face_spec_of
 from agegender.transforms import EvalPreset, ten_crop_origins
 
 
 class FaceClassifier:
     """Wraps a network (see :mod:`agegender.models` for its input/output convention).
 
-    Preprocessing is the shared :class:`agegender.transforms.EvalPreset` (resize 256, centre
-    227, or 10-crop with ``oversample``), so prediction sees exactly what evaluation saw.
+    Preprocessing is the shared :class:`agegender.transforms.EvalPreset` with the network's
+    ``face_spec`` (Levi-Hassner: resize 256, centre 227, or 10-crop with ``oversample``), so
+    prediction sees exactly what evaluation saw. ``face_spec.face_size`` is the side faces
+    are aligned to before that (:class:`agegender.inference.pipeline.Pipeline`).
     ``preprocess`` is separate from ``predict`` so it can run in the loader threads.
     A network with a per-pixel mean image (its checkpoint's) gets the crops' origins: none
     for the centre crop, TenCrop's 10 origins with ``oversample``.
@@ -34,11 +36,10 @@ class FaceClassifier:
             # NHWC convolutions are ~30% faster on CPU for this net (DESIGN.md baselines).
             self.model = self.model.to(memory_format=torch.channels_last)
         self.oversample = oversample
-        crop = int(getattr(model, "input_size", INPUT_SIZE))
-        resize = int(getattr(model, "resize_size", FACE_SIZE))
-        self.preset = EvalPreset(crop_size=crop, resize_size=resize, ten_crop=oversample)
+        self.face_spec = spec = face_spec_of(model)
+        self.preset = EvalPreset(spec, ten_crop=oversample)
         self.takes_origin = bool(getattr(model, "takes_origin", False))
-        self.ten_origins = ten_crop_origins(resize, crop).to(self.device)
+        self.ten_origins = ten_crop_origins(spec.resize_size, spec.crop_size).to(self.device)
         self.tasks = tuple(getattr(model, "tasks", ("age", "gender")))
 
     def preprocess(self, face: np.ndarray) -> torch.Tensor:

@@ -93,7 +93,8 @@ class Pipeline:
         try:
             with self._detect_lock:
                 faces = self.detector.detect(image)
-            crops = [self.classifier.preprocess(align_face(image, face)) for face in faces]
+            size = self.classifier.face_spec.face_size  # what the network was trained on
+            crops = [self.classifier.preprocess(align_face(image, face, size)) for face in faces]
         except Exception as exc:  # noqa: BLE001
             return ImageResult(item, error=f"detection failed ({type(exc).__name__}: {exc})")
         if scale != 1.0:

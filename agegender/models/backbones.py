@@ -22,13 +22,41 @@ from torch import nn
 from torchvision import models as tv_models
 
 from agegender.labels import TASK_NUM_CLASSES
+from agegender.spec import FaceSpec
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+#: torchvision's ImageNet recipe: 224 crops of 256 faces (the same 256 face cache as the
+#: Levi-Hassner net), RGB, ImageNet statistics in 0-255 units.
+IMAGENET_FACE_SPEC = FaceSpec(
+    face_size=256,
+    resize_size=256,
+    crop_size=224,
+    mean=tuple(255.0 * m for m in IMAGENET_MEAN),
+    std=tuple(255.0 * s for s in IMAGENET_STD),
+    channel_order="RGB",
+)
+#: facenet-pytorch: 160 crops of 182 faces (its training recipe), read from the 256 cache,
+#: standardised as its ``fixed_image_standardization``: ``(x - 127.5) / 128``.
+FACENET_FACE_SPEC = FaceSpec(
+    face_size=256,
+    resize_size=182,
+    crop_size=160,
+    mean=(127.5, 127.5, 127.5),
+    std=(128.0, 128.0, 128.0),
+    channel_order="RGB",
+)
+
 
 class Standardize(nn.Module):
-    """``(x - mean) / std`` per channel, with mean/std given in 0-255 pixel units."""
+    """``(x - mean) / std`` per channel, with mean/std given in 0-255 pixel units (RGB)."""
+
+    @classmethod
+    def from_spec(cls, spec: FaceSpec) -> Standardize:
+        if spec.channel_order != "RGB" or spec.mean_image:
+            raise ValueError(f"Standardize keeps RGB and per-channel means; spec: {spec}")
+        return cls(spec.mean, spec.std)
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -49,8 +77,7 @@ def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
 class _HeadedBackbone(nn.Module):
     """normalize -> backbone (features) -> dropout -> one linear head per task."""
 
-    input_size: int
-    resize_size: int
+    face_spec: FaceSpec
     #: Prefixes the library's own checkpoints use for layers we drop (their classifier).
     _foreign_prefixes: tuple[str, ...] = ()
 
@@ -96,8 +123,7 @@ class _HeadedBackbone(nn.Module):
 class ResNetAgeGender(_HeadedBackbone):
     """torchvision ResNet (ImageNet statistics inside), 224 crops of 256 faces."""
 
-    input_size = 224
-    resize_size = 256
+    face_spec = IMAGENET_FACE_SPEC
     _foreign_prefixes = ("fc.",)
 
     def __init__(
@@ -108,10 +134,7 @@ class ResNetAgeGender(_HeadedBackbone):
         net = getattr(tv_models, arch)(weights=None)
         features = net.fc.in_features
         net.fc = nn.Identity()
-        normalize = Standardize(
-            [255.0 * m for m in IMAGENET_MEAN], [255.0 * s for s in IMAGENET_STD]
-        )
-        super().__init__(normalize, net, features, tasks, dropout)
+        super().__init__(Standardize.from_spec(self.face_spec), net, features, tasks, dropout)
         self.arch = arch
 
 
@@ -151,8 +174,7 @@ class InceptionResnetAgeGender(_HeadedBackbone):
     """facenet-pytorch InceptionResnetV1 (face recognition features), 160 crops of 182 faces,
     input standardised as facenet-pytorch's ``fixed_image_standardization`` does."""
 
-    input_size = 160
-    resize_size = 182
+    face_spec = FACENET_FACE_SPEC
     _foreign_prefixes = ("logits.",)
 
     def __init__(
@@ -161,7 +183,7 @@ class InceptionResnetAgeGender(_HeadedBackbone):
         dropout: float = 0.0,
         backbone_dropout: float = 0.6,
     ) -> None:
-        normalize = Standardize((127.5, 127.5, 127.5), (128.0, 128.0, 128.0))
+        normalize = Standardize.from_spec(self.face_spec)
         super().__init__(normalize, _FacenetTrunk(backbone_dropout), 512, tasks, dropout)
 
     def _pretrained_target(self) -> nn.Module:
@@ -175,3 +197,7 @@ def resnet18(tasks: Sequence[str] = ("age", "gender"), dropout: float = 0.0) -> 
 
 def resnet50(tasks: Sequence[str] = ("age", "gender"), dropout: float = 0.0) -> ResNetAgeGender:
     return ResNetAgeGender("resnet50", tasks, dropout)
+
+
+# The registry reads a builder's spec without building it (agegender.models.registry.face_spec).
+resnet18.face_spec = resnet50.face_spec = ResNetAgeGender.face_spec  # type: ignore[attr-defined]

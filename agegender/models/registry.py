@@ -12,6 +12,10 @@ from torch import nn
 
 from agegender.models.backbones import InceptionResnetAgeGender, resnet18, resnet50
 from agegender.models.levi_hassner import LeviHassnerNet
+from agegender.spec import FaceSpec
+
+#: The network of the paper, and of configs that name none (``conf/preprocess.yaml``).
+DEFAULT_MODEL: str = "levi_hassner"
 
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "levi_hassner": LeviHassnerNet,
@@ -21,10 +25,22 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Instantiate the network registered as ``name`` with ``kwargs``."""
+def _builder(name: str) -> Callable[..., nn.Module]:
     try:
-        builder = MODEL_BUILDERS[name]
+        return MODEL_BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODEL_BUILDERS)}") from None
-    return builder(**kwargs)
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate the network registered as ``name`` with ``kwargs``."""
+    return _builder(name)(**kwargs)
+
+
+def face_spec(name: str = DEFAULT_MODEL) -> FaceSpec:
+    """The :class:`~agegender.spec.FaceSpec` of the network registered as ``name``, read from
+    its class without building it (what the DataModules and the face cache use)."""
+    spec = getattr(_builder(name), "face_spec", None)
+    if not isinstance(spec, FaceSpec):
+        raise ValueError(f"model {name!r} declares no face_spec")
+    return spec
