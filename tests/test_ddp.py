@@ -23,6 +23,7 @@ DATA = [
     "data.demo_users=21",
     "data.demo_images_per_user=9",
     "data.fold=0",
+    "data.duplicates=drop",  # the demo's one repeated row would make the test set even
     "data.val_fraction=0.05",
     "data.batch_size=4",
     "data.eval_batch_size=8",
@@ -57,7 +58,9 @@ def test_train_py_ddp_two_cpu_processes_counts_every_sample_once(tmp_path: Path)
     # Prepare the demo tree here, in one process, and read the split sizes.
     from hydra.utils import instantiate
 
-    datamodule = instantiate(compose_train([*DATA, f"data.root={root}"], tmp_path / "prep").data)
+    datamodule = instantiate(
+        compose_train([*COMMON, *DATA, f"data.root={root}"], tmp_path / "prep").data
+    )
     datamodule.prepare_data()
     datamodule.setup("fit")
     sizes = {name: len(ds) for name, ds in datamodule.datasets.items()}
@@ -75,6 +78,7 @@ def test_train_py_ddp_two_cpu_processes_counts_every_sample_once(tmp_path: Path)
             "trainer.accelerator=cpu",
             "trainer.devices=2",
             "trainer.max_steps=3",
+            "trainer.val_check_interval=3",  # validate at step 3: per-task bests exist
             f"data.root={root}",
             f"hydra.run.dir={ddp_dir}",
         ]
@@ -87,7 +91,12 @@ def test_train_py_ddp_two_cpu_processes_counts_every_sample_once(tmp_path: Path)
     # the paper's per-task choice: rank 0 assembles, every rank then evaluates that file
     assert ckpt_path == ddp_dir / "checkpoints" / "best-per-task.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 3
+    assert {t: ckpt["per_task"][t]["global_step"] for t in ("age", "gender")} == {
+        "age": 3,
+        "gender": 3,
+    }
+    last = torch.load(ddp_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3
 
     single_dir = tmp_path / "single"
     _train_py(
