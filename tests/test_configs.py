@@ -40,11 +40,12 @@ def test_model_config_builds_its_network_with_matching_data_sizes(
 
 def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
     cfg = compose_train(["experiment=levi_hassner"], tmp_path)
-    opt, sched = cfg.model.optimizer, cfg.model.scheduler
-    assert opt._target_ == "torch.optim.SGD"
+    opt, groups, sched = cfg.model.optimizer, cfg.model.param_groups, cfg.model.scheduler
+    assert (opt._target_, opt._partial_) == ("torch.optim.SGD", True)
     assert (opt.lr, opt.momentum, opt.weight_decay) == (0.001, 0.9, 0.0005)
-    assert (opt.bias_lr_mult, opt.bias_weight_decay, opt.head_lr_mult) == (2.0, 0.0, 10.0)
-    assert (sched.name, sched.step_size, sched.gamma) == ("step", 10000, 0.1)
+    assert (groups.bias_lr_mult, groups.bias_weight_decay, groups.head_lr_mult) == (2.0, 0.0, 10.0)
+    assert sched._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert (sched.step_size, sched.gamma) == (10000, 0.1)
     assert cfg.trainer.max_steps == 50000
     assert cfg.data.batch_size == 50
     assert (cfg.data.crop_size, cfg.data.resize_size) == (227, 256)
@@ -63,7 +64,7 @@ def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
 def test_modern_experiment_is_separate_from_the_paper(tmp_path: Path) -> None:
     cfg = compose_train(["experiment=modern"], tmp_path)
     assert cfg.model.optimizer._target_ == "torch.optim.AdamW"
-    assert cfg.model.scheduler.name == "cosine"
+    assert cfg.model.scheduler._target_ == "agegender.training.optim.warmup_cosine"
     assert cfg.model.label_smoothing > 0
     assert cfg.model.model_kwargs.mean == "channel"
     assert cfg.data.train_batches == "joint" and cfg.selection == "joint"
