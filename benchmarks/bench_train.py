@@ -91,7 +91,7 @@ def bare_arm(
 ) -> float:  # noqa: ANN001
     module = instantiate(cfg.model, _recursive_=False, channels_last=channels_last)
     model = module.model.train()
-    optimizer = build_optimizer(model, cfg.model.optimizer)
+    optimizer = build_optimizer(model, cfg.model.optimizer, cfg.model.param_groups)
     scheduler = build_scheduler(optimizer, cfg.model.scheduler, args.warmup + args.steps)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     images = 0

@@ -107,7 +107,9 @@ def test_pretrained_file_of_the_wrong_network_is_refused(tmp_path) -> None:
 def test_backbone_lr_multiplier_gives_backbone_its_own_group() -> None:
     model = build_model("resnet18")
     optimizer = build_optimizer(
-        model, {"_target_": "torch.optim.AdamW", "lr": 1e-3, "backbone_lr_mult": 0.1}
+        model,
+        {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
+        {"backbone_lr_mult": 0.1},
     )
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert groups["backbone/weight"]["lr"] == pytest.approx(1e-4)
@@ -135,7 +137,8 @@ def test_freeze_backbone_trains_heads_first_then_everything() -> None:
     module = AgeGenderModule(
         "resnet18",
         {"tasks": ["age", "gender"]},
-        optimizer={"_target_": "torch.optim.SGD", "lr": 0.01, "backbone_lr_mult": 0.1},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},
+        param_groups={"backbone_lr_mult": 0.1},
     )
     heads_before = module.model.heads["age"].weight.detach().clone()
     recorder = _Recorder()

@@ -199,3 +199,48 @@ def test_unsafe_pickle_is_refused(tmp_path):
     torch.save({"format": FORMAT, "meta": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="unsafe to unpickle"):
         load_model(tmp_path / "evil.pt")
+
+
+#: hyper_parameters as train.py saved them before the optimiser and scheduler became Hydra
+#: `_partial_` configs (group multipliers inside `optimizer`, the schedule by `name`).
+OLD_STYLE_HPARAMS = {
+    "model_name": "tiny_tasks",
+    "model_kwargs": {"width": 8},
+    "pretrained": None,
+    "input_size": None,
+    "resize_size": None,
+    "loss_weights": {"age": 1.0},
+    "label_smoothing": 0.0,
+    "optimizer": {
+        "_target_": "torch.optim.SGD",
+        "lr": 0.001,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "bias_lr_mult": 2.0,
+        "bias_weight_decay": 0.0,
+        "head_lr_mult": 10.0,
+    },
+    "scheduler": {"name": "step", "step_size": 10000, "gamma": 0.1},
+    "channels_last": False,
+}
+
+
+def test_checkpoint_with_old_optimizer_hparams_still_loads(tmp_path, monkeypatch):
+    """Prediction needs only model_name/model_kwargs/state_dict; the module itself also still
+    accepts the old hyper-parameters (only configure_optimizers would refuse them)."""
+    from agegender.models.module import AgeGenderModule
+
+    class TinyTasks(Tiny):
+        tasks = ("age",)
+
+    monkeypatch.setitem(MODEL_BUILDERS, "tiny_tasks", TinyTasks)
+    model = TinyTasks(8)
+    torch.save(_lightning_style(model, OLD_STYLE_HPARAMS), tmp_path / "old.ckpt")
+    loaded, meta = load_model(tmp_path / "old.ckpt")
+    torch.testing.assert_close(loaded.fc.weight, model.fc.weight, rtol=0, atol=0)
+    assert meta["hyper_parameters"]["optimizer"]["bias_lr_mult"] == 2.0
+    hparams = torch.load(tmp_path / "old.ckpt", weights_only=True)["hyper_parameters"]
+    module = AgeGenderModule(**hparams)
+    assert module.hparams.scheduler == {"name": "step", "step_size": 10000, "gamma": 0.1}
+    with pytest.raises(ValueError, match="_partial_: true"):
+        module.configure_optimizers()

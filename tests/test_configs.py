@@ -40,11 +40,12 @@ def test_model_config_builds_its_network_with_matching_data_sizes(
 
 def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
     cfg = compose_train(["experiment=levi_hassner"], tmp_path)
-    opt, sched = cfg.model.optimizer, cfg.model.scheduler
-    assert opt._target_ == "torch.optim.SGD"
+    opt, groups, sched = cfg.model.optimizer, cfg.model.param_groups, cfg.model.scheduler
+    assert (opt._target_, opt._partial_) == ("torch.optim.SGD", True)
     assert (opt.lr, opt.momentum, opt.weight_decay) == (0.001, 0.9, 0.0005)
-    assert (opt.bias_lr_mult, opt.bias_weight_decay, opt.head_lr_mult) == (2.0, 0.0, 10.0)
-    assert (sched.name, sched.step_size, sched.gamma) == ("step", 10000, 0.1)
+    assert (groups.bias_lr_mult, groups.bias_weight_decay, groups.head_lr_mult) == (2.0, 0.0, 10.0)
+    assert sched._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert (sched.step_size, sched.gamma) == (10000, 0.1)
     assert cfg.trainer.max_steps == 50000
     assert cfg.data.batch_size == 50
     spec = instantiate(cfg.data).face_spec
@@ -64,11 +65,66 @@ def test_levi_hassner_experiment_is_the_paper_solver(tmp_path: Path) -> None:
 def test_modern_experiment_is_separate_from_the_paper(tmp_path: Path) -> None:
     cfg = compose_train(["experiment=modern"], tmp_path)
     assert cfg.model.optimizer._target_ == "torch.optim.AdamW"
-    assert cfg.model.scheduler.name == "cosine"
+    assert cfg.model.scheduler._target_ == "agegender.training.optim.warmup_cosine"
     assert cfg.model.label_smoothing > 0
     assert cfg.model.model_kwargs.mean == "channel"
     assert cfg.data.train_batches == "joint" and cfg.selection == "joint"
     assert cfg.data.duplicates == "drop"
+
+
+#: The numbers each experiment ran with before its optimiser/scheduler blocks became group
+#: selections (conf/model/{optimizer,param_groups,scheduler}/): composing must keep them.
+_SGD_CAFFE = {"_target_": "torch.optim.SGD", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0005}
+_CAFFE_GROUPS = {"bias_lr_mult": 2.0, "bias_weight_decay": 0.0, "head_lr_mult": 10.0}
+_STEP = {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 10000, "gamma": 0.1}
+_UNIFORM = {"bias_lr_mult": 1.0, "bias_weight_decay": 0.0, "head_lr_mult": 1.0}
+_COSINE = {"_target_": "agegender.training.optim.warmup_cosine", "min_lr_ratio": 0.01}
+_ADAMW = {"_target_": "torch.optim.AdamW", "weight_decay": 0.05}
+_PAPER = (_SGD_CAFFE, {**_CAFFE_GROUPS, "backbone_lr_mult": 1.0}, _STEP, 50000, 50)
+EFFECTIVE = {
+    "levi_hassner": _PAPER,
+    "cv": _PAPER,
+    "modern": (
+        {**_ADAMW, "lr": 0.0003},
+        {**_UNIFORM, "backbone_lr_mult": 1.0},
+        {**_COSINE, "warmup_steps": 1000},
+        20000,
+        64,
+    ),
+    "resnet18_finetune": (
+        {**_ADAMW, "lr": 0.001},
+        {**_UNIFORM, "backbone_lr_mult": 0.1},
+        {**_COSINE, "warmup_steps": 500},
+        10000,
+        64,
+    ),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(EFFECTIVE))
+def test_experiment_composes_the_optimiser_groups_with_its_numbers(
+    experiment: str, tmp_path: Path
+) -> None:
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    optimizer, groups, scheduler, max_steps, batch_size = EFFECTIVE[experiment]
+    assert model["optimizer"] == {**optimizer, "_partial_": True}
+    assert model["param_groups"] == groups
+    assert model["scheduler"] == {**scheduler, "_partial_": True}
+    assert (cfg.trainer.max_steps, cfg.trainer.max_epochs) == (max_steps, -1)
+    assert cfg.data.batch_size == batch_size
+
+
+def test_experiments_cover_every_experiment_config() -> None:
+    assert set(EFFECTIVE) == set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", ["levi_hassner", "modern"])
+def test_optuna_search_space_keys_exist(experiment: str, tmp_path: Path) -> None:
+    search = OmegaConf.load(CONF_DIR / "hparams_search" / "optuna.yaml")
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    for key in search.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, key
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])

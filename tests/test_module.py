@@ -15,12 +15,17 @@ from agegender.training.optim import build_optimizer, build_scheduler, cosine_fa
 
 PAPER_OPTIMIZER = {
     "_target_": "torch.optim.SGD",
+    "_partial_": True,
     "lr": 1e-3,
     "momentum": 0.9,
     "weight_decay": 5e-4,
-    "bias_lr_mult": 2.0,
-    "bias_weight_decay": 0.0,
-    "head_lr_mult": 10.0,
+}
+PAPER_GROUPS = {"bias_lr_mult": 2.0, "bias_weight_decay": 0.0, "head_lr_mult": 10.0}
+PAPER_SCHEDULER = {
+    "_target_": "torch.optim.lr_scheduler.StepLR",
+    "_partial_": True,
+    "step_size": 10000,
+    "gamma": 0.1,
 }
 
 
@@ -30,7 +35,8 @@ def module() -> AgeGenderModule:
         "levi_hassner",
         {"mode": "shared"},
         optimizer=PAPER_OPTIMIZER,
-        scheduler={"name": "step", "step_size": 10000, "gamma": 0.1},
+        param_groups=PAPER_GROUPS,
+        scheduler=PAPER_SCHEDULER,
     )
 
 
@@ -115,7 +121,12 @@ def test_ten_crop_averages_probabilities(module: AgeGenderModule) -> None:
 
 
 def test_paper_param_groups_follow_the_train_prototxt(module: AgeGenderModule) -> None:
-    optimizer = build_optimizer(module.model, PAPER_OPTIMIZER)
+    configured = module.configure_optimizers()  # from the hyper-parameters, as Lightning does
+    optimizer = configured["optimizer"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert configured["lr_scheduler"]["interval"] == "step"  # Caffe counts iterations
+    assert configured["lr_scheduler"]["frequency"] == 1
+    assert isinstance(configured["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert groups["body/weight"]["lr"] == pytest.approx(1e-3)
     assert groups["body/weight"]["weight_decay"] == pytest.approx(5e-4)
@@ -134,8 +145,8 @@ def test_paper_param_groups_follow_the_train_prototxt(module: AgeGenderModule) -
 
 
 def test_step_schedule_divides_every_lr_by_ten_every_step_size(module: AgeGenderModule) -> None:
-    optimizer = build_optimizer(module.model, PAPER_OPTIMIZER)
-    scheduler = build_scheduler(optimizer, {"name": "step", "step_size": 3, "gamma": 0.1}, 50)
+    optimizer = build_optimizer(module.model, PAPER_OPTIMIZER, PAPER_GROUPS)
+    scheduler = build_scheduler(optimizer, {**PAPER_SCHEDULER, "step_size": 3}, 50)
     lrs = []
     for _ in range(7):
         lrs.append([g["lr"] for g in optimizer.param_groups])
@@ -152,10 +163,35 @@ def test_cosine_warms_up_then_decays_to_floor() -> None:
     assert cosine_factor(10, 10, 100, 0.1) == pytest.approx(1.0)
     assert cosine_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
     assert 0.1 < cosine_factor(55, 10, 100, 0.1) < 1.0
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)])
+    cosine = {"_target_": "agegender.training.optim.warmup_cosine", "_partial_": True}
     with pytest.raises(ValueError, match="finite step budget"):
-        build_scheduler(
-            torch.optim.SGD([torch.zeros(1, requires_grad=True)]), {"name": "cosine"}, math.inf
-        )
+        build_scheduler(optimizer, cosine, math.inf)
+    # the step budget reaches the factory as total_steps: at the budget the floor is reached
+    scheduler = build_scheduler(optimizer, {**cosine, "warmup_steps": 2, "min_lr_ratio": 0.1}, 10)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)  # warm-up step 1 of 2
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_optimizer_without_a_base_setting_takes_the_class_default() -> None:
+    net = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(net, {"_target_": "torch.optim.AdamW", "_partial_": True})
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-2, 0.0]  # AdamW's 1e-2
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_old_style_optimizer_and_group_configs_are_refused_clearly() -> None:
+    net = torch.nn.Linear(2, 2)
+    old = {"_target_": "torch.optim.SGD", "lr": 1e-3, "bias_lr_mult": 2.0}
+    with pytest.raises(ValueError, match="_partial_: true"):
+        build_optimizer(net, old)
+    with pytest.raises(ValueError, match="_partial_: true"):
+        build_scheduler(build_optimizer(net, PAPER_OPTIMIZER), {"name": "step"}, 10)
+    with pytest.raises(ValueError, match="unknown keys"):
+        AgeGenderModule("levi_hassner", {"mode": "shared"}, param_groups={"head_lr": 10.0})
 
 
 def test_wrong_input_size_in_config_is_an_error() -> None:
@@ -167,9 +203,20 @@ def test_hyper_parameters_are_plain_data(module: AgeGenderModule) -> None:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(
-        {"optimizer": PAPER_OPTIMIZER, "kw": {"mode": "shared", "tasks": ["age"]}}
+        {
+            "optimizer": PAPER_OPTIMIZER,
+            "groups": PAPER_GROUPS,
+            "scheduler": PAPER_SCHEDULER,
+            "kw": {"mode": "shared", "tasks": ["age"]},
+        }
     )
-    m = AgeGenderModule("levi_hassner", cfg.kw, optimizer=cfg.optimizer)
+    m = AgeGenderModule(
+        "levi_hassner",
+        cfg.kw,
+        optimizer=cfg.optimizer,
+        param_groups=cfg.groups,
+        scheduler=cfg.scheduler,
+    )
     allowed = (str, int, float, bool, type(None), dict, list)
 
     def walk(x: object) -> None:
@@ -183,3 +230,5 @@ def test_hyper_parameters_are_plain_data(module: AgeGenderModule) -> None:
 
     walk(dict(m.hparams))
     assert m.hparams.model_kwargs == {"mode": "shared", "tasks": ["age"]}
+    assert m.hparams.optimizer == PAPER_OPTIMIZER and m.hparams.param_groups == PAPER_GROUPS
+    assert m.hparams.scheduler == PAPER_SCHEDULER

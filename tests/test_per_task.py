@@ -111,8 +111,8 @@ def test_each_network_learns_from_its_own_batches_only() -> None:
     assert all(g is None for g in from_gender)
 
     # one SGD step (the paper's: momentum, weight decay) on the gender loss alone
-    sgd = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "bias_lr_mult": 2.0}
-    optimizer = build_optimizer(module.model, sgd)
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "momentum": 0.9}
+    optimizer = build_optimizer(module.model, {**sgd, "weight_decay": 5e-4}, {"bias_lr_mult": 2})
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     optimizer.zero_grad()
     losses["gender"].backward()

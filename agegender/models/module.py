@@ -24,7 +24,7 @@ from agegender.labels import TASK_NUM_CLASSES
 from agegender.models.registry import build_model
 from agegender.spec import FaceSpec, face_spec_of
 from agegender.training.metrics import StageMetrics
-from agegender.training.optim import build_optimizer, build_scheduler
+from agegender.training.optim import GROUP_KEYS, build_optimizer, build_scheduler
 from agegender.transforms import ten_crop_origins
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 #: Evaluation stages: validation (centre crop) and the two test protocols, in the order of
 #: the test dataloaders (0 = centre crop, 1 = 10-crop over-sampling).
 TEST_STAGES: tuple[str, ...] = ("test", "test_10crop")
+
+#: Optimiser of a module built without one (conf/model/optimizer/ holds the real choices).
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3}
 
 
 def _plain(value: Any) -> Any:
@@ -65,8 +68,13 @@ class AgeGenderModule(pl.LightningModule):
             ``crop_size``/``resize_size`` and otherwise unused; new checkpoints omit them.
         loss_weights: per-task weight of the cross-entropy (missing tasks: 1.0).
         label_smoothing: cross-entropy label smoothing (0 in the paper).
-        optimizer, scheduler: see :func:`agegender.training.optim.build_optimizer` and
-            :func:`~agegender.training.optim.build_scheduler`.
+        optimizer: a Hydra ``_partial_`` optimiser config (``_target_: torch.optim.SGD``, lr,
+            ...), called with the parameter groups; see
+            :func:`agegender.training.optim.build_optimizer`.
+        param_groups: the group multipliers (bias_lr_mult, bias_weight_decay, head_lr_mult,
+            backbone_lr_mult) of :func:`agegender.training.optim.param_groups`.
+        scheduler: a ``_partial_`` scheduler config, called with the optimiser (and the step
+            budget); None: constant lr. See :func:`~agegender.training.optim.build_scheduler`.
         channels_last: NHWC memory format for the convolutions (measure: it helps ResNets
             and inference, and slowed Levi-Hassner training on CPU here).
 
@@ -86,10 +94,14 @@ class AgeGenderModule(pl.LightningModule):
         loss_weights: Mapping[str, float] | None = None,
         label_smoothing: float = 0.0,
         optimizer: Mapping[str, Any] | None = None,
+        param_groups: Mapping[str, float] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
+        unknown = set(param_groups or {}) - set(GROUP_KEYS)
+        if unknown:
+            raise ValueError(f"param_groups: unknown keys {sorted(unknown)}; use {GROUP_KEYS}")
         model_kwargs = _plain(dict(model_kwargs or {}))
         self.model = build_model(model_name, **model_kwargs)
         spec = getattr(self.model, "face_spec", None)
@@ -120,7 +132,8 @@ class AgeGenderModule(pl.LightningModule):
                 "pretrained": pretrained,
                 "loss_weights": self.loss_weights,
                 "label_smoothing": float(label_smoothing),
-                "optimizer": _plain(dict(optimizer or {"lr": 1e-3})),
+                "optimizer": _plain(dict(optimizer or DEFAULT_OPTIMIZER)),
+                "param_groups": _plain(dict(param_groups or {})),
                 "scheduler": _plain(dict(scheduler or {})),
                 "channels_last": bool(channels_last),
             }
@@ -312,9 +325,10 @@ class AgeGenderModule(pl.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, self.hparams.optimizer)
+        hp = self.hparams
+        optimizer = build_optimizer(self.model, hp.optimizer, hp.get("param_groups"))
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
-        scheduler = build_scheduler(optimizer, self.hparams.scheduler, float(total))
+        scheduler = build_scheduler(optimizer, hp.scheduler, float(total))
         if scheduler is None:
             return {"optimizer": optimizer}
         return {

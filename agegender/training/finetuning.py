@@ -1,10 +1,11 @@
 """Staged fine-tuning: train the heads on a frozen pretrained backbone for the first epochs.
 
 Built on Lightning's :class:`BaseFinetuning`, with one deliberate difference: the optimiser
-already holds the backbone parameters (in their own group, at ``backbone_lr_mult`` of the base
-rate, see :mod:`agegender.training.optim`), so unfreezing only flips ``requires_grad`` and
-never adds a parameter group. The scheduler, the optimiser state of a resumed run and the
-groups then always agree, and resuming after the unfreeze epoch unfreezes again.
+already holds the backbone parameters (in their own group, at
+``model.param_groups.backbone_lr_mult`` of the base rate, see :mod:`agegender.training.optim`),
+so unfreezing only flips ``requires_grad`` and never adds a parameter group. The scheduler,
+the optimiser state of a resumed run and the groups then always agree, and resuming after the
+unfreeze epoch unfreezes again.
 Frozen parameters get no gradient, so the optimiser skips them (no decay, no momentum).
 
 Under DDP the process group registers only parameters that require gradients when the model

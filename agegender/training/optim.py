@@ -1,25 +1,34 @@
 """Optimiser parameter groups and learning-rate schedules.
 
+The optimiser and the schedule are Hydra ``_partial_`` configs (``model.optimizer``,
+``model.scheduler``): a torch optimiser class with its settings, called here with the
+parameter groups; a scheduler class or factory, called with the optimiser.
+
 The paper's Caffe solver gives every layer's weights and biases their own multipliers
-(``blobs_lr`` / ``weight_decay`` in the train prototxt). Here they become parameter groups:
-``(part, kind)`` with part in {backbone, body, heads} and kind in {weight, bias}, each with
-``lr = base_lr * lr_mult`` and its own weight decay. Schedules are stepped per optimiser step
-(Caffe counts iterations, not epochs).
+(``blobs_lr`` / ``weight_decay`` in the train prototxt). Here they are ``model.param_groups``
+(:func:`param_groups`): ``(part, kind)`` groups with part in {backbone, body, heads} and kind in
+{weight, bias}, each with ``lr = base_lr * lr_mult`` and its own weight decay. Schedules are
+stepped per optimiser step (Caffe counts iterations, not epochs).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from hydra.utils import get_class
+from hydra.utils import instantiate
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 #: Parameter-name prefixes of each part (shared by every network in agegender.models).
 HEAD_PREFIX = "heads."
 BACKBONE_PREFIX = "backbone."
+
+#: The keys of ``model.param_groups`` (keyword arguments of :func:`param_groups`).
+GROUP_KEYS = ("bias_lr_mult", "bias_weight_decay", "head_lr_mult", "backbone_lr_mult")
 
 
 def param_groups(
@@ -63,46 +72,68 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """``cfg``: ``_target_`` (an optimiser class path), ``lr``, ``weight_decay``, the group
-    multipliers of :func:`param_groups`, and any other keyword of the optimiser class."""
-    cfg = dict(cfg)
-    target = cfg.pop("_target_", "torch.optim.SGD")
-    group_keys = ("bias_lr_mult", "bias_weight_decay", "head_lr_mult", "backbone_lr_mult")
-    group_kwargs = {k: cfg.pop(k) for k in group_keys if k in cfg}
-    lr = float(cfg.pop("lr"))
-    weight_decay = float(cfg.pop("weight_decay", 0.0))
-    groups = param_groups(model, lr=lr, weight_decay=weight_decay, **group_kwargs)
-    return get_class(target)(groups, lr=lr, weight_decay=weight_decay, **cfg)
+def _partial(cfg: Mapping[str, Any], what: str) -> Callable[..., Any]:
+    if not cfg.get("_partial_", False):
+        raise ValueError(
+            f"model.{what} must be a Hydra `_partial_: true` config (see conf/model/{what}/); "
+            f"got {dict(cfg)}. Group multipliers (bias_lr_mult, ...) belong in "
+            "model.param_groups, schedules are `_target_`s (no `name:`)"
+        )
+    return instantiate(cfg, _convert_="all")
+
+
+def _setting(factory: Callable[..., Any], name: str) -> Any:
+    """A keyword of a partial, else the default of the callable it wraps."""
+    if name in factory.keywords:
+        return factory.keywords[name]
+    parameter = inspect.signature(factory.func).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        raise ValueError(f"{factory.func.__name__} needs `{name}` for the parameter groups")
+    return parameter.default
+
+
+def build_optimizer(
+    model: nn.Module, optimizer: Mapping[str, Any], groups: Mapping[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """``optimizer``: a ``_partial_`` optimiser config, called with the groups of
+    :func:`param_groups` (``groups``: its multipliers) taken at the optimiser's ``lr`` and
+    ``weight_decay``."""
+    make_optimizer = _partial(optimizer, "optimizer")
+    base = {k: float(_setting(make_optimizer, k)) for k in ("lr", "weight_decay")}
+    return make_optimizer(param_groups(model, **base, **dict(groups or {})))
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any] | None, total_steps: float
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """``cfg.name``: ``step`` (Caffe "step" policy: ``gamma`` every ``step_size`` iterations),
-    ``cosine`` (linear warm-up over ``warmup_steps``, then cosine to ``min_lr_ratio``), or
-    ``constant``/None. All are stepped every optimiser step."""
-    cfg = dict(cfg or {})
-    name = cfg.get("name", "constant")
-    if name in (None, "constant", "none"):
+    optimizer: torch.optim.Optimizer, scheduler: Mapping[str, Any] | None, total_steps: float
+) -> LRScheduler | None:
+    """``scheduler``: a ``_partial_`` scheduler config (None or empty: a constant lr), called
+    with the optimiser, and with ``total_steps`` (the run's step budget) when it takes that
+    keyword and the config does not set it. Stepped every optimiser step."""
+    if not scheduler:
         return None
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=int(cfg["step_size"]), gamma=float(cfg.get("gamma", 0.1))
+    make_scheduler = _partial(scheduler, "scheduler")
+    takes_total = "total_steps" in inspect.signature(make_scheduler.func).parameters
+    if takes_total and "total_steps" not in make_scheduler.keywords:
+        return make_scheduler(optimizer, total_steps=total_steps)
+    return make_scheduler(optimizer)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer,
+    total_steps: float,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.0,
+) -> LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then half a cosine down to ``min_lr_ratio`` of
+    each group's lr at ``total_steps``."""
+    warmup, floor = int(warmup_steps), float(min_lr_ratio)
+    if not math.isfinite(total_steps) or total_steps <= 0:
+        raise ValueError(
+            "the cosine schedule needs a finite step budget: set trainer.max_steps "
+            "or trainer.max_epochs"
         )
-    if name == "cosine":
-        warmup = int(cfg.get("warmup_steps", 0))
-        floor = float(cfg.get("min_lr_ratio", 0.0))
-        if not math.isfinite(total_steps) or total_steps <= 0:
-            raise ValueError(
-                "the cosine schedule needs a finite step budget: set trainer.max_steps "
-                "or trainer.max_epochs"
-            )
-        total = max(int(total_steps), warmup + 1)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_factor(step, warmup, total, floor)
-        )
-    raise ValueError(f"unknown scheduler {name!r}; use step, cosine or constant")
+    total = max(int(total_steps), warmup + 1)
+    return LambdaLR(optimizer, lambda step: cosine_factor(step, warmup, total, floor))
 
 
 def cosine_factor(step: int, warmup: int, total: int, floor: float) -> float:

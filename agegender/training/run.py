@@ -89,8 +89,8 @@ def build(
     pl.seed_everything(cfg.seed, workers=True)
     # the training order and augmentation follow the run's seed, like init and dropout
     datamodule: pl.LightningDataModule = instantiate(cfg.data, shuffle_seed=cfg.seed)
-    # Not recursive: optimizer/scheduler blocks are plain settings the module keeps as
-    # hyper-parameters (a `_target_` there names a class, it is not built here).
+    # Not recursive: the optimizer/scheduler `_partial_` configs and param_groups stay plain
+    # settings the module keeps as hyper-parameters; configure_optimizers instantiates them.
     module: pl.LightningModule = instantiate(cfg.model, _recursive_=False)
     # ExactResume always: without it a resumed run draws other dropout masks.
     callbacks = [*_instantiate_group(cfg.get("callbacks")), ExactResume(), *extra_callbacks]
