@@ -158,3 +158,54 @@ def test_callback_configs_instantiate(tmp_path: Path) -> None:
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
     # last.ckpt comes from LatestCheckpoint alone (ModelCheckpoint's save_last lags behind)
     assert cfg.callbacks.model_checkpoint.save_last is False
+
+
+DEBUGS = sorted(p.stem for p in (CONF_DIR / "debug").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("debug", DEBUGS)
+def test_debug_configs_compose_over_an_experiment(debug: str, tmp_path: Path) -> None:
+    cfg = compose_train(["experiment=levi_hassner", f"debug={debug}"], tmp_path)
+    OmegaConf.resolve(cfg)
+    assert (cfg.trainer.accelerator, cfg.trainer.devices) == ("cpu", 1)
+    assert cfg.data.num_workers == 0
+
+
+def test_debug_fdr_is_fast_dev_run_on_one_cpu(tmp_path: Path) -> None:
+    assert {"fdr", "limit", "tests"} <= set(DEBUGS)
+    # debug comes after experiment in train.yaml's defaults, whatever the command-line order
+    cfg = compose_train(["debug=fdr", "experiment=modern"], tmp_path)
+    assert cfg.trainer.fast_dev_run is True
+    assert (cfg.trainer.accelerator, cfg.trainer.devices) == ("cpu", 1)
+    assert cfg.trainer.max_steps == -1  # not modern's 20000
+    assert cfg.task_name == "debug"
+    cfg = compose_train(["experiment=modern", "debug=limit"], tmp_path)
+    assert (cfg.trainer.max_epochs, cfg.trainer.max_steps) == (2, -1)
+    assert (cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (3, 2)
+
+
+def test_debug_tests_holds_the_old_fast_settings(tmp_path: Path) -> None:
+    """debug=tests is what tests/training_fixtures.py's FAST list used to spell out."""
+    cfg = compose_train(["experiment=levi_hassner", "debug=tests"], tmp_path)
+    assert cfg.data.demo is True and cfg.data.root.endswith("demo")  # data=demo
+    assert cfg.data.batch_size == 4  # not the experiment's 50
+    assert cfg.data.num_workers == 0
+    trainer = cfg.trainer
+    assert (trainer.accelerator, trainer.devices) == ("cpu", 1)
+    assert trainer.enable_progress_bar is False and trainer.enable_model_summary is False
+    assert (trainer.num_sanity_val_steps, trainer.log_every_n_steps) == (0, 1)
+    assert (trainer.limit_val_batches, trainer.limit_test_batches) == (2, 2)
+    # only those: the experiment's budget and the task name stay
+    assert (trainer.max_steps, trainer.limit_train_batches) == (50000, None)
+    assert cfg.task_name == "levi_hassner"
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_command_line_overrides_win_over_debug(before: bool, tmp_path: Path) -> None:
+    own = ["trainer.max_steps=3", "trainer.limit_val_batches=1", "data.batch_size=8"]
+    overrides = [*own, "debug=tests"] if before else ["debug=tests", *own]
+    cfg = compose_train(["experiment=levi_hassner", *overrides], tmp_path)
+    assert cfg.trainer.max_steps == 3
+    assert cfg.trainer.limit_val_batches == 1
+    assert cfg.data.batch_size == 8
+    assert compose_train(["debug=tests", "data=adience"], tmp_path).data.get("demo") is None

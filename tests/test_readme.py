@@ -21,7 +21,7 @@ def test_setup_commands_are_what_ci_runs() -> None:
 
 
 def test_named_configs_exist() -> None:
-    pattern = r"\b(experiment|hydra/launcher|hparams_search|data|model|trainer|logger)=(\w+)"
+    pattern = r"\b(experiment|hydra/launcher|hparams_search|data|model|trainer|logger|debug)=(\w+)"
     names = re.findall(pattern, README)
     assert len(names) > 10
     for group, name in names:

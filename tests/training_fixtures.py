@@ -56,20 +56,9 @@ class RandomDataModule(pl.LightningDataModule):
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 
-#: Small and fast: tiny batches, no workers, a few steps, CPU.
-FAST = [
-    "data=demo",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "trainer.accelerator=cpu",
-    "trainer.devices=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-]
+#: Small and fast (demo data, batches of 4, CPU, 2 val/test batches): conf/debug/tests.yaml.
+#: Tests add their own budget after it (trainer.max_steps=3 ...); command-line overrides win.
+FAST = ["debug=tests"]
 
 
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
