@@ -227,6 +227,7 @@ def _run(command, tmp_path):
     return done.stderr
 
 
+@pytest.mark.slow  # 25-80 s: CI runs it with -m slow
 def test_command_line_detector_change_writes_a_second_cache(tmp_path):
     """Through `python -m agegender.data.preprocess`: MTCNN, then the command a haar-config
     DataModule asks for (a second folder), then MTCNN again (the first folder, untouched)."""

@@ -36,6 +36,7 @@ def _train(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.slow  # 25-80 s: CI runs it with -m slow
 def test_five_fold_cv_writes_the_paper_table(demo: Path, tmp_path: Path) -> None:
     """``experiment=cv`` = the paper protocol on folds 0-4; the callback writes the table."""
     sweep = tmp_path / "cv"
@@ -75,6 +76,7 @@ def test_five_fold_cv_writes_the_paper_table(demo: Path, tmp_path: Path) -> None
     pd.testing.assert_frame_equal(pd.read_csv(sweep / "cv_results.csv").set_index("row"), table)
 
 
+@pytest.mark.slow  # 25-80 s: CI runs it with -m slow
 def test_cv_reports_a_failed_fold(demo: Path, tmp_path: Path) -> None:
     """A fold whose run dies (here fold 5, which Adience does not have) is listed as failed
     with its error; the mean covers the folds that finished and says so; exit code != 0."""
@@ -91,6 +93,7 @@ def test_cv_reports_a_failed_fold(demo: Path, tmp_path: Path) -> None:
     assert "failed" in (sweep / "cv_results.md").read_text()
 
 
+@pytest.mark.slow  # 25-80 s: CI runs it with -m slow
 def test_folds_in_parallel_with_the_joblib_launcher(tmp_path: Path) -> None:
     """hydra/launcher=local_parallel runs two folds at once on a fresh demo root: one job
     generates and preprocesses it while the other waits on the lock (no race), and
@@ -105,6 +108,7 @@ def test_folds_in_parallel_with_the_joblib_launcher(tmp_path: Path) -> None:
     assert "Using categorical units" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow  # 25-80 s: CI runs it with -m slow
 def test_optuna_sweep_runs_and_reports(demo: Path, tmp_path: Path) -> None:
     """``hparams_search=optuna`` with 2 TPE trials: each trial trains, returns its validation
     objective, and the sweep lands in one table (trial, params, objective)."""

@@ -310,6 +310,7 @@ class RecordBatches(pl.Callback):
         self.by_step[trainer.global_step] = {t: b["index"].tolist() for t, b in batch.items()}
 
 
+@pytest.mark.slow  # 25-80 s: CI runs it with -m slow
 def test_mid_epoch_resume_continues_both_task_lists(demo: Path, tmp_path: Path) -> None:
     common = [
         *PAPER,

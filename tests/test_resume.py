@@ -199,6 +199,7 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, list[str]]:  # noqa: ANN001
     return out, common
 
 
+@pytest.mark.slow  # 25-80 s: CI runs it with -m slow
 def test_last_ckpt_of_a_finished_run_holds_its_last_epoch(uninterrupted) -> None:  # noqa: ANN001
     out, _ = uninterrupted
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

@@ -195,6 +195,7 @@ def test_evaluate_only_from_a_checkpoint_reproduces_the_figures(
     assert objective == pytest.approx(before["val/acc"])
 
 
+@pytest.mark.slow  # 25-80 s: CI runs it with -m slow
 def test_same_seed_same_run_on_cpu(demo: Path, tmp_path: Path) -> None:
     """``seed`` drives model init, dropout and the crops/flips (the validation carve has its
     own ``data.seed``, so runs with different seeds share their splits): the same config
