@@ -6,8 +6,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from agegender.hardware import cpu_has_fast_bf16
 from agegender.spec import face_spec_of
 from agegender.transforms import EvalPreset, ten_crop_origins
+
+#: ``precision=`` choices: ``auto`` resolves to one of the other two per machine.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """``fp32`` or ``bf16`` for ``precision`` on ``device``.
+
+    ``auto`` picks bf16 only where the hardware multiplies it natively and fast: a CPU with
+    AMX bf16 tiles (there bf16 classified 2.6x faster than fp32 with the same labels) or a
+    CUDA GPU with bf16 support (Ampere and newer); everywhere else (AVX2 or AVX-512 CPUs,
+    which emulate or only partly accelerate bf16) the exact fp32 path.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
 
 
 class FaceClassifier:
@@ -20,6 +42,8 @@ class FaceClassifier:
     ``preprocess`` is separate from ``predict`` so it can run in the loader threads.
     A network with a per-pixel mean image (its checkpoint's) gets the crops' origins: none
     for the centre crop, TenCrop's 10 origins with ``oversample``.
+    ``precision`` (:func:`resolve_precision`): ``fp32`` is the exact path (the parity tests'
+    1e-4); ``bf16`` runs the network under bf16 autocast and returns float32 probabilities.
     """
 
     def __init__(
@@ -28,8 +52,10 @@ class FaceClassifier:
         oversample: bool = False,
         device: str | torch.device = "cpu",
         channels_last: bool = True,
+        precision: str = "fp32",
     ) -> None:
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.model = model.eval().to(self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -60,7 +86,10 @@ class FaceClassifier:
         else:
             n, crops, flat = batch.shape[0], 1, batch
         flat = flat.to(self.device).contiguous(memory_format=self.memory_format)
-        logits = self.model(flat, origin=origin) if self.takes_origin else self.model(flat)
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        ):
+            logits = self.model(flat, origin=origin) if self.takes_origin else self.model(flat)
         out = {}
         for task, value in logits.items():
             probs = torch.softmax(value.float(), dim=1).reshape(n, crops, -1).mean(dim=1)

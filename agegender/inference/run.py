@@ -116,6 +116,7 @@ def build_classifier(
     oversample: bool = False,
     device: str = "cpu",
     download: bool = True,
+    precision: str = "fp32",
 ) -> tuple[FaceClassifier, dict[str, Any]]:
     """The classifier for ``checkpoint`` (ours or train.py's), default the original weights.
 
@@ -129,7 +130,8 @@ def build_classifier(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     model, meta = load_model(path, map_location=device)
-    return FaceClassifier(model, oversample=oversample, device=device), meta
+    classifier = FaceClassifier(model, oversample=oversample, device=device, precision=precision)
+    return classifier, meta
 
 
 def configure_torch_threads(threads: int | None, workers: int) -> int:
@@ -154,7 +156,10 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
     detector_cfg = dict(cfg["detector"])
     detector = build_detector(detector_cfg.pop("name"), **detector_cfg)
     classifier, _ = build_classifier(
-        cfg.get("checkpoint"), oversample=bool(cfg.get("oversample", False)), device=cfg["device"]
+        cfg.get("checkpoint"),
+        oversample=bool(cfg.get("oversample", False)),
+        device=cfg["device"],
+        precision=str(cfg.get("precision", "fp32")),
     )
     output = Path(cfg["output"])
     summary = predict(
@@ -171,7 +176,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         progress=bool(cfg.get("progress", True)),
         decode_min_side=cfg.get("decode_min_side"),
     )
-    print(f"predict: {summary.line()} -> {output / CSV_NAME}")
+    print(f"predict: {summary.line()} -> {output / CSV_NAME} (precision {classifier.precision})")
     for example in summary.error_examples:
         print(f"  error: {example}", file=sys.stderr)
     for path in summary.skipped[:5]:
