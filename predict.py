@@ -9,6 +9,8 @@ a bad configuration, a missing input or missing weights.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import hydra
@@ -28,5 +30,23 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def _exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown: with this CUDA build of torch it takes
+    ~0.5-0.9 s and raises peak memory by ~130 MB (measured: ``import torch`` alone peaks at
+    519 MB with ``os._exit``, 647 MB with a normal exit). Every output file is closed by
+    then; the streams and logs are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as stop:  # Hydra's and ours (exit code 2 for bad input paths)
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if stop.code is not None and not isinstance(stop.code, int):
+            print(stop.code, file=sys.stderr)
+        _exit_now(code)
+    _exit_now(0)

@@ -12,13 +12,19 @@ normalises itself (no mean subtraction here, on purpose).
 ``with_origin`` also says where each crop came from in the resized face (an int64 ``origin``
 of ``top, left, mirrored``): a net with a per-pixel mean image subtracts the mean at that
 source position before the mirror, as Caffe's ``DataTransformer`` did.
+
+The presets are plain torch (resize: ``interpolate`` on uint8, bilinear with antialias, the
+kernel torchvision's ``v2.Resize`` calls; crops: slices at :func:`ten_crop_origins`), not
+torchvision transforms, because importing torchvision imports its models and torch._dynamo
+(~2 s before prediction's first photo); tests/test_transforms.py holds them equal to v2's
+Resize, CenterCrop and TenCrop.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
+from torch.nn import functional as F
 
 from agegender.models.levi_hassner import centre_offset
 from agegender.spec import FaceSpec
@@ -31,6 +37,17 @@ def face_to_tensor(face: np.ndarray | torch.Tensor) -> torch.Tensor:
     if face.ndim != 3 or face.shape[2] != 3 or face.dtype != np.uint8:
         raise ValueError(f"expected an H x W x 3 uint8 RGB face, got {face.dtype} {face.shape}")
     return torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)
+
+
+def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """3 x H x W uint8 -> 3 x size x size uint8: bilinear with antialias (torchvision's
+    ``v2.Resize((size, size), antialias=True)`` on uint8 CPU tensors runs this same kernel)."""
+    if image.shape[-2:] == (size, size):
+        return image
+    out = F.interpolate(
+        image.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return out[0]
 
 
 def centre_origin(resize_size: int, crop_size: int) -> torch.Tensor:
@@ -64,11 +81,10 @@ class TrainPreset:
     def __init__(self, spec: FaceSpec) -> None:
         crop_size, resize_size = spec.crop_size, spec.resize_size  # FaceSpec: crop <= resize
         self.crop_size, self.resize_size = crop_size, resize_size
-        self.resize = v2.Resize((resize_size, resize_size), antialias=True)
 
     def with_origin(self, face: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (3 x S x S float32 crop, int64 origin: top, left, mirrored)."""
-        image = self.resize(face_to_tensor(face))
+        image = resize_square(face_to_tensor(face), self.resize_size)
         room = self.resize_size - self.crop_size + 1
         top = int(torch.randint(0, room, (1,)).item())
         left = int(torch.randint(0, room, (1,)).item())
@@ -88,26 +104,25 @@ class EvalPreset:
     four corners and centre, each also mirrored; the caller averages the probabilities)."""
 
     def __init__(self, spec: FaceSpec, ten_crop: bool = False) -> None:
-        crop_size, resize_size = spec.crop_size, spec.resize_size
+        self.crop_size, self.resize_size = spec.crop_size, spec.resize_size
         self.ten_crop = ten_crop
         self.origin = (
-            ten_crop_origins(resize_size, crop_size)
+            ten_crop_origins(self.resize_size, self.crop_size)
             if ten_crop
-            else centre_origin(resize_size, crop_size)
+            else centre_origin(self.resize_size, self.crop_size)
         )
-        crop = v2.TenCrop(crop_size) if ten_crop else v2.CenterCrop(crop_size)
-        self.transform = v2.Compose(
-            [
-                v2.Resize((resize_size, resize_size), antialias=True),
-                crop,
-                v2.ToDtype(torch.float32, scale=False),
-            ]
-        )
+        # The crops are cut at the origins the mean image is read at: they cannot disagree.
+        self._cuts = [tuple(int(v) for v in row) for row in self.origin.reshape(-1, 3)]
 
     def __call__(self, face: np.ndarray | torch.Tensor) -> torch.Tensor:
-        out = self.transform(face_to_tensor(face))
-        # TenCrop yields a tuple of crops; v2 transforms map over it, so stack once at the end.
-        return torch.stack(list(out)) if self.ten_crop else out
+        image = resize_square(face_to_tensor(face), self.resize_size)
+        size = self.crop_size
+        crops = []
+        for top, left, mirrored in self._cuts:
+            crop = image[:, top : top + size, left : left + size]
+            crops.append(crop.flip(-1) if mirrored else crop)
+        out = torch.stack(crops) if self.ten_crop else crops[0]
+        return out.to(torch.float32)
 
     def with_origin(self, face: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (crop(s), origin: 3, or 10 x 3 in the crops' order); see :func:`ten_crop_origins`."""

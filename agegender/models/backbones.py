@@ -60,8 +60,10 @@ class Standardize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1), persistent=False)
+        # device="cpu": constants stay real when the net is built on the meta device.
+        mean_t, std_t = (torch.tensor(list(v), device="cpu").view(1, 3, 1, 1) for v in (mean, std))
+        self.register_buffer("mean", mean_t, persistent=False)
+        self.register_buffer("std", std_t, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -47,7 +47,10 @@ class CaffeInput(nn.Module):
 
     def __init__(self, mean_bgr: Sequence[float] = CAFFE_FACE_SPEC.mean) -> None:
         super().__init__()
-        mean_rgb = torch.tensor(list(mean_bgr)[::-1], dtype=torch.float32).view(1, 3, 1, 1)
+        # device="cpu": a constant, real even when the net is built on the meta device
+        # (agegender.checkpoints builds there and assigns the checkpoint's tensors).
+        mean_rgb = torch.tensor(list(mean_bgr)[::-1], dtype=torch.float32, device="cpu")
+        mean_rgb = mean_rgb.view(1, 3, 1, 1)
         self.register_buffer("mean_rgb", mean_rgb, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

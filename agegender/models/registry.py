@@ -5,31 +5,38 @@ Checkpoints then load with ``torch.load(weights_only=True)``: no pickled classes
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from agegender.models.backbones import InceptionResnetAgeGender, resnet18, resnet50
 from agegender.models.levi_hassner import LeviHassnerNet
 from agegender.spec import FaceSpec
 
 #: The network of the paper, and of configs that name none (``conf/preprocess.yaml``).
 DEFAULT_MODEL: str = "levi_hassner"
 
-MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+#: Name -> network class/factory, or ``"module:attribute"`` imported on first use: the
+#: backbones import torchvision and facenet-pytorch (~2 s and ~150 MB before the first
+#: photo), which prediction with the Levi-Hassner net never needs.
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module] | str] = {
     "levi_hassner": LeviHassnerNet,
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-    "inception_resnet_v1": InceptionResnetAgeGender,
+    "resnet18": "agegender.models.backbones:resnet18",
+    "resnet50": "agegender.models.backbones:resnet50",
+    "inception_resnet_v1": "agegender.models.backbones:InceptionResnetAgeGender",
 }
 
 
 def _builder(name: str) -> Callable[..., nn.Module]:
     try:
-        return MODEL_BUILDERS[name]
+        builder = MODEL_BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODEL_BUILDERS)}") from None
+    if isinstance(builder, str):
+        module, attribute = builder.split(":")
+        builder = getattr(importlib.import_module(module), attribute)
+    return builder
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
