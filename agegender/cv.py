@@ -20,11 +20,10 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pandas as pd
 from hydra.experimental.callback import Callback
@@ -198,12 +197,13 @@ def cv_markdown(table: pd.DataFrame) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def plot_cv(table: pd.DataFrame, path: str | Path) -> Figure:
+def plot_cv(table: pd.DataFrame, path: str | Path | BinaryIO) -> Figure:
     """Per-fold bars with the mean as a line and +-std as a band, one panel per metric and
     protocol (``METRIC_COLUMNS``), one row per setting (the overrides besides the fold, in
     full as the row's title); the paper's figure (``PUBLISHED``) as a dashed red line.
 
-    Saves the figure to ``path`` and returns it (closed: for inspection, not display)."""
+    Saves the figure as PNG to ``path`` (a file name or an open binary file) and returns it
+    (closed: for inspection, not display)."""
     import textwrap
 
     import matplotlib
@@ -244,7 +244,7 @@ def plot_cv(table: pd.DataFrame, path: str | Path) -> Figure:
             ax.tick_params(labelsize=8)
             ax.legend(loc="lower center", fontsize=7, framealpha=0.9)
         axes[0].set_ylabel("accuracy (%)", fontsize=9)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return fig
 
@@ -276,9 +276,7 @@ def aggregate(sweep_dir: str | Path) -> pd.DataFrame | None:
     cv_csv, cv_md = table.to_csv(index=False).encode(), cv_markdown(table).encode()
     atomic_write(sweep_dir / "cv_results.csv", lambda fh: fh.write(cv_csv))
     atomic_write(sweep_dir / "cv_results.md", lambda fh: fh.write(cv_md))
-    tmp_png = sweep_dir / f".cv_results.{os.getpid()}.png"
-    plot_cv(table, tmp_png)
-    os.replace(tmp_png, sweep_dir / "cv_results.png")
+    atomic_write(sweep_dir / "cv_results.png", lambda fh: plot_cv(table, fh))
     return table
 
 
