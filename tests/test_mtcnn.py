@@ -88,6 +88,17 @@ def test_crop_patches_match_one_by_one_resampling() -> None:
             assert torch.equal(got[k : k + 1], ref), (size, k)
 
 
+def test_float64_integral_of_big_images_gives_the_same_inputs() -> None:
+    """Over ~8 MP (``max_side=None`` on a big photo) the sums leave int32: float64 cells."""
+    image = _image(5, 200, 300)
+    wide = cv2.integral(cv2.cvtColor(image, cv2.COLOR_RGB2RGBA), sdepth=cv2.CV_64F)
+    narrow = integral_image(image)
+    assert narrow.dtype == np.int32 and wide.dtype == np.float64
+    assert torch.equal(pyramid_level(wide, 61, 91), pyramid_level(narrow, 61, 91))
+    bounds = (np.array([3, 50]), np.array([150, 90]), np.array([1, 100]), np.array([120, 300]))
+    assert torch.equal(crop_patches(wide, *bounds, 48), crop_patches(narrow, *bounds, 48))
+
+
 def test_nms_matches_torchvision_and_facenet() -> None:
     from facenet_pytorch.models.utils.detect_face import nms_numpy
     from torchvision.ops import nms as tv_nms
