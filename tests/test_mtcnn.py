@@ -104,12 +104,12 @@ def test_nms_matches_torchvision_and_facenet() -> None:
     from torchvision.ops import nms as tv_nms
 
     rng = np.random.default_rng(3)
-    for n in (1, 5, 60, 300):
+    for n in (1, 5, 60, 300, 1100):  # 1100: past the IoU-matrix size
         xy = rng.uniform(0, 200, (n, 2)).astype(np.float32)
         wh = rng.uniform(5, 60, (n, 2)).astype(np.float32)
         boxes = np.concatenate([xy, xy + wh], axis=1)
         scores = rng.uniform(0, 1, n).astype(np.float32)
-        for threshold in (0.5, 0.7):
+        for threshold in (0.5, 0.7, 0.3):  # float32(0.3) rounds up
             want = tv_nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
             np.testing.assert_array_equal(nms(boxes, scores, threshold), want)
             want_min = nms_numpy(boxes, scores, threshold, "Min")

@@ -212,22 +212,49 @@ def crop_patches(
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """Greedy IoU suppression, torchvision's ``nms``: areas without +1, best score first,
-    a box goes when its IoU with a kept one is above ``threshold``. Indices in keep order."""
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = (x2 - x1) * (y2 - y1)
+    a box goes when its IoU with a kept one is above ``threshold``. Indices in keep order.
+
+    Up to ``_NMS_MATRIX`` boxes, all IoUs at once and a cheap Python pass over rows (P-net's
+    candidate lists: tens to hundreds); beyond, one vectorised round per kept box.
+    """
     order = np.argsort(-scores, kind="stable")
-    keep = []
+    x1, y1, x2, y2 = (boxes[order, k] for k in range(4))
+    # torchvision compares the float32 IoU with the double threshold: v > t exactly when v
+    # exceeds the largest float32 <= t.
+    limit = np.float32(threshold)
+    if limit > threshold:
+        limit = np.nextafter(limit, np.float32(-np.inf))
+    areas = (x2 - x1) * (y2 - y1)
     zero = np.float32(0.0)
-    while order.size:
-        i, rest = order[0], order[1:]
+    if len(order) <= _NMS_MATRIX:
+        w = np.maximum(zero, np.minimum.outer(x2, x2) - np.maximum.outer(x1, x1))
+        h = np.maximum(zero, np.minimum.outer(y2, y2) - np.maximum.outer(y1, y1))
+        inter = w * h
+        with np.errstate(invalid="ignore", divide="ignore"):
+            over = inter / (areas[:, None] + areas[None, :] - inter) > limit
+        suppressed = np.zeros(len(order), bool)
+        keep = []
+        for i in range(len(order)):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed |= over[i]
+        return order[keep]
+    keep = []
+    rest = np.arange(len(order))
+    while rest.size:
+        i, rest = rest[0], rest[1:]
         keep.append(i)
         w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
         h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
         inter = w * h
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = inter / (areas[i] + areas[rest] - inter)
-        order = rest[~(iou.astype(np.float64) > threshold)]
-    return np.array(keep, dtype=np.int64)
+        rest = rest[~(iou > limit)]
+    return order[keep]
+
+
+#: Largest candidate list whose IoU matrix :func:`nms` builds (1024^2 float32: 4 MB each).
+_NMS_MATRIX = 1024
 
 
 def nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
