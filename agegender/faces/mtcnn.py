@@ -1,15 +1,19 @@
 """Default detector: MTCNN (boxes + 5 landmarks) with facenet-pytorch's trained weights, run
 by our own cascade driver.
 
-facenet-pytorch's ``detect_face`` spends most of a photo's time outside the networks
-(profiled in ``benchmarks/bench_detect.py``): each pyramid level is an ``interpolate(mode=
-"area")`` of the whole float image (~45% of its time at max side 640: adaptive average pooling
-of a channels-last tensor), and every R-net / O-net candidate is sliced and resized on its own
-in a Python loop. This driver computes the same area averages from ONE integral image of the
-uint8 photo (exact integer sums, divided as torch divides: the network inputs are bit-identical),
-gathers all candidates' 24 x 24 / 48 x 48 crops in one vectorised step, and does the box
-arithmetic and non-maximum suppression in float32 numpy with facenet-pytorch's formulas and
-orderings, so it finds the same faces with the same boxes and landmarks.
+Where facenet-pytorch's ``detect_face`` spends a photo's time (cProfile, the 4 samples at max
+side 640, one thread): ~30% in ``interpolate(mode="area")``, mostly building each pyramid level
+from the whole float image (adaptive average pooling of a channels-last tensor), the rest of
+it resizing every R-net / O-net candidate on its own in a Python loop; ~17% in max-pooling,
+mostly R-net/O-net's, slow because their stacked crops are NCHW (``ceil_mode`` pooling runs
+~10x faster channels-last); ~25% in convolutions.
+
+This driver computes the same area averages from ONE integral image of the uint8 photo
+(exact integer sums, divided as torch divides: the networks' inputs are bit-identical),
+gathers all candidates' 24 x 24 / 48 x 48 crops in one vectorised step, runs the nets
+channels-last, and does the box arithmetic and non-maximum suppression in float32 numpy with
+facenet-pytorch's formulas and orderings: the same candidates, boxes and landmarks within
+~1e-4 px (the channels-last kernels sum in another order).
 
 It imports only torch, numpy and cv2 (:mod:`agegender.faces.mtcnn_nets`): no facenet_pytorch,
 no torchvision, for start-up. ``detector=mtcnn_facenet`` runs facenet-pytorch's own code.

@@ -2,7 +2,7 @@
 
 The reference the default ``mtcnn`` (our driver over the same weights) is checked against, and
 the way back to the detector of the face caches built before it (same pyramid, thresholds and
-suppressions; ~3-4x slower per photo, and importing facenet-pytorch costs ~1 s of start-up).
+suppressions; ~2x slower per photo, and importing facenet-pytorch costs seconds of start-up).
 """
 
 from __future__ import annotations
