@@ -16,6 +16,12 @@ def _mtcnn(**kwargs: Any) -> Detector:
     return MTCNNDetector(**kwargs)
 
 
+def _mtcnn_facenet(**kwargs: Any) -> Detector:
+    from agegender.faces.mtcnn_facenet import FacenetMTCNNDetector
+
+    return FacenetMTCNNDetector(**kwargs)
+
+
 def _opencv_ssd(**kwargs: Any) -> Detector:
     from agegender.faces.opencv_ssd import OpenCVSSDDetector
 
@@ -36,9 +42,11 @@ def _none(**kwargs: Any) -> Detector:
     return WholeImageDetector()
 
 
-#: Imports are deferred so that choosing haar never loads facenet-pytorch, and so on.
+#: Imports are deferred so that choosing haar never loads torch, and only ``mtcnn_facenet``
+#: loads facenet-pytorch.
 DETECTOR_BUILDERS: dict[str, Callable[..., Detector]] = {
     "mtcnn": _mtcnn,
+    "mtcnn_facenet": _mtcnn_facenet,
     "opencv_ssd": _opencv_ssd,
     "haar": _haar,
     "none": _none,
@@ -57,6 +65,7 @@ def build_detector(name: str = "mtcnn", **kwargs: Any) -> Detector:
 #: The class each builder instantiates (module, name), for :func:`detector_arguments`.
 _DETECTOR_CLASSES: dict[str, tuple[str, str]] = {
     "mtcnn": ("agegender.faces.mtcnn", "MTCNNDetector"),
+    "mtcnn_facenet": ("agegender.faces.mtcnn_facenet", "FacenetMTCNNDetector"),
     "opencv_ssd": ("agegender.faces.opencv_ssd", "OpenCVSSDDetector"),
     "haar": ("agegender.faces.haar", "HaarDetector"),
     "none": ("agegender.faces.whole", "WholeImageDetector"),
