@@ -350,3 +350,24 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, checkpoint, classifie
     )
     assert refused.returncode == 2 and "cannot resume" in refused.stderr
     assert csv.read_bytes() == (tmp_path / "before.csv").read_bytes()
+
+
+@pytest.mark.parametrize("launcher", ["local_parallel", "slurm"])
+def test_launchers_compose_with_predict(launcher: str) -> None:
+    """Both launcher configs compose with predict.yaml; jobs share ``output`` as sweep dir,
+    keep their Hydra files apart, and the merge callback is configured."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=["input=x", "output=/o", "num_shards=4", f"hydra/launcher={launcher}"],
+            return_hydra_config=True,
+        )
+    sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
+    assert sweep == {"dir": "${output}", "subdir": "jobs/${hydra.job.num}"}
+    assert cfg.hydra.sweep.dir == "/o"
+    assert "_target_" in cfg.hydra.launcher and cfg.shard == 0 and cfg.resume is False
+    callback = OmegaConf.to_container(cfg.hydra.callbacks.merge_shards)
+    assert callback == {"_target_": "agegender.inference.merge.MergeShardsCallback"}
