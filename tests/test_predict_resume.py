@@ -261,6 +261,10 @@ def test_shard_resume_and_merge(tmp_path, folder, classifier, reference, one_thr
     path, rows = merge_shards(out)
     assert path == out / "predictions.csv" and rows == N_IMAGES + 1
     assert path.read_bytes() == reference
+    # A refused resume (other columns) leaves a finished shard finished.
+    with pytest.raises(ResumeError):
+        _run(folder, out, classifier, shard=1, num_shards=3, resume=True, save_probs=True)
+    assert done_path(shard1).is_file() and shard1.read_bytes() == complete
 
 
 def test_merge_command_refuses_a_missing_shard(tmp_path, folder, classifier, capsys) -> None:

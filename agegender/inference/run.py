@@ -80,9 +80,49 @@ def predict(
         print(f"agegender: no image or video files under {input}", file=sys.stderr)
     files = shard_slice(files, shard, num_shards)
     csv_path = output / csv_name(shard, num_shards)
-    clear_done(csv_path)
-    # Opened first: a CSV that cannot be resumed stops the run before any model work.
+    # Opened first: a CSV that cannot be resumed stops the run before any model work (and
+    # before a finished shard loses its completion marker).
     writer = PredictionWriter(csv_path, save_probs, resume=resume)
+    with writer:
+        summary = _predict_into(
+            writer, input, output, files, skipped, detector, classifier, batch_size, workers,
+            annotate, video_stride, max_pixels, progress, decode_min_side, resume,
+        )  # fmt: skip
+    if num_shards > 1:
+        write_done(
+            csv_path,
+            {
+                "shard": shard,
+                "num_shards": num_shards,
+                "input": str(input),
+                "files": len(files),
+                "rows": writer.rows,
+                "columns": list(writer.columns),
+            },
+        )
+    return summary
+
+
+def _predict_into(
+    writer: PredictionWriter,
+    input: str | os.PathLike[str],
+    output: Path,
+    files: list[Path],
+    skipped: list[Path],
+    detector: Detector,
+    classifier: FaceClassifier,
+    batch_size: int,
+    workers: int,
+    annotate: bool,
+    video_stride: int,
+    max_pixels: int | None,
+    progress: bool,
+    decode_min_side: int | None,
+    resume: bool,
+) -> Summary:
+    """The body of :func:`predict` once its CSV is open (the caller closes it)."""
+    csv_path = writer.path
+    clear_done(csv_path)  # not complete until this run has gone through its whole block
     done = writer.done
     summary = Summary(skipped=[str(p) for p in skipped], csv=str(csv_path))
     summary.already_done, foreign = _count_done(files, done)
@@ -134,7 +174,6 @@ def predict(
     annotating: deque[tuple[ImageResult, Future[Path | None]]] = deque()
     with (
         warnings.catch_warnings(),
-        writer,
         ThreadPoolExecutor(1, thread_name_prefix="agegender-annotate") as annotator,
     ):
         # load_image applies its own size limit and reports it per file; PIL's warning for
@@ -153,18 +192,6 @@ def predict(
             commit(*annotating.popleft())
     summary.seconds = time.perf_counter() - start
     bar.close()
-    if num_shards > 1:
-        write_done(
-            csv_path,
-            {
-                "shard": shard,
-                "num_shards": num_shards,
-                "input": str(input),
-                "files": len(files),
-                "rows": writer.rows,
-                "columns": list(writer.columns),
-            },
-        )
     return summary
 
 
