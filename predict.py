@@ -4,7 +4,8 @@
 
 Writes ``output``/predictions.csv (see DESIGN.md for the columns) and annotated copies.
 Exit code 0 even when some inputs are bad (they get ``error: ...`` rows); non-zero only for
-a bad configuration, a missing input or missing weights.
+a bad configuration, a missing input, missing weights or a CSV ``resume=true`` cannot
+continue. ``-m shard=0,1,2,3 num_shards=4`` predicts in 4 jobs and merges their CSVs.
 """
 
 from __future__ import annotations
@@ -21,11 +22,20 @@ from omegaconf import DictConfig, OmegaConf
 def main(cfg: DictConfig) -> None:
     from agegender.checkpoints import CheckpointError
     from agegender.inference import InputNotFoundError, predict_from_config
+    from agegender.inference.csv_writer import ResumeError
+    from agegender.inference.shards import ShardError
     from agegender.weights import WeightsNotFoundError
 
     try:
         predict_from_config(OmegaConf.to_container(cfg, resolve=True))
-    except (InputNotFoundError, WeightsNotFoundError, CheckpointError, FileNotFoundError) as exc:
+    except (
+        InputNotFoundError,
+        WeightsNotFoundError,
+        CheckpointError,
+        FileNotFoundError,
+        ResumeError,
+        ShardError,
+    ) as exc:
         print(f"predict: {exc}", file=sys.stderr)
         sys.exit(2)
 

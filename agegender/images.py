@@ -73,6 +73,10 @@ def _load(path: Path, max_pixels: int | None, min_side: int | None) -> tuple[np.
     try:
         with open(path, "rb") as fp, Image.open(fp) as im:
             _check_size(im.size, max_pixels, path)
+            if _is_deep_colour(im):
+                deep = _load_deep_colour(path, im)
+                if deep is not None:
+                    return deep, 1.0
             scale = _draft(im, min_side) if min_side else 1.0
             im.load()
             ImageOps.exif_transpose(im, in_place=True)  # no copy when already upright
@@ -170,22 +174,78 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
 
 
 def _deep_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """16-bit and 32-bit single-channel images: scale, never clip, to 0..255.
+    """16-bit and 32-bit images (any number of channels): scale, never clip, to 0..255.
 
-    16-bit files (``I;16*``, and ``I`` images whose values fit 16 bits) use their full
-    0..65535 range; float images in 0..1 are scaled by 255; anything else is stretched by
-    its own min/max so the picture stays visible.
+    Integer data is scaled by the range it actually uses, because 16-bit files often do not
+    use all 16 bits: converters store 8-bit pictures in 16-bit PNGs (values 0..255), and
+    cameras and scanners write 10-, 12- or 14-bit data. Dividing those by 257 gives a black
+    picture (and no face). The rule, on the image's maximum value ``hi`` (over all channels,
+    so colours keep their balance):
+
+    - ``hi <= 255``: 8-bit data, taken as is (a 16-bit PNG of an 8-bit picture equals it);
+    - ``hi <= 65535``: the bit depth in use, ``b = hi.bit_length()`` (9..16), is the white
+      point: values are scaled by ``255 / (2**b - 1)``; full-range 16-bit data (b = 16) is
+      divided by 257 as before, 12-bit data (max 4095 or anything above 2047) by 4095/255.
+      A dark full-range picture whose brightest pixel is below 2**15 is brightened
+      accordingly, which is what face detection wants anyway;
+    - float images (``F``) in 0..1 are multiplied by 255; anything else (negative values,
+      32-bit integers beyond 16 bits, floats beyond 1) is stretched by its own min/max so the
+      picture stays visible.
     """
     values = values.astype(np.float64)
     if values.size == 0:
         return values.astype(np.uint8)
     lo, hi = float(values.min()), float(values.max())
-    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi > 255 and hi <= 65535):
-        scaled = values / 257.0
-    elif mode == "F" and lo >= 0.0 and hi <= 1.0:
+    if mode == "F" and lo >= 0.0 and hi <= 1.0:
         scaled = values * 255.0
     elif lo >= 0 and hi <= 255:
         scaled = values
+    elif mode != "F" and lo >= 0 and hi <= 65535:
+        scaled = values * (255.0 / ((1 << int(hi).bit_length()) - 1))
     else:
         scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _is_deep_colour(im: Image.Image) -> bool:
+    """An RGB(A) file with 16 bits per channel: Pillow would keep only the high byte of each
+    value (its RGB modes are 8-bit), which turns 8-bit data stored in 16 bits black."""
+    if im.mode not in ("RGB", "RGBA") or not im.tile:
+        return False
+    args = im.tile[0].args
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(rawmode, str) and ";16" in rawmode
+
+
+#: EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _load_deep_colour(path: Path, im: Image.Image) -> np.ndarray | None:
+    """A 16-bit RGB(A) file decoded with all its bits (OpenCV), scaled by
+    :func:`_deep_to_uint8`, alpha over white, EXIF orientation applied; None when OpenCV
+    cannot decode it (Pillow's 8-bit reading is then the fallback)."""
+    import cv2
+
+    data = np.fromfile(path, dtype=np.uint8)
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.dtype != np.uint16 or decoded.ndim != 3:
+        return None
+    if decoded.shape[:2] != (im.size[1], im.size[0]) or decoded.shape[2] not in (3, 4):
+        return None
+    rgb = _deep_to_uint8(decoded[:, :, 2::-1], "I;16")
+    if decoded.shape[2] == 4:
+        alpha = _deep_to_uint8(decoded[:, :, 3], "I;16").astype(np.float32)[:, :, None] / 255
+        rgb = np.rint(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    orientation = im.getexif().get(0x0112)
+    if orientation in _ORIENTATION:
+        rgb = np.array(Image.fromarray(rgb).transpose(_ORIENTATION[orientation]))
+    return np.ascontiguousarray(rgb)

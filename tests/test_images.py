@@ -83,6 +83,57 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out[0, :, 0], [0, 4, 128, 255])  # clipping would give 255s
 
 
+def test_sixteen_bit_grey_png_holding_8_bit_values_equals_the_8_bit_image(tmp_path: Path) -> None:
+    """A converter's 16-bit PNG of an 8-bit picture (values 0..255) used to come out black."""
+    grey = _gradient()[:, :, 0]
+    Image.fromarray(grey).save(tmp_path / "g8.png")
+    Image.fromarray(grey.astype(np.uint16)).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    expected = load_image(tmp_path / "g8.png")
+    assert expected.max() > 200  # a real picture, not a black one
+    np.testing.assert_array_equal(load_image(tmp_path / "g16.png"), expected)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_sixteen_bit_rgb_holding_8_bit_values_equals_the_8_bit_image(
+    tmp_path: Path, suffix: str
+) -> None:
+    """16-bit RGB: Pillow keeps only the high byte of each value (all 0 for 8-bit data)."""
+    import cv2
+
+    rgb = _gradient()
+    Image.fromarray(rgb).save(tmp_path / "c8.png")
+    cv2.imwrite(str(tmp_path / f"c16{suffix}"), rgb[:, :, ::-1].astype(np.uint16))
+    assert cv2.imread(str(tmp_path / f"c16{suffix}"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    np.testing.assert_array_equal(load_image(tmp_path / f"c16{suffix}"), rgb)
+
+
+def test_sixteen_bit_rgb_full_range_and_12_bit(tmp_path: Path) -> None:
+    """Full 16-bit range: value / 257 (v * 257 -> v exactly); 12-bit data (max 4095): scaled
+    by 255 / 4095, not by 255 / 65535 (16x too dark)."""
+    import cv2
+
+    rgb = _gradient()
+    rgb[0, 0] = 255  # the brightest value present, as in any real exposure
+    cv2.imwrite(str(tmp_path / "full.png"), rgb[:, :, ::-1].astype(np.uint16) * 257)
+    np.testing.assert_array_equal(load_image(tmp_path / "full.png"), rgb)
+    twelve = np.rint(rgb.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "twelve.png"), twelve[:, :, ::-1])
+    assert np.abs(load_image(tmp_path / "twelve.png").astype(int) - rgb).max() <= 1
+
+
+def test_sixteen_bit_rgba_is_composited_over_white(tmp_path: Path) -> None:
+    import cv2
+
+    rgba = np.zeros((4, 4, 4), np.uint16)
+    rgba[..., :3] = (200 * 257, 100 * 257, 50 * 257)
+    rgba[..., 3] = 65535
+    rgba[0, 0, 3] = 0  # one transparent pixel
+    cv2.imwrite(str(tmp_path / "a.png"), rgba[..., [2, 1, 0, 3]])
+    out = load_image(tmp_path / "a.png")
+    assert out[1, 1].tolist() == [200, 100, 50] and out[0, 0].tolist() == [255, 255, 255]
+
+
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     upright = _gradient(30, 50)
     # Orientation 6 = "rotate 90 CW to display": store the pixels rotated 90 CCW.

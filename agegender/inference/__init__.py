@@ -4,7 +4,13 @@ Used by ``predict.py``; import nothing from training here (start-up time, DESIGN
 """
 
 from agegender.inference.classifier import FaceClassifier
-from agegender.inference.csv_writer import COLUMNS, PROB_COLUMNS, PredictionWriter, result_rows
+from agegender.inference.csv_writer import (
+    COLUMNS,
+    PROB_COLUMNS,
+    PredictionWriter,
+    ResumeError,
+    result_rows,
+)
 from agegender.inference.inputs import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -21,6 +27,7 @@ from agegender.inference.run import (
     predict,
     predict_from_config,
 )
+from agegender.inference.shards import ShardError, csv_name, shard_slice
 from agegender.inference.summary import Summary
 
 __all__ = [
@@ -34,13 +41,17 @@ __all__ = [
     "InputNotFoundError",
     "Pipeline",
     "PredictionWriter",
+    "ResumeError",
+    "ShardError",
     "Summary",
     "build_classifier",
     "configure_torch_threads",
+    "csv_name",
     "iter_inputs",
     "list_files",
     "predict",
     "predict_from_config",
     "result_rows",
     "scan_inputs",
+    "shard_slice",
 ]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 import numpy as np
 
@@ -71,27 +73,167 @@ def result_rows(result: ImageResult, save_probs: bool = False) -> list[dict[str,
     return rows
 
 
-class PredictionWriter:
-    """Streams rows to ``path`` (flushed per input, so an interrupted run keeps its rows)."""
+class ResumeError(ValueError):
+    """``resume=true`` on a CSV this run cannot continue (other columns): mixing two column
+    layouts in one file would corrupt it for every reader, so the run stops before any work."""
 
-    def __init__(self, path: str | os.PathLike[str], save_probs: bool = False) -> None:
+
+def format_rows(result: ImageResult, columns: tuple[str, ...], save_probs: bool) -> str:
+    """The CSV text of one input's rows (CR LF line ends, as :mod:`csv` writes by default)."""
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, fieldnames=columns).writerows(result_rows(result, save_probs))
+    return buffer.getvalue()
+
+
+def csv_field(value: str) -> str:
+    """``value`` as the csv module writes it as a field (quoted when it holds , " or a newline)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([value])
+    return buffer.getvalue()
+
+
+class PredictionWriter:
+    """Appends each input's rows to ``path`` with ONE ``os.write`` of the whole text.
+
+    The file descriptor is unbuffered, so a row is in the file (the page cache) as soon as
+    :meth:`write` returns and a SIGKILL can lose only the input being written, never leave
+    half of an earlier one. Rows of a partly written input can only be the file's tail.
+
+    ``resume=True`` continues an existing file instead of replacing it (see
+    :meth:`_continue`): :attr:`done` holds the ``path`` values already in the file, which the
+    caller skips, so no input appears twice. It is read once and not updated while writing,
+    so memory stays flat over a long run. :attr:`rows` counts the data rows in the file.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], save_probs: bool = False, resume: bool = False
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.save_probs = save_probs
         self.columns = COLUMNS + (PROB_COLUMNS if save_probs else ())
-        self._file: TextIO = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
-        self._writer.writeheader()
+        self.header = ",".join(self.columns) + "\r\n"
+        self.done: set[str] = set()
+        self.rows = 0
+        #: What resuming found and repaired, for the run's closing message (empty: nothing).
+        self.repairs: list[str] = []
+        append = resume and self.path.is_file() and self._continue()
+        flags = os.O_WRONLY | (os.O_APPEND if append else os.O_CREAT | os.O_TRUNC)
+        self._fd: int | None = os.open(self.path, flags, 0o666)
+        if not append:
+            self._write_all(self.header.encode())
 
     def write(self, result: ImageResult) -> None:
-        self._writer.writerows(result_rows(result, self.save_probs))
-        self._file.flush()
+        text = format_rows(result, self.columns, self.save_probs)
+        self._write_all(text.encode("utf-8"))
+        self.rows += len(result.faces) or 1
+
+    def _write_all(self, data: bytes) -> None:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed")
+        # One write(2) per input; the loop only matters if the kernel accepts part of it
+        # (a full disk raises instead, leaving a torn tail that resume repairs).
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _continue(self) -> bool:
+        """Check the header, cut a torn tail, and read which paths are already done; False
+        when there is nothing to continue (empty file, or no complete header line).
+
+        - header other than this run's columns (``save_probs`` changed, an older layout):
+          :class:`ResumeError`, file untouched;
+        - no complete header line (killed while creating the file): started afresh;
+        - a last line without its final newline (killed mid-write) is cut off; if that torn
+          fragment may belong to the input of the rows before it (same ``path`` prefix), that
+          input's rows go too, because a torn write can have left only some of its faces.
+          Either way the input is predicted again, so nothing is lost or duplicated.
+        """
+        with open(self.path, "r+b") as fh:
+            first = fh.readline()
+            if not first.endswith(b"\n"):
+                if first:
+                    self.repairs.append("torn header rewritten")
+                return False
+            found = first.decode("utf-8", errors="replace").rstrip("\r\n")
+            if found != self.header.rstrip("\r\n"):
+                raise ResumeError(
+                    f"cannot resume {self.path}: its columns are\n  {found}\nbut this run "
+                    f"writes\n  {self.header.rstrip()}\n(save_probs={self.save_probs}; a "
+                    "setting changed?). Resume with the settings of the first run, write to "
+                    "another output, or run without resume=true to start the file afresh."
+                )
+            end = _complete_end(fh)
+            fh.seek(end)
+            fragment = fh.read().decode("utf-8", errors="replace")
+            fh.seek(len(first))
+            last_path, last_start, last_count = self._read_done(fh, len(first), end)
+            cut = end
+            if fragment:
+                self.repairs.append(f"torn last line cut ({len(fragment)} characters)")
+                if last_path is not None:
+                    field = csv_field(last_path) + ","
+                    if fragment.startswith(field) or field.startswith(fragment):
+                        cut = last_start
+                        self.done.discard(last_path)
+                        self.rows -= last_count
+                        self.repairs.append(f"rows of {last_path} dropped to be redone")
+            if cut < fh.seek(0, os.SEEK_END):
+                fh.truncate(cut)
+        return True
+
+    def _read_done(self, fh: BinaryIO, start: int, end: int) -> tuple[str | None, int, int]:
+        """Fill :attr:`done` and :attr:`rows` from the records between ``start`` and ``end``;
+        returns the last record's path, the offset its input's rows start at, their count."""
+        pos = start
+
+        def lines() -> Iterator[str]:
+            nonlocal pos
+            while pos < end:
+                raw = fh.readline(end - pos)
+                if not raw:
+                    return
+                pos += len(raw)
+                yield raw.decode("utf-8", errors="replace")
+
+        reader = csv.reader(lines())
+        last_path: str | None = None
+        last_start, last_count = start, 0
+        while True:
+            record_start = pos
+            row = next(reader, None)
+            if row is None:
+                break
+            if not row:
+                continue
+            self.rows += 1
+            if row[0] != last_path:
+                last_path, last_start, last_count = row[0], record_start, 0
+            last_count += 1
+            self.done.add(row[0])
+        return last_path, last_start, last_count
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> PredictionWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _complete_end(fh: BinaryIO, chunk: int = 1 << 16) -> int:
+    """Offset just after the file's last newline (0 if none), scanning back from the end."""
+    end = fh.seek(0, os.SEEK_END)
+    while end > 0:
+        start = max(0, end - chunk)
+        fh.seek(start)
+        block = fh.read(end - start)
+        i = block.rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        end = start
+    return 0

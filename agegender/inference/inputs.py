@@ -13,7 +13,7 @@ given directly as ``input=FILE`` is always an input, whatever its extension.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,24 +98,34 @@ def list_files(root: str | os.PathLike[str]) -> list[Path]:
 
 
 def iter_inputs(
-    root: str | os.PathLike[str], files: list[Path] | None = None, video_stride: int = 10
+    root: str | os.PathLike[str],
+    files: list[Path] | None = None,
+    video_stride: int = 10,
+    done: Container[str] = frozenset(),
 ) -> Iterator[InputItem]:
-    """Yield one item per image file and per ``video_stride``-th video frame."""
+    """Yield one item per image file and per ``video_stride``-th video frame, except those
+    whose ``path`` is in ``done`` (already in the CSV of a resumed run): a done image is not
+    even opened, a done frame is skipped without being decoded."""
     if video_stride < 1:
         raise ValueError(f"video.stride must be >= 1, got {video_stride}")
     root = Path(root)
     base = root if root.is_dir() else root.parent
     for file in list_files(root) if files is None else files:
+        if str(file) in done:  # an image, or a video whose only row is an error row
+            continue
         rel = file.relative_to(base).as_posix()
         if is_video(file):
-            yield from iter_video_frames(file, rel, video_stride)
+            yield from iter_video_frames(file, rel, video_stride, done)
         else:
             yield InputItem(path=str(file), relpath=rel, file=file)
 
 
-def iter_video_frames(file: Path, relpath: str, stride: int) -> Iterator[InputItem]:
+def iter_video_frames(
+    file: Path, relpath: str, stride: int, done: Container[str] = frozenset()
+) -> Iterator[InputItem]:
     """Every ``stride``-th frame (0, stride, 2*stride...) as RGB; an unreadable video is one
-    error item, a video that stops early ends quietly (its last frames are its last rows)."""
+    error item, a video that stops early ends quietly (its last frames are its last rows).
+    Frames whose ``path`` is in ``done`` are grabbed (to keep the count) but not decoded."""
     import cv2
 
     if not os.access(file, os.R_OK):
@@ -133,8 +143,12 @@ def iter_video_frames(file: Path, relpath: str, stride: int) -> Iterator[InputIt
             if not capture.grab():
                 break
             if index % stride == 0:
-                ok, frame = capture.retrieve()
                 name = f"{file}#frame={index}"
+                if name in done:
+                    emitted += 1
+                    index += 1
+                    continue
+                ok, frame = capture.retrieve()
                 rel = f"{relpath}#frame={index}"
                 if ok and frame is not None:
                     rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)

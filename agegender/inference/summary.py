@@ -9,6 +9,9 @@ from agegender.inference.pipeline import ImageResult
 
 @dataclass
 class Summary:
+    """Counters only: nothing here grows with the number of inputs (at most 5 error
+    examples), so a run over millions of files keeps a flat memory profile."""
+
     inputs: int = 0
     faces: int = 0
     no_face: int = 0
@@ -17,6 +20,13 @@ class Summary:
     error_examples: list[str] = field(default_factory=list)
     #: Folder entries that are not inputs by the folder rule (agegender.inference.inputs).
     skipped: list[str] = field(default_factory=list)
+    #: ``resume=true``: inputs (video frames) found in the CSV and not predicted again; they
+    #: are not counted in ``inputs``/``faces``/... (those describe this run's work).
+    already_done: int = 0
+    #: What resuming repaired in the CSV (torn last line...), one note each.
+    repairs: list[str] = field(default_factory=list)
+    #: The CSV written (predictions.csv, or the shard's CSV).
+    csv: str = ""
 
     def add(self, result: ImageResult) -> None:
         self.inputs += 1
@@ -35,6 +45,7 @@ class Summary:
     def line(self) -> str:
         return (
             f"{self.inputs} inputs, {self.faces} faces, {self.no_face} without a face, "
-            f"{self.errors} errors, {len(self.skipped)} other files skipped "
+            f"{self.errors} errors, {len(self.skipped)} other files skipped, "
+            f"{self.already_done} already done "
             f"in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
         )
