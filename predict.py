@@ -52,6 +52,9 @@ def _exit_now(code: int) -> None:
 
 
 if __name__ == "__main__":
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        main()  # launchers (joblib, submitit) clean up their workers at interpreter exit
+        sys.exit(0)
     try:
         main()
     except SystemExit as stop:  # Hydra's and ours (exit code 2 for bad input paths)
