@@ -33,6 +33,7 @@ PIXEL_SETTINGS = {
     "decode",
     "detector",
     "detector_kwargs",
+    "detector_implementation",
     "fallback_fraction",
     "align_version",
     "template",
@@ -50,6 +51,13 @@ def _dm(root, preprocess=None, **kwargs):
 def _files(folder):
     """name -> (size, mtime_ns) of every file: a rewritten shard changes it."""
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_detector_implementation_is_in_the_key():
+    """mtcnn (our driver) and mtcnn_facenet share weights and options, not bit-exact faces."""
+    ours, facenet = FaceOptions(detector="mtcnn"), FaceOptions(detector="mtcnn_facenet")
+    assert ours.settings()["detector_implementation"] == "agegender.faces.mtcnn.MTCNNDetector"
+    assert ours.cache_name() != facenet.cache_name()
 
 
 def test_settings_name_every_pixel_setting_and_nothing_else():

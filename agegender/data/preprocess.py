@@ -157,11 +157,12 @@ class FaceOptions:
         if self.source == "aligned":
             settings["resize"] = f"cv2.resize {ALIGNED_INTERPOLATION}"
             return settings
-        from agegender.faces.registry import detector_arguments
+        from agegender.faces.registry import detector_arguments, detector_implementation
 
         arguments = detector_arguments(self.detector, **dict(self.detector_kwargs))
         settings.update(
             detector=self.detector,
+            detector_implementation=detector_implementation(self.detector),
             detector_kwargs={k: _frozen(v) for k, v in arguments.items()},
             fallback_fraction=self.fallback_fraction,
             align_version=ALIGN_VERSION,
@@ -185,7 +186,7 @@ class FaceOptions:
 
 #: Imported once by the forkserver, so each worker forked from it starts warm.
 _PRELOAD: dict[str, list[str]] = {
-    "mtcnn": ["agegender.data.cache", "torch", "facenet_pytorch", "agegender.faces"],
+    "mtcnn": ["agegender.data.cache", "torch", "agegender.faces", "agegender.faces.mtcnn"],
     "aligned": ["agegender.data.cache", "agegender.images"],
 }
 _DETECTORS: dict[tuple, object] = {}  # one detector per worker process, built on first use

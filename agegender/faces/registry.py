@@ -72,6 +72,17 @@ _DETECTOR_CLASSES: dict[str, tuple[str, str]] = {
 }
 
 
+def detector_implementation(name: str) -> str:
+    """``module.Class`` of detector ``name``: part of the face cache key, so faces found by
+    another implementation under the same name (``mtcnn`` was facenet-pytorch's driver before
+    ours; same faces to 1e-4 px, not bit-identical) are never served from the cache."""
+    try:
+        module, cls = _DETECTOR_CLASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown detector {name!r}; known: {sorted(DETECTOR_BUILDERS)}") from None
+    return f"{module}.{cls}"
+
+
 def detector_arguments(name: str, **kwargs: Any) -> dict[str, Any]:
     """Every argument detector ``name`` would be built with: ``kwargs`` plus the defaults of
     its constructor, without building it.
