@@ -62,6 +62,11 @@ class _MTCNNBase(Detector):
         if len(self.thresholds) != 3:
             raise ValueError(f"thresholds: one per stage (3), got {thresholds}")
         self.device = torch.device(device)
+        self._load()
+
+    def _load(self) -> None:
+        """Load the three nets (each implementation its own way), once, at construction."""
+        raise NotImplementedError
 
     def _detect_raw(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(boxes N x 4, probabilities N, landmarks N x 5 x 2) in ``image``'s pixels."""
@@ -99,15 +104,7 @@ class MTCNNDetector(_MTCNNBase):
 
     name = "mtcnn"
 
-    def __init__(
-        self,
-        max_side: int | None = 640,
-        min_score: float = 0.9,
-        min_face_size: int = 40,
-        thresholds: tuple[float, float, float] = (0.7, 0.7, 0.7),
-        device: str = "cpu",
-    ) -> None:
-        super().__init__(max_side, min_score, min_face_size, thresholds, device)
+    def _load(self) -> None:
         from agegender.faces.mtcnn_nets import load_nets
 
         self.pnet, self.rnet, self.onet = load_nets(self.device)

@@ -17,15 +17,7 @@ class FacenetMTCNNDetector(_MTCNNBase):
 
     name = "mtcnn_facenet"
 
-    def __init__(
-        self,
-        max_side: int | None = 640,
-        min_score: float = 0.9,
-        min_face_size: int = 40,
-        thresholds: tuple[float, float, float] = (0.7, 0.7, 0.7),
-        device: str = "cpu",
-    ) -> None:
-        super().__init__(max_side, min_score, min_face_size, thresholds, device)
+    def _load(self) -> None:
         from facenet_pytorch import MTCNN
 
         self.mtcnn = MTCNN(
