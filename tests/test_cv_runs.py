@@ -1,9 +1,11 @@
 """The users' daily commands end to end on demo data: the 5-fold CV multirun of the paper
 protocol (table + plot in the sweep directory), a 2-trial Optuna sweep (objective =
-validation), and the launcher configs (joblib, SLURM) composing with train.yaml."""
+validation; current Optuna through hydra_plugins/agegender_optuna), and the launcher configs
+(joblib, SLURM) composing with train.yaml."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -125,15 +127,21 @@ def test_optuna_sweep_runs_and_reports(demo: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     table = pd.read_csv(sweep / "sweep_results.csv")
-    assert len(table) == 2 and (table["status"] == "completed").all()
+    assert list(table["trial"]) == [0, 1] and (table["state"] == "COMPLETE").all()
+    assert {"objective", "duration_s", "last_step"} <= set(table.columns)
+    assert "error" not in table.columns
     assert table["objective"].between(0, 1).all()
     for name in ("model.optimizer.lr", "data.batch_size", "model.model_kwargs.dropout"):
         assert table[name].notna().all(), name
     assert table["data.batch_size"].isin([32, 50, 64]).all()
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(table["objective"].max())
+    assert best["cv_command"] in proc.stdout and "experiment=cv" in best["cv_command"]
     assert not (sweep / "cv_results.csv").exists()  # no folds were swept
-    assert table["test/age_acc"].isna().all()  # trials never looked at the test fold
+    for k in (0, 1):  # trials never looked at the test fold
+        metrics = json.loads((sweep / str(k) / "metrics.json").read_text())
+        assert "test/age_acc" not in metrics and "val/acc" in metrics
+        assert json.loads((sweep / str(k) / "job_status.json").read_text())["objective"]
 
 
 @pytest.mark.parametrize(
