@@ -170,8 +170,14 @@ def write_plots(study: optuna.Study, sweep_dir: str | Path) -> list[Path]:
 
 
 def cv_command(best_params: dict[str, Any], fixed: dict[str, Any]) -> str:
-    """The command that runs the best setting through all five folds (``experiment=cv``)."""
-    skip = ("data.fold", "hparams_search", "experiment", "hydra")  # experiment=cv sets these
+    """The command that runs the best setting through all five folds: ``experiment=cv`` (the
+    Levi-Hassner protocol), or the sweep's own experiment over ``data.fold=0,1,2,3,4``."""
+    skip = ("data.fold", "hparams_search", "experiment", "hydra")  # set by the command itself
     keep = {k: v for k, v in fixed.items() if not k.startswith(skip)}
     overrides = [f"{k}={v}" for k, v in {**keep, **best_params}.items()]
-    return " ".join(["python train.py experiment=cv", *overrides])
+    experiment = fixed.get("experiment", "levi_hassner")
+    if experiment in ("levi_hassner", "cv"):
+        head = ["python train.py experiment=cv"]
+    else:
+        head = ["python train.py -m", f"experiment={experiment}", "data.fold=0,1,2,3,4"]
+    return " ".join([*head, *overrides])

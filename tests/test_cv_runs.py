@@ -144,6 +144,42 @@ def test_optuna_sweep_runs_and_reports(demo: Path, tmp_path: Path) -> None:
         assert json.loads((sweep / str(k) / "job_status.json").read_text())["objective"]
 
 
+@pytest.mark.slow  # ~2 min: three trials of real training
+def test_optuna_trials_report_each_validation(demo: Path, tmp_path: Path) -> None:
+    """The real Lightning pruning callback: each trial reports val/acc after every validation
+    (steps 1..3) to the default median pruner, which may stop a trial after the first one
+    finished; a pruned trial is recorded as PRUNED with the step it stopped at."""
+    import optuna
+
+    sweep = tmp_path / "optuna"
+    proc = _train(
+        [
+            "hparams_search=optuna",
+            *(a for a in TINY if not a.startswith(("data.batch_size=", "trainer."))),
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=1",
+            f"data.root={demo}",
+            f"hydra.sweep.dir={sweep}",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner.n_startup_trials=1",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    table = pd.read_csv(sweep / "sweep_results.csv")
+    assert set(table["state"]) <= {"COMPLETE", "PRUNED"}, table
+    assert (table.loc[table["state"] == "COMPLETE", "last_step"] == 3).all()
+    assert (table.loc[table["state"] == "PRUNED", "last_step"] < 3).all()
+    study = optuna.load_study(
+        study_name="agegender",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(sweep / "optuna_journal.log"))
+        ),
+    )
+    first = study.trials[0]
+    assert sorted(first.intermediate_values) == [1, 2, 3]
+    assert first.value == pytest.approx(max(first.intermediate_values.values()))
+
+
 @pytest.mark.parametrize(
     ("launcher", "target"),
     [

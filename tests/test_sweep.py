@@ -136,3 +136,15 @@ def test_killed_sweep_resumes_with_sqlite(tmp_path: Path) -> None:
     assert retry.params == trials[2].params
     table = pd.read_csv(sweep / "sweep_results.csv")
     assert list(table["state"]) == states
+
+
+def test_cv_command_keeps_the_sweeps_experiment() -> None:
+    from agegender.sweep import cv_command
+
+    best = {"model.optimizer.lr": 0.001}
+    assert cv_command(best, {"data.fold": "0", "experiment": "levi_hassner", "seed": "1"}) == (
+        "python train.py experiment=cv seed=1 model.optimizer.lr=0.001"
+    )
+    assert cv_command(best, {"experiment": "modern"}) == (
+        "python train.py -m experiment=modern data.fold=0,1,2,3,4 model.optimizer.lr=0.001"
+    )
