@@ -162,7 +162,7 @@ class OptunaSweeper(Sweeper):
             for t in trials:
                 for key, value in me.items():
                     t.set_user_attr(key, value)
-                values = {**{k: v for k, v in t.params.items()}, **fixed}
+                values = {**t.params, **fixed}
                 overrides.append(
                     [
                         *(f"{k}={v}" for k, v in values.items()),
