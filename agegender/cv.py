@@ -62,6 +62,8 @@ PUBLISHED_LABEL = "Levi & Hassner 2015"
 STATUS_FILE = "job_status.json"
 METRICS_FILE = "metrics.json"
 FOLD_KEY = "data.fold"
+#: agegender.sweep.STUDY_FILE: present in the directory of an Optuna sweep.
+OPTUNA_STUDY_FILE = "optuna_study.yaml"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -101,7 +103,9 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
         setting = " ".join(o for o in overrides if not o.startswith(f"{FOLD_KEY}="))
         status_info = _read_json(job_dir / STATUS_FILE) or {}
         metrics = _read_json(job_dir / METRICS_FILE)
-        if status_info.get("status") == "failed":
+        if status_info.get("status") == "pruned":
+            status, error = "pruned", ""
+        elif status_info.get("status") == "failed":
             status, error = "failed", status_info.get("error", "")
         elif metrics is None:
             status, error = "failed", f"no {METRICS_FILE} (job killed or still running)"
@@ -110,7 +114,7 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
         else:
             missing = [c for c in METRIC_COLUMNS if c.startswith("test/") and c not in metrics]
             # a finished job without test figures (test=false, a sweep trial) is no fold result
-            status, error = ("ok", "") if not missing else ("untested", f"no {missing}")
+            status, error = ("ok", "") if not missing else ("untested", "")
         row: dict[str, Any] = {
             "job": job_dir.relative_to(sweep_dir).as_posix(),
             "fold": int(fold) if fold is not None and str(fold).isdigit() else None,
@@ -253,7 +257,7 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per job (an Optuna trial, a grid point, a fold): parameters as columns."""
     params = [dict(o.split("=", 1) for o in ov.split() if "=" in o) for ov in runs["overrides"]]
     table = pd.concat([runs[["job"]], pd.DataFrame(params, index=runs.index)], axis=1)
-    job_status = runs["status"].map(lambda s: "failed" if s == "failed" else "completed")
+    job_status = runs["status"].map(lambda s: s if s in ("failed", "pruned") else "completed")
     rest = runs[["objective", "error", *METRIC_COLUMNS]].assign(status=job_status)
     return pd.concat([table, rest[["objective", "status", "error", *METRIC_COLUMNS]]], axis=1)
 
@@ -266,11 +270,14 @@ def aggregate(sweep_dir: str | Path) -> pd.DataFrame | None:
     runs = collect_runs(sweep_dir)
     if runs.empty:
         raise ValueError(f"{sweep_dir} holds no Hydra job directories (.hydra/overrides.yaml)")
-    sweep_csv = sweep_table(runs).to_csv(index=False).encode()
-    atomic_write(sweep_dir / "sweep_results.csv", lambda fh: fh.write(sweep_csv))
-    # A CV table only for sweeps that set folds on the command line or in the sweeper's
-    # params (experiment=cv); an Optuna sweep on the default fold gets the sweep table only.
-    if not (runs["fold_set"] & runs["fold"].notna()).any():
+    # An Optuna sweep's sweeper writes sweep_results.csv from its study (agegender.sweep).
+    if not (sweep_dir / OPTUNA_STUDY_FILE).exists():
+        sweep_csv = sweep_table(runs).to_csv(index=False).encode()
+        atomic_write(sweep_dir / "sweep_results.csv", lambda fh: fh.write(sweep_csv))
+    # A CV table only for sweeps that vary the fold on the command line or in the sweeper's
+    # params (experiment=cv): an Optuna sweep on one named fold gets the sweep table only.
+    folds = runs.loc[runs["fold_set"] & runs["fold"].notna(), "fold"]
+    if folds.nunique() < 2:
         return None
     table = cv_table(runs)
     cv_csv, cv_md = table.to_csv(index=False).encode(), cv_markdown(table).encode()
@@ -297,8 +304,10 @@ class CVResultsCallback(Callback):
         out_dir = Path(config.hydra.runtime.output_dir)
         failed = job_return.status == JobStatus.FAILED
         info: dict[str, Any] = {"status": "failed" if failed else "completed"}
-        if failed:
-            exc = job_return._return_value
+        exc = job_return._return_value if failed else None
+        if type(exc).__name__ == "TrialPruned":  # an Optuna trial stopped by its pruner
+            info = {"status": "pruned", "reason": str(exc)}
+        elif failed:
             info["error"] = f"{type(exc).__name__}: {exc}".strip()
             info["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
         else:

@@ -1,9 +1,11 @@
 """The users' daily commands end to end on demo data: the 5-fold CV multirun of the paper
 protocol (table + plot in the sweep directory), a 2-trial Optuna sweep (objective =
-validation), and the launcher configs (joblib, SLURM) composing with train.yaml."""
+validation; current Optuna through hydra_plugins/agegender_optuna), and the launcher configs
+(joblib, SLURM) composing with train.yaml."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -125,15 +127,57 @@ def test_optuna_sweep_runs_and_reports(demo: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     table = pd.read_csv(sweep / "sweep_results.csv")
-    assert len(table) == 2 and (table["status"] == "completed").all()
+    assert list(table["trial"]) == [0, 1] and (table["state"] == "COMPLETE").all()
+    assert {"objective", "duration_s", "last_step"} <= set(table.columns)
+    assert "error" not in table.columns
     assert table["objective"].between(0, 1).all()
     for name in ("model.optimizer.lr", "data.batch_size", "model.model_kwargs.dropout"):
         assert table[name].notna().all(), name
     assert table["data.batch_size"].isin([32, 50, 64]).all()
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(table["objective"].max())
+    assert best["cv_command"] in proc.stdout and "experiment=cv" in best["cv_command"]
     assert not (sweep / "cv_results.csv").exists()  # no folds were swept
-    assert table["test/age_acc"].isna().all()  # trials never looked at the test fold
+    for k in (0, 1):  # trials never looked at the test fold
+        metrics = json.loads((sweep / str(k) / "metrics.json").read_text())
+        assert "test/age_acc" not in metrics and "val/acc" in metrics
+        assert json.loads((sweep / str(k) / "job_status.json").read_text())["objective"]
+
+
+@pytest.mark.slow  # ~2 min: three trials of real training
+def test_optuna_trials_report_each_validation(demo: Path, tmp_path: Path) -> None:
+    """The real Lightning pruning callback: each trial reports val/acc after every validation
+    (steps 1..3) to the default median pruner, which may stop a trial after the first one
+    finished; a pruned trial is recorded as PRUNED with the step it stopped at."""
+    import optuna
+
+    sweep = tmp_path / "optuna"
+    proc = _train(
+        [
+            "hparams_search=optuna",
+            *(a for a in TINY if not a.startswith(("data.batch_size=", "trainer."))),
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=1",
+            f"data.root={demo}",
+            f"hydra.sweep.dir={sweep}",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner.n_startup_trials=1",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    table = pd.read_csv(sweep / "sweep_results.csv")
+    assert set(table["state"]) <= {"COMPLETE", "PRUNED"}, table
+    assert (table.loc[table["state"] == "COMPLETE", "last_step"] == 3).all()
+    assert (table.loc[table["state"] == "PRUNED", "last_step"] < 3).all()
+    study = optuna.load_study(
+        study_name="agegender",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(sweep / "optuna_journal.log"))
+        ),
+    )
+    first = study.trials[0]
+    assert sorted(first.intermediate_values) == [1, 2, 3]
+    assert first.value == pytest.approx(max(first.intermediate_values.values()))
 
 
 @pytest.mark.parametrize(

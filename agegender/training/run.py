@@ -107,7 +107,10 @@ def build(
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | None:
     """Fit and/or evaluate as ``cfg`` says; return ``cfg.optimized_metric`` (None if unset)."""
     output_dir = Path(cfg.paths.output_dir)
-    datamodule, module, trainer = build(cfg, extra_callbacks)
+    # an Optuna trial of hparams_search=optuna reports each validation and may be pruned
+    from agegender.sweep import trial_callbacks
+
+    datamodule, module, trainer = build(cfg, [*extra_callbacks, *trial_callbacks(cfg)])
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 
     if cfg.get("train", True):

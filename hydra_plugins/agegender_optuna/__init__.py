@@ -1,0 +1,1 @@
+"""Hydra sweeper plugin: Optuna (see optuna_sweeper.py)."""

@@ -1,0 +1,150 @@
+"""The Optuna sweeper (hydra_plugins/agegender_optuna) on a tiny Hydra app: trials with a
+synthetic objective reported step by step through the real pruning callback, so pruning,
+sweep_results.csv, plots and resuming a killed sweep are checked in seconds. The end-to-end
+``train.py hparams_search=optuna`` run is tests/test_cv_runs.py (slow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+APP = """
+import types
+
+import hydra
+from pytorch_lightning.trainer.states import TrainerFn
+
+from agegender.sweep import trial_callbacks
+
+
+@hydra.main(config_path=".", config_name="config", version_base="1.3")
+def main(cfg):
+    (pruning,) = trial_callbacks(cfg)
+    for step in range(1, 5):  # a fake trainer after each "validation"
+        trainer = types.SimpleNamespace(
+            sanity_checking=False, state=types.SimpleNamespace(fn=TrainerFn.FITTING),
+            callback_metrics={"val/acc": cfg.x * step}, is_global_zero=True,
+            global_step=step, strategy=types.SimpleNamespace(broadcast=lambda v, src: v),
+        )
+        pruning.on_validation_end(trainer, None)
+    return cfg.x * 4
+
+
+main()
+"""
+
+CONFIG = """
+defaults:
+  - override hydra/sweeper: optuna
+  - _self_
+optimized_metric: val/acc
+x: 0.5
+data: {fold: null}
+hydra:
+  mode: MULTIRUN
+  sweep: {dir: SWEEP}
+  sweeper:
+    n_trials: 8
+    sampler: {seed: 1, n_startup_trials: 8}
+    params:
+      x: interval(0.0, 1.0)
+  callbacks:
+    cv_results:
+      _target_: agegender.cv.CVResultsCallback
+"""
+
+
+def _app(tmp_path: Path) -> Path:
+    (tmp_path / "app.py").write_text(APP)
+    sweep = tmp_path / "sweep"
+    (tmp_path / "config.yaml").write_text(CONFIG.replace("SWEEP", str(sweep)))
+    return sweep
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "app.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def test_median_pruner_prunes_and_the_sweep_is_reported(tmp_path: Path) -> None:
+    """Default pruner (median) after one finished trial: trials below the median at a step
+    stop there; the table lists every trial with its state; plots and the CV command exist;
+    a sweep on one named fold gets no CV table."""
+    sweep = _app(tmp_path)
+    proc = _run(tmp_path, "hydra.sweeper.pruner.n_startup_trials=1", "data.fold=0")
+    table = pd.read_csv(sweep / "sweep_results.csv")
+    assert list(table.columns) == [
+        "trial", "x", "objective", "state", "duration_s", "last_step"
+    ]  # fmt: skip
+    assert list(table["trial"]) == list(range(8))
+    assert set(table["state"]) == {"COMPLETE", "PRUNED"}, table
+    pruned = table[table["state"] == "PRUNED"]
+    assert len(pruned) >= 2 and (pruned["last_step"] < 4).all()  # stopped early
+    # a pruned trial's objective is its last reported value (Optuna's convention)
+    assert pruned["objective"].to_numpy() == pytest.approx(
+        (pruned["x"] * pruned["last_step"]).to_numpy()
+    )
+    done = table[table["state"] == "COMPLETE"]
+    assert done["objective"].to_numpy() == pytest.approx(4 * done["x"].to_numpy())
+    # the job's status says pruned, not an error; no CV table (no fold varied)
+    status = yaml.safe_load((sweep / str(pruned["trial"].iloc[0]) / "job_status.json").read_text())
+    assert status["status"] == "pruned"
+    assert not (sweep / "cv_results.md").exists()
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(done["objective"].max())
+    assert best["cv_command"].startswith("python train.py experiment=cv x=")
+    assert best["cv_command"] in proc.stdout
+    for name in ("optimization_history", "param_importances", "parallel_coordinate"):
+        assert (sweep / f"optuna_{name}.png").read_bytes()[:4] == b"\x89PNG", name
+    assert (sweep / "optuna_journal.log").exists()  # the default shared storage
+
+
+def test_killed_sweep_resumes_with_sqlite(tmp_path: Path) -> None:
+    """A sweep killed after two trials, one left RUNNING: the same command continues the
+    study (finished trials kept, the running one marked FAIL and its params tried again)."""
+    sweep = _app(tmp_path)
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=resume"]
+    _run(tmp_path, *args, "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none")
+    # what a killed sweeper leaves: a trial asked, launched, never told
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    study = optuna.load_study(study_name="resume", storage=db)
+    stale = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    stale.set_user_attr("sweeper_host", os.uname().nodename)
+    stale.set_user_attr("sweeper_pid", int(dead))
+    _run(tmp_path, *args, "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none")
+    trials = optuna.load_study(study_name="resume", storage=db).trials
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"], states
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == 2)
+    assert retry.params == trials[2].params
+    table = pd.read_csv(sweep / "sweep_results.csv")
+    assert list(table["state"]) == states
+
+
+def test_cv_command_keeps_the_sweeps_experiment() -> None:
+    from agegender.sweep import cv_command
+
+    best = {"model.optimizer.lr": 0.001}
+    assert cv_command(best, {"data.fold": "0", "experiment": "levi_hassner", "seed": "1"}) == (
+        "python train.py experiment=cv seed=1 model.optimizer.lr=0.001"
+    )
+    assert cv_command(best, {"experiment": "modern"}) == (
+        "python train.py -m experiment=modern data.fold=0,1,2,3,4 model.optimizer.lr=0.001"
+    )
