@@ -18,4 +18,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from hydra_plugins.agegender_optuna import register
+
+    register()  # hparams_search=optuna: our sweeper, also from an editable install
     main()

@@ -1,7 +1,7 @@
 """Optuna sweeps: the study's storage, the trial a ``train.py`` job belongs to, pruning, and
 the sweep's report (``sweep_results.csv``, plots, the best setting as a CV command).
 
-The sweeper (``hydra_plugins/agegender_optuna``) asks the study for trials and launches each
+The sweeper (``agegender/hydra_plugin``) asks the study for trials and launches each
 as a Hydra job with ``hydra.sweeper.trial=<number>`` and ``hydra.sweeper.storage=<resolved
 storage>`` (hydra overrides: the job's ``overrides.yaml`` holds only the trial's params). The
 job opens the same study (:func:`trial_callbacks`) and :class:`OptunaPruning` reports the

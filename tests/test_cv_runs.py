@@ -1,6 +1,6 @@
 """The users' daily commands end to end on demo data: the 5-fold CV multirun of the paper
 protocol (table + plot in the sweep directory), a 2-trial Optuna sweep (objective =
-validation; current Optuna through hydra_plugins/agegender_optuna), and the launcher configs
+validation; current Optuna through agegender/hydra_plugin), and the launcher configs
 (joblib, SLURM) composing with train.yaml."""
 
 from __future__ import annotations

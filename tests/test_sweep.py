@@ -1,4 +1,4 @@
-"""The Optuna sweeper (hydra_plugins/agegender_optuna) on a tiny Hydra app: trials with a
+"""The Optuna sweeper (agegender/hydra_plugin) on a tiny Hydra app: trials with a
 synthetic objective reported step by step through the real pruning callback, so pruning,
 sweep_results.csv, plots and resuming a killed sweep are checked in seconds. The end-to-end
 ``train.py hparams_search=optuna`` run is tests/test_cv_runs.py (slow)."""
@@ -37,9 +37,13 @@ def main(cfg):
     return cfg.x * 4
 
 
+from hydra_plugins.agegender_optuna import register
+
+register()
 main()
 """
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 CONFIG = """
 defaults:
   - override hydra/sweeper: optuna
@@ -48,6 +52,8 @@ optimized_metric: val/acc
 x: 0.5
 data: {fold: null}
 hydra:
+  # the sweeper's configs (conf/hydra/sweeper/) come from the project's config folder
+  searchpath: [file://CONF]
   mode: MULTIRUN
   sweep: {dir: SWEEP}
   sweeper:
@@ -64,7 +70,8 @@ hydra:
 def _app(tmp_path: Path) -> Path:
     (tmp_path / "app.py").write_text(APP)
     sweep = tmp_path / "sweep"
-    (tmp_path / "config.yaml").write_text(CONFIG.replace("SWEEP", str(sweep)))
+    config = CONFIG.replace("SWEEP", str(sweep)).replace("CONF", str(CONF))
+    (tmp_path / "config.yaml").write_text(config)
     return sweep
 
 

@@ -17,7 +17,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
@@ -211,41 +210,3 @@ class OptunaSweeper(Sweeper):
         log.info("best trial %d: %s = %s", best.number, best.params, best.value)
         print(f"best value {best.value:.4f} (trial {best.number}); all five folds with it:")
         print(command)
-
-
-ConfigStore.instance().store(
-    group="hydra/sweeper",
-    name="optuna",
-    node={
-        "defaults": [{"sampler": "tpe"}, {"pruner": "median"}],
-        "_target_": f"{__name__}.OptunaSweeper",
-        "direction": "maximize",
-        "storage": None,
-        "study_name": "agegender",
-        "n_trials": 20,
-        "n_jobs": 1,
-        "max_failure_rate": 0.0,
-        "params": None,
-        "trial": None,
-    },
-    provider="agegender_optuna",
-)
-_PRUNERS = {
-    # prune a trial whose best intermediate value is below the median of earlier trials'
-    # values at the same step, once n_startup_trials trials finished and after n_warmup_steps
-    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5,
-               "n_warmup_steps": 0, "interval_steps": 1},
-    "hyperband": {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 1,
-                  "max_resource": "auto", "reduction_factor": 3},
-    "none": {"_target_": "optuna.pruners.NopPruner"},
-}  # fmt: skip
-for _name, _node in _PRUNERS.items():
-    ConfigStore.instance().store(
-        group="hydra/sweeper/pruner", name=_name, node=_node, provider="agegender_optuna"
-    )
-ConfigStore.instance().store(
-    group="hydra/sweeper/sampler",
-    name="tpe",
-    node={"_target_": "optuna.samplers.TPESampler", "seed": None, "n_startup_trials": 10},
-    provider="agegender_optuna",
-)

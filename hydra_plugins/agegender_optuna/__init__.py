@@ -1,1 +1,0 @@
-"""Hydra sweeper plugin: Optuna (see optuna_sweeper.py)."""
