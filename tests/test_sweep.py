@@ -155,3 +155,96 @@ def test_cv_command_keeps_the_sweeps_experiment() -> None:
     assert cv_command(best, {"experiment": "modern"}) == (
         "python train.py -m experiment=modern data.fold=0,1,2,3,4 model.optimizer.lr=0.001"
     )
+
+
+def _two_workers_share(tmp_path: Path, storage: str, n_trials: int = 6) -> None:
+    """Two sweepers started at once on one study: every trial of the study ran exactly once
+    (its job folder in exactly one worker's sweep dir) and none is lost."""
+    _app(tmp_path)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(tmp_path / "app.py"),
+                f"hydra.sweeper.storage={storage}",
+                "hydra.sweeper.study_name=shared",
+                f"hydra.sweeper.n_trials={n_trials}",
+                "hydra/sweeper/pruner=none",
+                f"hydra.sweep.dir={tmp_path / f'worker{w}'}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+        )  # fmt: skip
+        for w in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-4000:]
+    from agegender.sweep import open_storage
+
+    trials = optuna.load_study(study_name="shared", storage=open_storage(storage)).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * len(trials)
+    # the study's total: both workers count each other's trials (a simultaneous last ask
+    # may add one more, as Optuna's own MaxTrialsCallback can)
+    assert n_trials <= len(trials) <= n_trials + 1
+    ran = [
+        int(job.name)
+        for w in range(2)
+        for job in (tmp_path / f"worker{w}").iterdir()
+        if job.is_dir() and job.name.isdigit()
+    ]
+    assert sorted(ran) == [t.number for t in trials]  # each trial's job ran once, none lost
+    assert all(len(list((tmp_path / f"worker{w}").glob("[0-9]*"))) for w in range(2))
+
+
+def test_two_workers_share_a_journal_file_study(tmp_path: Path) -> None:
+    _two_workers_share(tmp_path, f"journal:{tmp_path / 'journal.log'}")
+
+
+@pytest.fixture
+def postgres_url():  # noqa: ANN201
+    """A throw-away PostgreSQL server on 127.0.0.1 (Debian's postgresql; .ci/run installs it),
+    as the cluster storage users point their SLURM workers at."""
+    import shutil
+    import socket
+    import tempfile
+
+    from conftest import require
+
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    require(bool(initdb), "PostgreSQL is not installed (apt-get install postgresql)")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        require(False, "psycopg2 is not installed (pip install -e '.[dev]')")
+    bin_dir = initdb[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="agegender-pg-"))
+    root.chmod(0o755)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(root / "log"),
+        "start")  # fmt: skip
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres_url: str) -> None:
+    _two_workers_share(tmp_path, postgres_url)

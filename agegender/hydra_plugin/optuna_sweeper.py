@@ -146,13 +146,11 @@ class OptunaSweeper(Sweeper):
         OmegaConf.save(
             {"study_name": self.study_name, "storage": spec}, sweep_dir / report.STUDY_FILE
         )
-        retried = self._retry_stale(study)
-        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-        to_go = self.n_trials - finished + retried
+        self._retry_stale(study)
+        to_go = _to_go(study, self.n_trials)
         log.info(
-            "study %s (%s): %d trials finished, %d to go, sampler %s, pruner %s",
-            self.study_name, spec, finished - retried, max(to_go, 0),
-            type(self.sampler).__name__, type(self.pruner).__name__,
+            "study %s (%s): %d trials to go, sampler %s, pruner %s",
+            self.study_name, spec, to_go, type(self.sampler).__name__, type(self.pruner).__name__,
         )  # fmt: skip
         me = {"sweeper_host": socket.gethostname(), "sweeper_pid": os.getpid()}
         while to_go > 0:
@@ -187,7 +185,8 @@ class OptunaSweeper(Sweeper):
             report.write_report(study, sweep_dir)
             if failures and len(failures) / len(returns) > self.max_failure_rate:
                 _ = failures[0].return_value  # re-raises the first failure with its traceback
-            to_go -= len(trials)
+            # Counted from the study each time: other workers on the same storage add theirs.
+            to_go = _to_go(study, self.n_trials)
 
         report.write_report(study, sweep_dir)
         report.write_plots(study, sweep_dir)
@@ -210,3 +209,16 @@ class OptunaSweeper(Sweeper):
         log.info("best trial %d: %s = %s", best.number, best.params, best.value)
         print(f"best value {best.value:.4f} (trial {best.number}); all five folds with it:")
         print(command)
+
+
+def _to_go(study: Any, n_trials: int) -> int:
+    """Trials this sweeper should still ask for so that the study holds ``n_trials``: waiting
+    (re-queued) ones plus new ones; a FAIL that was re-queued does not count, and RUNNING
+    trials of other workers sharing the study do."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    counted = [t for t in trials if not (t.state == TrialState.FAIL and t.number in retried)]
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    return waiting + max(0, n_trials - len(counted))
