@@ -57,7 +57,26 @@ def open_storage(spec: str) -> Any:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return spec
+    return _rdb_storage(spec)
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> Any:
+    """An RDB storage for ``url``. Workers started together on a fresh database race to
+    create its tables (the loser gets an IntegrityError from PostgreSQL): retry, by which
+    time the winner has created them."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class OptunaPruning(Callback):
