@@ -14,24 +14,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+#: Infix of the temporary names :func:`atomic_write` uses: ``.<name>.tmp<random>``.
+TMP_INFIX = ".tmp"
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[BinaryIO], object], fsync: bool = True
+) -> Path:
     """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, and rename it
     into place; on any failure (or a KeyboardInterrupt) the temporary file is removed and
     ``path`` is left as it was.
 
     The temporary name is ``.<name>.tmp<random>``, so a killed writer leaves at most a
-    hidden ``.<name>.tmp*`` file that a cleaner can recognise. Parent folders are created.
-    Permissions follow the umask, like an ordinary ``open`` (``mkstemp`` would make 0600).
+    hidden ``.<name>.tmp*`` file that :func:`remove_temporaries` recognises. Parent folders
+    are created. Permissions follow the umask, like an ordinary ``open`` (``mkstemp`` would
+    make 0600). ``fsync=False`` for files that only a killed process, not a power cut, must
+    not leave half-written (annotated copies: the fsync would cost more than the encoding).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_INFIX}", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -40,3 +48,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_temporaries(root: str | os.PathLike[str]) -> int:
+    """Delete the hidden ``.<name>.tmp*`` files that killed :func:`atomic_write` calls left
+    anywhere under ``root``; returns how many."""
+    removed = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            if name.startswith(".") and TMP_INFIX in name:
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed += 1
+    return removed

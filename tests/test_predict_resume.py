@@ -27,7 +27,6 @@ import torch
 from agegender.checkpoints import save_model
 from agegender.faces import build_detector
 from agegender.inference import build_classifier, predict
-from agegender.inference.annotate import TMP_MARK
 from agegender.inference.csv_writer import PredictionWriter, ResumeError
 from agegender.inference.merge import main as merge_main
 from agegender.inference.merge import merge_shards
@@ -213,7 +212,7 @@ def test_resume_keeps_annotated_copies_consistent(tmp_path, folder, classifier) 
     kept = out / "annotated" / "img_0001.jpg"
     stamp = kept.stat().st_mtime_ns
     (out / "annotated" / "img_0009.jpg").unlink()  # its rows were not written either
-    (out / "annotated" / f".img_0009.jpg{TMP_MARK}123").write_bytes(b"half")
+    (out / "annotated" / ".img_0009.jpg.tmpk3x9_a1").write_bytes(b"half")  # atomic_write's
     (out / "skipped.txt").unlink()
     summary = _run(folder, out, classifier, annotate=True, resume=True)
     assert summary.already_done == 3

@@ -9,13 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agegender.fileio import atomic_write
 from agegender.inference.csv_writer import LABELS
 from agegender.inference.pipeline import ImageResult
 
 #: Suffixes OpenCV writes as-is; anything else (and video frames) is saved as .jpg beside.
 WRITABLE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-#: Marks the temporary name of a copy being written (``.<name>.tmp-annotated<pid>``).
-TMP_MARK = ".tmp-annotated"
 #: Box colours (BGR): male blue-ish, female red-ish, unknown grey.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "male": (230, 140, 30),
@@ -82,24 +81,6 @@ def save_annotated(result: ImageResult, root: str | os.PathLike[str]) -> Path | 
     if not ok:
         raise OSError(f"cannot encode {path}")
     # Written beside and renamed, so a killed run never leaves a half-written copy under
-    # the real name (no fsync: a process kill, not a power cut, is what resume is for).
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        tmp.write_bytes(encoded.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # the real name (resume removes the temporaries: agegender.fileio.remove_temporaries).
+    atomic_write(path, lambda fh: fh.write(encoded.tobytes()), fsync=False)
     return path
-
-
-def remove_stale_temporaries(root: str | os.PathLike[str]) -> int:
-    """Delete the hidden ``.<name>.tmp-annotated<pid>`` files a killed run left under
-    ``root`` (resume calls this); returns how many."""
-    removed = 0
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            if name.startswith(".") and TMP_MARK in name:
-                Path(dirpath, name).unlink(missing_ok=True)
-                removed += 1
-    return removed

@@ -16,9 +16,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from agegender.faces import Detector, build_detector
-from agegender.fileio import atomic_write
+from agegender.fileio import atomic_write, remove_temporaries
 from agegender.images import DEFAULT_MAX_PIXELS
-from agegender.inference.annotate import remove_stale_temporaries, save_annotated
+from agegender.inference.annotate import save_annotated
 from agegender.inference.classifier import FaceClassifier
 from agegender.inference.csv_writer import PredictionWriter
 from agegender.inference.inputs import is_video, iter_inputs, scan_inputs
@@ -142,7 +142,7 @@ def _predict_into(
     else:  # a list left by an earlier run in this output would no longer be true
         skipped_file.unlink(missing_ok=True)
     if resume and annotate:
-        remove_stale_temporaries(output / ANNOTATED_DIR)
+        remove_temporaries(output / ANNOTATED_DIR)
     pipeline = Pipeline(
         detector,
         classifier,
