@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from _process import timed  # benchmarks/_process.py (the script's folder is on sys.path)
 
 from agegender.faces import build_detector
 from agegender.faces.types import Detector, Face
@@ -150,15 +150,8 @@ def per_photo_ms(detector: Detector, images: list[np.ndarray]) -> float:
 
 def startup(code: str) -> tuple[float, int]:
     """(seconds, peak RSS MB) of a fresh ``python -c code`` (GNU time)."""
-    result = subprocess.run(
-        ["/usr/bin/time", "-f", "%e %M", sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    seconds, kb = result.stderr.strip().splitlines()[-1].split()
-    return float(seconds), int(kb) // 1024
+    seconds, mb = timed([sys.executable, "-c", code])
+    return seconds, int(mb)
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,8 @@ import cv2
 import numpy as np
 
 # Torch-free imports only at module level: the seed's cold start runs this file without torch.
+from _process import timed  # benchmarks/_process.py (the script's folder is on sys.path)
+
 from agegender.hardware import cpu_summary
 from agegender.labels import AGE_BUCKETS, GENDERS
 from agegender.weights import ensure_gag_asset
@@ -127,19 +128,6 @@ class SeedPipeline:
         return len(files)
 
 
-def _timed(command: list[str]) -> tuple[float, float]:
-    """(wall s, peak RSS MB) of ``command`` in a fresh process, as /usr/bin/time reports."""
-    done = subprocess.run(
-        ["/usr/bin/time", "-f", "%e %M", *command],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    wall, kb = done.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(kb) / 1024
-
-
 def cold_start(rounds: int, photo: Path, tmp: Path) -> None:
     """One photo from a cold process: predict.py's defaults vs the seed pipeline."""
     commands = {
@@ -152,7 +140,7 @@ def cold_start(rounds: int, photo: Path, tmp: Path) -> None:
         for name in order:
             out = tmp / f"cold_{name}_{r}"
             extra = [f"output={out}"] if name == "ours" else [str(out)]
-            figures[name].append(_timed(commands[name] + extra))
+            figures[name].append(timed(commands[name] + extra))
     for name in ("ours", "seed"):
         wall = statistics.median(w for w, _ in figures[name])
         peak = statistics.median(m for _, m in figures[name])
