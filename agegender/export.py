@@ -148,7 +148,14 @@ def export_onnx(
         for runtime in ("onnxruntime", "opencv"):
             # two batch sizes: the dynamic axis must work, not only the traced size
             for batch in (x, x[:1]):
-                outputs = run_onnx(final, batch.numpy(), runtime)
+                try:
+                    outputs = run_onnx(final, batch.numpy(), runtime)
+                except Exception as exc:  # noqa: BLE001 - any runtime failure refuses the file
+                    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+                    raise ExportError(
+                        f"{output} not written: {runtime} cannot run it "
+                        f"({type(exc).__name__}: {first})"
+                    ) from exc
                 diff = _max_diff(outputs, tuple(r[: len(batch)] for r in reference))
                 diffs[runtime] = max(diffs.get(runtime, 0.0), diff)
         _check(diffs, tolerance, output)
