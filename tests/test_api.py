@@ -188,3 +188,19 @@ def test_to_dict_is_json_and_jsonl_output_holds_the_api_faces(
                 )
             np.testing.assert_allclose(obj["box"], face["box"], atol=1e-4)
             np.testing.assert_allclose(obj["landmarks"], face["landmarks"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mtcnn", "mtcnn_facenet", "opencv_ssd", "haar", "none"])
+def test_detector_configs_equal_the_constructor_defaults(name: str) -> None:
+    """AgeGender(detector=name) uses the constructor's defaults and predict.py the YAML's:
+    they must be the same settings, or the API and predict.py would find other faces."""
+    from omegaconf import OmegaConf
+
+    from agegender.faces.registry import detector_arguments
+
+    cfg = OmegaConf.load(REPO / "conf" / "detector" / f"{name}.yaml")
+    values = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("name", "device")}
+    defaults = detector_arguments(name)
+    for key, value in values.items():
+        expected = defaults[key]
+        assert (list(expected) if isinstance(expected, tuple) else expected) == value, key

@@ -55,3 +55,22 @@ def test_cache_index_columns_are_the_writers() -> None:
 
 def test_readme_links_the_contracts() -> None:
     assert "(docs/contracts.md)" in (REPO / "README.md").read_text()
+
+
+def test_jsonl_keys_and_export_metadata_are_documented() -> None:
+    import numpy as np
+
+    from agegender.api import FaceResult
+    from agegender.export import export_metadata
+    from agegender.models import build_model
+    from agegender.models.exportable import ExportableNet
+
+    keys = [name for name, _ in _first_table(_section("predictions.jsonl"), "key")]
+    documented = {k.strip("` ") for cell in keys for k in cell.split(",")}
+    face = FaceResult(box=(0, 0, 1, 1), score=1.0, landmarks=[(0.0, 0.0)] * 5)
+    assert documented == {"path", "face", "status", *face.to_dict()}
+    net = ExportableNet(build_model("levi_hassner", caffe_init=False))
+    meta = export_metadata(net, {"age": AGE_BUCKETS, "gender": GENDERS}, "x")
+    rows = [n for n, _ in _first_table(_section("Exported models (ONNX, TorchScript)"), "key")]
+    assert {k.strip("` ") for cell in rows for k in cell.split(",")} == set(meta)
+    assert np.isfinite(float(meta["crop_size"]))

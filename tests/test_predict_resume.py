@@ -374,3 +374,61 @@ def test_launchers_compose_with_predict(launcher: str) -> None:
     assert "_target_" in cfg.hydra.launcher and cfg.shard == 0 and cfg.resume is False
     callback = OmegaConf.to_container(cfg.hydra.callbacks.merge_shards)
     assert callback == {"_target_": "agegender.inference.merge.MergeShardsCallback"}
+
+
+# -- format=jsonl: the same guarantees ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jsonl_reference(tmp_path_factory, folder, classifier) -> bytes:  # noqa: ANN001
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("jsonl_reference")
+        _run(folder, out, classifier, format="jsonl")
+    finally:
+        torch.set_num_threads(before)
+    return (out / "predictions.jsonl").read_bytes()
+
+
+def test_jsonl_torn_resume_and_shard_merge_equal_one_run(
+    tmp_path,
+    folder,
+    classifier,
+    jsonl_reference,
+    one_thread,  # noqa: ANN001
+) -> None:
+    import json
+
+    lines = _lines(jsonl_reference)
+    assert len(lines) == N_IMAGES + 1
+    objects = [json.loads(line) for line in lines]
+    assert sum(o["status"].startswith("error: ") for o in objects) == 1
+    # killed mid-line: the torn object is cut and its input redone, nothing else
+    out = tmp_path / "resumed"
+    out.mkdir()
+    (out / "predictions.jsonl").write_bytes(b"".join(lines[:12]) + lines[12][:-10])
+    summary = _run(folder, out, classifier, format="jsonl", resume=True)
+    assert summary.already_done == 12 and summary.inputs == N_IMAGES + 1 - 12
+    assert any("torn last line cut" in r for r in summary.repairs)
+    assert (out / "predictions.jsonl").read_bytes() == jsonl_reference
+    # a fragment too short to name its input may be the last complete input's: that one
+    # is redone too (as in the CSV), never kept half-written
+    (out / "predictions.jsonl").write_bytes(b"".join(lines[:12]) + lines[12][:5])
+    summary = _run(folder, out, classifier, format="jsonl", resume=True)
+    assert summary.already_done == 11 and summary.inputs == N_IMAGES + 1 - 11
+    assert (out / "predictions.jsonl").read_bytes() == jsonl_reference
+    # shards into .jsonl files, merged by the command, equal the single run
+    sharded = tmp_path / "sharded"
+    for shard in range(3):
+        _run(folder, sharded, classifier, format="jsonl", shard=shard, num_shards=3)
+    assert merge_main([str(sharded), "--format", "jsonl"]) == 0
+    assert (sharded / "predictions.jsonl").read_bytes() == jsonl_reference
+    assert not (sharded / "predictions.csv").exists()
+    # a file that is not agegender's JSON Lines is refused, untouched
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "predictions.jsonl").write_text('["not", "an", "object"]\n')
+    with pytest.raises(ResumeError, match="not an object"):
+        _run(folder, other, classifier, format="jsonl", resume=True)
+    assert (other / "predictions.jsonl").read_text() == '["not", "an", "object"]\n'
