@@ -10,6 +10,7 @@ separately.
 
     python benchmarks/bench_classifier.py [--faces 64] [--batch 32] [--rounds 7]
         [--precision fp32 bf16]   # default: fp32, plus bf16 where precision=auto picks it
+        [--onnx]                  # also the exported graph (agegender.export) in onnxruntime
 
 Ours runs through :class:`agegender.inference.FaceClassifier` (what predict.py runs), once
 per precision; bf16 is checked against fp32 (argmax agreement, max |dp|) before timing.
@@ -104,6 +105,25 @@ def run_cv2(nets: dict, blobs: list[np.ndarray]) -> list[dict]:
     return out
 
 
+def onnx_session(model: torch.nn.Module, threads: int):  # noqa: ANN201
+    """The network exported as ``python -m agegender.export`` does (checked to 1e-4 in
+    onnxruntime and OpenCV before use), in an onnxruntime session with ``threads``."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from agegender.export import export_metadata, export_onnx
+    from agegender.labels import AGE_BUCKETS, GENDERS
+    from agegender.models.exportable import ExportableNet
+
+    net = ExportableNet(model)
+    path = Path(tempfile.mkdtemp()) / "model.onnx"
+    export_onnx(net, path, export_metadata(net, {"age": AGE_BUCKETS, "gender": GENDERS}, "bench"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def median_rates(contenders: dict[str, Callable[[], object]], n: int, rounds: int) -> dict:
     """img/s of each contender: one warm-up call, then rounds alternating between them."""
     for run in contenders.values():
@@ -124,6 +144,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--offline", action="store_true", help="never download the weights")
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None)
+    parser.add_argument("--onnx", action="store_true", help="add the ONNX export in onnxruntime")
     args = parser.parse_args()
     precisions = args.precision or sorted({"fp32", resolve_precision("auto")}, reverse=True)
 
@@ -162,6 +183,14 @@ def main() -> None:
     contenders: dict[str, Callable[[], object]] = {
         names[p]: (lambda c=c: run_ours(c, batches)) for p, c in ours.items()
     }
+    if args.onnx:
+        session = onnx_session(model, torch.get_num_threads())
+        arrays = [x.contiguous().numpy() for x in batches]
+        got = np.concatenate([session.run(None, {"input": a})[0] for a in arrays])
+        print(f"onnxruntime vs ours fp32: max |dp| (age) {float(np.abs(got - mine).max()):.1e}")
+        names["onnx"] = f"onnxruntime (batch {b}, export)"
+        contenders[names["onnx"]] = lambda: [session.run(None, {"input": a}) for a in arrays]
+        precisions = [*precisions, "onnx"]
     contenders["cv2.dnn (one face at a time)"] = lambda: run_cv2(nets, singles)
     contenders[f"cv2.dnn (batch {b})"] = lambda: run_cv2(nets, blobs)
     classifier = median_rates(contenders, n, args.rounds)
