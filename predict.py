@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from agegender.checkpoints import CheckpointError
+    from agegender.errors import CheckpointError
     from agegender.inference import InputNotFoundError, predict_from_config
     from agegender.inference.csv_writer import ResumeError
     from agegender.inference.shards import ShardError

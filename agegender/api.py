@@ -29,6 +29,7 @@ from agegender.images import DEFAULT_MAX_PIXELS, ImageLoadError
 if TYPE_CHECKING:
     from agegender.faces import Detector, Face
     from agegender.inference.classifier import FaceClassifier
+    from agegender.inference.onnx_classifier import OnnxFaceClassifier
     from agegender.inference.pipeline import ImageResult, Pipeline
     from agegender.inference.summary import Summary
 
@@ -107,6 +108,9 @@ class AgeGender:
     ``train.py``. ``precision``: ``auto``, ``fp32`` (exact) or ``bf16`` (see
     :func:`agegender.inference.classifier.resolve_precision`). ``decode_min_side``: paths to
     big JPEGs are decoded reduced (boxes stay in full-size pixels); arrays are used as given.
+    ``backend``: ``auto`` (onnxruntime on the CPU when the exported original nets are cached
+    and nothing needs torch, else PyTorch), ``torch`` or ``onnxruntime``
+    (:func:`agegender.inference.run.resolve_backend`); ``threads``: onnxruntime's threads.
     """
 
     def __init__(
@@ -122,6 +126,8 @@ class AgeGender:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         decode_min_side: int | None = 1600,
         download: bool = False,
+        backend: str = "auto",
+        threads: int | None = None,
     ) -> None:
         from agegender.faces import build_detector
         from agegender.inference.run import build_classifier
@@ -130,17 +136,21 @@ class AgeGender:
             options = dict(detector_options or {})
             if detector in ("mtcnn", "mtcnn_facenet"):
                 options.setdefault("device", device)
+            if detector == "mtcnn":
+                options.setdefault("backend", backend)
             detector = build_detector(detector, **options)
         elif detector_options:
             raise ValueError("detector_options go with a detector name, not an instance")
         self.detector: Detector = detector
-        self.classifier: FaceClassifier
+        self.classifier: FaceClassifier | OnnxFaceClassifier
         self.classifier, self.checkpoint_meta = build_classifier(
             checkpoint,
             oversample=oversample,
             device=device,
             download=download,
             precision=precision,
+            backend=backend,
+            threads=threads,
         )
         self.batch_size = batch_size
         self.workers = workers
@@ -164,6 +174,8 @@ class AgeGender:
             max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS),
             decode_min_side=cfg.get("decode_min_side"),
             download=True,
+            backend=str(cfg.get("backend", "auto")),
+            threads=cfg.get("threads"),
         )
 
     @property
@@ -174,6 +186,11 @@ class AgeGender:
     @property
     def precision(self) -> str:
         return self.classifier.precision
+
+    @property
+    def backend(self) -> str:
+        """Where the network runs: ``torch`` or ``onnxruntime``."""
+        return self.classifier.backend
 
     def pipeline(self, keep_images: bool = False) -> Pipeline:
         """The pipeline every entry point runs (API calls, ``predict.py``, the web demo)."""
@@ -254,7 +271,7 @@ class AgeGender:
     def __repr__(self) -> str:
         return (
             f"AgeGender(detector={self.detector!r}, device={self.classifier.device}, "
-            f"precision={self.precision})"
+            f"precision={self.precision}, backend={self.backend})"
         )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from agegender.errors import CheckpointError  # noqa: F401 - defined there, raised here
 from agegender.fileio import atomic_write
 from agegender.models import build_model
 
@@ -29,10 +30,6 @@ LIGHTNING_PREFIX = "model."
 _COMPILED_INFIX = "_orig_mod."
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
-
-
-class CheckpointError(ValueError):
-    """A file that is not a loadable agegender (or train.py Lightning) checkpoint."""
 
 
 def _check_plain(value: Any, where: str) -> None:

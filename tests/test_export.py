@@ -204,7 +204,7 @@ def test_readme_recipe_runs_without_torch_and_gives_predict_py_labels(
     from agegender.weights import ensure_gag_asset
 
     recipe = readme_recipe()
-    assert len(recipe.strip().splitlines()) <= 25
+    assert len(recipe.strip().splitlines()) <= 30
     assert "torch" not in re.sub(r"#.*", "", recipe)
     try:
         pb = ensure_gag_asset("opencv_face_detector_uint8.pb", download=False)

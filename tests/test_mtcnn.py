@@ -274,6 +274,34 @@ def test_default_detector_imports_neither_facenet_nor_torchvision() -> None:
 
 
 def test_both_implementations_take_the_same_options() -> None:
-    assert detector_arguments("mtcnn") == detector_arguments("mtcnn_facenet")
+    ours = detector_arguments("mtcnn")
+    assert ours.pop("backend") == "torch"  # ours also runs on onnxruntime
+    assert ours == detector_arguments("mtcnn_facenet")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        build_detector("mtcnn", backend="tensorrt")
     with pytest.raises(ValueError, match="thresholds"):
         build_detector("mtcnn", thresholds=(0.7, 0.7))
+
+
+def test_onnxruntime_backend_finds_the_same_faces(samples_dir: Path) -> None:
+    """The exported nets (``python -m agegender.weights original`` writes them) in
+    onnxruntime: the same faces as the torch nets, to float rounding."""
+    from agegender.faces.mtcnn import ONNX_NAMES, onnx_dir, resolve_mtcnn_backend
+    from tests.conftest import require
+
+    require(
+        all((onnx_dir() / n).is_file() for n in ONNX_NAMES),
+        f"MTCNN's ONNX nets are not in {onnx_dir()}: run `python -m agegender.weights original`",
+    )
+    torch_nets = build_detector("mtcnn", backend="torch")
+    onnx_nets = build_detector("mtcnn", backend="onnxruntime")
+    assert build_detector("mtcnn", backend="auto").backend == "onnxruntime"
+    assert resolve_mtcnn_backend("auto", "cuda:0") == "torch"
+    composites = [image for image, _ in _composites(torch_nets, samples_dir)]
+    for image in [load_image(samples_dir / name) for name in SAMPLES] + composites:
+        a, b = torch_nets.detect(image), onnx_nets.detect(image)
+        assert len(a) == len(b) >= 1
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x.box, y.box, atol=1e-3)
+            np.testing.assert_allclose(x.landmarks, y.landmarks, atol=1e-3)
+            assert abs(x.score - y.score) < 1e-5

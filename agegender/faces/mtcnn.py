@@ -21,11 +21,24 @@ no torchvision, for start-up. ``detector=mtcnn_facenet`` runs facenet-pytorch's 
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
 
 from agegender.faces.types import Detector, Face, check_image, clip_box, downscale, sort_faces
+
+if TYPE_CHECKING:
+    import torch
+
+#: Where the cascade's networks run: PyTorch, or onnxruntime (the nets exported to ONNX by
+#: ``python -m agegender.weights original``: no torch import at all); ``auto`` picks
+#: onnxruntime on the CPU when the exported nets are cached, else torch.
+MTCNN_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 
 #: MTCNN's pyramid step (facenet-pytorch's default ``factor``): each level is 0.709 x the last.
 PYRAMID_FACTOR = 0.709
@@ -61,8 +74,13 @@ class _MTCNNBase(Detector):
         self.thresholds = tuple(float(t) for t in thresholds)
         if len(self.thresholds) != 3:
             raise ValueError(f"thresholds: one per stage (3), got {thresholds}")
-        self.device = torch.device(device)
+        self.device = str(device)
         self._load()
+
+    def _no_grad(self) -> contextlib.AbstractContextManager:
+        import torch
+
+        return torch.inference_mode()
 
     def _load(self) -> None:
         """Load the three nets (each implementation its own way), once, at construction."""
@@ -78,7 +96,7 @@ class _MTCNNBase(Detector):
         small, (sx, sy) = downscale(image, self.max_side)
         if min(small.shape[:2]) < self.min_face_size:
             return []  # no pyramid level fits (facenet-pytorch would fail on an empty list)
-        with torch.inference_mode():
+        with self._no_grad():
             boxes, probs, points = self._detect_raw(small)
         scale = np.array([sx, sy])
         faces = []
@@ -100,23 +118,141 @@ class _MTCNNBase(Detector):
 
 
 class MTCNNDetector(_MTCNNBase):
-    """MTCNN (facenet-pytorch's weights, our driver) on a copy downscaled to ``max_side``."""
+    """MTCNN (facenet-pytorch's weights, our driver) on a copy downscaled to ``max_side``.
+
+    ``backend`` (:data:`MTCNN_BACKENDS`): the same cascade and weights either way; the nets'
+    float rounding differs, so boxes agree to ~1e-3 px, not bit for bit (the face cache keys
+    the backend, see :mod:`agegender.data.preprocess`).
+    """
 
     name = "mtcnn"
 
-    def _load(self) -> None:
-        from agegender.faces.mtcnn_nets import load_nets
+    def __init__(
+        self,
+        max_side: int | None = 640,
+        min_score: float = 0.9,
+        min_face_size: int = 40,
+        thresholds: tuple[float, float, float] = (0.7, 0.7, 0.7),
+        device: str = "cpu",
+        backend: str = "torch",
+    ) -> None:
+        if backend not in MTCNN_BACKENDS:
+            raise ValueError(f"backend must be one of {MTCNN_BACKENDS}, got {backend!r}")
+        self.backend = resolve_mtcnn_backend(backend, device)
+        super().__init__(max_side, min_score, min_face_size, thresholds, device)
 
-        self.pnet, self.rnet, self.onet = load_nets(self.device)
+    def _load(self) -> None:
+        if self.backend == "onnxruntime":
+            self.nets = OnnxNets(onnx_paths())
+        else:
+            from agegender.faces.mtcnn_nets import load_nets
+
+            self.nets = TorchNets(load_nets(self.device), self.device)
+
+    def _no_grad(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.backend == "onnxruntime" else super()._no_grad()
 
     def _detect_raw(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return detect_faces(
-            image,
-            (self.pnet, self.rnet, self.onet),
-            self.min_face_size,
-            self.thresholds,
-            device=self.device,
+        return detect_faces(image, self.nets, self.min_face_size, self.thresholds)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(max_side={self.max_side}, min_score={self.min_score}, "
+            f"backend={self.backend})"
         )
+
+
+# -- where the three nets run ------------------------------------------------------------------
+#: The exported nets, in the weights cache (``<cache>/mtcnn/{pnet,rnet,onet}.onnx``).
+ONNX_NAMES: tuple[str, str, str] = ("pnet.onnx", "rnet.onnx", "onet.onnx")
+
+
+def onnx_dir() -> Path:
+    from agegender.weights import cache_dir
+
+    return cache_dir() / "mtcnn"
+
+
+def onnx_paths(folder: Path | None = None) -> tuple[Path, Path, Path]:
+    """The exported P-, R- and O-net; a missing one is an error saying how to make them."""
+    folder = onnx_dir() if folder is None else folder
+    paths = tuple(folder / name for name in ONNX_NAMES)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"MTCNN's ONNX nets are missing ({', '.join(missing)}): make them with "
+            "`python -m agegender.weights original` (the install command exports them from "
+            "facenet-pytorch's weights), or use backend=torch"
+        )
+    return paths  # type: ignore[return-value]
+
+
+def resolve_mtcnn_backend(backend: str, device: str = "cpu") -> str:
+    """``auto`` -> onnxruntime on the CPU when the exported nets are cached, else torch."""
+    if backend != "auto":
+        return backend
+    if str(device) != "cpu":
+        return "torch"
+    folder = onnx_dir()
+    return "onnxruntime" if all((folder / n).is_file() for n in ONNX_NAMES) else "torch"
+
+
+class TorchNets:
+    """P/R/O-nets in PyTorch on N x H x W x 3 float32 arrays -> numpy outputs (NCHW)."""
+
+    def __init__(self, nets: tuple[torch.nn.Module, ...], device: str) -> None:
+        self.nets, self.device = nets, device
+
+    def _run(self, net: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        import torch
+
+        # N x H x W x C memory = channels-last strides: torch's max-pooling with ceil_mode
+        # runs ~10x faster on them than on NCHW (facenet-pytorch's crops are NCHW: R-net
+        # takes 2x as long there). Conv results differ from facenet's in the last bits only.
+        tensor = torch.from_numpy(x).permute(0, 3, 1, 2).to(self.device)
+        if tensor.shape[0] == 1:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)  # the batch stride
+        return tuple(out.cpu().numpy() for out in net(tensor))
+
+    def pnet(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._run(self.nets[0], x)
+
+    def rnet(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._run(self.nets[1], x)
+
+    def onet(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._run(self.nets[2], x)
+
+
+class OnnxNets:
+    """The same nets exported to ONNX, in onnxruntime sessions (thread-safe ``run``)."""
+
+    def __init__(self, paths: tuple[Path, Path, Path], threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or _default_threads()
+        self.sessions = [
+            ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths
+        ]
+
+    def _run(self, i: int, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return tuple(self.sessions[i].run(None, {"input": nchw}))
+
+    def pnet(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._run(0, x)
+
+    def rnet(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._run(1, x)
+
+    def onet(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._run(2, x)
+
+
+def _default_threads() -> int:
+    """One thread per loader: detection runs in every loader thread at once (Pipeline)."""
+    return 1 if (os.cpu_count() or 1) <= 2 else 2
 
 
 # -- the cascade -------------------------------------------------------------------------------
@@ -174,9 +310,17 @@ def _take(cells: np.ndarray, index: np.ndarray, dtype: np.dtype, axis: int | Non
 
 
 def pyramid_level(integral: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """:func:`pyramid_level_array` as a 1 x 3 x h x w channels-last tensor (as facenet's: the
+    same P-net kernels, bit-identical outputs)."""
+    import torch
+
+    level = torch.from_numpy(pyramid_level_array(integral, height, width)).permute(0, 3, 1, 2)
+    return level.contiguous(memory_format=torch.channels_last)  # fixes the batch stride
+
+
+def pyramid_level_array(integral: np.ndarray, height: int, width: int) -> np.ndarray:
     """The whole image area-resampled to ``height`` x ``width`` (== ``interpolate(mode="area")``
-    of the float image), normalised, as 1 x 3 x h x w channels-last (as facenet's: the same
-    P-net kernels, bit-identical outputs)."""
+    of the float image), normalised: 1 x h x w x 3 float32."""
     h_img, w_img = integral.shape[0] - 1, integral.shape[1] - 1
     zero = np.zeros(1, np.int64)
     r0, r1 = (b[0] for b in _bins(zero, np.array([h_img]), height))
@@ -185,16 +329,24 @@ def pyramid_level(integral: np.ndarray, height: int, width: int) -> torch.Tensor
     cells = _cells(band)
     sums = _take(cells, c1, band.dtype, axis=1) - _take(cells, c0, band.dtype, axis=1)
     level = _normalise(sums[..., :3], (r1 - r0)[:, None, None], (c1 - c0)[None, :, None])
-    level = torch.from_numpy(level).permute(2, 0, 1).unsqueeze(0)
-    return level.contiguous(memory_format=torch.channels_last)  # fixes the batch stride
+    return level[None]
 
 
 def crop_patches(
     integral: np.ndarray, y: np.ndarray, ey: np.ndarray, x: np.ndarray, ex: np.ndarray, size: int
 ) -> torch.Tensor:
+    """:func:`crop_patches_array` as an N x 3 x size x size tensor (channels-last memory)."""
+    import torch
+
+    return torch.from_numpy(crop_patches_array(integral, y, ey, x, ex, size)).permute(0, 3, 1, 2)
+
+
+def crop_patches_array(
+    integral: np.ndarray, y: np.ndarray, ey: np.ndarray, x: np.ndarray, ex: np.ndarray, size: int
+) -> np.ndarray:
     """All candidates' crops (rows ``y - 1 .. ey - 1``, columns ``x - 1 .. ex - 1``, the
     1-based inclusive convention of facenet-pytorch's ``pad``) area-resampled to ``size`` x
-    ``size`` at once from the integral image, normalised: N x 3 x size x size."""
+    ``size`` at once from the integral image, normalised: N x size x size x 3 float32."""
     r0, r1 = _bins(y - 1, ey - y + 1, size)
     c0, c1 = _bins(x - 1, ex - x + 1, size)
     cells = _cells(integral).reshape(-1)
@@ -204,11 +356,7 @@ def crop_patches(
         return _take(cells, rows[:, :, None] * stride + cols[:, None, :], integral.dtype)
 
     sums = at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)
-    patches = _normalise(sums[..., :3], (r1 - r0)[:, :, None, None], (c1 - c0)[:, None, :, None])
-    # N x H x W x C memory = channels-last strides: torch's max-pooling with ceil_mode runs
-    # ~10x faster on them than on NCHW (facenet-pytorch's crops are NCHW: R-net takes 2x as
-    # long there). Conv results then differ from facenet's in the last float bits only.
-    return torch.from_numpy(patches).permute(0, 3, 1, 2)
+    return _normalise(sums[..., :3], (r1 - r0)[:, :, None, None], (c1 - c0)[:, None, :, None])
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -322,22 +470,21 @@ def _stage_one(
     image_integral: np.ndarray,
     height: int,
     width: int,
-    pnet: torch.nn.Module,
+    pnet: Callable[[np.ndarray], tuple[np.ndarray, ...]],
     min_face_size: int,
     threshold: float,
-    device: torch.device,
 ) -> np.ndarray:
     """P-net over the pyramid: candidates (N x 9: box, score, 4 regressions) after the
     per-level (IoU 0.5) and cross-level (0.7) suppressions, regressed and squared (N x 5)."""
     per_level = []
     for scale in pyramid_scales(height, width, min_face_size):
-        level = pyramid_level(image_integral, int(height * scale + 1), int(width * scale + 1))
-        reg, probs = pnet(level.to(device))
-        prob = probs[0, 1].cpu().numpy()
+        level = pyramid_level_array(image_integral, int(height * scale + 1), int(width * scale + 1))
+        reg, probs = pnet(level)
+        prob = probs[0, 1]
         ys, xs = np.nonzero(prob >= threshold)
         if ys.size == 0:
             continue
-        reg = reg[0].cpu().numpy()
+        reg = reg[0]
         bb = np.stack([xs, ys], axis=1).astype(np.float32)
         q1 = np.floor((2 * bb + 1) / np.float32(scale))
         q2 = np.floor((2 * bb + 12) / np.float32(scale))
@@ -366,35 +513,32 @@ def _stage_one(
 
 def detect_faces(
     image: np.ndarray,
-    nets: tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module],
+    nets: TorchNets | OnnxNets,
     min_face_size: int,
     thresholds: tuple[float, float, float],
-    device: torch.device | str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MTCNN on an H x W x 3 uint8 RGB image, facenet-pytorch's ``detect_face`` semantics
     (pyramid factor 0.709, suppressions 0.5 / 0.7 / 0.7 / 'Min' 0.7).
 
     Returns (boxes N x 4, probabilities N, landmarks N x 5 x 2) as float64, best first.
-    Call under ``torch.inference_mode()``.
+    ``nets``: :class:`TorchNets` (call under ``torch.inference_mode()``) or :class:`OnnxNets`.
     """
-    pnet, rnet, onet = nets
-    device = torch.device(device)
     height, width = image.shape[:2]
     empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
     integral = integral_image(image)
 
-    boxes = _stage_one(integral, height, width, pnet, min_face_size, thresholds[0], device)
+    boxes = _stage_one(integral, height, width, nets.pnet, min_face_size, thresholds[0])
 
     # R-net on 24 x 24 crops of every surviving candidate, in one batch.
     ok, bounds = _crop_bounds(boxes, width, height)
     boxes = boxes[ok]
     if len(boxes) == 0:
         return empty
-    reg, probs = rnet(crop_patches(integral, *bounds, 24).to(device))
-    score = probs[:, 1].cpu().numpy()
+    reg, probs = nets.rnet(crop_patches_array(integral, *bounds, 24))
+    score = probs[:, 1]
     keep = score > thresholds[1]
     boxes = np.concatenate([boxes[keep, :4], score[keep, None]], axis=1)
-    reg = reg.cpu().numpy()[keep]
+    reg = reg[keep]
     pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
     boxes = _square(_regress(boxes[pick], reg[pick]))
 
@@ -403,12 +547,12 @@ def detect_faces(
     boxes = boxes[ok]
     if len(boxes) == 0:
         return empty
-    reg, marks, probs = onet(crop_patches(integral, *bounds, 48).to(device))
-    score = probs[:, 1].cpu().numpy()
+    reg, marks, probs = nets.onet(crop_patches_array(integral, *bounds, 48))
+    score = probs[:, 1]
     keep = score > thresholds[2]
     boxes = np.concatenate([boxes[keep, :4], score[keep, None]], axis=1)
-    marks = marks.cpu().numpy()[keep]
-    reg = reg.cpu().numpy()[keep]
+    marks = marks[keep]
+    reg = reg[keep]
     w = boxes[:, 2] - boxes[:, 0] + 1
     h = boxes[:, 3] - boxes[:, 1] + 1
     points_x = w[:, None] * marks[:, :5] + boxes[:, 0, None] - 1

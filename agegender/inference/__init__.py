@@ -1,57 +1,50 @@
 """Prediction: inputs (images, folders, videos) -> faces -> age/gender -> CSV + pictures.
 
-Used by ``predict.py``; import nothing from training here (start-up time, DESIGN.md).
+Used by ``predict.py``; import nothing from training here (start-up time, DESIGN.md). The
+names below are imported on first use: with ``backend=onnxruntime`` a whole prediction run
+never imports torch, and this package must not import it on its own.
 """
 
-from agegender.inference.classifier import FaceClassifier
-from agegender.inference.csv_writer import (
-    COLUMNS,
-    PROB_COLUMNS,
-    PredictionWriter,
-    ResumeError,
-    result_rows,
-)
-from agegender.inference.inputs import (
-    IMAGE_EXTENSIONS,
-    VIDEO_EXTENSIONS,
-    InputItem,
-    InputNotFoundError,
-    iter_inputs,
-    list_files,
-    scan_inputs,
-)
-from agegender.inference.pipeline import ImageResult, Pipeline
-from agegender.inference.run import (
-    build_classifier,
-    configure_torch_threads,
-    predict,
-    predict_from_config,
-)
-from agegender.inference.shards import ShardError, csv_name, shard_slice
-from agegender.inference.summary import Summary
+from __future__ import annotations
 
-__all__ = [
-    "COLUMNS",
-    "IMAGE_EXTENSIONS",
-    "PROB_COLUMNS",
-    "VIDEO_EXTENSIONS",
-    "FaceClassifier",
-    "ImageResult",
-    "InputItem",
-    "InputNotFoundError",
-    "Pipeline",
-    "PredictionWriter",
-    "ResumeError",
-    "ShardError",
-    "Summary",
-    "build_classifier",
-    "configure_torch_threads",
-    "csv_name",
-    "iter_inputs",
-    "list_files",
-    "predict",
-    "predict_from_config",
-    "result_rows",
-    "scan_inputs",
-    "shard_slice",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "FaceClassifier": "agegender.inference.classifier",
+    "OnnxFaceClassifier": "agegender.inference.onnx_classifier",
+    "COLUMNS": "agegender.inference.csv_writer",
+    "PROB_COLUMNS": "agegender.inference.csv_writer",
+    "PredictionWriter": "agegender.inference.csv_writer",
+    "JsonlWriter": "agegender.inference.csv_writer",
+    "ResumeError": "agegender.inference.csv_writer",
+    "result_rows": "agegender.inference.csv_writer",
+    "IMAGE_EXTENSIONS": "agegender.inference.inputs",
+    "VIDEO_EXTENSIONS": "agegender.inference.inputs",
+    "InputItem": "agegender.inference.inputs",
+    "InputNotFoundError": "agegender.inference.inputs",
+    "iter_inputs": "agegender.inference.inputs",
+    "list_files": "agegender.inference.inputs",
+    "scan_inputs": "agegender.inference.inputs",
+    "ImageResult": "agegender.inference.pipeline",
+    "Pipeline": "agegender.inference.pipeline",
+    "BACKENDS": "agegender.inference.run",
+    "build_classifier": "agegender.inference.run",
+    "configure_torch_threads": "agegender.inference.run",
+    "predict": "agegender.inference.run",
+    "predict_from_config": "agegender.inference.run",
+    "resolve_backend": "agegender.inference.run",
+    "ShardError": "agegender.inference.shards",
+    "csv_name": "agegender.inference.shards",
+    "shard_slice": "agegender.inference.shards",
+    "Summary": "agegender.inference.summary",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agegender.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

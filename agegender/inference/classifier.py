@@ -74,6 +74,12 @@ class FaceClassifier:
             task: {"age": AGE_BUCKETS, "gender": GENDERS}[task] for task in self.tasks
         }
 
+    backend = "torch"
+
+    def stack(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        """Preprocessed faces -> one batch for :meth:`predict`."""
+        return torch.stack(crops)
+
     def preprocess(self, face: np.ndarray) -> torch.Tensor:
         """Aligned H x W x 3 uint8 RGB face -> 3 x S x S (or 10 x 3 x S x S) float tensor."""
         return self.preset(face)

@@ -13,9 +13,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from agegender.faces import Detector, Face, align_face
 from agegender.images import (
@@ -24,8 +24,11 @@ from agegender.images import (
     load_image,
     load_image_reduced,
 )
-from agegender.inference.classifier import FaceClassifier
 from agegender.inference.inputs import InputItem
+
+if TYPE_CHECKING:
+    from agegender.inference.classifier import FaceClassifier
+    from agegender.inference.onnx_classifier import OnnxFaceClassifier
 
 
 @dataclass
@@ -41,7 +44,7 @@ class ImageResult:
     #: Full-size pixels per pixel of ``image`` (> 1 when a big JPEG was decoded reduced);
     #: ``faces`` are always in full-size coordinates.
     scale: float = 1.0
-    crops: list[torch.Tensor] = field(default_factory=list, repr=False)
+    crops: list[Any] = field(default_factory=list, repr=False)  # the classifier's inputs
     #: Class names per task in logit order (the classifier's), set with ``probs``.
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
@@ -56,7 +59,7 @@ class Pipeline:
     def __init__(
         self,
         detector: Detector,
-        classifier: FaceClassifier,
+        classifier: FaceClassifier | OnnxFaceClassifier,
         batch_size: int = 32,
         workers: int = 2,
         prefetch: int | None = None,
@@ -171,7 +174,7 @@ class Pipeline:
         if crops:
             chunks: dict[str, list[np.ndarray]] = {}
             for start in range(0, len(crops), self.batch_size):
-                batch = torch.stack(crops[start : start + self.batch_size])
+                batch = self.classifier.stack(crops[start : start + self.batch_size])
                 for task, probs in self.classifier.predict(batch).items():
                     chunks.setdefault(task, []).append(probs)
             probs_all = {task: np.concatenate(parts) for task, parts in chunks.items()}
