@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,6 +17,8 @@ from agegender.labels import AGE_BUCKETS, GENDERS
 COLUMNS: tuple[str, ...] = (
     "path",
     "face",
+    # video frames: the face's track id (agegender.inference.tracking); empty otherwise
+    "track",
     "x1",
     "y1",
     "x2",
@@ -35,8 +37,13 @@ PROB_COLUMNS: tuple[str, ...] = tuple(f"p_age_{i}" for i in range(len(AGE_BUCKET
 LABELS: dict[str, tuple[str, ...]] = {"age": AGE_BUCKETS, "gender": GENDERS}
 
 
-def result_rows(result: ImageResult, save_probs: bool = False) -> list[dict[str, object]]:
-    """One row per face, or a single ``no_face`` / ``error: ...`` row for the input."""
+def result_rows(
+    result: ImageResult,
+    save_probs: bool = False,
+    tracks: Sequence[int | None] | None = None,
+) -> list[dict[str, object]]:
+    """One row per face, or a single ``no_face`` / ``error: ...`` row for the input.
+    ``tracks``: the track id of each face of a video frame (None: no track)."""
     if not result.faces:
         row: dict[str, object] = dict.fromkeys(COLUMNS, "")
         row.update(path=result.item.path, status=result.status)
@@ -49,6 +56,7 @@ def result_rows(result: ImageResult, save_probs: bool = False) -> list[dict[str,
         row = {
             "path": result.item.path,
             "face": i,
+            "track": "" if not tracks or tracks[i] is None else tracks[i],
             "x1": round(x1, 1),
             "y1": round(y1, 1),
             "x2": round(x2, 1),
@@ -78,10 +86,16 @@ class ResumeError(ValueError):
     layouts in one file would corrupt it for every reader, so the run stops before any work."""
 
 
-def format_rows(result: ImageResult, columns: tuple[str, ...], save_probs: bool) -> str:
+def format_rows(
+    result: ImageResult,
+    columns: tuple[str, ...],
+    save_probs: bool,
+    tracks: Sequence[int | None] | None = None,
+) -> str:
     """The CSV text of one input's rows (CR LF line ends, as :mod:`csv` writes by default)."""
     buffer = io.StringIO()
-    csv.DictWriter(buffer, fieldnames=columns).writerows(result_rows(result, save_probs))
+    rows = result_rows(result, save_probs, tracks)
+    csv.DictWriter(buffer, fieldnames=columns).writerows(rows)
     return buffer.getvalue()
 
 
@@ -123,8 +137,8 @@ class PredictionWriter:
         if not append:
             self._write_all(self.header.encode())
 
-    def write(self, result: ImageResult) -> None:
-        text = format_rows(result, self.columns, self.save_probs)
+    def write(self, result: ImageResult, tracks: Sequence[int | None] | None = None) -> None:
+        text = format_rows(result, self.columns, self.save_probs, tracks)
         self._write_all(text.encode("utf-8"))
         self.rows += len(result.faces) or 1
 
