@@ -154,6 +154,13 @@ def _first_number(text: str) -> str:
     return "?"
 
 
+def to_rgb_array(im: Image.Image) -> np.ndarray:
+    """A PIL image in memory (any mode, any EXIF orientation) -> upright H x W x 3 uint8 RGB,
+    converted exactly as files are (:func:`load_image`)."""
+    upright = ImageOps.exif_transpose(im)
+    return _to_rgb_array(upright if upright is not None else im)
+
+
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
     """Any PIL mode -> H x W x 3 uint8 RGB, keeping the full dynamic range of deep images."""
     mode = im.mode

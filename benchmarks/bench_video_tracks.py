@@ -109,7 +109,9 @@ def main() -> None:
         for photo in PORTRAITS:
             for motion in MOTIONS:
                 name = f"{Path(photo).stem}_{motion[0]}.mp4"
-                write(folder / name, clip(SAMPLES / photo, args.frames, (width, height), motion), 30)
+                write(
+                    folder / name, clip(SAMPLES / photo, args.frames, (width, height), motion), 30
+                )
         began = time.perf_counter()
         summary = predict(
             folder, Path(tmp) / "out", detector, classifier, video_stride=args.stride,

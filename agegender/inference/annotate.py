@@ -37,7 +37,9 @@ def label_of(result: ImageResult, i: int) -> tuple[str, str]:
     parts = {}
     for task in ("gender", "age"):
         probs = result.probs.get(task)
-        parts[task] = "" if probs is None else LABELS[task][int(np.argmax(probs[i]))]
+        parts[task] = (
+            "" if probs is None else result.labels.get(task, LABELS[task])[int(np.argmax(probs[i]))]
+        )
     text = ", ".join(p for p in (parts["gender"], parts["age"]) if p)
     return text, parts["gender"]
 

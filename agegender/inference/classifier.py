@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from agegender.hardware import cpu_has_fast_bf16
+from agegender.labels import AGE_BUCKETS, GENDERS
 from agegender.spec import face_spec_of
 from agegender.transforms import EvalPreset, ten_crop_origins
 
@@ -67,6 +68,11 @@ class FaceClassifier:
         self.takes_origin = bool(getattr(model, "takes_origin", False))
         self.ten_origins = ten_crop_origins(spec.resize_size, spec.crop_size).to(self.device)
         self.tasks = tuple(getattr(model, "tasks", ("age", "gender")))
+        #: Class names per task in logit order: what predictions.csv, the API, annotated
+        #: copies and the export write.
+        self.labels: dict[str, tuple[str, ...]] = {
+            task: {"age": AGE_BUCKETS, "gender": GENDERS}[task] for task in self.tasks
+        }
 
     def preprocess(self, face: np.ndarray) -> torch.Tensor:
         """Aligned H x W x 3 uint8 RGB face -> 3 x S x S (or 10 x 3 x S x S) float tensor."""

@@ -1,9 +1,11 @@
-"""predictions.csv: the column contract of DESIGN.md, written row by row as results arrive."""
+"""predictions.csv (the column contract of DESIGN.md) or predictions.jsonl, written input by
+input as results arrive."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -71,7 +73,7 @@ def result_rows(
                     row.update(dict.fromkeys((c for c in PROB_COLUMNS if task in c), ""))
                 continue
             best = int(np.argmax(probs[i]))
-            row[task] = LABELS[task][best]
+            row[task] = result.labels.get(task, LABELS[task])[best]
             row[f"{task}_prob"] = round(float(probs[i][best]), 4)
             if save_probs:
                 for k, p in enumerate(probs[i]):
@@ -125,8 +127,7 @@ class PredictionWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.save_probs = save_probs
-        self.columns = COLUMNS + (PROB_COLUMNS if save_probs else ())
-        self.header = ",".join(self.columns) + "\r\n"
+        self.columns, self.header = self.layout(save_probs)
         self.done: set[str] = set()
         self.rows = 0
         #: What resuming found and repaired, for the run's closing message (empty: nothing).
@@ -136,6 +137,12 @@ class PredictionWriter:
         self._fd: int | None = os.open(self.path, flags, 0o666)
         if not append:
             self._write_all(self.header.encode())
+
+    @staticmethod
+    def layout(save_probs: bool) -> tuple[tuple[str, ...], str]:
+        """(columns, header line) of a file written with ``save_probs``."""
+        columns = COLUMNS + (PROB_COLUMNS if save_probs else ())
+        return columns, ",".join(columns) + "\r\n"
 
     def write(self, result: ImageResult, tracks: Sequence[int | None] | None = None) -> None:
         text = format_rows(result, self.columns, self.save_probs, tracks)
@@ -251,3 +258,95 @@ def _complete_end(fh: BinaryIO, chunk: int = 1 << 16) -> int:
             return start + i + 1
         end = start
     return 0
+
+
+class JsonlWriter(PredictionWriter):
+    """predictions.jsonl (``format=jsonl``): one JSON object per line, one per face (the
+    API's :meth:`agegender.api.FaceResult.to_dict` plus ``path``, ``face`` and ``status``),
+    or one ``{"path", "status"}`` object for an input without a face or with an error.
+
+    The same guarantees as the CSV: one ``os.write`` per input, ``resume`` keeps the objects
+    already written, cuts a torn last line and redoes its input. ``path`` is always the first
+    key, so a torn fragment can be matched to its input without parsing it.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], save_probs: bool = False, resume: bool = False
+    ) -> None:
+        # Every object holds all probabilities anyway; save_probs changes nothing here.
+        super().__init__(path, save_probs, resume)
+
+    @staticmethod
+    def layout(save_probs: bool) -> tuple[tuple[str, ...], str]:
+        return (), ""  # no header: every line is a self-describing object
+
+    def write(self, result: ImageResult, tracks: Sequence[int | None] | None = None) -> None:
+        objects = jsonl_objects(result, tracks)
+        lines = [json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects]
+        self._write_all("".join(lines).encode("utf-8"))
+        self.rows += len(lines)
+
+    def _continue(self) -> bool:
+        with open(self.path, "r+b") as fh:
+            end = _complete_end(fh)
+            fh.seek(end)
+            fragment = fh.read().decode("utf-8", errors="replace")
+            fh.seek(0)
+            last_path: str | None = None
+            last_start, last_count, pos = 0, 0, 0
+            while pos < end:
+                raw = fh.readline(end - pos)
+                start, pos = pos, pos + len(raw)
+                if not raw.strip():
+                    continue
+                try:
+                    path = json.loads(raw)["path"]
+                except (ValueError, KeyError, TypeError):
+                    raise ResumeError(
+                        f"cannot resume {self.path}: line at byte {start} is not an object "
+                        'with a "path" (not a predictions.jsonl of agegender?)'
+                    ) from None
+                self.rows += 1
+                if path != last_path:
+                    last_path, last_start, last_count = path, start, 0
+                last_count += 1
+                self.done.add(path)
+            cut = end
+            if fragment:
+                self.repairs.append(f"torn last line cut ({len(fragment)} characters)")
+                if last_path is not None:
+                    prefix = json.dumps({"path": last_path}, ensure_ascii=False)[:-1] + ","
+                    if fragment.startswith(prefix) or prefix.startswith(fragment):
+                        cut = last_start
+                        self.done.discard(last_path)
+                        self.rows -= last_count
+                        self.repairs.append(f"rows of {last_path} dropped to be redone")
+            if cut < fh.seek(0, os.SEEK_END):
+                fh.truncate(cut)
+        return end > 0 or bool(fragment)
+
+
+def jsonl_objects(
+    result: ImageResult, tracks: Sequence[int | None] | None = None
+) -> list[dict[str, object]]:
+    """The JSON Lines objects of one input (see :class:`JsonlWriter`); video and stream
+    frames add ``track`` (the CSV's column: an id, or null for an unconfirmed face)."""
+    if not result.faces:
+        return [{"path": result.item.path, "status": result.status}]
+    from agegender.api import face_results
+
+    objects: list[dict[str, object]] = [
+        {"path": result.item.path, "face": i, **face.to_dict(), "status": "ok"}
+        for i, face in enumerate(face_results(result))
+    ]
+    if tracks is not None:
+        for obj, track in zip(objects, tracks, strict=True):
+            obj["track"] = track
+    return objects
+
+
+#: ``format=`` of predict.py: the writer class and the file suffix.
+WRITERS: dict[str, tuple[type[PredictionWriter], str]] = {
+    "csv": (PredictionWriter, ".csv"),
+    "jsonl": (JsonlWriter, ".jsonl"),
+}

@@ -17,8 +17,12 @@ import os
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from agegender.faces.types import Face
 
 #: Extensions read frame by frame with OpenCV (``video.stride``), case-insensitive.
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
@@ -49,7 +53,8 @@ class InputItem:
     """One unit of work: an image file to decode, or an already decoded video frame.
 
     ``path`` is what the CSV shows (``file.mp4#frame=N`` for frames); ``relpath`` names the
-    annotated copy under ``DIR/annotated/``.
+    annotated copy under ``DIR/annotated/``. ``faces``: boxes found by someone else's detector
+    (full-size pixels of the image): detection is skipped and these faces are classified.
     """
 
     path: str
@@ -57,6 +62,7 @@ class InputItem:
     file: Path | None = None
     image: np.ndarray | None = None
     error: str | None = None
+    faces: list[Face] | None = None
 
 
 def is_video(path: Path) -> bool:

@@ -38,12 +38,12 @@ from agegender.inference.shards import (
 log = logging.getLogger(__name__)
 
 
-def find_num_shards(folder: Path) -> int:
+def find_num_shards(folder: Path, suffix: str = ".csv") -> int:
     """The N of the ``predictions.shard-*-of-N.csv`` files in ``folder`` (exactly one N)."""
     counts = set()
     for path in folder.iterdir() if folder.is_dir() else ():
         match = SHARD_CSV_PATTERN.fullmatch(path.name)
-        if match:
+        if match and match.group(3) == suffix:
             counts.add(int(match.group(2)))
     if not counts:
         raise ShardError(f"no shard CSVs (predictions.shard-<i>-of-<N>.csv) in {folder}")
@@ -64,24 +64,30 @@ def _resume_hint(shard: int, num_shards: int, folder: Path, info: dict[str, Any]
 
 
 def _count_rows(path: Path) -> tuple[list[str], int]:
-    """(header, number of records) of a CSV, read as the csv module reads it."""
+    """(header, number of records) of a CSV, read as the csv module reads it; a JSON Lines
+    file has no header and one record per non-empty line."""
+    if path.suffix == ".jsonl":
+        with open(path, "rb") as fh:
+            return [], sum(1 for line in fh if line.strip())
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader, [])
         return header, sum(1 for row in reader if row)
 
 
-def check_shards(folder: str | os.PathLike[str], num_shards: int | None = None) -> list[Path]:
-    """The shard CSVs of ``folder`` in shard order, each verified complete; raises
+def check_shards(
+    folder: str | os.PathLike[str], num_shards: int | None = None, suffix: str = ".csv"
+) -> list[Path]:
+    """The shard files of ``folder`` in shard order, each verified complete; raises
     :class:`ShardError` naming the first shard that is missing or incomplete."""
     folder = Path(folder)
-    num_shards = num_shards or find_num_shards(folder)
+    num_shards = num_shards or find_num_shards(folder, suffix)
     if num_shards < 2:
         raise ShardError(f"num_shards={num_shards}: nothing to merge ({folder / CSV_NAME})")
     paths = []
     header: list[str] | None = None
     for shard in range(num_shards):
-        path = folder / csv_name(shard, num_shards)
+        path = folder / csv_name(shard, num_shards, suffix)
         info = read_done(path)
         hint = _resume_hint(shard, num_shards, folder, info)
         if not path.is_file():
@@ -114,20 +120,22 @@ def merge_shards(
     folder: str | os.PathLike[str],
     num_shards: int | None = None,
     output: str | os.PathLike[str] | None = None,
+    suffix: str = ".csv",
 ) -> tuple[Path, int]:
-    """Write ``output`` (default ``folder``/predictions.csv) from the complete shards of
-    ``folder``; returns (path, data rows)."""
+    """Write ``output`` (default ``folder``/predictions.csv, or ``.jsonl`` with that
+    ``suffix``) from the complete shards of ``folder``; returns (path, data rows)."""
     folder = Path(folder)
-    paths = check_shards(folder, num_shards)
-    target = Path(output) if output else folder / CSV_NAME
+    paths = check_shards(folder, num_shards, suffix)
+    target = Path(output) if output else folder / csv_name(0, 1, suffix)
     rows = sum(read_done(p)["rows"] for p in paths)  # type: ignore[index]
 
     def write(out: Any) -> None:
         for i, path in enumerate(paths):
             with open(path, "rb") as fh:
-                header = fh.readline()
-                if i == 0:
-                    out.write(header)
+                if suffix == ".csv":  # one header, shard 0's
+                    header = fh.readline()
+                    if i == 0:
+                        out.write(header)
                 while block := fh.read(1 << 20):
                     out.write(block)
 
@@ -147,8 +155,9 @@ class MergeShardsCallback(Callback):
         if num_shards < 2:
             return
         folder = Path(str(config.output))
+        suffix = "." + str(config.get("format", "csv"))
         try:
-            path, rows = merge_shards(folder, num_shards)
+            path, rows = merge_shards(folder, num_shards, suffix=suffix)
         except ShardError as exc:
             log.error("shards not merged: %s", exc)
             print(f"merge: shards not merged: {exc}", file=sys.stderr)
@@ -164,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="the output folder the shards share")
     parser.add_argument("--num-shards", type=int, default=None, help="N (default: found)")
     parser.add_argument("--output", type=Path, default=None, help="default FOLDER/predictions.csv")
+    parser.add_argument(
+        "--format", choices=("csv", "jsonl"), default="csv", help="the shards' format=..."
+    )
     args = parser.parse_args(argv)
     try:
-        path, rows = merge_shards(args.folder, args.num_shards, args.output)
+        path, rows = merge_shards(args.folder, args.num_shards, args.output, "." + args.format)
     except ShardError as exc:
         print(f"merge: {exc}", file=sys.stderr)
         return 2

@@ -42,6 +42,8 @@ class ImageResult:
     #: ``faces`` are always in full-size coordinates.
     scale: float = 1.0
     crops: list[torch.Tensor] = field(default_factory=list, repr=False)
+    #: Class names per task in logit order (the classifier's), set with ``probs``.
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def status(self) -> str:
@@ -91,13 +93,19 @@ class Pipeline:
             return ImageResult(item, error=f"cannot read ({type(exc).__name__}: {exc})")
         item.image = None  # the result owns the pixels from here on
         try:
-            with self._detect_lock:
-                faces = self.detector.detect(image)
+            if item.faces is not None:  # the caller's boxes, in full-size pixels
+                faces = [face.scaled(1.0 / scale) for face in item.faces]
+            else:
+                with self._detect_lock:
+                    faces = self.detector.detect(image)
             size = self.classifier.face_spec.face_size  # what the network was trained on
             crops = [self.classifier.preprocess(align_face(image, face, size)) for face in faces]
         except Exception as exc:  # noqa: BLE001
-            return ImageResult(item, error=f"detection failed ({type(exc).__name__}: {exc})")
-        if scale != 1.0:
+            what = "alignment" if item.faces is not None else "detection"
+            return ImageResult(item, error=f"{what} failed ({type(exc).__name__}: {exc})")
+        if item.faces is not None:
+            faces = list(item.faces)  # reported exactly as given
+        elif scale != 1.0:
             faces = [face.scaled(scale) for face in faces]
         return ImageResult(
             item,
@@ -139,21 +147,26 @@ class Pipeline:
                     if n_faces >= self.min_batch and not window[0].done():
                         # The loaders are busy: classify what is ready rather than idle until
                         # a full batch arrives (the network and detection then overlap).
-                        yield from self._classify(pending)
+                        yield from self.classify(pending)
                         pending, n_faces = [], 0
                     result = window.popleft().result()
                     fill()
                     pending.append(result)
                     n_faces += len(result.crops)
                     if n_faces >= self.batch_size:
-                        yield from self._classify(pending)
+                        yield from self.classify(pending)
                         pending, n_faces = [], 0
-                yield from self._classify(pending)
+                yield from self.classify(pending)
             finally:
                 for future in window:
                     future.cancel()
 
-    def _classify(self, results: list[ImageResult]) -> list[ImageResult]:
+    def classify(self, results: list[ImageResult]) -> list[ImageResult]:
+        """Fill ``probs`` (and ``labels``) of prepared results, their faces in shared batches
+        of up to ``batch_size``; frees their crops."""
+        labels = self.classifier.labels
+        for result in results:
+            result.labels = labels
         crops = [crop for result in results for crop in result.crops]
         if crops:
             chunks: dict[str, list[np.ndarray]] = {}

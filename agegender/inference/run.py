@@ -15,12 +15,12 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from agegender.faces import Detector, build_detector
+from agegender.faces import Detector
 from agegender.fileio import atomic_write, remove_temporaries
 from agegender.images import DEFAULT_MAX_PIXELS
 from agegender.inference.annotate import save_annotated
 from agegender.inference.classifier import FaceClassifier
-from agegender.inference.csv_writer import PredictionWriter
+from agegender.inference.csv_writer import WRITERS, PredictionWriter
 from agegender.inference.inputs import frame_limit, is_video, iter_inputs, scan_inputs
 from agegender.inference.pipeline import ImageResult, Pipeline
 from agegender.inference.shards import (
@@ -60,8 +60,12 @@ def predict(
     shard: int = 0,
     num_shards: int = 1,
     video: VideoOptions | None = None,
+    format: str = "csv",
 ) -> Summary:
     """Predict every face of ``input`` (image, folder or video) into ``output``/predictions.csv.
+
+    ``format="jsonl"``: ``predictions.jsonl`` instead, one JSON object per face
+    (:class:`agegender.inference.csv_writer.JsonlWriter`), with the same resume and shards.
 
     Raises only for a missing ``input`` (:class:`InputNotFoundError`) or a CSV that
     ``resume`` cannot continue (:class:`ResumeError`); bad files become rows.
@@ -83,15 +87,19 @@ def predict(
     ``video.*`` settings.
     """
     check_shard(shard, num_shards)
+    try:
+        writer_class, suffix = WRITERS[format]
+    except KeyError:
+        raise ValueError(f"format must be one of {sorted(WRITERS)}, got {format!r}") from None
     output = Path(output)
     files, skipped = scan_inputs(input)
     if not files:
         print(f"agegender: no image or video files under {input}", file=sys.stderr)
     files = shard_slice(files, shard, num_shards)
-    csv_path = output / csv_name(shard, num_shards)
+    csv_path = output / csv_name(shard, num_shards, suffix)
     # Opened first: a CSV that cannot be resumed stops the run before any model work (and
     # before a finished shard loses its completion marker).
-    writer = PredictionWriter(csv_path, save_probs, resume=resume)
+    writer = writer_class(csv_path, save_probs, resume=resume)
     with writer:
         summary = _predict_into(
             writer, input, output, files, skipped, detector, classifier, batch_size, workers,
@@ -307,14 +315,10 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         scan_inputs(cfg["input"])  # a missing input fails now, before any model is loaded
     check_shard(int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
     configure_torch_threads(cfg.get("threads"), int(cfg["workers"]))
-    detector_cfg = dict(cfg["detector"])
-    detector = build_detector(detector_cfg.pop("name"), **detector_cfg)
-    classifier, _ = build_classifier(
-        cfg.get("checkpoint"),
-        oversample=bool(cfg.get("oversample", False)),
-        device=cfg["device"],
-        precision=str(cfg.get("precision", "fp32")),
-    )
+    from agegender.api import AgeGender
+
+    agegender = AgeGender.from_config(cfg)  # the Python API's object: one pipeline
+    classifier = agegender.classifier
     output = Path(cfg["output"])
     video = VideoOptions(
         lost_seconds=float(video_cfg.get("lost_seconds", 1.0)),
@@ -327,7 +331,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         summary = predict_stream(
             str(cfg["input"]),
             output,
-            detector,
+            agegender.detector,
             classifier,
             save_probs=bool(cfg["save_probs"]),
             annotate=bool(cfg["annotate"]),
@@ -339,13 +343,9 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
             progress=bool(cfg.get("progress", True)),
         )
     else:
-        summary = predict(
+        summary = agegender.predict_folder(
             cfg["input"],
             output,
-            detector,
-            classifier,
-            batch_size=int(cfg["batch_size"]),
-            workers=int(cfg["workers"]),
             save_probs=bool(cfg["save_probs"]),
             annotate=bool(cfg["annotate"]),
             video_stride=int(video_cfg["stride"]),
@@ -355,6 +355,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
             resume=bool(cfg.get("resume", False)),
             shard=int(cfg.get("shard", 0)),
             num_shards=int(cfg.get("num_shards", 1)),
+            format=str(cfg.get("format", "csv")),
             video=video,
         )
     for repair in summary.repairs:

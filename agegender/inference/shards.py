@@ -28,8 +28,8 @@ from agegender.fileio import atomic_write
 T = TypeVar("T")
 
 CSV_NAME = "predictions.csv"
-#: ``predictions.shard-<i>-of-<N>.csv``; group 1 = i, group 2 = N.
-SHARD_CSV_PATTERN = re.compile(r"predictions\.shard-(\d+)-of-(\d+)\.csv")
+#: ``predictions.shard-<i>-of-<N>.csv`` (or ``.jsonl``); groups: i, N, suffix.
+SHARD_CSV_PATTERN = re.compile(r"predictions\.shard-(\d+)-of-(\d+)(\.csv|\.jsonl)")
 DONE_FORMAT = "agegender.predict_shard.v1"
 
 
@@ -56,16 +56,19 @@ def shard_slice(items: Sequence[T], shard: int, num_shards: int) -> list[T]:
     return list(items[start:stop])
 
 
-def csv_name(shard: int = 0, num_shards: int = 1) -> str:
-    """The CSV a shard writes: ``predictions.csv`` unless the run is sharded."""
+def csv_name(shard: int = 0, num_shards: int = 1, suffix: str = ".csv") -> str:
+    """The file a shard writes: ``predictions.csv`` (``.jsonl`` with ``format=jsonl``)
+    unless the run is sharded."""
     check_shard(shard, num_shards)
-    return CSV_NAME if num_shards == 1 else f"predictions.shard-{shard}-of-{num_shards}.csv"
+    if num_shards == 1:
+        return f"predictions{suffix}"
+    return f"predictions.shard-{shard}-of-{num_shards}{suffix}"
 
 
 def done_path(csv_path: str | os.PathLike[str]) -> Path:
-    """The completion marker beside a shard CSV (``<name>.done.json``, ``.csv`` replaced)."""
+    """The completion marker beside a shard file (``<name>.done.json``, suffix replaced)."""
     path = Path(csv_path)
-    return path.with_name(path.name.removesuffix(".csv") + ".done.json")
+    return path.with_name(path.stem + ".done.json")
 
 
 def write_done(csv_path: str | os.PathLike[str], info: dict[str, Any]) -> Path:

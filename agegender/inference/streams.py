@@ -375,8 +375,9 @@ def predict_stream(
 
 
 def _analyse(pipeline: Pipeline, item: InputItem) -> ImageResult:
-    """One frame through decode-free detection and the network (the run's one pipeline)."""
-    return next(iter(pipeline.run([item])))
+    """One frame through detection and the network, in this thread (no pool, no batch
+    wait: a live frame should not sit behind others)."""
+    return pipeline.classify([pipeline.prepare(item)])[0]
 
 
 def _running_label(

@@ -99,6 +99,8 @@ class Track:
     last_frame: int
     frames: int = 0
     sums: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Class names per task, in probability order (the network's: ``ImageResult.labels``).
+    names: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(LABELS))
     #: Frames whose probabilities are in ``sums`` (a resumed run without save_probs counts
     #: earlier frames in ``frames`` without knowing their probabilities).
     _with_probs: int = 0
@@ -117,7 +119,7 @@ class Track:
 
     def labels(self) -> dict[str, str]:
         """{task: label of the averaged probabilities} for the tasks the network has."""
-        return {t: LABELS[t][int(np.argmax(p))] for t, p in self.mean().items()}
+        return {t: self.names[t][int(np.argmax(p))] for t, p in self.mean().items()}
 
     def row(self) -> dict[str, object]:
         row: dict[str, object] = dict.fromkeys(TRACK_COLUMNS, "")
@@ -130,7 +132,7 @@ class Track:
         )
         for task, p in self.mean().items():
             best = int(np.argmax(p))
-            row[task] = LABELS[task][best]
+            row[task] = self.names[task][best]
             row[f"{task}_prob"] = round(float(p[best]), 4)
             for k, value in enumerate(p):
                 row[f"p_{task}_{k}"] = round(float(value), 6)
@@ -143,11 +145,20 @@ class TrackBook:
     def __init__(self) -> None:
         self.tracks: dict[tuple[str, int], Track] = {}
 
-    def add(self, video: str, frame: int, track: int, probs: Mapping[str, np.ndarray]) -> Track:
+    def add(
+        self,
+        video: str,
+        frame: int,
+        track: int,
+        probs: Mapping[str, np.ndarray],
+        names: Mapping[str, Sequence[str]] | None = None,
+    ) -> Track:
         key = (video, track)
         entry = self.tracks.get(key)
         if entry is None:
             entry = self.tracks[key] = Track(video, track, frame, frame)
+        if names:
+            entry.names = {**entry.names, **names}
         entry.add(frame, probs)
         return entry
 

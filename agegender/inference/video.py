@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -158,6 +159,7 @@ class VideoTracks:
             [f.score for f in result.faces],
             [label_of(result, i) for i in range(n)],
             [{task: p[i] for task, p in result.probs.items()} for i in range(n)],
+            result.labels,
         )
 
     def replay(self, frame: DoneFrame) -> list[int | None]:
@@ -174,6 +176,7 @@ class VideoTracks:
         scores: list[float],
         labels: list[tuple[str, str]],
         probs: list[dict[str, np.ndarray]] | None,
+        names: dict[str, tuple[str, ...]] | None = None,
     ) -> list[int | None]:
         ids = self.tracker.update(
             np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(scores, np.float32)
@@ -182,7 +185,8 @@ class VideoTracks:
         for i, (box, track) in enumerate(zip(boxes, ids, strict=True)):
             if track is not None:
                 self.track_ids.add(track)
-                self.book.add(self.video, index, track, {} if probs is None else probs[i])
+                frame_probs = {} if probs is None else probs[i]
+                self.book.add(self.video, index, track, frame_probs, names)
             faces.append(FaceMark(tuple(box), track, labels[i]))  # type: ignore[arg-type]
         if self.keep_marks:
             self.marks.append(FrameMarks(index, faces))
@@ -411,47 +415,69 @@ def video_line(summary: object) -> str:
     return text
 
 
+def _done_rows(path: Path) -> Iterator[tuple[dict[str, Any], bool]]:
+    """(row as CSV columns, file has probabilities) of an existing predictions.csv or
+    predictions.jsonl (whose objects are mapped onto the CSV's columns)."""
+    import csv
+    import json
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        if path.suffix != ".jsonl":
+            reader = csv.DictReader(fh)
+            has_probs = bool({"p_age_0", "p_gender_0"} & set(reader.fieldnames or ()))
+            for row in reader:
+                yield row, has_probs
+            return
+        for line in fh:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            row = {"path": obj.get("path"), "status": obj.get("status")}
+            box = obj.get("box") or []
+            row.update(zip(("x1", "y1", "x2", "y2"), box, strict=False))
+            row.update(det_score=obj.get("score"), age=obj.get("age"), gender=obj.get("gender"))
+            for task in ("age", "gender"):
+                for k, value in enumerate((obj.get(f"{task}_probs") or {}).values()):
+                    row[f"p_{task}_{k}"] = value
+            yield row, True
+
+
 def _done_frames(csv_path: Path) -> dict[str, list[DoneFrame]]:
     """{video file: its analysed frames in frame order} from an existing predictions CSV
-    (``resume=true``); error rows are left out (the tracker never saw those frames)."""
-    import csv
-
+    or JSON Lines file (``resume=true``); error rows are left out (the tracker never saw
+    those frames)."""
     from agegender.inference.csv_writer import LABELS
 
     if not csv_path.is_file():
         return {}
     frames: dict[tuple[str, int], DoneFrame] = {}
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.DictReader(fh)
-        has_probs = "p_age_0" in (reader.fieldnames or ()) or "p_gender_0" in (
-            reader.fieldnames or ()
+    for row, has_probs in _done_rows(csv_path):
+        head, mark, index = (row.get("path") or "").rpartition(FRAME_MARK)
+        status = row.get("status") or ""
+        if not mark or not index.isdigit() or status.startswith("error"):
+            continue
+        frame = frames.setdefault(
+            (head, int(index)), DoneFrame(int(index), [], [], [], [] if has_probs else None)
         )
-        for row in reader:
-            head, mark, index = (row.get("path") or "").rpartition(FRAME_MARK)
-            status = row.get("status") or ""
-            if not mark or not index.isdigit() or status.startswith("error"):
-                continue
-            frame = frames.setdefault(
-                (head, int(index)), DoneFrame(int(index), [], [], [], [] if has_probs else None)
-            )
-            if status != "ok":
-                continue
-            try:
-                box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
-                score = float(row["det_score"])
-            except (KeyError, ValueError):
-                continue
-            frame.boxes.append(box)
-            frame.scores.append(score)
-            gender, age = row.get("gender") or "", row.get("age") or ""
-            frame.labels.append((", ".join(p for p in (gender, age) if p), gender))
-            if frame.probs is not None:
-                probs = {}
-                for task, names in LABELS.items():
-                    values = [row.get(f"p_{task}_{k}") or "" for k in range(len(names))]
-                    if all(values):
-                        probs[task] = np.array([float(v) for v in values])
-                frame.probs.append(probs)
+        if status != "ok":
+            continue
+        try:
+            box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
+            score = float(row["det_score"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        frame.boxes.append(box)
+        frame.scores.append(score)
+        gender, age = row.get("gender") or "", row.get("age") or ""
+        frame.labels.append((", ".join(p for p in (gender, age) if p), gender))
+        if frame.probs is not None:
+            probs = {}
+            for task, names in LABELS.items():
+                values = [row.get(f"p_{task}_{k}") or "" for k in range(len(names))]
+                if all(v != "" for v in values):
+                    probs[task] = np.array([float(v) for v in values])
+            frame.probs.append(probs)
     out: dict[str, list[DoneFrame]] = {}
     for (video, _), frame in sorted(frames.items(), key=lambda kv: kv[0]):
         out.setdefault(video, []).append(frame)

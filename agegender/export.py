@@ -1,0 +1,307 @@
+"""Export a model to ONNX (onnxruntime, OpenCV's dnn) or TorchScript.
+
+    python -m agegender.export output=model.onnx                    # the original weights
+    python -m agegender.export checkpoint=outputs/.../last.ckpt output=model.onnx
+    python -m agegender.export output=model.pt format=torchscript
+
+The graph takes ``input``: N x 3 x S x S float32 **RGB in 0-255** (S = 227 for Levi-Hassner:
+a face aligned to 256 x 256, resized to ``resize_size``, centre crop ``crop_size``) and
+returns ``age`` and ``gender`` probabilities (N x classes). The network's normalisation
+(mean, channel order) is inside the graph. The model's metadata (ONNX ``metadata_props``,
+TorchScript ``_extra_files["agegender.json"]``) holds the label names, sizes, mean and
+channel order: :func:`export_metadata`. Every export is checked before it is kept: the file
+is loaded back (onnxruntime, and OpenCV for ONNX; ``torch.jit.load``) and must give the
+network's probabilities to ``tolerance`` on a batch of test inputs, or nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agegender.fileio import atomic_write
+from agegender.models.exportable import ExportableNet
+
+#: Formats and the suffix each is written with by default.
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
+#: Largest probability difference an export may have from the network it came from.
+TOLERANCE: float = 1e-4
+#: ONNX opset: supported by onnxruntime and by OpenCV's importer.
+OPSET: int = 17
+METADATA_FORMAT = "agegender.export.v1"
+
+
+class ExportError(RuntimeError):
+    """The exported file does not reproduce the network (nothing was written)."""
+
+
+def export_metadata(
+    net: ExportableNet, labels: Mapping[str, tuple[str, ...]], source: str
+) -> dict[str, str]:
+    """String key/values describing the graph's input and outputs (ONNX metadata_props)."""
+    spec = net.face_spec
+    return {
+        "format": METADATA_FORMAT,
+        "source": source,
+        "input": "input: N x 3 x S x S float32, RGB, 0-255 (normalisation is in the graph)",
+        "outputs": json.dumps(list(net.tasks)),
+        "labels": json.dumps({task: list(labels[task]) for task in net.tasks}),
+        "face_size": str(spec.face_size),
+        "resize_size": str(spec.resize_size),
+        "crop_size": str(spec.crop_size),
+        "input_channel_order": "RGB",
+        "network_channel_order": spec.channel_order,
+        "mean": json.dumps(list(spec.mean)),
+        "std": json.dumps(list(spec.std)),
+        "mean_image": str(spec.mean_image).lower(),
+    }
+
+
+def check_inputs(spec_crop: int, n: int = 5, seed: int = 0) -> torch.Tensor:
+    """Test inputs for the built-in check: smooth random images in 0-255 (face-like value
+    ranges; pure noise would sit in one class and hide differences)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 8, 8, generator=g) * 255
+    return nn.functional.interpolate(coarse, size=(spec_crop, spec_crop), mode="bilinear")
+
+
+def _max_diff(outputs: list[np.ndarray], reference: tuple[torch.Tensor, ...]) -> float:
+    return max(float(np.abs(o - r.numpy()).max()) for o, r in zip(outputs, reference, strict=True))
+
+
+def run_onnx(path: str | os.PathLike[str], x: np.ndarray, runtime: str) -> list[np.ndarray]:
+    """Probabilities of an exported ONNX file for ``x`` in ``onnxruntime`` or ``opencv``."""
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": x})
+    if runtime == "opencv":
+        import cv2
+
+        dnn = cv2.dnn.readNetFromONNX(str(path))
+        dnn.setInput(x)
+        names = [o.name for o in _onnx_outputs(path)]
+        return list(dnn.forward(names))
+    raise ValueError(f"runtime must be onnxruntime or opencv, got {runtime!r}")
+
+
+def _onnx_outputs(path: str | os.PathLike[str]) -> list[Any]:
+    import onnx
+
+    return list(onnx.load(str(path), load_external_data=False).graph.output)
+
+
+def export_onnx(
+    net: ExportableNet,
+    output: str | os.PathLike[str],
+    metadata: Mapping[str, str],
+    tolerance: float = TOLERANCE,
+) -> dict[str, float]:
+    """Write ``net`` as ONNX with a dynamic batch axis; returns the check's max differences
+    per runtime. Uses the TorchScript-based exporter (``dynamo=False``): its graph of plain
+    Conv/Gather/LRN-free ops is what OpenCV's importer reads."""
+    import onnx
+
+    crop = net.face_spec.crop_size
+    x = check_inputs(crop)
+    with torch.no_grad():
+        reference = net(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.onnx"
+        names = list(net.tasks)
+        with warnings.catch_warnings():
+            # The legacy exporter on purpose: OpenCV 4.14's importer crashed (the process
+            # died) on the torch.export-based exporter's graph of this net.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                net,
+                (x,),
+                str(raw),
+                input_names=["input"],
+                output_names=names,
+                dynamic_axes={"input": {0: "N"}, **{n: {0: "N"} for n in names}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        model = onnx.load(str(raw))
+        _materialise_shared_initializers(model)
+        for key, value in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        model.doc_string = "agegender: " + metadata.get("source", "")
+        onnx.checker.check_model(model)
+        data = model.SerializeToString()
+        final = Path(tmp) / "checked.onnx"
+        final.write_bytes(data)
+        diffs = {}
+        for runtime in ("onnxruntime", "opencv"):
+            # two batch sizes: the dynamic axis must work, not only the traced size
+            for batch in (x, x[:1]):
+                outputs = run_onnx(final, batch.numpy(), runtime)
+                diff = _max_diff(outputs, tuple(r[: len(batch)] for r in reference))
+                diffs[runtime] = max(diffs.get(runtime, 0.0), diff)
+        _check(diffs, tolerance, output)
+    atomic_write(Path(output), lambda fh: fh.write(data))
+    return diffs
+
+
+def _materialise_shared_initializers(model: Any) -> None:
+    """Give every weight its own initializer. The exporter stores equal tensors once and
+    feeds the others through ``Identity`` nodes (a fresh net's biases are all equal), and
+    OpenCV's importer then returned NaN for batches of more than one face."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers:
+            array = numpy_helper.to_array(initializers[node.input[0]])
+            graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def export_torchscript(
+    net: ExportableNet,
+    output: str | os.PathLike[str],
+    metadata: Mapping[str, str],
+    tolerance: float = TOLERANCE,
+) -> dict[str, float]:
+    """Write ``net`` traced as TorchScript (metadata in ``_extra_files["agegender.json"]``)."""
+    crop = net.face_spec.crop_size
+    x = check_inputs(crop)
+    with torch.no_grad():
+        reference = net(x)
+    extra = {"agegender.json": json.dumps(dict(metadata), indent=2)}
+    # TorchScript is deprecated in favour of torch.export, but it is what users of this
+    # issue's deployments load (torch.jit.load, LibTorch): asked for, so its warnings go.
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(net, (x,), check_trace=False)
+        path = Path(tmp) / "model.pt"
+        torch.jit.save(traced, str(path), _extra_files=extra)
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            diff = max(
+                _max_diff([o.numpy() for o in loaded(b)], tuple(r[: len(b)] for r in reference))
+                for b in (x, x[:1])
+            )
+        diffs = {"torchscript": diff}
+        _check(diffs, tolerance, output)
+        data = path.read_bytes()
+    atomic_write(Path(output), lambda fh: fh.write(data))
+    return diffs
+
+
+def _check(diffs: Mapping[str, float], tolerance: float, output: str | os.PathLike[str]) -> None:
+    bad = {k: v for k, v in diffs.items() if not v <= tolerance}
+    if bad:
+        detail = ", ".join(f"{k} {v:.2e}" for k, v in bad.items())
+        raise ExportError(
+            f"{output} not written: the export differs from the network by {detail} "
+            f"(tolerance {tolerance:g})"
+        )
+
+
+def export_model(
+    output: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None = None,
+    format: str | None = None,
+    tolerance: float = TOLERANCE,
+    download: bool = True,
+) -> dict[str, float]:
+    """Export ``checkpoint`` (None: the original weights) to ``output``; ``format`` from the
+    suffix when None (``.onnx`` -> onnx, else torchscript). Returns the check's differences."""
+    from agegender.inference.run import build_classifier
+
+    if format is None:
+        format = "onnx" if str(output).lower().endswith(".onnx") else "torchscript"
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    classifier, meta = build_classifier(checkpoint, download=download, precision="fp32")
+    net = ExportableNet(classifier.model)
+    source = str(checkpoint) if checkpoint else "original Levi-Hassner weights"
+    metadata = export_metadata(net, classifier.labels, source)
+    writer = export_onnx if format == "onnx" else export_torchscript
+    return writer(net, output, metadata, tolerance)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata of an exported file (ONNX or TorchScript)."""
+    if str(path).lower().endswith(".onnx"):
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
+    extra = {"agegender.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra["agegender.json"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agegender.export [checkpoint=P] output=F [format=onnx|torchscript]``.
+
+    The ``key=value`` form of predict.py's Hydra overrides, parsed here: four plain options
+    need no config tree, and this works from any working directory."""
+    args = sys.argv[1:] if argv is None else argv
+    options: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in ("checkpoint", "output", "format", "tolerance"):
+            print(
+                "usage: python -m agegender.export [checkpoint=PATH] output=FILE "
+                "[format=onnx|torchscript] [tolerance=1e-4]",
+                file=sys.stderr,
+            )
+            return 2
+        options[key] = value
+    if "output" not in options:
+        print("export: output=FILE is required (e.g. output=model.onnx)", file=sys.stderr)
+        return 2
+    from agegender.checkpoints import CheckpointError
+    from agegender.weights import WeightsNotFoundError
+
+    checkpoint = options.get("checkpoint") or None
+    if checkpoint in ("null", "None"):
+        checkpoint = None
+    try:
+        diffs = export_model(
+            options["output"],
+            checkpoint,
+            options.get("format"),
+            float(options.get("tolerance", TOLERANCE)),
+        )
+    except (
+        ExportError,
+        CheckpointError,
+        WeightsNotFoundError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
+        print(f"export: {exc}", file=sys.stderr)
+        return 2
+    checks = ", ".join(f"{k} max |dp| {v:.1e}" for k, v in diffs.items())
+    print(f"export: {options['output']} ({checks})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
