@@ -15,6 +15,7 @@ import cv2
 import pandas as pd
 import pytest
 import torch
+from video_fixtures import MJPEGServer, zoom_frames
 
 from agegender.faces import build_detector
 from agegender.inference import FaceClassifier
@@ -27,7 +28,6 @@ from agegender.inference.streams import (
 )
 from agegender.inference.video import VideoOptions
 from agegender.models import LeviHassnerNet
-from tests.video_fixtures import MJPEGServer, zoom_frames
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from video_fixtures import write_video, zoom_frames
 
 from agegender.faces import build_detector
 from agegender.inference import FaceClassifier, predict
@@ -18,7 +19,6 @@ from agegender.inference.tracking import TRACK_COLUMNS, label_changes
 from agegender.inference.video import FaceMark, FrameMarks, VideoOptions, marks_at
 from agegender.labels import AGE_BUCKETS, GENDERS
 from agegender.models import LeviHassnerNet
-from tests.video_fixtures import write_video, zoom_frames
 
 
 @pytest.fixture(scope="module")
