@@ -176,6 +176,28 @@ def test_max_frames_and_headless_window(tmp_path, frames, mtcnn, random_classifi
         assert f"no live window: {why}" in capsys.readouterr().err
 
 
+def test_stream_as_json_lines(tmp_path, frames, mtcnn, random_classifier) -> None:
+    import json
+
+    with MJPEGServer(frames, fps=20) as server:
+        predict_stream(
+            server.url("/live.mjpg"), tmp_path, mtcnn, random_classifier, stride=1,
+            options=VideoOptions(max_frames=8), annotate=False, progress=False, format="jsonl",
+        )  # fmt: skip
+    objects = [
+        json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert objects and all(o["status"] == "ok" and "track" in o for o in objects)
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+def test_stream_cannot_be_resumed(tmp_path) -> None:
+    from agegender.inference import ResumeError, predict_from_config
+
+    with pytest.raises(ResumeError, match="cannot be resumed"):
+        predict_from_config({"input": "rtsp://127.0.0.1:9/x", "resume": True, "output": tmp_path})
+
+
 def test_is_stream(tmp_path) -> None:
     assert is_stream("0") and is_stream(0) and is_stream("rtsp://cam/1")
     assert is_stream("http://127.0.0.1:8000/x.mjpg")

@@ -20,7 +20,7 @@ from agegender.fileio import atomic_write, remove_temporaries
 from agegender.images import DEFAULT_MAX_PIXELS
 from agegender.inference.annotate import save_annotated
 from agegender.inference.classifier import FaceClassifier
-from agegender.inference.csv_writer import WRITERS, PredictionWriter
+from agegender.inference.csv_writer import WRITERS, PredictionWriter, ResumeError
 from agegender.inference.inputs import frame_limit, is_video, iter_inputs, scan_inputs
 from agegender.inference.pipeline import ImageResult, Pipeline
 from agegender.inference.shards import (
@@ -311,6 +311,11 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
     stream = is_stream(cfg["input"])  # a camera index or URL (agegender.inference.streams)
     if stream and int(cfg.get("num_shards", 1)) > 1:
         raise ShardError("a camera or stream cannot be sharded (num_shards must be 1)")
+    if stream and bool(cfg.get("resume", False)):
+        raise ResumeError(
+            "a camera or stream cannot be resumed (its frames are gone): run without "
+            "resume=true, into another output to keep this one's files"
+        )
     if not stream:
         scan_inputs(cfg["input"])  # a missing input fails now, before any model is loaded
     check_shard(int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
@@ -341,6 +346,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
             open_seconds=float(video_cfg.get("open_seconds", 10.0)),
             stall_seconds=float(video_cfg.get("stall_seconds", 10.0)),
             progress=bool(cfg.get("progress", True)),
+            format=str(cfg.get("format", "csv")),
         )
     else:
         summary = agegender.predict_folder(

@@ -39,7 +39,7 @@ from agegender.faces import Detector
 from agegender.fileio import TMP_INFIX
 from agegender.inference.annotate import draw_faces
 from agegender.inference.classifier import FaceClassifier
-from agegender.inference.csv_writer import PredictionWriter
+from agegender.inference.csv_writer import WRITERS
 from agegender.inference.inputs import InputItem
 from agegender.inference.pipeline import ImageResult, Pipeline
 from agegender.inference.shards import csv_name
@@ -269,19 +269,22 @@ def predict_stream(
     open_seconds: float = 10.0,
     stall_seconds: float = 10.0,
     progress: bool = True,
+    format: str = "csv",
 ) -> Summary:
     """Predict the faces of a camera or stream until it ends (see the module docstring).
 
     Never raises for the source itself: a source that does not open, drops or stalls is
     reported in a row and on stderr, and everything read until then is in the files.
+    ``format``: ``csv`` or ``jsonl`` (predictions.jsonl), as for files.
     """
     options = options or VideoOptions()
     output = Path(output)
-    csv_path = output / csv_name(0, 1)
+    writer_class, suffix = WRITERS[format]
+    csv_path = output / csv_name(0, 1, suffix)
     summary = Summary(csv=str(csv_path))
     start = time.perf_counter()
     book = TrackBook()
-    with PredictionWriter(csv_path, save_probs) as writer:
+    with writer_class(csv_path, save_probs) as writer:
         capture = open_stream(source, open_seconds, stall_seconds)
         if not capture.isOpened():
             capture.release()
