@@ -206,3 +206,24 @@ def test_tracks_csv_is_valid_csv(tmp_path, mtcnn, random_classifier) -> None:
     with open(tmp_path / "out" / "tracks.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["video"] for r in rows] == [str(video)]
+
+
+def test_shards_write_their_own_tracks_and_stale_tracks_go(
+    tmp_path, mtcnn, random_classifier, samples_dir
+) -> None:
+    folder = tmp_path / "in"
+    write_video(folder / "a.mp4", zoom_frames("biden.jpg", 6))
+    write_video(folder / "b.mp4", zoom_frames("obama.jpg", 6))
+    out = tmp_path / "out"
+    for shard in (0, 1):
+        predict(folder, out, mtcnn, random_classifier, video_stride=3, shard=shard,
+                num_shards=2, annotate=False, progress=False)  # fmt: skip
+    for shard, name in ((0, "a.mp4"), (1, "b.mp4")):
+        rows = _rows(out, f"tracks.shard-{shard}-of-2.csv")
+        assert list(rows["video"]) == [str(folder / name)]
+    assert not (out / "tracks.csv").exists()
+    predict(folder, out, mtcnn, random_classifier, video_stride=3, annotate=False, progress=False)
+    assert len(_rows(out, "tracks.csv")) == 2
+    # a run without videos into the same output: the earlier tracks.csv is not its own
+    predict(samples_dir / "obama.jpg", out, mtcnn, random_classifier, progress=False)
+    assert not (out / "tracks.csv").exists()

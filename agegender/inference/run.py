@@ -33,8 +33,7 @@ from agegender.inference.shards import (
     write_done,
 )
 from agegender.inference.summary import Summary
-from agegender.inference.tracking import TRACKS_NAME
-from agegender.inference.video import VideoOptions, VideoOutputs, video_line
+from agegender.inference.video import VideoOptions, VideoOutputs, tracks_path, video_line
 
 ANNOTATED_DIR = "annotated"
 #: Folder entries that are not inputs (folder rule in agegender.inference.inputs), one per line.
@@ -368,7 +367,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         print(f"  resume: {repair}", file=sys.stderr)
     print(f"predict: {summary.line()} -> {summary.csv} (precision {classifier.precision})")
     if summary.videos:  # videos and streams (agegender.inference.video, .streams)
-        print(f"  {video_line(summary)} -> {output / TRACKS_NAME}")
+        print(f"  {video_line(summary)} -> {tracks_path(Path(summary.csv))}")
     for example in summary.error_examples:
         print(f"  error: {example}", file=sys.stderr)
     for path in summary.skipped[:5]:

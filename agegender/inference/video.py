@@ -79,6 +79,15 @@ def frame_of(item: InputItem) -> int | None:
     return int(index)
 
 
+def tracks_path(predictions: Path) -> Path:
+    """tracks.csv beside ``predictions`` (``predictions.csv`` / ``.jsonl``); a shard's
+    ``predictions.shard-i-of-N.csv`` gets ``tracks.shard-i-of-N.csv`` (a video is in one
+    shard, so each shard's file is complete for its videos; shards never share one)."""
+    stem = predictions.name.split(".", 1)[1] if "." in predictions.name else "csv"
+    name = TRACKS_NAME if not stem.startswith("shard-") else f"tracks.{stem.rsplit('.', 1)[0]}.csv"
+    return predictions.parent / name
+
+
 def annotated_video_path(root: str | os.PathLike[str], relpath: str) -> Path:
     """``clip.mp4`` -> ROOT/clip.mp4, ``clip.avi`` -> ROOT/clip.avi.mp4 (always MPEG-4)."""
     path = Path(root) / relpath
@@ -308,7 +317,8 @@ class VideoOutputs:
         resume: bool = False,
     ) -> None:
         self.output = output
-        self.tracks_csv = output / TRACKS_NAME
+        self.tracks_csv = tracks_path(csv_path)
+        self.resume = resume
         self.relpath = relpath
         self.stride = stride
         self.lost_seconds = lost_seconds
@@ -383,6 +393,8 @@ class VideoOutputs:
     def close(self) -> list[Future[Path | None]]:
         """Finish the last video; returns the annotated-video jobs to wait for."""
         self._finish_video()
+        if self.videos == 0 and not self.resume:  # an earlier run's file would not be true
+            self.tracks_csv.unlink(missing_ok=True)
         return self.futures
 
     @property
@@ -495,6 +507,7 @@ __all__ = [
     "marks_at",
     "render_annotated_video",
     "track_label",
+    "tracks_path",
     "video_line",
     "video_fps",
 ]
