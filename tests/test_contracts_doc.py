@@ -48,6 +48,15 @@ def test_prediction_columns_are_the_writers() -> None:
         assert f"`{gender}`" in values[f"p_gender_{i}"], f"p_gender_{i}"
 
 
+def test_track_columns_are_the_writers() -> None:
+    from agegender.inference.tracking import TRACK_COLUMNS
+
+    section = _section("tracks.csv")
+    rows = _first_table(section, "column")
+    assert [name for name, _ in rows] == list(TRACK_COLUMNS)
+    assert ",".join(TRACK_COLUMNS) in section.splitlines()
+
+
 def test_cache_index_columns_are_the_writers() -> None:
     rows = _first_table(_section("Face cache"), "column")
     assert [name for name, _ in rows] == INDEX_COLUMNS

@@ -213,7 +213,11 @@ def test_video_frames_every_stride(tmp_path, samples_dir, mtcnn, random_classifi
     assert list(df["path"]) == [f"{video}#frame={i}" for i in (0, 10, 20)]
     assert list(df["status"]) == ["ok", "ok", "no_face"]
     assert summary.inputs == 3
-    assert (tmp_path / "out" / "annotated" / "clip.mp4_frame000010.jpg").is_file()
+    # one annotated copy of the video itself (every frame), not a JPEG per analysed frame
+    annotated = tmp_path / "out" / "annotated"
+    assert sorted(p.name for p in annotated.iterdir()) == ["clip.mp4"]
+    copy = cv2.VideoCapture(str(annotated / "clip.mp4"))
+    assert copy.get(cv2.CAP_PROP_FRAME_COUNT) == 23
 
 
 def test_unopenable_video_is_an_error_row(tmp_path, mtcnn, random_classifier) -> None:

@@ -47,12 +47,23 @@ def label_of(result: ImageResult, i: int) -> tuple[str, str]:
 def draw(result: ImageResult) -> np.ndarray:
     """A BGR copy of the input (at its decoded size) with every face boxed and labelled."""
     canvas = cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
+    boxes = [tuple(v / result.scale for v in face.box) for face in result.faces]
+    labels = [label_of(result, i) for i in range(len(result.faces))]
+    return draw_faces(canvas, boxes, labels)
+
+
+def draw_faces(
+    canvas: np.ndarray,
+    boxes: list[tuple[float, ...]],
+    labels: list[tuple[str, str]],
+) -> np.ndarray:
+    """Draw each box with its ``(text, gender)`` label on the BGR ``canvas`` (in place, and
+    returned); shared by annotated copies and annotated videos (agegender.inference.video)."""
     height, width = canvas.shape[:2]
     thickness = max(1, round(max(height, width) / 400))
     font_scale = max(0.4, max(height, width) / 1200)
-    for i, face in enumerate(result.faces):
-        x1, y1, x2, y2 = (round(v / result.scale) for v in face.box)
-        text, gender = label_of(result, i)
+    for box, (text, gender) in zip(boxes, labels, strict=True):
+        x1, y1, x2, y2 = (round(v) for v in box)
         colour = COLOURS.get(gender, COLOURS[""])
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)

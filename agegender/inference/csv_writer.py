@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +19,8 @@ from agegender.labels import AGE_BUCKETS, GENDERS
 COLUMNS: tuple[str, ...] = (
     "path",
     "face",
+    # video frames: the face's track id (agegender.inference.tracking); empty otherwise
+    "track",
     "x1",
     "y1",
     "x2",
@@ -37,8 +39,13 @@ PROB_COLUMNS: tuple[str, ...] = tuple(f"p_age_{i}" for i in range(len(AGE_BUCKET
 LABELS: dict[str, tuple[str, ...]] = {"age": AGE_BUCKETS, "gender": GENDERS}
 
 
-def result_rows(result: ImageResult, save_probs: bool = False) -> list[dict[str, object]]:
-    """One row per face, or a single ``no_face`` / ``error: ...`` row for the input."""
+def result_rows(
+    result: ImageResult,
+    save_probs: bool = False,
+    tracks: Sequence[int | None] | None = None,
+) -> list[dict[str, object]]:
+    """One row per face, or a single ``no_face`` / ``error: ...`` row for the input.
+    ``tracks``: the track id of each face of a video frame (None: no track)."""
     if not result.faces:
         row: dict[str, object] = dict.fromkeys(COLUMNS, "")
         row.update(path=result.item.path, status=result.status)
@@ -51,6 +58,7 @@ def result_rows(result: ImageResult, save_probs: bool = False) -> list[dict[str,
         row = {
             "path": result.item.path,
             "face": i,
+            "track": "" if not tracks or tracks[i] is None else tracks[i],
             "x1": round(x1, 1),
             "y1": round(y1, 1),
             "x2": round(x2, 1),
@@ -80,10 +88,16 @@ class ResumeError(ValueError):
     layouts in one file would corrupt it for every reader, so the run stops before any work."""
 
 
-def format_rows(result: ImageResult, columns: tuple[str, ...], save_probs: bool) -> str:
+def format_rows(
+    result: ImageResult,
+    columns: tuple[str, ...],
+    save_probs: bool,
+    tracks: Sequence[int | None] | None = None,
+) -> str:
     """The CSV text of one input's rows (CR LF line ends, as :mod:`csv` writes by default)."""
     buffer = io.StringIO()
-    csv.DictWriter(buffer, fieldnames=columns).writerows(result_rows(result, save_probs))
+    rows = result_rows(result, save_probs, tracks)
+    csv.DictWriter(buffer, fieldnames=columns).writerows(rows)
     return buffer.getvalue()
 
 
@@ -130,8 +144,8 @@ class PredictionWriter:
         columns = COLUMNS + (PROB_COLUMNS if save_probs else ())
         return columns, ",".join(columns) + "\r\n"
 
-    def write(self, result: ImageResult) -> None:
-        text = format_rows(result, self.columns, self.save_probs)
+    def write(self, result: ImageResult, tracks: Sequence[int | None] | None = None) -> None:
+        text = format_rows(result, self.columns, self.save_probs, tracks)
         self._write_all(text.encode("utf-8"))
         self.rows += len(result.faces) or 1
 
@@ -266,8 +280,9 @@ class JsonlWriter(PredictionWriter):
     def layout(save_probs: bool) -> tuple[tuple[str, ...], str]:
         return (), ""  # no header: every line is a self-describing object
 
-    def write(self, result: ImageResult) -> None:
-        lines = [json.dumps(obj, ensure_ascii=False) + "\n" for obj in jsonl_objects(result)]
+    def write(self, result: ImageResult, tracks: Sequence[int | None] | None = None) -> None:
+        objects = jsonl_objects(result, tracks)
+        lines = [json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects]
         self._write_all("".join(lines).encode("utf-8"))
         self.rows += len(lines)
 
@@ -311,16 +326,23 @@ class JsonlWriter(PredictionWriter):
         return end > 0 or bool(fragment)
 
 
-def jsonl_objects(result: ImageResult) -> list[dict[str, object]]:
-    """The JSON Lines objects of one input (see :class:`JsonlWriter`)."""
+def jsonl_objects(
+    result: ImageResult, tracks: Sequence[int | None] | None = None
+) -> list[dict[str, object]]:
+    """The JSON Lines objects of one input (see :class:`JsonlWriter`); video and stream
+    frames add ``track`` (the CSV's column: an id, or null for an unconfirmed face)."""
     if not result.faces:
         return [{"path": result.item.path, "status": result.status}]
     from agegender.api import face_results
 
-    return [
+    objects: list[dict[str, object]] = [
         {"path": result.item.path, "face": i, **face.to_dict(), "status": "ok"}
         for i, face in enumerate(face_results(result))
     ]
+    if tracks is not None:
+        for obj, track in zip(objects, tracks, strict=True):
+            obj["track"] = track
+    return objects
 
 
 #: ``format=`` of predict.py: the writer class and the file suffix.

@@ -12,6 +12,7 @@ given directly as ``input=FILE`` is always an input, whatever its extension.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
@@ -108,10 +109,13 @@ def iter_inputs(
     files: list[Path] | None = None,
     video_stride: int = 10,
     done: Container[str] = frozenset(),
+    max_frames: int | None = None,
+    max_seconds: float | None = None,
 ) -> Iterator[InputItem]:
     """Yield one item per image file and per ``video_stride``-th video frame, except those
     whose ``path`` is in ``done`` (already in the CSV of a resumed run): a done image is not
-    even opened, a done frame is skipped without being decoded."""
+    even opened, a done frame is skipped without being decoded. ``max_frames`` /
+    ``max_seconds``: only a video's first frames (:func:`frame_limit`)."""
     if video_stride < 1:
         raise ValueError(f"video.stride must be >= 1, got {video_stride}")
     root = Path(root)
@@ -121,17 +125,36 @@ def iter_inputs(
             continue
         rel = file.relative_to(base).as_posix()
         if is_video(file):
-            yield from iter_video_frames(file, rel, video_stride, done)
+            yield from iter_video_frames(file, rel, video_stride, done, max_frames, max_seconds)
         else:
             yield InputItem(path=str(file), relpath=rel, file=file)
 
 
+def frame_limit(
+    capture: object, max_frames: int | None = None, max_seconds: float | None = None
+) -> int | None:
+    """How many frames of an opened video file to read: ``max_frames``, and ``max_seconds``
+    of video time at its frame rate (agegender.inference.video.video_fps); None = all."""
+    limits = [] if max_frames is None else [int(max_frames)]
+    if max_seconds is not None:
+        from agegender.inference.video import video_fps
+
+        limits.append(math.ceil(float(max_seconds) * video_fps(capture)))  # type: ignore[arg-type]
+    return min(limits) if limits else None
+
+
 def iter_video_frames(
-    file: Path, relpath: str, stride: int, done: Container[str] = frozenset()
+    file: Path,
+    relpath: str,
+    stride: int,
+    done: Container[str] = frozenset(),
+    max_frames: int | None = None,
+    max_seconds: float | None = None,
 ) -> Iterator[InputItem]:
     """Every ``stride``-th frame (0, stride, 2*stride...) as RGB; an unreadable video is one
     error item, a video that stops early ends quietly (its last frames are its last rows).
-    Frames whose ``path`` is in ``done`` are grabbed (to keep the count) but not decoded."""
+    Frames whose ``path`` is in ``done`` are grabbed (to keep the count) but not decoded.
+    Reading stops after :func:`frame_limit` frames."""
     import cv2
 
     if not os.access(file, os.R_OK):
@@ -142,9 +165,10 @@ def iter_video_frames(
         if not capture.isOpened():
             yield InputItem(str(file), relpath, file=file, error="cannot open video")
             return
+        limit = frame_limit(capture, max_frames, max_seconds)
         index = 0
         emitted = 0
-        while True:
+        while limit is None or index < limit:
             # grab() skips decoding of frames we do not keep.
             if not capture.grab():
                 break

@@ -19,11 +19,12 @@ from agegender.faces import Detector
 from agegender.fileio import atomic_write, remove_temporaries
 from agegender.images import DEFAULT_MAX_PIXELS
 from agegender.inference.annotate import save_annotated
-from agegender.inference.csv_writer import WRITERS, PredictionWriter
-from agegender.inference.inputs import is_video, iter_inputs, scan_inputs
+from agegender.inference.csv_writer import WRITERS, PredictionWriter, ResumeError
+from agegender.inference.inputs import frame_limit, is_video, iter_inputs, scan_inputs
 from agegender.inference.pipeline import ImageResult, Pipeline
 from agegender.inference.shards import (
     CSV_NAME,  # noqa: F401 - run.CSV_NAME predates shards.py; kept importable
+    ShardError,
     check_shard,
     clear_done,
     csv_name,
@@ -31,6 +32,7 @@ from agegender.inference.shards import (
     write_done,
 )
 from agegender.inference.summary import Summary
+from agegender.inference.video import VideoOptions, VideoOutputs, tracks_path, video_line
 
 if TYPE_CHECKING:
     from agegender.inference.classifier import FaceClassifier
@@ -63,6 +65,7 @@ def predict(
     resume: bool = False,
     shard: int = 0,
     num_shards: int = 1,
+    video: VideoOptions | None = None,
     format: str = "csv",
 ) -> Summary:
     """Predict every face of ``input`` (image, folder or video) into ``output``/predictions.csv.
@@ -83,6 +86,11 @@ def predict(
     An input's rows are written only once its annotated copy is written (a few inputs behind
     the network), so after a kill every input in the CSV has its annotated copy, and an input
     that is not in the CSV is predicted (and its copy rewritten) on resume.
+
+    Videos (:mod:`agegender.inference.video`): the faces of the analysed frames are tracked
+    (the ``track`` column, ``tracks.csv``) and the annotated copy is ``annotated/<video>.mp4``
+    with every frame, written once the video's last frame is in; ``video`` holds the other
+    ``video.*`` settings.
     """
     check_shard(shard, num_shards)
     try:
@@ -102,6 +110,7 @@ def predict(
         summary = _predict_into(
             writer, input, output, files, skipped, detector, classifier, batch_size, workers,
             annotate, video_stride, max_pixels, progress, decode_min_side, resume,
+            video or VideoOptions(),
         )  # fmt: skip
     if num_shards > 1:
         write_done(
@@ -134,6 +143,7 @@ def _predict_into(
     progress: bool,
     decode_min_side: int | None,
     resume: bool,
+    video: VideoOptions,
 ) -> Summary:
     """The body of :func:`predict` once its CSV is open (the caller closes it)."""
     csv_path = writer.path
@@ -177,16 +187,21 @@ def _predict_into(
     )
     start = time.perf_counter()
 
-    def commit(result: ImageResult, annotation: Future[Path | None] | None) -> None:
+    def commit(
+        result: ImageResult,
+        annotation: Future[Path | None] | None,
+        tracks: list[int | None] | None = None,
+    ) -> None:
         if annotation is not None:
             _finish(annotation)
-        writer.write(result)
+        writer.write(result, tracks)
         summary.add(result)
         bar.update(1)
 
     # Drawing + JPEG encoding of annotated copies runs in its own thread (OpenCV releases the
     # GIL), a few images behind, so it overlaps the network instead of adding to it.
-    annotating: deque[tuple[ImageResult, Future[Path | None]]] = deque()
+    annotating: deque[tuple[ImageResult, Future[Path | None] | None, list[int | None] | None]]
+    annotating = deque()
     with (
         warnings.catch_warnings(),
         ThreadPoolExecutor(1, thread_name_prefix="agegender-annotate") as annotator,
@@ -194,17 +209,40 @@ def _predict_into(
         # load_image applies its own size limit and reports it per file; PIL's warning for
         # images between its soft and hard limits would only be noise on stderr.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for result in pipeline.run(iter_inputs(input, files, video_stride, done)):
+        # --- video hook (agegender.inference.video): tracks, annotated/<video>.mp4, tracks.csv
+        base = Path(input) if Path(input).is_dir() else Path(input).parent
+        videos = VideoOutputs(
+            output,
+            csv_path,
+            relpath=lambda file: file.relative_to(base).as_posix(),
+            stride=video_stride,
+            lost_seconds=video.lost_seconds,
+            limit=lambda capture: frame_limit(capture, video.max_frames, video.max_seconds),
+            submit=annotator.submit if annotate else None,
+            resume=resume,
+        )
+        items = iter_inputs(
+            input, files, video_stride, done, video.max_frames, video.max_seconds
+        )  # fmt: skip
+        for result in pipeline.run(items):
+            tracks = videos.observe(result)  # None unless a video frame
             if not annotate:
-                commit(result, None)
+                commit(result, None, tracks)
                 continue
-            future = annotator.submit(save_annotated, result, output / ANNOTATED_DIR)
-            annotating.append((result, future))
+            if tracks is None:
+                future = annotator.submit(save_annotated, result, output / ANNOTATED_DIR)
+            else:  # drawn into the video's annotated copy when the video is done
+                future, result.image = None, None
+            annotating.append((result, future, tracks))
             del result, future  # the queue holds the only references (memory stays flat)
             while len(annotating) > MAX_PENDING_ANNOTATIONS:
                 commit(*annotating.popleft())
         while annotating:
             commit(*annotating.popleft())
+        for future in videos.close():
+            _finish(future)
+    summary.videos, summary.tracks = videos.videos, videos.tracks
+    summary.annotated_videos = [str(p) for p in videos.annotated if p.is_file()]
     summary.seconds = time.perf_counter() - start
     bar.close()
     return summary
@@ -347,7 +385,19 @@ def configure_torch_threads(threads: int | None, workers: int) -> int:
 
 def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
     """What ``predict.py`` runs: builds detector and classifier from the composed config."""
-    scan_inputs(cfg["input"])  # a missing input fails now, before any model is loaded
+    from agegender.inference.streams import is_stream
+
+    video_cfg = dict(cfg.get("video") or {})
+    stream = is_stream(cfg["input"])  # a camera index or URL (agegender.inference.streams)
+    if stream and int(cfg.get("num_shards", 1)) > 1:
+        raise ShardError("a camera or stream cannot be sharded (num_shards must be 1)")
+    if stream and bool(cfg.get("resume", False)):
+        raise ResumeError(
+            "a camera or stream cannot be resumed (its frames are gone): run without "
+            "resume=true, into another output to keep this one's files"
+        )
+    if not stream:
+        scan_inputs(cfg["input"])  # a missing input fails now, before any model is loaded
     check_shard(int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
     backend = resolve_backend(
         str(cfg.get("backend", "torch")),
@@ -366,26 +416,53 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
     agegender = AgeGender.from_config({**cfg, "backend": backend, "threads": threads})
     classifier = agegender.classifier
     output = Path(cfg["output"])
-    summary = agegender.predict_folder(
-        cfg["input"],
-        output,
-        save_probs=bool(cfg["save_probs"]),
-        annotate=bool(cfg["annotate"]),
-        video_stride=int(cfg["video"]["stride"]),
-        max_pixels=cfg.get("max_pixels"),
-        progress=bool(cfg.get("progress", True)),
-        decode_min_side=cfg.get("decode_min_side"),
-        resume=bool(cfg.get("resume", False)),
-        shard=int(cfg.get("shard", 0)),
-        num_shards=int(cfg.get("num_shards", 1)),
-        format=str(cfg.get("format", "csv")),
+    video = VideoOptions(
+        lost_seconds=float(video_cfg.get("lost_seconds", 1.0)),
+        max_frames=video_cfg.get("max_frames"),
+        max_seconds=video_cfg.get("max_seconds"),
     )
+    if stream:
+        from agegender.inference.streams import predict_stream
+
+        summary = predict_stream(
+            str(cfg["input"]),
+            output,
+            agegender.detector,
+            classifier,
+            save_probs=bool(cfg["save_probs"]),
+            annotate=bool(cfg["annotate"]),
+            stride=int(video_cfg.get("stride", 1)),
+            options=video,
+            show=bool(video_cfg.get("show", False)),
+            open_seconds=float(video_cfg.get("open_seconds", 10.0)),
+            stall_seconds=float(video_cfg.get("stall_seconds", 10.0)),
+            progress=bool(cfg.get("progress", True)),
+            format=str(cfg.get("format", "csv")),
+        )
+    else:
+        summary = agegender.predict_folder(
+            cfg["input"],
+            output,
+            save_probs=bool(cfg["save_probs"]),
+            annotate=bool(cfg["annotate"]),
+            video_stride=int(video_cfg["stride"]),
+            max_pixels=cfg.get("max_pixels"),
+            progress=bool(cfg.get("progress", True)),
+            decode_min_side=cfg.get("decode_min_side"),
+            resume=bool(cfg.get("resume", False)),
+            shard=int(cfg.get("shard", 0)),
+            num_shards=int(cfg.get("num_shards", 1)),
+            format=str(cfg.get("format", "csv")),
+            video=video,
+        )
     for repair in summary.repairs:
         print(f"  resume: {repair}", file=sys.stderr)
     print(
         f"predict: {summary.line()} -> {summary.csv} "
         f"(precision {classifier.precision}, {classifier.backend})"
     )
+    if summary.videos:  # videos and streams (agegender.inference.video, .streams)
+        print(f"  {video_line(summary)} -> {tracks_path(Path(summary.csv))}")
     for example in summary.error_examples:
         print(f"  error: {example}", file=sys.stderr)
     for path in summary.skipped[:5]:

@@ -27,6 +27,12 @@ class Summary:
     repairs: list[str] = field(default_factory=list)
     #: The CSV written (predictions.csv, or the shard's CSV).
     csv: str = ""
+    #: Videos/streams whose faces were tracked, their tracks (tracks.csv), annotated videos.
+    videos: int = 0
+    tracks: int = 0
+    annotated_videos: list[str] = field(default_factory=list)
+    #: Streams: frames ``received``, ``analysed``, ``dropped`` and the ``end`` reason.
+    stream: dict[str, object] | None = None
 
     def add(self, result: ImageResult) -> None:
         self.inputs += 1

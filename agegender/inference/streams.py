@@ -1,0 +1,405 @@
+"""Cameras and network streams: ``input=0`` (a camera index), ``rtsp://``, ``http://`` ...
+
+A live source does not wait for the model. The source is read in its own thread
+(:class:`FrameGrabber`) which keeps only the NEWEST frame: when the network is slower than
+the camera, the frames in between are dropped (and counted), never queued, so memory and
+latency stay flat however long the run. The model loop takes the newest frame each time it
+is free (at most every ``video.stride``-th), and each analysed frame becomes rows of
+predictions.csv (``path`` = ``<source>#frame=N``, N counting the frames received) with its
+faces tracked (``track``, ``tracks.csv``, as for video files).
+
+The run ends cleanly, its rows written and its files closed, when the source ends or drops
+(``read`` fails), when no frame arrives for ``video.stall_seconds`` (OpenCV's FFmpeg read
+timeout, and a watchdog for backends without one: a stall adds an ``error: stream
+stalled ...`` row), at ``video.max_frames`` / ``video.max_seconds``, or on Ctrl-C. A source
+that does not open is one ``error: cannot open stream`` row.
+
+``annotated/<source name>.mp4`` records every frame received at the source's frame rate, with
+the newest analysed boxes and each track's running-average label drawn on it (written by
+the reader thread: a recording that cannot keep up slows the reader, whose source then drops
+frames, and still nothing queues). ``video.show=true`` also opens a live window where OpenCV
+has a GUI (the ``gui`` extra); headless builds print one line and go on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from agegender.faces import Detector
+from agegender.fileio import TMP_INFIX
+from agegender.inference.annotate import draw_faces
+from agegender.inference.csv_writer import WRITERS
+from agegender.inference.inputs import InputItem
+from agegender.inference.pipeline import ImageResult, Pipeline
+from agegender.inference.shards import csv_name
+from agegender.inference.summary import Summary
+from agegender.inference.tracking import TRACKS_NAME, TrackBook, write_tracks_csv
+from agegender.inference.video import (
+    FOURCC,
+    FRAME_MARK,
+    FaceMark,
+    VideoOptions,
+    VideoTracks,
+    _umask_mode,
+    video_fps,
+)
+
+if TYPE_CHECKING:  # torch: only where the classifier itself runs on it
+    from agegender.inference.classifier import FaceClassifier
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+WINDOW = "agegender"
+
+
+def is_stream(source: object) -> bool:
+    """A camera index (``0``, ``1`` ...) or a URL with a scheme (``rtsp://``, ``http://``,
+    ``udp://`` ...), unless a file or folder of that name exists (it is then a path)."""
+    text = str(source)
+    if os.path.exists(text):
+        return False
+    return text.isdigit() or bool(_URL.match(text))
+
+
+def stream_name(source: str) -> str:
+    """A file name for the stream's annotated recording: ``camera0``, ``127.0.0.1_8000_live``."""
+    if source.isdigit():
+        return f"camera{source}"
+    name = re.sub(r"[^A-Za-z0-9.-]+", "_", _URL.sub("", source.split("?")[0])).strip("_.")
+    return name[:100] or "stream"
+
+
+def open_stream(source: str, open_seconds: float, read_seconds: float) -> cv2.VideoCapture:
+    """Open a camera index with OpenCV's default backend, anything else with FFmpeg and
+    open/read timeouts (so a dead URL or a stalled server cannot hang the run), falling
+    back to OpenCV's other backends. Check ``isOpened()``."""
+    if source.isdigit():
+        return cv2.VideoCapture(int(source))
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+        int(open_seconds * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+        int(read_seconds * 1000),
+    ]
+    capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+    if not capture.isOpened():
+        capture.release()
+        capture = cv2.VideoCapture(source)
+    return capture
+
+
+class FrameGrabber:
+    """Reads ``capture`` in a daemon thread, keeping only the newest frame (BGR).
+
+    ``on_frame(index, frame)`` runs in the reader thread for EVERY frame (the recording).
+    :attr:`end_reason` says why reading stopped: ``closed`` (the source ended or dropped),
+    ``stalled`` (a read gave up after the read timeout), ``limit`` (max frames/seconds),
+    ``stopped`` (:meth:`stop`), or ``error: ...``.
+    """
+
+    def __init__(
+        self,
+        capture: cv2.VideoCapture,
+        read_seconds: float,
+        max_frames: int | None = None,
+        max_seconds: float | None = None,
+        on_frame: Callable[[int, np.ndarray], None] | None = None,
+    ) -> None:
+        self.capture = capture
+        self.read_seconds = read_seconds
+        self.max_frames = max_frames
+        self.max_seconds = max_seconds
+        self.on_frame = on_frame
+        self.received = 0
+        self.end_reason: str | None = None
+        self._newest: tuple[int, np.ndarray] | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agegender-grab", daemon=True)
+
+    def start(self) -> FrameGrabber:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def ended(self) -> bool:
+        return self.end_reason is not None
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        reason = "stopped"
+        try:
+            while not self._stop.is_set():
+                if self.max_frames is not None and self.received >= self.max_frames:
+                    reason = "limit"
+                    break
+                if self.max_seconds is not None and time.monotonic() - start >= self.max_seconds:
+                    reason = "limit"
+                    break
+                began = time.monotonic()
+                ok, frame = self.capture.read()
+                if not ok or frame is None:
+                    waited = time.monotonic() - began
+                    reason = "stalled" if waited >= 0.8 * self.read_seconds else "closed"
+                    break
+                index = self.received
+                if self.on_frame is not None:
+                    self.on_frame(index, frame)
+                with self._cond:
+                    self._newest = (index, frame)
+                    self.received = index + 1
+                    self._cond.notify_all()
+        except Exception as exc:  # noqa: BLE001 - a reader failure ends the run, cleanly
+            reason = f"error: {type(exc).__name__}: {exc}"
+        finally:
+            self.capture.release()
+            with self._cond:
+                self.end_reason = reason
+                self._cond.notify_all()
+
+    def newest(self, after: int, timeout: float) -> tuple[int, np.ndarray] | None:
+        """The newest frame with index > ``after``, waiting up to ``timeout`` seconds;
+        None when reading ended (see :attr:`end_reason`) or nothing came in time."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._newest is None or self._newest[0] <= after:
+                if self.end_reason is not None:
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._newest
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Still inside ``read()`` (a backend without a read timeout): its capture and the
+        recording stay open, the daemon thread ends with the process."""
+        return self._thread.is_alive()
+
+
+class Recorder:
+    """``annotated/<name>.mp4``: every frame received, with the newest overlay drawn on it;
+    under a hidden temporary name until :meth:`close` renames it."""
+
+    def __init__(self, target: Path, fps: float) -> None:
+        self.target = target
+        self.fps = fps
+        self.overlay: tuple[list[tuple[float, ...]], list[tuple[str, str]]] = ([], [])
+        self.frames = 0
+        self.error: str | None = None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.name}{TMP_INFIX}", suffix=".mp4", dir=target.parent
+        )
+        os.close(fd)
+        self._tmp = Path(name)
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+
+    def __call__(self, index: int, frame: np.ndarray) -> None:
+        if self.error is not None:
+            return
+        try:
+            if self._writer is None:
+                self._size = (frame.shape[1], frame.shape[0])
+                fourcc = cv2.VideoWriter_fourcc(*FOURCC)
+                self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
+                if not self._writer.isOpened():
+                    raise OSError(f"OpenCV cannot write {FOURCC} video {self.target}")
+            canvas = frame if frame.shape[1::-1] == self._size else cv2.resize(frame, self._size)
+            boxes, labels = self.overlay  # replaced whole by the model loop: a consistent pair
+            canvas = draw_faces(canvas.copy(), boxes, labels)
+            self._writer.write(canvas)
+            self.frames += 1
+        except (OSError, cv2.error) as exc:  # the rows matter more than the recording
+            self.error = str(exc)
+
+    def close(self) -> Path | None:
+        if self._writer is not None:
+            self._writer.release()
+        if self.error is None and self.frames:
+            _umask_mode(self._tmp)
+            os.replace(self._tmp, self.target)
+            return self.target
+        self._tmp.unlink(missing_ok=True)
+        return None
+
+
+def gui_available() -> tuple[bool, str]:
+    """(can OpenCV open a window here, why not): needs a GUI build of OpenCV (the ``gui``
+    extra, ``opencv-python``) and, on Linux, a display."""
+    gui = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.M)
+    if gui is None or gui.group(1).upper() == "NONE":
+        return False, "this OpenCV has no GUI (opencv-python-headless; see the gui extra)"
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return False, "no display (DISPLAY is not set)"
+    try:
+        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+    except cv2.error as exc:
+        return False, f"OpenCV cannot open a window ({str(exc).strip().splitlines()[-1]})"
+    return True, ""
+
+
+def predict_stream(
+    source: str,
+    output: str | os.PathLike[str],
+    detector: Detector,
+    classifier: FaceClassifier,
+    save_probs: bool = False,
+    annotate: bool = True,
+    stride: int = 1,
+    options: VideoOptions | None = None,
+    show: bool = False,
+    open_seconds: float = 10.0,
+    stall_seconds: float = 10.0,
+    progress: bool = True,
+    format: str = "csv",
+) -> Summary:
+    """Predict the faces of a camera or stream until it ends (see the module docstring).
+
+    Never raises for the source itself: a source that does not open, drops or stalls is
+    reported in a row and on stderr, and everything read until then is in the files.
+    ``format``: ``csv`` or ``jsonl`` (predictions.jsonl), as for files.
+    """
+    options = options or VideoOptions()
+    output = Path(output)
+    writer_class, suffix = WRITERS[format]
+    csv_path = output / csv_name(0, 1, suffix)
+    summary = Summary(csv=str(csv_path))
+    start = time.perf_counter()
+    book = TrackBook()
+    with writer_class(csv_path, save_probs) as writer:
+        capture = open_stream(source, open_seconds, stall_seconds)
+        if not capture.isOpened():
+            capture.release()
+            result = ImageResult(InputItem(source, source), error="cannot open stream")
+            writer.write(result)
+            summary.add(result)
+            summary.seconds = time.perf_counter() - start
+            return summary
+        fps = video_fps(capture)
+        recorder = None
+        if annotate:
+            recorder = Recorder(output / "annotated" / f"{stream_name(source)}.mp4", fps)
+        grabber = FrameGrabber(
+            capture, stall_seconds, options.max_frames, options.max_seconds, recorder
+        ).start()
+        tracks = VideoTracks(
+            source, book, fps, stride, options.lost_seconds, keep_marks=False
+        )  # fmt: skip
+        pipeline = Pipeline(detector, classifier, batch_size=32, workers=1, keep_images=show)
+        window = False
+        if show:
+            window, why = gui_available()
+            if not window:
+                print(f"agegender: no live window: {why}; writing files only", file=sys.stderr)
+        last = -stride
+        analysed = 0
+        try:
+            while True:
+                got = grabber.newest(last + stride - 1, stall_seconds)
+                if got is None:
+                    if not grabber.ended:  # the reader is stuck inside read(): a stall
+                        grabber.stop()
+                        grabber.end_reason = "stalled"
+                    break
+                index, frame = got
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                item = InputItem(f"{source}{FRAME_MARK}{index}", f"{source}{FRAME_MARK}{index}")
+                item.image = rgb
+                result = _analyse(pipeline, item)
+                ids = tracks.observe(index, result)
+                marks = [
+                    FaceMark(tuple(f.box), t, ("", ""))
+                    for f, t in zip(result.faces, ids or [None] * len(result.faces), strict=True)
+                ]
+                boxes = [m.box for m in marks]
+                labels = [_running_label(tracks, result, i, m) for i, m in enumerate(marks)]
+                if recorder is not None:
+                    recorder.overlay = (boxes, labels)
+                writer.write(result, ids)
+                summary.add(result)
+                analysed += 1
+                last = index
+                if progress and analysed % 25 == 0:
+                    done = f"{grabber.received} frames, {analysed} analysed"
+                    print(f"  stream: {done}", file=sys.stderr)
+                if window and not _show(frame, boxes, labels):
+                    grabber.stop()
+                    break
+        except KeyboardInterrupt:
+            grabber.stop()
+            print("agegender: interrupted; files written", file=sys.stderr)
+        grabber.join(timeout=stall_seconds + 1.0)
+        reason = grabber.end_reason or "stalled"
+        why = None
+        if reason == "stalled":
+            why = f"stream stalled (no frame for {stall_seconds:g} s)"
+        elif reason.startswith("error: "):
+            why = f"stream failed ({reason[7:]})"
+        elif grabber.received == 0:
+            why = "stream has no readable frames"
+        if why is not None:  # why the run ended early is a row, like any bad input
+            result = ImageResult(InputItem(source, source), error=why)
+            writer.write(result)
+            summary.add(result)
+        if recorder is not None and not grabber.alive:
+            path = recorder.close()
+            if path is not None:
+                summary.annotated_videos.append(str(path))
+        if window:
+            cv2.destroyAllWindows()
+    write_tracks_csv(output / TRACKS_NAME, book.rows())
+    summary.videos, summary.tracks = 1, len(book.tracks)
+    summary.stream = {
+        "received": grabber.received,
+        "analysed": analysed,
+        "dropped": max(0, grabber.received - analysed),
+        "end": reason,
+    }
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _analyse(pipeline: Pipeline, item: InputItem) -> ImageResult:
+    """One frame through detection and the network, in this thread (no pool, no batch
+    wait: a live frame should not sit behind others)."""
+    return pipeline.classify([pipeline.prepare(item)])[0]
+
+
+def _running_label(
+    tracks: VideoTracks, result: ImageResult, i: int, mark: FaceMark
+) -> tuple[str, str]:
+    """A tracked face: ``#id`` + its track's answer so far; otherwise this frame's label."""
+    from agegender.inference.annotate import label_of
+    from agegender.inference.video import track_label
+
+    own = label_of(result, i)
+    mark = FaceMark(mark.box, mark.track, own)
+    track = None if mark.track is None else tracks.book.get(tracks.video, mark.track)
+    return track_label(track, mark)
+
+
+def _show(frame: np.ndarray, boxes: list, labels: list) -> bool:
+    """Show one annotated frame; False when the user pressed q or Esc."""
+    cv2.imshow(WINDOW, draw_faces(frame.copy(), boxes, labels))
+    return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
