@@ -12,7 +12,7 @@ from typing import BinaryIO
 import numpy as np
 
 from agegender.inference.pipeline import ImageResult
-from agegender.labels import AGE_BUCKETS, GENDERS
+from agegender.labels import ADIENCE8, AGE_BUCKETS, GENDERS, LabelSet
 
 COLUMNS: tuple[str, ...] = (
     "path",
@@ -33,15 +33,46 @@ PROB_COLUMNS: tuple[str, ...] = tuple(f"p_age_{i}" for i in range(len(AGE_BUCKET
     f"p_gender_{i}" for i in range(len(GENDERS))
 )
 LABELS: dict[str, tuple[str, ...]] = {"age": AGE_BUCKETS, "gender": GENDERS}
+#: With ``expected_age=true``: the probability-weighted mean of the age classes' midpoints in
+#: years (:attr:`agegender.labels.LabelSet.midpoints`), an estimate, not a measurement.
+EXPECTED_AGE_COLUMN = "age_years_estimate"
 
 
-def result_rows(result: ImageResult, save_probs: bool = False) -> list[dict[str, object]]:
-    """One row per face, or a single ``no_face`` / ``error: ...`` row for the input."""
+def prob_columns(labels: LabelSet | None = None) -> tuple[str, ...]:
+    """``save_probs`` columns for a label set: ``p_age_0..p_age_<n-1>, p_gender_0, p_gender_1``
+    (:data:`PROB_COLUMNS` for adience8)."""
+    labels = labels or ADIENCE8
+    return tuple(f"p_age_{i}" for i in range(len(labels.age))) + tuple(
+        f"p_gender_{i}" for i in range(len(labels.genders))
+    )
+
+
+def prediction_columns(
+    save_probs: bool = False, labels: LabelSet | None = None, expected_age: bool = False
+) -> tuple[str, ...]:
+    """The header of a run: :data:`COLUMNS`, then ``age_years_estimate`` with
+    ``expected_age``, then the probability columns with ``save_probs``."""
+    extra = (EXPECTED_AGE_COLUMN,) if expected_age else ()
+    return COLUMNS + extra + (prob_columns(labels) if save_probs else ())
+
+
+def result_rows(
+    result: ImageResult,
+    save_probs: bool = False,
+    labels: LabelSet | None = None,
+    expected_age: bool = False,
+) -> list[dict[str, object]]:
+    """One row per face, or a single ``no_face`` / ``error: ...`` row for the input.
+    ``labels``: the label set the age probabilities are over (default adience8)."""
+    labels = labels or ADIENCE8
+    names = labels.class_names
     if not result.faces:
         row: dict[str, object] = dict.fromkeys(COLUMNS, "")
         row.update(path=result.item.path, status=result.status)
+        if expected_age:
+            row[EXPECTED_AGE_COLUMN] = ""
         if save_probs:
-            row.update(dict.fromkeys(PROB_COLUMNS, ""))
+            row.update(dict.fromkeys(prob_columns(labels), ""))
         return [row]
     rows = []
     for i, face in enumerate(result.faces):
@@ -59,11 +90,16 @@ def result_rows(result: ImageResult, save_probs: bool = False) -> list[dict[str,
             probs = result.probs.get(task)
             if probs is None:  # a model trained without this head
                 row[task], row[f"{task}_prob"] = "", ""
+                if task == "age" and expected_age:
+                    row[EXPECTED_AGE_COLUMN] = ""
                 if save_probs:
-                    row.update(dict.fromkeys((c for c in PROB_COLUMNS if task in c), ""))
+                    row.update(dict.fromkeys((c for c in prob_columns(labels) if task in c), ""))
                 continue
             best = int(np.argmax(probs[i]))
-            row[task] = LABELS[task][best]
+            row[task] = names[task][best]
+            if task == "age" and expected_age:
+                years = float(np.dot(probs[i], np.asarray(labels.midpoints, dtype=np.float64)))
+                row[EXPECTED_AGE_COLUMN] = round(years, 1)
             row[f"{task}_prob"] = round(float(probs[i][best]), 4)
             if save_probs:
                 for k, p in enumerate(probs[i]):
@@ -78,10 +114,17 @@ class ResumeError(ValueError):
     layouts in one file would corrupt it for every reader, so the run stops before any work."""
 
 
-def format_rows(result: ImageResult, columns: tuple[str, ...], save_probs: bool) -> str:
+def format_rows(
+    result: ImageResult,
+    columns: tuple[str, ...],
+    save_probs: bool,
+    labels: LabelSet | None = None,
+    expected_age: bool = False,
+) -> str:
     """The CSV text of one input's rows (CR LF line ends, as :mod:`csv` writes by default)."""
     buffer = io.StringIO()
-    csv.DictWriter(buffer, fieldnames=columns).writerows(result_rows(result, save_probs))
+    rows = result_rows(result, save_probs, labels, expected_age)
+    csv.DictWriter(buffer, fieldnames=columns).writerows(rows)
     return buffer.getvalue()
 
 
@@ -106,12 +149,19 @@ class PredictionWriter:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], save_probs: bool = False, resume: bool = False
+        self,
+        path: str | os.PathLike[str],
+        save_probs: bool = False,
+        resume: bool = False,
+        labels: LabelSet | None = None,
+        expected_age: bool = False,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.save_probs = save_probs
-        self.columns = COLUMNS + (PROB_COLUMNS if save_probs else ())
+        self.labels = labels or ADIENCE8
+        self.expected_age = expected_age
+        self.columns = prediction_columns(save_probs, self.labels, expected_age)
         self.header = ",".join(self.columns) + "\r\n"
         self.done: set[str] = set()
         self.rows = 0
@@ -124,7 +174,7 @@ class PredictionWriter:
             self._write_all(self.header.encode())
 
     def write(self, result: ImageResult) -> None:
-        text = format_rows(result, self.columns, self.save_probs)
+        text = format_rows(result, self.columns, self.save_probs, self.labels, self.expected_age)
         self._write_all(text.encode("utf-8"))
         self.rows += len(result.faces) or 1
 

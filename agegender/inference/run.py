@@ -56,8 +56,12 @@ def predict(
     resume: bool = False,
     shard: int = 0,
     num_shards: int = 1,
+    expected_age: bool = False,
 ) -> Summary:
     """Predict every face of ``input`` (image, folder or video) into ``output``/predictions.csv.
+
+    Ages are written in the classifier's label set (``classifier.labels``); ``expected_age``
+    adds ``age_years_estimate`` (probability-weighted class midpoints, an estimate).
 
     Raises only for a missing ``input`` (:class:`InputNotFoundError`) or a CSV that
     ``resume`` cannot continue (:class:`ResumeError`); bad files become rows.
@@ -82,7 +86,9 @@ def predict(
     csv_path = output / csv_name(shard, num_shards)
     # Opened first: a CSV that cannot be resumed stops the run before any model work (and
     # before a finished shard loses its completion marker).
-    writer = PredictionWriter(csv_path, save_probs, resume=resume)
+    writer = PredictionWriter(
+        csv_path, save_probs, resume=resume, labels=classifier.labels, expected_age=expected_age
+    )
     with writer:
         summary = _predict_into(
             writer, input, output, files, skipped, detector, classifier, batch_size, workers,
@@ -183,7 +189,9 @@ def _predict_into(
             if not annotate:
                 commit(result, None)
                 continue
-            future = annotator.submit(save_annotated, result, output / ANNOTATED_DIR)
+            future = annotator.submit(
+                save_annotated, result, output / ANNOTATED_DIR, classifier.labels.class_names
+            )
             annotating.append((result, future))
             del result, future  # the queue holds the only references (memory stays flat)
             while len(annotating) > MAX_PENDING_ANNOTATIONS:
@@ -224,20 +232,32 @@ def build_classifier(
     device: str = "cpu",
     download: bool = True,
     precision: str = "fp32",
+    labels: Any = None,
 ) -> tuple[FaceClassifier, dict[str, Any]]:
     """The classifier for ``checkpoint`` (ours or train.py's), default the original weights.
+
+    ``labels``: the label set to report (None: the checkpoint's own; another set only for
+    adience8 networks, by summing bucket probabilities, see :class:`FaceClassifier`).
 
     Raises :class:`agegender.weights.WeightsNotFoundError` offline with nothing cached, and
     :class:`agegender.checkpoints.CheckpointError` for a file that is not a usable checkpoint.
     """
-    from agegender.checkpoints import load_model
+    from agegender.checkpoints import label_set_of, load_model
+    from agegender.labels import load_label_set
     from agegender.weights import ensure_original_weights
 
     path = Path(checkpoint) if checkpoint else ensure_original_weights(download=download)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     model, meta = load_model(path, map_location=device)
-    classifier = FaceClassifier(model, oversample=oversample, device=device, precision=precision)
+    classifier = FaceClassifier(
+        model,
+        oversample=oversample,
+        device=device,
+        precision=precision,
+        model_labels=label_set_of(meta),
+        labels=None if labels is None else load_label_set(labels),
+    )
     return classifier, meta
 
 
@@ -268,6 +288,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         oversample=bool(cfg.get("oversample", False)),
         device=cfg["device"],
         precision=str(cfg.get("precision", "fp32")),
+        labels=cfg.get("labels"),
     )
     output = Path(cfg["output"])
     summary = predict(
@@ -286,6 +307,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         resume=bool(cfg.get("resume", False)),
         shard=int(cfg.get("shard", 0)),
         num_shards=int(cfg.get("num_shards", 1)),
+        expected_age=bool(cfg.get("expected_age", False)),
     )
     for repair in summary.repairs:
         print(f"  resume: {repair}", file=sys.stderr)
