@@ -41,7 +41,7 @@ class FreezeBackbone(BaseFinetuning):
         if backbone is None:
             raise ValueError(
                 "FreezeBackbone needs a model with a pretrained `backbone` "
-                "(resnet18, resnet50, inception_resnet_v1); remove the callback for this model"
+                "(resnet18, resnet50, inception_resnet_v1, timm); remove the callback for this model"
             )
         return backbone
 
