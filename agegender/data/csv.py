@@ -13,12 +13,20 @@ image-exclusive). A label the set does not know is a reported row (file and line
 with ``strict_rows``.
 
 Faces go through the same preprocessing and cache as Adience, so batches are identical.
+
+``python -m agegender.data.csv adience ROOT [OUT.csv]`` writes Adience's fold files as such
+a CSV (``ROOT/adience.csv`` by default): the face crops of ``faces/``, the raw age and gender
+cells (values no label set can read left empty), ``group`` = user and ``fold`` = fold file,
+so Adience trains through ``data=csv`` with any label set (``experiment=coarse3``).
 """
 
 from __future__ import annotations
 
+import argparse
 import shlex
+import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +34,10 @@ import numpy as np
 import pandas as pd
 
 from agegender.data.datamodule import FaceDataModule
-from agegender.data.folds import FoldFormatError
+from agegender.data.folds import FoldFormatError, image_relpath, load_folds
 from agegender.data.preprocess import BOX_COLUMNS
 from agegender.data.splits import stratified_group_folds
-from agegender.labels import IGNORE_INDEX, LabelSet, load_label_set
+from agegender.labels import ADIENCE8, IGNORE_INDEX, LabelSet, load_label_set
 
 REQUIRED: tuple[str, ...] = ("path", "age", "gender")
 
@@ -166,3 +174,69 @@ class CsvDataModule(FaceDataModule):
 
     def preprocess_command(self) -> str:
         return self._command("data=csv", f"data.csv={shlex.quote(str(self.csv))}")
+
+
+def adience_to_csv(
+    root: str | Path, out: str | Path | None = None, kind: str = "faces"
+) -> tuple[Path, int]:
+    """Write the Adience fold files under ``root`` as a ``data=csv`` CSV; returns (path, rows).
+
+    Image paths are relative to the CSV's folder, which must hold ``root`` (the reader
+    refuses paths outside it). Exact duplicate fold rows are written once; an age or gender
+    cell that adience8 cannot read even under ``remap`` (``None``, ``u``) is left empty, so
+    the row keeps its other label instead of being reported as malformed.
+    """
+    root = Path(root).expanduser().resolve()
+    out = (root / "adience.csv") if out is None else Path(out).expanduser().resolve()
+    if not root.is_relative_to(out.parent):
+        raise FoldFormatError(f"{out} must be in {root} or a folder above it (paths are relative)")
+    table, _ = load_folds(root, "remap", drop_unlabelled=False)
+    ages = [v if ADIENCE8.parse_age(v, "remap") != IGNORE_INDEX else "" for v in table["age_raw"]]
+    genders = [
+        v if ADIENCE8.parse_gender(v, "remap") != IGNORE_INDEX else "" for v in table["gender_raw"]
+    ]
+    paths = [
+        (root / image_relpath(u, f, i, kind)).relative_to(out.parent).as_posix()
+        for u, f, i in zip(table["user_id"], table["face_id"], table["original_image"], strict=True)
+    ]
+    frame = pd.DataFrame(
+        {
+            "path": paths,
+            "age": ages,
+            "gender": genders,
+            "group": table["user_id"].to_numpy(),
+            "fold": table["fold"].to_numpy(),
+        }
+    )
+    frame = frame[(frame["age"] != "") | (frame["gender"] != "")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    return out, len(frame)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agegender.data.csv",
+        description="Write a dataset as the CSV of data=csv.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    adience = sub.add_parser(
+        "adience", help="Adience fold files -> CSV (path,age,gender,group,fold)"
+    )
+    adience.add_argument("root", type=Path, help="Adience root (fold_K_data.txt, faces/)")
+    adience.add_argument(
+        "out", type=Path, nargs="?", help="CSV to write (default ROOT/adience.csv)"
+    )
+    adience.add_argument("--kind", choices=("faces", "aligned"), default="faces")
+    args = parser.parse_args(argv)
+    try:
+        path, rows = adience_to_csv(args.root, args.out, args.kind)
+    except FoldFormatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {rows} rows to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

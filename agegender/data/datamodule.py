@@ -52,6 +52,9 @@ PREPROCESS_DEFAULTS: dict[str, Any] = {
     "fallback_fraction": 0.5,
     "template_shrink": None,  # None = agegender.faces.align.TEMPLATE_SHRINK
     "box_crop_scale": None,  # None = agegender.faces.align.BOX_CROP_SCALE
+    # Given boxes (CSV x1..y2) cropped with this margin on every side, as a fraction of the
+    # box's longer side (K-Face's seed: 0.2): the same as box_crop_scale = 1 + 2 * margin.
+    "box_margin": None,
     "progress": True,
     "retry_failed": False,
 }
@@ -183,6 +186,15 @@ class FaceDataModule(pl.LightningDataModule):
         if unknown:
             raise ValueError(f"unknown preprocess options {sorted(unknown)}")
         self.preprocess_options = {**PREPROCESS_DEFAULTS, **dict(preprocess or {})}
+        margin = self.preprocess_options.pop("box_margin")
+        if margin is not None:
+            # one pixel setting, not two: the cache key and the preprocess command see the scale
+            if self.preprocess_options["box_crop_scale"] is not None:
+                raise ValueError("set data.preprocess.box_margin or box_crop_scale, not both")
+            if not 0 <= float(margin) < 5:
+                raise ValueError(f"box_margin is a fraction of the box side, got {margin}")
+            self.preprocess_options["box_crop_scale"] = 1.0 + 2.0 * float(margin)
+        self.preprocess_options["box_margin"] = None
         # The folder follows from the settings, so the preprocessing command and every
         # training run with the same config meet in it without being told where it is.
         self.explicit_cache_dir = bool(cache_dir)

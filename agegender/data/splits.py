@@ -65,12 +65,23 @@ def stratified_group_folds(
             f"stratified split into {n_splits} parts needs at least {n_splits} groups, "
             f"got {n_groups}"
         )
+    labels = strata(rows)
+    if np.unique(labels, return_counts=True)[1].max() < n_splits:
+        # scikit-learn refuses when no label has a member per part: too few rows to stratify
+        warnings.warn(
+            f"stratified split: no age x gender label has {n_splits} rows, too few to keep "
+            "proportions; groups are dealt by a seeded shuffle instead",
+            stacklevel=2,
+        )
+        ordered = sorted(set(groups))
+        order = np.random.default_rng(seed).permutation(len(ordered))
+        return {ordered[i]: n % n_splits for n, i in enumerate(order)}
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fold_of: dict[str, int] = {}
     with warnings.catch_warnings():
         # rare classes have fewer groups than parts: proportions are kept as far as possible
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        for k, (_, part) in enumerate(splitter.split(np.zeros(len(rows)), strata(rows), groups)):
+        for k, (_, part) in enumerate(splitter.split(np.zeros(len(rows)), labels, groups)):
             fold_of.update(dict.fromkeys(groups[part], k))
     return fold_of
 
