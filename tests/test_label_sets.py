@@ -266,3 +266,26 @@ def test_train_coarse3_then_predict_writes_its_names(tmp_path_factory, tmp_path:
     assert set(table["age"]) <= {"child", "teen", "adult"} and len(table) == 3
     assert [c for c in table.columns if c.startswith("p_age_")] == ["p_age_0", "p_age_1", "p_age_2"]
     assert table["age_years_estimate"].between(6.5, 50).all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "bucket_15_20"),
+    [
+        (["labels=coarse3"], "teen"),
+        (["labels=coarse3", "labels.straddle=upper"], "adult"),
+        (["labels=coarse3", "++labels.adience={15-20:adult}"], "adult"),
+        (["labels=coarse3", "++labels.adience={15-20:null}"], None),
+        (["labels=file", f"labels.path={KFACE}"], None),
+    ],
+)
+def test_the_documented_overrides_compose(overrides: list[str], bucket_15_20, tmp_path) -> None:  # noqa: ANN001
+    from hydra.utils import instantiate
+
+    cfg = compose_train(overrides, tmp_path)
+    labels = load_label_set(cfg.labels)
+    assert _names(labels, [labels.adience[3]]) == [bucket_15_20]
+    # the model and the data get the same set: the age head has one output per class
+    assert instantiate(cfg.model, _recursive_=False).model.heads["age"].out_features == len(
+        labels.age
+    )
+    assert instantiate(cfg.data).labels == labels
