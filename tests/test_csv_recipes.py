@@ -142,7 +142,8 @@ def test_adience_as_csv_with_coarse_groups(tmp_path_factory, tmp_path: Path) -> 
         for u, f, i in zip(folds["user_id"], folds["face_id"], folds["original_image"], strict=True)
     ]
     by_key = folds
-    merged = table.set_index("key").join(by_key[["age", "gender", "fold"]], rsuffix="_adience")
+    theirs = by_key[["age", "gender", "fold"]].add_suffix("_adience")
+    merged = table.set_index("key").join(theirs)
     assert len(merged) == len(folds)
     assert (merged["age"] == merged["age_adience"]).all()
     assert (merged["gender"] == merged["gender_adience"]).all()

@@ -271,8 +271,6 @@ def test_train_coarse3_then_predict_writes_its_names(tmp_path_factory, tmp_path:
 @pytest.mark.parametrize(
     ("overrides", "bucket_15_20"),
     [
-        (["labels=coarse3"], "teen"),
-        (["labels=coarse3", "labels.straddle=upper"], "adult"),
         (["labels=coarse3", "++labels.adience={15-20:adult}"], "adult"),
         (["labels=coarse3", "++labels.adience={15-20:null}"], None),
         (["labels=file", f"labels.path={KFACE}"], None),
