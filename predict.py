@@ -24,6 +24,7 @@ def main(cfg: DictConfig) -> None:
     from agegender.inference import InputNotFoundError, predict_from_config
     from agegender.inference.csv_writer import ResumeError
     from agegender.inference.shards import ShardError
+    from agegender.labels import LabelSetError
     from agegender.weights import WeightsNotFoundError
 
     try:
@@ -35,6 +36,7 @@ def main(cfg: DictConfig) -> None:
         FileNotFoundError,
         ResumeError,
         ShardError,
+        LabelSetError,
     ) as exc:
         print(f"predict: {exc}", file=sys.stderr)
         sys.exit(2)

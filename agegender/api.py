@@ -111,6 +111,8 @@ class AgeGender:
     ``backend``: ``auto`` (onnxruntime on the CPU when the exported original nets are cached
     and nothing needs torch, else PyTorch), ``torch`` or ``onnxruntime``
     (:func:`agegender.inference.run.resolve_backend`); ``threads``: onnxruntime's threads.
+    ``labels``: the label set to report (None: the checkpoint's; ``coarse3`` etc. on the
+    original weights sums bucket probabilities, see :mod:`agegender.labels`).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class AgeGender:
         download: bool = False,
         backend: str = "auto",
         threads: int | None = None,
+        labels: Any = None,
     ) -> None:
         from agegender.faces import build_detector
         from agegender.inference.run import build_classifier
@@ -151,6 +154,7 @@ class AgeGender:
             precision=precision,
             backend=backend,
             threads=threads,
+            labels=labels,
         )
         self.batch_size = batch_size
         self.workers = workers
@@ -176,12 +180,13 @@ class AgeGender:
             download=True,
             backend=str(cfg.get("backend", "auto")),
             threads=cfg.get("threads"),
+            labels=cfg.get("labels"),
         )
 
     @property
     def labels(self) -> dict[str, tuple[str, ...]]:
         """Class names per task, in the order of ``age_probs`` / ``gender_probs``."""
-        return dict(self.classifier.labels)
+        return dict(self.classifier.labels.class_names)
 
     @property
     def precision(self) -> str:

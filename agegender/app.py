@@ -69,7 +69,7 @@ def analyse(
     """The demo's one seam: photos (uploaded files, decoded like predict.py's inputs) and a
     webcam snapshot (H x W x 3 RGB) -> annotated images, table rows and the CSV."""
     from agegender.inference.annotate import draw
-    from agegender.inference.csv_writer import COLUMNS, PROB_COLUMNS, result_rows
+    from agegender.inference.csv_writer import prediction_columns, result_rows
     from agegender.inference.inputs import InputItem
 
     items = [InputItem(Path(f).name, Path(f).name, file=Path(f)) for f in files]
@@ -78,13 +78,14 @@ def analyse(
         items.append(InputItem("webcam.png", "webcam.png", image=rgb))
     out = Analysis()
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS + PROB_COLUMNS)
+    labels = agegender.classifier.labels  # the label set predict.py would write
+    writer = csv.DictWriter(buffer, fieldnames=prediction_columns(True, labels))
     writer.writeheader()
     if not items:
         out.csv_text = buffer.getvalue()
         return out
     for result in agegender.pipeline(keep_images=True).run(items):
-        rows = result_rows(result, save_probs=True)
+        rows = result_rows(result, save_probs=True, labels=labels)
         writer.writerows(rows)
         name = result.item.path
         for row in rows:

@@ -60,9 +60,14 @@ def save_model(
     model_kwargs: Mapping[str, Any],
     path: str | os.PathLike[str],
     meta: Mapping[str, Any] | None = None,
+    labels: Any = None,
 ) -> Path:
     """Save ``model`` so that :func:`load_model` rebuilds it with
-    ``build_model(model_name, **model_kwargs)``; returns the path written."""
+    ``build_model(model_name, **model_kwargs)``; returns the path written.
+
+    ``labels``: the label set the age head was trained on (a :class:`~agegender.labels.
+    LabelSet` or its name/definition), stored as plain data under ``"labels"``; None
+    writes no key (= adience8, as every checkpoint written before label sets)."""
     kwargs = dict(model_kwargs)
     meta = dict(meta or {})
     _check_plain(kwargs, "model_kwargs")
@@ -75,6 +80,10 @@ def save_model(
         "state_dict": state,
         "meta": meta,
     }
+    if labels is not None:
+        from agegender.labels import load_label_set
+
+        payload["labels"] = load_label_set(labels).to_config()
     path = Path(path)
     atomic_write(path, lambda handle: torch.save(payload, handle))
     return path
@@ -110,9 +119,13 @@ def _strip_compiled(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def _unpack(ckpt: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], dict, dict]:
-    """-> (model_name, model_kwargs, network state_dict, meta) for either format."""
+    """-> (model_name, model_kwargs, network state_dict, meta) for either format; the meta
+    holds ``labels`` when the checkpoint stores a label set (absent: adience8)."""
     if ckpt.get("format") == FORMAT:
-        return ckpt["model_name"], dict(ckpt["model_kwargs"]), ckpt["state_dict"], ckpt["meta"]
+        meta = dict(ckpt["meta"])
+        if ckpt.get("labels") is not None:
+            meta["labels"] = ckpt["labels"]
+        return ckpt["model_name"], dict(ckpt["model_kwargs"]), ckpt["state_dict"], meta
     if "format" in ckpt:
         raise CheckpointError(f"{path}: unsupported checkpoint format {ckpt['format']!r}")
     if "state_dict" in ckpt and "hyper_parameters" in ckpt:
@@ -135,6 +148,8 @@ def _unpack(ckpt: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], dict
             "global_step": ckpt.get("global_step"),
             "hyper_parameters": dict(hparams),
         }
+        if hparams.get("labels") is not None:
+            meta["labels"] = hparams["labels"]
         return hparams["model_name"], dict(hparams.get("model_kwargs") or {}), state, meta
     raise CheckpointError(
         f"{path} is neither an agegender model checkpoint (format {FORMAT!r}) nor a "
@@ -164,7 +179,8 @@ def load_model(
     path: str | os.PathLike[str], map_location: Any = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network stored at ``path`` (our format or a train.py Lightning checkpoint);
-    returns it in eval mode, with the checkpoint's meta. The network's ``face_spec`` (its
+    returns it in eval mode, with the checkpoint's meta (``meta["labels"]``: the stored label
+    set, absent = adience8; :func:`label_set_of` reads it). The network's ``face_spec`` (its
     class's, :mod:`agegender.spec`) says how to feed it; the ``input_size``/``resize_size``
     hyper-parameters of older Lightning checkpoints are left in the meta, unused."""
     path = Path(path)
@@ -186,3 +202,11 @@ def load_model(
     ):
         model.to(map_location)
     return model.eval(), dict(meta)
+
+
+def label_set_of(meta: Mapping[str, Any]) -> Any:
+    """The :class:`~agegender.labels.LabelSet` a loaded checkpoint's network predicts
+    (``meta`` from :func:`load_model`); checkpoints without one are adience8."""
+    from agegender.labels import load_label_set
+
+    return load_label_set(meta.get("labels"))

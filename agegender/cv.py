@@ -101,6 +101,7 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
                 OmegaConf.load(job_dir / ".hydra" / "config.yaml"), FOLD_KEY, default=None
             )
         setting = " ".join(o for o in overrides if not o.startswith(f"{FOLD_KEY}="))
+        labels = _job_labels(job_dir)
         status_info = _read_json(job_dir / STATUS_FILE) or {}
         metrics = _read_json(job_dir / METRICS_FILE)
         if status_info.get("status") == "pruned":
@@ -124,13 +125,42 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
             "status": status,
             "error": error,
             "objective": status_info.get("objective"),
+            "labels": labels,
         }
         for col in METRIC_COLUMNS:
             value = (metrics or {}).get(col)
             row[col] = float(value) if isinstance(value, int | float) else math.nan
         rows.append(row)
     columns = ["job", "fold", "fold_set", "setting", "overrides", "status", "error", "objective"]
-    return pd.DataFrame(rows, columns=[*columns, *METRIC_COLUMNS])
+    return pd.DataFrame(rows, columns=[*columns, "labels", *METRIC_COLUMNS])
+
+
+def _job_labels(job_dir: Path) -> str:
+    """The job's label set as ``name (class, class, ...)`` (Hydra's saved config; jobs
+    without one, or from before label sets, are adience8)."""
+    from agegender.labels import ADIENCE8, load_label_set
+
+    config_path = job_dir / ".hydra" / "config.yaml"
+    if not config_path.exists():
+        return ADIENCE8.describe()
+    node = OmegaConf.select(OmegaConf.load(config_path), "labels", default=None)
+    try:
+        return load_label_set(node).describe()
+    except ValueError as exc:  # a config a later version cannot read: say so, do not fail
+        return f"unreadable label set ({exc})"
+
+
+def setting_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """setting -> its label set description (the first job's: one setting, one set)."""
+    if "labels" not in runs:
+        return {}
+    return dict(zip(runs["setting"], runs["labels"], strict=True))
+
+
+def _is_adience8(description: str | None) -> bool:
+    from agegender.labels import ADIENCE8
+
+    return description is None or description == ADIENCE8.describe()
 
 
 def cv_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -175,13 +205,17 @@ def _pct(x: float) -> str:
     return "" if x is None or math.isnan(x) else f"{100 * x:.1f}"
 
 
-def cv_markdown(table: pd.DataFrame) -> str:
-    """Percentages, ``mean +- std`` last, in the column layout of the paper's tables."""
+def cv_markdown(table: pd.DataFrame, labels: dict[str, str] | None = None) -> str:
+    """Percentages, ``mean +- std`` last, in the column layout of the paper's tables.
+    ``labels``: setting -> label set (:func:`setting_labels`); a set other than adience8 is
+    named under the setting's heading (its age figures are over those classes)."""
     header = ["Fold"] + [f"{title} ({proto})" for _, proto in PROTOCOLS for _, title in METRICS]
     blocks = []
     for setting, group in table.groupby("setting", sort=False, dropna=False):
+        described = (labels or {}).get(setting)
         lines = [
             f"### {setting}" if setting else "",
+            "" if _is_adience8(described) else f"Age classes: {described}\n",
             "| " + " | ".join(header) + " | Status |",
             "|" + "---|" * (len(header) + 1),
         ]
@@ -201,10 +235,14 @@ def cv_markdown(table: pd.DataFrame) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def plot_cv(table: pd.DataFrame, path: str | Path | BinaryIO) -> Figure:
+def plot_cv(
+    table: pd.DataFrame, path: str | Path | BinaryIO, labels: dict[str, str] | None = None
+) -> Figure:
     """Per-fold bars with the mean as a line and +-std as a band, one panel per metric and
     protocol (``METRIC_COLUMNS``), one row per setting (the overrides besides the fold, in
-    full as the row's title); the paper's figure (``PUBLISHED``) as a dashed red line.
+    full as the row's title); the paper's figure (``PUBLISHED``) as a dashed red line, only
+    for settings on adience8 (``labels``: setting -> label set; others name their set in
+    the title: the paper's figures are not comparable to coarser classes).
 
     Saves the figure as PNG to ``path`` (a file name or an open binary file) and returns it
     (closed: for inspection, not display)."""
@@ -222,7 +260,11 @@ def plot_cv(table: pd.DataFrame, path: str | Path | BinaryIO) -> Figure:
     subfigs = fig.subfigures(len(settings), 1, squeeze=False)[:, 0]
     for subfig, setting in zip(subfigs, settings, strict=True):
         name = setting if isinstance(setting, str) and setting else "(no overrides)"
-        subfig.suptitle(textwrap.fill(f"setting: {name}", width=12 * width), fontsize=10)
+        described = (labels or {}).get(setting)
+        title = f"setting: {name}"
+        if not _is_adience8(described):
+            title += f"; age classes: {described}"
+        subfig.suptitle(textwrap.fill(title, width=12 * width), fontsize=10)
         axes = subfig.subplots(1, len(METRIC_COLUMNS), sharey=True, squeeze=False)[0]
         group = table[table["setting"] == setting].set_index("row")
         fold_rows = [r for r in group.index if r.startswith("fold")]
@@ -239,7 +281,7 @@ def plot_cv(table: pd.DataFrame, path: str | Path | BinaryIO) -> Figure:
                 ax.axhline(mean, color="black", lw=1, label=f"mean: {mean:.1f}{std_text}")
                 if not math.isnan(std):
                     ax.axhspan(mean - std, mean + std, color="gray", alpha=0.3)
-            if col in PUBLISHED:
+            if col in PUBLISHED and _is_adience8(described):
                 ref = PUBLISHED[col]
                 ax.axhline(ref, color="tab:red", ls="--", lw=1.5, label=f"{PUBLISHED_LABEL}: {ref}")
             ax.set_title(titles[col], fontsize=9)
@@ -280,10 +322,11 @@ def aggregate(sweep_dir: str | Path) -> pd.DataFrame | None:
     if folds.nunique() < 2:
         return None
     table = cv_table(runs)
-    cv_csv, cv_md = table.to_csv(index=False).encode(), cv_markdown(table).encode()
+    labels = setting_labels(runs)
+    cv_csv, cv_md = table.to_csv(index=False).encode(), cv_markdown(table, labels).encode()
     atomic_write(sweep_dir / "cv_results.csv", lambda fh: fh.write(cv_csv))
     atomic_write(sweep_dir / "cv_results.md", lambda fh: fh.write(cv_md))
-    atomic_write(sweep_dir / "cv_results.png", lambda fh: plot_cv(table, fh))
+    atomic_write(sweep_dir / "cv_results.png", lambda fh: plot_cv(table, fh, labels))
     return table
 
 

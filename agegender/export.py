@@ -45,17 +45,21 @@ class ExportError(RuntimeError):
     """The exported file does not reproduce the network (nothing was written)."""
 
 
-def export_metadata(
-    net: ExportableNet, labels: Mapping[str, tuple[str, ...]], source: str
-) -> dict[str, str]:
-    """String key/values describing the graph's input and outputs (ONNX metadata_props)."""
+def export_metadata(net: ExportableNet, labels: Any, source: str) -> dict[str, str]:
+    """String key/values describing the graph's input and outputs (ONNX metadata_props).
+    ``labels``: the network's :class:`~agegender.labels.LabelSet` (or a label set name)."""
+    from agegender.labels import load_label_set
+
+    label_set = load_label_set(labels)
+    names = label_set.class_names
     spec = net.face_spec
     return {
         "format": METADATA_FORMAT,
         "source": source,
         "input": "input: N x 3 x S x S float32, RGB, 0-255 (normalisation is in the graph)",
         "outputs": json.dumps(list(net.tasks)),
-        "labels": json.dumps({task: list(labels[task]) for task in net.tasks}),
+        "labels": json.dumps({task: list(names[task]) for task in net.tasks}, ensure_ascii=False),
+        "label_set": json.dumps(label_set.to_config(), ensure_ascii=False),
         "face_size": str(spec.face_size),
         "resize_size": str(spec.resize_size),
         "crop_size": str(spec.crop_size),

@@ -98,6 +98,21 @@ EFFECTIVE = {
         10000,
         64,
     ),
+    # the seeds' recipes (model=timm: AdamW, backbone at 0.1x, warm-up + cosine)
+    "coarse3": (
+        {**_ADAMW, "lr": 0.001},
+        {**_UNIFORM, "backbone_lr_mult": 0.1},
+        {**_COSINE, "warmup_steps": 500},
+        10000,
+        32,
+    ),
+    "kface": (
+        {**_ADAMW, "lr": 0.001},
+        {**_UNIFORM, "backbone_lr_mult": 0.1},
+        {**_COSINE, "warmup_steps": 500},
+        10000,
+        32,
+    ),
 }
 
 

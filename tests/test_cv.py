@@ -177,3 +177,27 @@ def test_hydra_callback_records_a_failing_fold(tmp_path: Path) -> None:
     assert table.loc["mean", "status"] == "2/3 folds (failed folds excluded)"
     status = json.loads((tmp_path / "sweep" / "0" / "job_status.json").read_text())
     assert status["objective"] == 0.5
+
+
+def test_label_set_named_in_table_and_no_paper_line(tmp_path: Path) -> None:
+    """A CV run with labels=coarse3 gets its table; its age figures are over child/teen/adult,
+    so the markdown names the classes and the plot draws no Levi & Hassner line."""
+    for k in range(3):
+        job = _fake_job(tmp_path, k, [f"data.fold={k}", "labels=coarse3"], _metrics(0.6))
+        OmegaConf.save(
+            OmegaConf.create({"labels": {"name": "coarse3"}}), job / ".hydra" / "config.yaml"
+        )
+    table = aggregate(tmp_path)
+    assert list(table["row"]) == ["fold 0", "fold 1", "fold 2", "mean", "std"]
+    md = (tmp_path / "cv_results.md").read_text()
+    assert "Age classes: coarse3 (child, teen, adult)" in md
+    runs = collect_runs(tmp_path)
+    fig = plot_cv(
+        cv_table(runs),
+        tmp_path / "plot.png",
+        {s: lab for s, lab in zip(runs["setting"], runs["labels"], strict=True)},
+    )
+    for ax in (ax for ax in fig.axes if ax.get_title()):
+        assert not [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    texts = [t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))]
+    assert any("age classes: coarse3" in t for t in texts)

@@ -203,3 +203,20 @@ def test_launcher_configs_compose(launcher: str, target: str) -> None:
     assert cfg.hydra.launcher._target_ == target
     assert cfg.hydra.sweeper.params["data.fold"] == "0,1,2,3,4"
     assert cfg.trainer.accelerator == "gpu"
+
+
+@pytest.mark.slow  # ~30-60 s: two folds of real training
+def test_cv_with_a_label_set_writes_its_table(demo: Path, tmp_path: Path) -> None:
+    """``train.py -m experiment=modern labels=coarse3 data.fold=0,1``: per-fold metrics over
+    child/teen/adult and the CV table naming the classes."""
+    sweep = tmp_path / "cv"
+    args = ["-m", "experiment=modern", "labels=coarse3", "data.fold=0,1", *TINY]
+    proc = _train([*args, f"data.root={demo}", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    table = pd.read_csv(sweep / "cv_results.csv").set_index("row")
+    assert list(table.index) == ["fold 0", "fold 1", "mean", "std"]
+    assert (table.loc[["fold 0", "fold 1"], "status"] == "ok").all()
+    assert "Age classes: coarse3 (child, teen, adult)" in (sweep / "cv_results.md").read_text()
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    classes = {k.rsplit("/", 1)[1] for k in metrics if "/age_acc_class/" in k}
+    assert classes and classes <= {"child", "teen", "adult"}

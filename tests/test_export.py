@@ -46,7 +46,7 @@ def check_onnx(path: Path, classifier, crops: torch.Tensor) -> dict[str, float]:
         for batch in (crops, crops[:1], crops[:3]):  # dynamic batch size
             outputs = run_onnx(path, batch.numpy(), runtime)
             for task, out in zip(tasks, outputs, strict=True):
-                assert out.shape == (len(batch), len(classifier.labels[task]))
+                assert out.shape == (len(batch), len(classifier.labels.class_names[task]))
                 diff = float(np.abs(out - expected[task][: len(batch)]).max())
                 diffs[runtime] = max(diffs.get(runtime, 0.0), diff)
     assert max(diffs.values()) <= TOLERANCE, diffs
@@ -64,7 +64,9 @@ def test_original_weights_export_matches_in_onnxruntime_and_opencv(
     crops = real_crops(original_classifier)
     check_onnx(out, original_classifier, crops)
     meta = read_metadata(out)
-    assert json.loads(meta["labels"]) == {k: list(v) for k, v in original_classifier.labels.items()}
+    names = original_classifier.labels.class_names
+    assert json.loads(meta["labels"]) == {k: list(v) for k, v in names.items()}
+    assert json.loads(meta["label_set"]) == {"name": "adience8"}
     assert (meta["crop_size"], meta["face_size"], meta["input_channel_order"]) == (
         "227",
         "256",
@@ -107,7 +109,7 @@ def test_a_naive_export_is_caught(original_classifier, tmp_path: Path) -> None: 
             self.eval()
 
     naive = Naive(original_classifier.model)
-    meta = export_metadata(naive, original_classifier.labels, "naive")
+    meta = export_metadata(naive, "adience8", "naive")
     with pytest.raises(ExportError, match="differs from the network|cannot run it"):
         export_onnx(naive, tmp_path / "naive.onnx", meta)
     assert not (tmp_path / "naive.onnx").exists()

@@ -2,19 +2,31 @@
 
 Columns: ``path`` (relative to the CSV's folder), optional box ``x1, y1, x2, y2`` (original
 pixels; a row with a box is cropped around it, a row without one goes through MTCNN), ``age``
-(a bucket "25-32" / "(25, 32)", a number of years mapped to the nearest bucket, or empty),
-``gender`` (m / f / male / female, or empty), and optionally ``group`` (the person: splits are
-by group, so no one is in two splits) and/or ``fold`` (explicit test folds). Without ``fold``,
-groups are dealt into ``num_folds`` folds by a seeded shuffle; without ``group`` every image is
-its own group (a warning says so: splits are then only image-exclusive).
+(a class name of the label set, one of its aliases such as K-Face's ``20대``, an Adience
+bucket "25-32" / "(25, 32)", a number of years, or empty), ``gender`` (m / f / male / female,
+the set's gender aliases such as ``남``/``여``, or empty), and optionally ``group`` (the person:
+splits are by group, so no one is in two splits) and/or ``fold`` (explicit test folds).
+Without ``fold``, groups are dealt into ``num_folds`` folds by a seeded shuffle, or with
+``stratify`` by a stratified group split that keeps the label proportions in every fold;
+without ``group`` every image is its own group (a warning says so: splits are then only
+image-exclusive). A label the set does not know is a reported row (file and line), fatal
+with ``strict_rows``.
 
 Faces go through the same preprocessing and cache as Adience, so batches are identical.
+
+``python -m agegender.data.csv adience ROOT [OUT.csv]`` writes Adience's fold files as such
+a CSV (``ROOT/adience.csv`` by default): the face crops of ``faces/``, the raw age and gender
+cells (values no label set can read left empty), ``group`` = user and ``fold`` = fold file,
+so Adience trains through ``data=csv`` with any label set (``experiment=coarse3``).
 """
 
 from __future__ import annotations
 
+import argparse
 import shlex
+import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +34,36 @@ import numpy as np
 import pandas as pd
 
 from agegender.data.datamodule import FaceDataModule
-from agegender.data.folds import FoldFormatError, parse_age, parse_gender
+from agegender.data.folds import FoldFormatError, image_relpath, load_folds
 from agegender.data.preprocess import BOX_COLUMNS
-from agegender.labels import IGNORE_INDEX
+from agegender.data.splits import stratified_group_folds
+from agegender.labels import ADIENCE8, IGNORE_INDEX, LabelSet, load_label_set
 
 REQUIRED: tuple[str, ...] = ("path", "age", "gender")
 
 
-def _label(value: str, parse, column: str) -> tuple[int, str | None]:
+def _label(value: str, parse, column: str, labels: LabelSet) -> tuple[int, str | None]:
     if value.strip() == "":
         return IGNORE_INDEX, None
     label = parse(value, "remap")
     if label == IGNORE_INDEX:
-        return label, f"{column} {value!r} is not a known value"
+        return label, f"{column} {value!r} is not a known value of label set {labels.describe()}"
     return label, None
 
 
 def read_face_csv(
-    csv: str | Path, num_folds: int = 5, seed: int = 0, strict_rows: bool = False
+    csv: str | Path,
+    num_folds: int = 5,
+    seed: int = 0,
+    strict_rows: bool = False,
+    labels: LabelSet | str | None = None,
+    stratify: bool = False,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """(table with key, path, box, user_id, fold, age, gender; malformed-row messages)."""
+    """(table with key, path, box, user_id, fold, age, gender; malformed-row messages).
+
+    ``age`` indexes ``labels`` (default adience8). ``stratify``: without a fold column, deal
+    groups into folds keeping the label proportions (see module doc)."""
+    labels = load_label_set(labels)
     csv = Path(csv).expanduser()
     if not csv.is_file():
         raise FoldFormatError(f"CSV not found: {csv}")
@@ -57,9 +79,9 @@ def read_face_csv(
     rows, problems = [], []
     for lineno, rec in enumerate(raw.to_dict("records"), start=2):
         errors = []
-        age, err = _label(rec["age"], parse_age, "age")
+        age, err = _label(rec["age"], labels.parse_age, "age", labels)
         errors += [err] if err else []
-        gender, err = _label(rec["gender"], parse_gender, "gender")
+        gender, err = _label(rec["gender"], labels.parse_gender, "gender", labels)
         errors += [err] if err else []
         path = (base / rec["path"].strip()).resolve()
         if not rec["path"].strip() or not path.is_relative_to(base):
@@ -101,7 +123,9 @@ def read_face_csv(
             "end up in two splits; add a group (person id) column for subject-exclusive splits",
             stacklevel=2,
         )
-    if "fold" not in raw.columns:
+    if "fold" not in raw.columns and stratify:
+        table["fold"] = table["user_id"].map(stratified_group_folds(table, num_folds, seed))
+    elif "fold" not in raw.columns:
         groups = sorted(table["user_id"].unique())
         order = np.random.default_rng(seed).permutation(len(groups))
         fold_of = {groups[i]: n % num_folds for n, i in enumerate(order)}
@@ -129,7 +153,9 @@ class CsvDataModule(FaceDataModule):
         self.strict_rows = bool(strict_rows)
 
     def _read(self) -> pd.DataFrame:
-        table, problems = read_face_csv(self.csv, self.num_folds, self.seed, self.strict_rows)
+        table, problems = read_face_csv(
+            self.csv, self.num_folds, self.seed, self.strict_rows, self.labels, self.stratify
+        )
         if problems:
             shown = "\n  ".join(problems[:10])
             warnings.warn(f"{len(problems)} malformed rows skipped:\n  {shown}", stacklevel=2)
@@ -148,3 +174,69 @@ class CsvDataModule(FaceDataModule):
 
     def preprocess_command(self) -> str:
         return self._command("data=csv", f"data.csv={shlex.quote(str(self.csv))}")
+
+
+def adience_to_csv(
+    root: str | Path, out: str | Path | None = None, kind: str = "faces"
+) -> tuple[Path, int]:
+    """Write the Adience fold files under ``root`` as a ``data=csv`` CSV; returns (path, rows).
+
+    Image paths are relative to the CSV's folder, which must hold ``root`` (the reader
+    refuses paths outside it). Exact duplicate fold rows are written once; an age or gender
+    cell that adience8 cannot read even under ``remap`` (``None``, ``u``) is left empty, so
+    the row keeps its other label instead of being reported as malformed.
+    """
+    root = Path(root).expanduser().resolve()
+    out = (root / "adience.csv") if out is None else Path(out).expanduser().resolve()
+    if not root.is_relative_to(out.parent):
+        raise FoldFormatError(f"{out} must be in {root} or a folder above it (paths are relative)")
+    table, _ = load_folds(root, "remap", drop_unlabelled=False)
+    ages = [v if ADIENCE8.parse_age(v, "remap") != IGNORE_INDEX else "" for v in table["age_raw"]]
+    genders = [
+        v if ADIENCE8.parse_gender(v, "remap") != IGNORE_INDEX else "" for v in table["gender_raw"]
+    ]
+    paths = [
+        (root / image_relpath(u, f, i, kind)).relative_to(out.parent).as_posix()
+        for u, f, i in zip(table["user_id"], table["face_id"], table["original_image"], strict=True)
+    ]
+    frame = pd.DataFrame(
+        {
+            "path": paths,
+            "age": ages,
+            "gender": genders,
+            "group": table["user_id"].to_numpy(),
+            "fold": table["fold"].to_numpy(),
+        }
+    )
+    frame = frame[(frame["age"] != "") | (frame["gender"] != "")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    return out, len(frame)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agegender.data.csv",
+        description="Write a dataset as the CSV of data=csv.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    adience = sub.add_parser(
+        "adience", help="Adience fold files -> CSV (path,age,gender,group,fold)"
+    )
+    adience.add_argument("root", type=Path, help="Adience root (fold_K_data.txt, faces/)")
+    adience.add_argument(
+        "out", type=Path, nargs="?", help="CSV to write (default ROOT/adience.csv)"
+    )
+    adience.add_argument("--kind", choices=("faces", "aligned"), default="faces")
+    args = parser.parse_args(argv)
+    try:
+        path, rows = adience_to_csv(args.root, args.out, args.kind)
+    except FoldFormatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {rows} rows to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

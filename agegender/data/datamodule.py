@@ -35,7 +35,7 @@ from agegender.data.preprocess import FaceOptions, PreprocessReport, print_repor
 from agegender.data.sampling import SeededShuffleSampler
 from agegender.data.splits import fold_splits
 from agegender.faces.align import BOX_CROP_SCALE, TEMPLATE_SHRINK
-from agegender.labels import IGNORE_INDEX, TASK_NUM_CLASSES
+from agegender.labels import IGNORE_INDEX, TASK_NUM_CLASSES, LabelSet, load_label_set
 from agegender.models.registry import DEFAULT_MODEL
 from agegender.models.registry import face_spec as model_face_spec
 from agegender.spec import FaceSpec
@@ -52,6 +52,9 @@ PREPROCESS_DEFAULTS: dict[str, Any] = {
     "fallback_fraction": 0.5,
     "template_shrink": None,  # None = agegender.faces.align.TEMPLATE_SHRINK
     "box_crop_scale": None,  # None = agegender.faces.align.BOX_CROP_SCALE
+    # Given boxes (CSV x1..y2) cropped with this margin on every side, as a fraction of the
+    # box's longer side (K-Face's seed: 0.2): the same as box_crop_scale = 1 + 2 * margin.
+    "box_margin": None,
     "progress": True,
     "retry_failed": False,
 }
@@ -113,6 +116,13 @@ class FaceDataModule(pl.LightningDataModule):
 
     ``train_batches``: see :data:`TRAIN_BATCHES`; ``train_tasks``: the tasks that get a
     loader with ``per_task`` (None: every task; set it to the model's tasks).
+
+    ``labels``: the label set the ``age`` labels index (:func:`agegender.labels.
+    load_label_set`; None = adience8); the configs pass the run's ``labels`` node, the same
+    one the model gets. ``stratify``: draw the validation groups with the label proportions
+    kept (:func:`agegender.data.splits.split_users_stratified`) instead of a plain shuffle.
+    ``model_kwargs``: the network's keyword arguments, for networks whose face spec depends
+    on them (``model=timm``: the timm model's input size and normalisation).
     """
 
     def __init__(
@@ -137,8 +147,13 @@ class FaceDataModule(pl.LightningDataModule):
         preprocess: dict[str, Any] | None = None,
         train_batches: str = "joint",
         train_tasks: Sequence[str] | None = None,
+        labels: LabelSet | str | Mapping[str, Any] | None = None,
+        stratify: bool = False,
+        model_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.labels = load_label_set(_plain(labels))
+        self.stratify = bool(stratify)
         if train_batches not in TRAIN_BATCHES:
             raise ValueError(f"train_batches must be one of {TRAIN_BATCHES}, got {train_batches!r}")
         self.train_batches = train_batches
@@ -156,7 +171,7 @@ class FaceDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         if face_spec is None:
-            face_spec = model_face_spec(model_name)
+            face_spec = model_face_spec(model_name, _plain(model_kwargs) or {})
         elif not isinstance(face_spec, FaceSpec):  # a mapping from a config
             face_spec = FaceSpec(**_plain(face_spec))
         self.face_spec: FaceSpec = face_spec
@@ -171,6 +186,15 @@ class FaceDataModule(pl.LightningDataModule):
         if unknown:
             raise ValueError(f"unknown preprocess options {sorted(unknown)}")
         self.preprocess_options = {**PREPROCESS_DEFAULTS, **dict(preprocess or {})}
+        margin = self.preprocess_options.pop("box_margin")
+        if margin is not None:
+            # one pixel setting, not two: the cache key and the preprocess command see the scale
+            if self.preprocess_options["box_crop_scale"] is not None:
+                raise ValueError("set data.preprocess.box_margin or box_crop_scale, not both")
+            if not 0 <= float(margin) < 5:
+                raise ValueError(f"box_margin is a fraction of the box side, got {margin}")
+            self.preprocess_options["box_crop_scale"] = 1.0 + 2.0 * float(margin)
+        self.preprocess_options["box_margin"] = None
         # The folder follows from the settings, so the preprocessing command and every
         # training run with the same config meet in it without being told where it is.
         self.explicit_cache_dir = bool(cache_dir)
@@ -320,7 +344,7 @@ class FaceDataModule(pl.LightningDataModule):
             )
         # Users are dealt to train/validation from the labels alone, before any image is
         # looked at: a missing image drops its row from its split, never moves a user.
-        splits = fold_splits(table, self.fold, self.val_fraction, self.seed)
+        splits = fold_splits(table, self.fold, self.val_fraction, self.seed, stratify=self.stratify)
         cached = set(cache.index.index)
         self.splits = {
             name: rows[rows["key"].isin(cached)].reset_index(drop=True)
@@ -462,7 +486,7 @@ class FaceDataModule(pl.LightningDataModule):
         rows = self.splits[split]
         return {
             task: [int((rows[task] == i).sum()) for i in range(n)]
-            for task, n in TASK_NUM_CLASSES.items()
+            for task, n in self.labels.num_classes.items()
         }
 
 
@@ -500,7 +524,12 @@ class AdienceDataModule(FaceDataModule):
 
     def _folds(self, policy: str, drop_unlabelled: bool) -> pd.DataFrame:
         table, report = load_folds(
-            self.root, policy, self.strict_rows, drop_unlabelled, duplicates=self.duplicates
+            self.root,
+            policy,
+            self.strict_rows,
+            drop_unlabelled,
+            duplicates=self.duplicates,
+            labels=self.labels,
         )
         if report.malformed:
             warnings.warn(f"{self.root}: {report.summary()}", stacklevel=2)

@@ -31,7 +31,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from agegender.labels import ADIENCE_AGE_STRINGS, AGE_BUCKETS, GENDERS, IGNORE_INDEX
+from agegender.labels import (
+    ADIENCE8,
+    IGNORE_INDEX,
+    POLICIES,
+    LabelSet,
+    check_policy,
+    load_label_set,
+    nearest_bucket,  # noqa: F401 - re-exported (it lived here first)
+)
 
 COLUMNS: tuple[str, ...] = (
     "user_id",
@@ -48,20 +56,10 @@ COLUMNS: tuple[str, ...] = (
     "fiducial_score",
 )
 NUM_FOLDS = 5
-POLICIES: tuple[str, ...] = ("strict", "remap")
 #: What happens to exact duplicate rows: ``drop`` (all but the first) or ``keep`` (every copy).
 DUPLICATES: tuple[str, ...] = ("drop", "keep")
 #: Columns identifying one face image (the cache key).
 KEY: list[str] = ["user_id", "face_id", "original_image"]
-
-#: Bucket bounds (inclusive), in logit order, for the nearest-bucket rule of ``remap``.
-_BOUNDS: tuple[tuple[int, int], ...] = tuple(
-    (int(a), int(b)) for a, b in (s.split("-") for s in AGE_BUCKETS)
-)
-_RANGE = re.compile(r"^\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
-_NUMBER = re.compile(r"^\d+(\.\d+)?$")
-_GENDER_STRICT = {"m": 0, "f": 1}
-_GENDER_REMAP = {"m": 0, "f": 1, "male": 0, "female": 1}
 
 
 class FoldFormatError(ValueError):
@@ -88,53 +86,25 @@ class LoadReport:
         )
 
 
-def nearest_bucket(age: float) -> int:
-    """Index of the bucket nearest to an age in years (ties go to the lower bucket)."""
-    best, best_dist = 0, float("inf")
-    for i, (lo, hi) in enumerate(_BOUNDS):
-        dist = 0.0 if lo <= age <= hi else min(abs(age - lo), abs(age - hi))
-        if dist < best_dist:
-            best, best_dist = i, dist
-    return best
-
-
-def parse_age(value: object, policy: str = "strict") -> int:
-    """Bucket index for one age cell under a policy, IGNORE_INDEX when unknown.
+def parse_age(value: object, policy: str = "strict", labels: LabelSet | None = None) -> int:
+    """Class index for one age cell under a policy, IGNORE_INDEX when unknown.
 
     Accepts the Adience spellings ("(25, 32)"), the bucket names ("25-32"), and under
-    ``remap`` bare numbers and odd ranges.
+    ``remap`` bare numbers and odd ranges (a range by its first number). ``labels``: the label
+    set (default adience8; :meth:`agegender.labels.LabelSet.parse_age` says how other sets
+    read Adience buckets, years and aliases).
     """
-    _check_policy(policy)
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return IGNORE_INDEX
-    text = str(value).strip()
-    if text in ADIENCE_AGE_STRINGS:
-        return ADIENCE_AGE_STRINGS.index(text)
-    if text in AGE_BUCKETS:
-        return AGE_BUCKETS.index(text)
-    if policy == "strict":
-        return IGNORE_INDEX
-    if _NUMBER.match(text):
-        return nearest_bucket(float(text))
-    m = _RANGE.match(text) or re.match(r"^(\d+)\s*-\s*(\d+)$", text)
-    if m:
-        # A range goes by its first number: (8, 23) -> 8-12, (25, 23) -> 25-32, (27, 32) -> 25-32.
-        return nearest_bucket(float(m.group(1)))
-    return IGNORE_INDEX
+    return (labels or ADIENCE8).parse_age(value, policy)
 
 
-def parse_gender(value: object, policy: str = "strict") -> int:
-    """0 = male, 1 = female, IGNORE_INDEX when unknown ('u', empty, anything else)."""
-    _check_policy(policy)
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return IGNORE_INDEX
-    table = _GENDER_STRICT if policy == "strict" else _GENDER_REMAP
-    return table.get(str(value).strip().lower(), IGNORE_INDEX)
+def parse_gender(value: object, policy: str = "strict", labels: LabelSet | None = None) -> int:
+    """0 = male, 1 = female, IGNORE_INDEX when unknown ('u', empty, anything else); a label
+    set's ``gender_aliases`` add raw spellings (``남``/``여``)."""
+    return (labels or ADIENCE8).parse_gender(value, policy)
 
 
 def _check_policy(policy: str) -> None:
-    if policy not in POLICIES:
-        raise ValueError(f"unknown label policy {policy!r}; expected one of {POLICIES}")
+    check_policy(policy)
 
 
 def safe_component(value: str) -> bool:
@@ -210,6 +180,7 @@ def load_folds(
     strict_rows: bool = False,
     drop_unlabelled: bool = True,
     duplicates: str = "drop",
+    labels: LabelSet | None = None,
 ) -> tuple[pd.DataFrame, LoadReport]:
     """All five folds as one table with integer ``age``/``gender`` (IGNORE_INDEX = unknown).
 
@@ -217,7 +188,8 @@ def load_folds(
     and the box/pose columns of the fold file (as written). Exact duplicates (same user, face,
     image and fold) are counted in ``report.duplicates``; ``duplicates="drop"`` keeps the first
     copy only, ``"keep"`` keeps every copy (the Levi-Hassner lists' multiplicity; the copies
-    share one cache key).
+    share one cache key). ``labels``: the label set the ``age`` column indexes (default
+    adience8: the bucket index).
     """
     _check_policy(policy)
     if duplicates not in DUPLICATES:
@@ -226,8 +198,10 @@ def load_folds(
     frames = [read_fold_file(p, k, report, strict_rows) for k, p in enumerate(fold_paths(root))]
     table = pd.concat(frames, ignore_index=True)
     table = table.rename(columns={"age": "age_raw", "gender": "gender_raw"})
-    table["age"] = table["age_raw"].map(lambda v: parse_age(v, policy)).astype("int64")
-    table["gender"] = table["gender_raw"].map(lambda v: parse_gender(v, policy)).astype("int64")
+    labels = labels or ADIENCE8
+    table["age"] = table["age_raw"].map(lambda v: labels.parse_age(v, policy)).astype("int64")
+    table["gender"] = table["gender_raw"].map(lambda v: labels.parse_gender(v, policy))
+    table["gender"] = table["gender"].astype("int64")
     dup = table.duplicated(subset=[*KEY, "fold"], keep="first")
     report.duplicates = int(dup.sum())
     if duplicates == "drop":
@@ -267,22 +241,24 @@ def levi_hassner_lines(table: pd.DataFrame, fold: int, task: str) -> list[str]:
     )
 
 
-def summarize(table: pd.DataFrame) -> dict[str, dict]:
-    """Per-fold rows, users, and label counts (bucket order; male, female)."""
+def summarize(table: pd.DataFrame, labels: LabelSet | None = None) -> dict[str, dict]:
+    """Per-fold rows, users, and label counts (the set's class order; male, female)."""
+    labels = labels or ADIENCE8
     out: dict[str, dict] = {}
     for fold in range(NUM_FOLDS):
         rows = table[table["fold"] == fold]
         out[str(fold)] = {
             "rows": len(rows),
             "users": int(rows["user_id"].nunique()),
-            "age_counts": [int((rows["age"] == i).sum()) for i in range(len(AGE_BUCKETS))],
-            "gender_counts": [int((rows["gender"] == i).sum()) for i in range(len(GENDERS))],
+            "age_counts": [int((rows["age"] == i).sum()) for i in range(len(labels.age))],
+            "gender_counts": [int((rows["gender"] == i).sum()) for i in range(len(labels.genders))],
         }
     return out
 
 
-def format_summary(summary: dict[str, dict]) -> str:
-    header = ["fold", "rows", "users", *AGE_BUCKETS, *GENDERS]
+def format_summary(summary: dict[str, dict], labels: LabelSet | None = None) -> str:
+    labels = labels or ADIENCE8
+    header = ["fold", "rows", "users", *labels.age, *labels.genders]
     lines = ["\t".join(header)]
     for fold, s in summary.items():
         cells = [fold, s["rows"], s["users"], *s["age_counts"], *s["gender_counts"]]
@@ -298,6 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("root", type=Path, help="dataset root (or folder of fold_K_data.txt)")
     parser.add_argument("--policy", choices=POLICIES, default="strict")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="label set: adience8 (default), coarse3, coarse2, decades or a YAML file",
+    )
     parser.add_argument("--strict-rows", action="store_true", help="malformed rows are fatal")
     parser.add_argument(
         "--duplicates",
@@ -307,14 +288,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        labels = load_label_set(args.labels)
         table, report = load_folds(
-            args.root, args.policy, strict_rows=args.strict_rows, duplicates=args.duplicates
+            args.root,
+            args.policy,
+            strict_rows=args.strict_rows,
+            duplicates=args.duplicates,
+            labels=labels,
         )
-    except FoldFormatError as e:
+    except (FoldFormatError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = summarize(table)
-    print(format_summary(summary))
+    summary = summarize(table, labels)
+    print(format_summary(summary, labels))
     print(report.summary(), file=sys.stderr)
     for message in report.malformed:
         print(f"  {message}", file=sys.stderr)

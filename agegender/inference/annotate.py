@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -33,22 +34,24 @@ def annotated_path(root: str | os.PathLike[str], relpath: str) -> Path:
     return path if path.suffix.lower() in WRITABLE_SUFFIXES else path.with_name(path.name + ".jpg")
 
 
-def label_of(result: ImageResult, i: int) -> tuple[str, str]:
+def label_of(
+    result: ImageResult, i: int, names: Mapping[str, Sequence[str]] | None = None
+) -> tuple[str, str]:
+    """("gender, age" text, gender) of face ``i``; ``names``: the label set's class names."""
+    names = (result.labels or LABELS) if names is None else names
     parts = {}
     for task in ("gender", "age"):
         probs = result.probs.get(task)
-        parts[task] = (
-            "" if probs is None else result.labels.get(task, LABELS[task])[int(np.argmax(probs[i]))]
-        )
+        parts[task] = "" if probs is None else names[task][int(np.argmax(probs[i]))]
     text = ", ".join(p for p in (parts["gender"], parts["age"]) if p)
     return text, parts["gender"]
 
 
-def draw(result: ImageResult) -> np.ndarray:
+def draw(result: ImageResult, names: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
     """A BGR copy of the input (at its decoded size) with every face boxed and labelled."""
     canvas = cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
     boxes = [tuple(v / result.scale for v in face.box) for face in result.faces]
-    labels = [label_of(result, i) for i in range(len(result.faces))]
+    labels = [label_of(result, i, names) for i in range(len(result.faces))]
     return draw_faces(canvas, boxes, labels)
 
 
@@ -82,15 +85,20 @@ def draw_faces(
     return canvas
 
 
-def save_annotated(result: ImageResult, root: str | os.PathLike[str]) -> Path | None:
-    """Write the annotated copy (inputs that decoded, with or without faces); None otherwise."""
+def save_annotated(
+    result: ImageResult,
+    root: str | os.PathLike[str],
+    names: Mapping[str, Sequence[str]] | None = None,
+) -> Path | None:
+    """Write the annotated copy (inputs that decoded, with or without faces); None otherwise.
+    ``names``: class names per task (the label set's; default adience8)."""
     if result.image is None:
         return None
     path = annotated_path(root, result.item.relpath)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Fast PNG compression: level 3 (OpenCV's default) takes ~90 ms for a 2 MP image.
     params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if path.suffix.lower() == ".png" else []
-    ok, encoded = cv2.imencode(path.suffix.lower(), draw(result), params)
+    ok, encoded = cv2.imencode(path.suffix.lower(), draw(result, names), params)
     if not ok:
         raise OSError(f"cannot encode {path}")
     # Written beside and renamed, so a killed run never leaves a half-written copy under

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from agegender.hardware import cpu_has_fast_bf16
-from agegender.labels import AGE_BUCKETS, GENDERS
+from agegender.labels import ADIENCE8, LabelSet, LabelSetError
 from agegender.spec import face_spec_of
 from agegender.transforms import EvalPreset, ten_crop_origins
 
@@ -45,6 +45,11 @@ class FaceClassifier:
     for the centre crop, TenCrop's 10 origins with ``oversample``.
     ``precision`` (:func:`resolve_precision`): ``fp32`` is the exact path (the parity tests'
     1e-4); ``bf16`` runs the network under bf16 autocast and returns float32 probabilities.
+    ``model_labels``: the label set the network's age head predicts (its checkpoint's;
+    default adience8); ``labels``: the set to report (default the same). A coarser set than
+    the network's adience8 buckets is reported by summing the buckets' probabilities into
+    their classes (:meth:`agegender.labels.LabelSet.adience_matrix`): the same network,
+    read at a coarser grain, not a model trained on that set.
     """
 
     def __init__(
@@ -54,7 +59,21 @@ class FaceClassifier:
         device: str | torch.device = "cpu",
         channels_last: bool = True,
         precision: str = "fp32",
+        model_labels: LabelSet | None = None,
+        labels: LabelSet | None = None,
     ) -> None:
+        self.model_labels = model_labels or ADIENCE8
+        self.labels = labels or self.model_labels
+        #: Adience-bucket -> reported-class summing matrix, None when reporting as trained.
+        self.age_matrix: torch.Tensor | None = None
+        if self.labels != self.model_labels:
+            if not self.model_labels.is_adience8:
+                raise LabelSetError(
+                    f"this network predicts label set {self.model_labels.describe()}; only "
+                    "adience8 networks can report another set (by summing bucket "
+                    "probabilities): predict with the set it was trained on"
+                )
+            self.age_matrix = torch.tensor(self.labels.adience_matrix(), dtype=torch.float32)
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.eval().to(self.device)
@@ -68,11 +87,6 @@ class FaceClassifier:
         self.takes_origin = bool(getattr(model, "takes_origin", False))
         self.ten_origins = ten_crop_origins(spec.resize_size, spec.crop_size).to(self.device)
         self.tasks = tuple(getattr(model, "tasks", ("age", "gender")))
-        #: Class names per task in logit order: what predictions.csv, the API, annotated
-        #: copies and the export write.
-        self.labels: dict[str, tuple[str, ...]] = {
-            task: {"age": AGE_BUCKETS, "gender": GENDERS}[task] for task in self.tasks
-        }
 
     backend = "torch"
 
@@ -105,5 +119,7 @@ class FaceClassifier:
         out = {}
         for task, value in logits.items():
             probs = torch.softmax(value.float(), dim=1).reshape(n, crops, -1).mean(dim=1)
+            if task == "age" and self.age_matrix is not None:
+                probs = probs.cpu() @ self.age_matrix  # bucket probabilities summed per class
             out[task] = probs.cpu().numpy()
         return out

@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 
 from agegender.inference.pipeline import ImageResult
-from agegender.labels import AGE_BUCKETS, GENDERS
+from agegender.labels import ADIENCE8, AGE_BUCKETS, GENDERS, LabelSet
 
 COLUMNS: tuple[str, ...] = (
     "path",
@@ -37,20 +37,48 @@ PROB_COLUMNS: tuple[str, ...] = tuple(f"p_age_{i}" for i in range(len(AGE_BUCKET
     f"p_gender_{i}" for i in range(len(GENDERS))
 )
 LABELS: dict[str, tuple[str, ...]] = {"age": AGE_BUCKETS, "gender": GENDERS}
+#: With ``expected_age=true``: the probability-weighted mean of the age classes' midpoints in
+#: years (:attr:`agegender.labels.LabelSet.midpoints`), an estimate, not a measurement.
+EXPECTED_AGE_COLUMN = "age_years_estimate"
+
+
+def prob_columns(labels: LabelSet | None = None) -> tuple[str, ...]:
+    """``save_probs`` columns for a label set: ``p_age_0..p_age_<n-1>, p_gender_0, p_gender_1``
+    (:data:`PROB_COLUMNS` for adience8)."""
+    labels = labels or ADIENCE8
+    return tuple(f"p_age_{i}" for i in range(len(labels.age))) + tuple(
+        f"p_gender_{i}" for i in range(len(labels.genders))
+    )
+
+
+def prediction_columns(
+    save_probs: bool = False, labels: LabelSet | None = None, expected_age: bool = False
+) -> tuple[str, ...]:
+    """The header of a run: :data:`COLUMNS`, then ``age_years_estimate`` with
+    ``expected_age``, then the probability columns with ``save_probs``."""
+    extra = (EXPECTED_AGE_COLUMN,) if expected_age else ()
+    return COLUMNS + extra + (prob_columns(labels) if save_probs else ())
 
 
 def result_rows(
     result: ImageResult,
     save_probs: bool = False,
+    labels: LabelSet | None = None,
+    expected_age: bool = False,
     tracks: Sequence[int | None] | None = None,
 ) -> list[dict[str, object]]:
     """One row per face, or a single ``no_face`` / ``error: ...`` row for the input.
+    ``labels``: the label set the age probabilities are over (default adience8);
     ``tracks``: the track id of each face of a video frame (None: no track)."""
+    labels = labels or ADIENCE8
+    names = labels.class_names
     if not result.faces:
         row: dict[str, object] = dict.fromkeys(COLUMNS, "")
         row.update(path=result.item.path, status=result.status)
+        if expected_age:
+            row[EXPECTED_AGE_COLUMN] = ""
         if save_probs:
-            row.update(dict.fromkeys(PROB_COLUMNS, ""))
+            row.update(dict.fromkeys(prob_columns(labels), ""))
         return [row]
     rows = []
     for i, face in enumerate(result.faces):
@@ -69,11 +97,16 @@ def result_rows(
             probs = result.probs.get(task)
             if probs is None:  # a model trained without this head
                 row[task], row[f"{task}_prob"] = "", ""
+                if task == "age" and expected_age:
+                    row[EXPECTED_AGE_COLUMN] = ""
                 if save_probs:
-                    row.update(dict.fromkeys((c for c in PROB_COLUMNS if task in c), ""))
+                    row.update(dict.fromkeys((c for c in prob_columns(labels) if task in c), ""))
                 continue
             best = int(np.argmax(probs[i]))
-            row[task] = result.labels.get(task, LABELS[task])[best]
+            row[task] = names[task][best]
+            if task == "age" and expected_age:
+                years = float(np.dot(probs[i], np.asarray(labels.midpoints, dtype=np.float64)))
+                row[EXPECTED_AGE_COLUMN] = round(years, 1)
             row[f"{task}_prob"] = round(float(probs[i][best]), 4)
             if save_probs:
                 for k, p in enumerate(probs[i]):
@@ -92,11 +125,13 @@ def format_rows(
     result: ImageResult,
     columns: tuple[str, ...],
     save_probs: bool,
+    labels: LabelSet | None = None,
+    expected_age: bool = False,
     tracks: Sequence[int | None] | None = None,
 ) -> str:
     """The CSV text of one input's rows (CR LF line ends, as :mod:`csv` writes by default)."""
     buffer = io.StringIO()
-    rows = result_rows(result, save_probs, tracks)
+    rows = result_rows(result, save_probs, labels, expected_age, tracks)
     csv.DictWriter(buffer, fieldnames=columns).writerows(rows)
     return buffer.getvalue()
 
@@ -122,11 +157,18 @@ class PredictionWriter:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], save_probs: bool = False, resume: bool = False
+        self,
+        path: str | os.PathLike[str],
+        save_probs: bool = False,
+        resume: bool = False,
+        labels: LabelSet | None = None,
+        expected_age: bool = False,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.save_probs = save_probs
+        self.labels = labels or ADIENCE8
+        self.expected_age = expected_age
         self.columns, self.header = self.layout(save_probs)
         self.done: set[str] = set()
         self.rows = 0
@@ -138,14 +180,16 @@ class PredictionWriter:
         if not append:
             self._write_all(self.header.encode())
 
-    @staticmethod
-    def layout(save_probs: bool) -> tuple[tuple[str, ...], str]:
-        """(columns, header line) of a file written with ``save_probs``."""
-        columns = COLUMNS + (PROB_COLUMNS if save_probs else ())
+    def layout(self, save_probs: bool) -> tuple[tuple[str, ...], str]:
+        """(columns, header line) of a file written with ``save_probs`` (and this writer's
+        label set and ``expected_age``)."""
+        columns = prediction_columns(save_probs, self.labels, self.expected_age)
         return columns, ",".join(columns) + "\r\n"
 
     def write(self, result: ImageResult, tracks: Sequence[int | None] | None = None) -> None:
-        text = format_rows(result, self.columns, self.save_probs, tracks)
+        text = format_rows(
+            result, self.columns, self.save_probs, self.labels, self.expected_age, tracks
+        )
         self._write_all(text.encode("utf-8"))
         self.rows += len(result.faces) or 1
 
@@ -271,17 +315,27 @@ class JsonlWriter(PredictionWriter):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], save_probs: bool = False, resume: bool = False
+        self,
+        path: str | os.PathLike[str],
+        save_probs: bool = False,
+        resume: bool = False,
+        labels: LabelSet | None = None,
+        expected_age: bool = False,
     ) -> None:
         # Every object holds all probabilities anyway; save_probs changes nothing here.
-        super().__init__(path, save_probs, resume)
+        super().__init__(path, save_probs, resume, labels, expected_age)
 
-    @staticmethod
-    def layout(save_probs: bool) -> tuple[tuple[str, ...], str]:
+    def layout(self, save_probs: bool) -> tuple[tuple[str, ...], str]:
         return (), ""  # no header: every line is a self-describing object
 
     def write(self, result: ImageResult, tracks: Sequence[int | None] | None = None) -> None:
         objects = jsonl_objects(result, tracks)
+        if self.expected_age:  # after the face's own keys, before status
+            midpoints = np.asarray(self.labels.midpoints, dtype=np.float64)
+            for obj, probs in zip(objects, result.probs.get("age", ()), strict=False):
+                status = obj.pop("status")
+                obj[EXPECTED_AGE_COLUMN] = round(float(np.dot(probs, midpoints)), 1)
+                obj["status"] = status
         lines = [json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects]
         self._write_all("".join(lines).encode("utf-8"))
         self.rows += len(lines)

@@ -32,8 +32,12 @@ class OnnxFaceClassifier:
     oversample = False
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], threads: int | None = None, labels: Any = None
+    ) -> None:
         import onnxruntime as ort
+
+        from agegender.labels import LabelSetError, load_label_set
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -55,8 +59,19 @@ class OnnxFaceClassifier:
             )
         self.metadata = dict(meta)
         self.tasks: tuple[str, ...] = tuple(json.loads(meta["outputs"]))
-        labels = json.loads(meta["labels"])
-        self.labels: dict[str, tuple[str, ...]] = {t: tuple(labels[t]) for t in self.tasks}
+        # the network's label set (exports before label sets: the names say adience8)
+        self.model_labels = load_label_set(json.loads(meta.get("label_set", "null")))
+        self.labels = self.model_labels if labels is None else load_label_set(labels)
+        #: Adience bucket -> reported class summing matrix (as FaceClassifier's).
+        self.age_matrix: np.ndarray | None = None
+        if self.labels != self.model_labels:
+            if not self.model_labels.is_adience8:
+                raise LabelSetError(
+                    f"this network predicts label set {self.model_labels.describe()}; only "
+                    "adience8 networks can report another set (by summing bucket "
+                    "probabilities): predict with the set it was trained on"
+                )
+            self.age_matrix = np.asarray(self.labels.adience_matrix(), dtype=np.float32)
         self.face_spec = FaceSpec(
             face_size=int(meta["face_size"]),
             resize_size=int(meta["resize_size"]),
@@ -90,7 +105,10 @@ class OnnxFaceClassifier:
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.session.run(None, {"input": np.ascontiguousarray(batch, np.float32)})
-        return {task: out.astype(np.float32) for task, out in zip(self.tasks, outputs, strict=True)}
+        out = {task: p.astype(np.float32) for task, p in zip(self.tasks, outputs, strict=True)}
+        if "age" in out and self.age_matrix is not None:
+            out["age"] = out["age"] @ self.age_matrix  # bucket probabilities summed per class
+        return out
 
     def __repr__(self) -> str:
         return f"OnnxFaceClassifier({str(self.path)!r})"

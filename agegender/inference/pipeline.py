@@ -167,7 +167,7 @@ class Pipeline:
     def classify(self, results: list[ImageResult]) -> list[ImageResult]:
         """Fill ``probs`` (and ``labels``) of prepared results, their faces in shared batches
         of up to ``batch_size``; frees their crops."""
-        labels = self.classifier.labels
+        labels = self.classifier.labels.class_names
         for result in results:
             result.labels = labels
         crops = [crop for result in results for crop in result.crops]

@@ -67,11 +67,14 @@ def predict(
     num_shards: int = 1,
     video: VideoOptions | None = None,
     format: str = "csv",
+    expected_age: bool = False,
 ) -> Summary:
     """Predict every face of ``input`` (image, folder or video) into ``output``/predictions.csv.
 
     ``format="jsonl"``: ``predictions.jsonl`` instead, one JSON object per face
     (:class:`agegender.inference.csv_writer.JsonlWriter`), with the same resume and shards.
+    Ages are written in the classifier's label set (``classifier.labels``); ``expected_age``
+    adds ``age_years_estimate`` (probability-weighted class midpoints, an estimate).
 
     Raises only for a missing ``input`` (:class:`InputNotFoundError`) or a CSV that
     ``resume`` cannot continue (:class:`ResumeError`); bad files become rows.
@@ -105,7 +108,9 @@ def predict(
     csv_path = output / csv_name(shard, num_shards, suffix)
     # Opened first: a CSV that cannot be resumed stops the run before any model work (and
     # before a finished shard loses its completion marker).
-    writer = writer_class(csv_path, save_probs, resume=resume)
+    writer = writer_class(
+        csv_path, save_probs, resume=resume, labels=classifier.labels, expected_age=expected_age
+    )
     with writer:
         summary = _predict_into(
             writer, input, output, files, skipped, detector, classifier, batch_size, workers,
@@ -230,7 +235,9 @@ def _predict_into(
                 commit(result, None, tracks)
                 continue
             if tracks is None:
-                future = annotator.submit(save_annotated, result, output / ANNOTATED_DIR)
+                future = annotator.submit(
+                    save_annotated, result, output / ANNOTATED_DIR, classifier.labels.class_names
+                )
             else:  # drawn into the video's annotated copy when the video is done
                 future, result.image = None, None
             annotating.append((result, future, tracks))
@@ -333,9 +340,13 @@ def build_classifier(
     precision: str = "fp32",
     backend: str = "torch",
     threads: int | None = None,
+    labels: Any = None,
 ) -> tuple[FaceClassifier | OnnxFaceClassifier, dict[str, Any]]:
     """The classifier for ``checkpoint`` (ours or train.py's, or an ONNX export), default the
     original weights, on ``backend`` (:func:`resolve_backend`).
+
+    ``labels``: the label set to report (None: the checkpoint's own; another set only for
+    adience8 networks, by summing bucket probabilities, see :class:`FaceClassifier`).
 
     Raises :class:`agegender.weights.WeightsNotFoundError` offline with nothing cached, and
     :class:`agegender.checkpoints.CheckpointError` for a file that is not a usable checkpoint.
@@ -353,18 +364,26 @@ def build_classifier(
                 else (": the install command `python -m agegender.weights original` writes it")
             )
             raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist{hint}")
-        classifier = OnnxFaceClassifier(path, threads=threads)
+        classifier = OnnxFaceClassifier(path, threads=threads, labels=labels)
         return classifier, dict(classifier.metadata)
 
-    from agegender.checkpoints import load_model
+    from agegender.checkpoints import label_set_of, load_model
     from agegender.inference.classifier import FaceClassifier
+    from agegender.labels import load_label_set
     from agegender.weights import ensure_original_weights
 
     path = Path(checkpoint) if checkpoint else ensure_original_weights(download=download)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     model, meta = load_model(path, map_location=device)
-    classifier = FaceClassifier(model, oversample=oversample, device=device, precision=precision)
+    classifier = FaceClassifier(
+        model,
+        oversample=oversample,
+        device=device,
+        precision=precision,
+        model_labels=label_set_of(meta),
+        labels=None if labels is None else load_label_set(labels),
+    )
     return classifier, meta
 
 
@@ -454,6 +473,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
             num_shards=int(cfg.get("num_shards", 1)),
             format=str(cfg.get("format", "csv")),
             video=video,
+            expected_age=bool(cfg.get("expected_age", False)),
         )
     for repair in summary.repairs:
         print(f"  resume: {repair}", file=sys.stderr)

@@ -287,7 +287,7 @@ def predict_stream(
     summary = Summary(csv=str(csv_path))
     start = time.perf_counter()
     book = TrackBook()
-    with writer_class(csv_path, save_probs) as writer:
+    with writer_class(csv_path, save_probs, labels=classifier.labels) as writer:
         capture = open_stream(source, open_seconds, stall_seconds)
         if not capture.isOpened():
             capture.release()

@@ -76,6 +76,19 @@ def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     return tuple(tasks)
 
 
+def head_sizes(num_classes: Mapping[str, int] | None) -> dict[str, int]:
+    """Outputs per task: the label set's ``num_classes`` over the defaults (8 age buckets,
+    2 genders); what every network's heads are built with."""
+    sizes = dict(TASK_NUM_CLASSES)
+    for task, n in dict(num_classes or {}).items():
+        if task not in TASK_NUM_CLASSES:
+            raise ValueError(f"num_classes: unknown task {task!r}")
+        if int(n) < 2:
+            raise ValueError(f"num_classes: {task} needs at least 2 classes, got {n}")
+        sizes[task] = int(n)
+    return sizes
+
+
 class _HeadedBackbone(nn.Module):
     """normalize -> backbone (features) -> dropout -> one linear head per task."""
 
@@ -90,15 +103,15 @@ class _HeadedBackbone(nn.Module):
         features: int,
         tasks: Sequence[str],
         dropout: float,
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.tasks = _check_tasks(tasks)
         self.normalize = normalize
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict(
-            {t: nn.Linear(features, TASK_NUM_CLASSES[t]) for t in self.tasks}
-        )
+        sizes = head_sizes(num_classes)
+        self.heads = nn.ModuleDict({t: nn.Linear(features, sizes[t]) for t in self.tasks})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.dropout(self.backbone(self.normalize(x)))
@@ -129,14 +142,19 @@ class ResNetAgeGender(_HeadedBackbone):
     _foreign_prefixes = ("fc.",)
 
     def __init__(
-        self, arch: str = "resnet18", tasks: Sequence[str] = ("age", "gender"), dropout: float = 0.0
+        self,
+        arch: str = "resnet18",
+        tasks: Sequence[str] = ("age", "gender"),
+        dropout: float = 0.0,
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         if arch not in ("resnet18", "resnet50"):
             raise ValueError(f"arch must be 'resnet18' or 'resnet50', got {arch!r}")
         net = getattr(tv_models, arch)(weights=None)
         features = net.fc.in_features
         net.fc = nn.Identity()
-        super().__init__(Standardize.from_spec(self.face_spec), net, features, tasks, dropout)
+        normalize = Standardize.from_spec(self.face_spec)
+        super().__init__(normalize, net, features, tasks, dropout, num_classes)
         self.arch = arch
 
 
@@ -184,21 +202,31 @@ class InceptionResnetAgeGender(_HeadedBackbone):
         tasks: Sequence[str] = ("age", "gender"),
         dropout: float = 0.0,
         backbone_dropout: float = 0.6,
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         normalize = Standardize.from_spec(self.face_spec)
-        super().__init__(normalize, _FacenetTrunk(backbone_dropout), 512, tasks, dropout)
+        trunk = _FacenetTrunk(backbone_dropout)
+        super().__init__(normalize, trunk, 512, tasks, dropout, num_classes)
 
     def _pretrained_target(self) -> nn.Module:
         # facenet-pytorch checkpoints are keyed like the bare InceptionResnetV1.
         return self.backbone.net
 
 
-def resnet18(tasks: Sequence[str] = ("age", "gender"), dropout: float = 0.0) -> ResNetAgeGender:
-    return ResNetAgeGender("resnet18", tasks, dropout)
+def resnet18(
+    tasks: Sequence[str] = ("age", "gender"),
+    dropout: float = 0.0,
+    num_classes: Mapping[str, int] | None = None,
+) -> ResNetAgeGender:
+    return ResNetAgeGender("resnet18", tasks, dropout, num_classes)
 
 
-def resnet50(tasks: Sequence[str] = ("age", "gender"), dropout: float = 0.0) -> ResNetAgeGender:
-    return ResNetAgeGender("resnet50", tasks, dropout)
+def resnet50(
+    tasks: Sequence[str] = ("age", "gender"),
+    dropout: float = 0.0,
+    num_classes: Mapping[str, int] | None = None,
+) -> ResNetAgeGender:
+    return ResNetAgeGender("resnet50", tasks, dropout, num_classes)
 
 
 # The registry reads a builder's spec without building it (agegender.models.registry.face_spec).

@@ -8,7 +8,7 @@ GilLevi/AgeGenderDeepLearning. Layer names (conv1..fc8) are kept so that the ori
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -217,6 +217,7 @@ class LeviHassnerNet(nn.Module):
         dropout: float = 0.5,
         caffe_init: bool = True,
         mean: str = "channel",
+        num_classes: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         if mode not in ("shared", "separate"):
@@ -241,8 +242,16 @@ class LeviHassnerNet(nn.Module):
             self.trunk = LeviHassnerTrunk(dropout)
         else:
             self.trunks = nn.ModuleDict({t: LeviHassnerTrunk(dropout) for t in self.tasks})
+        # outputs per task: the label set's (num_classes), default 8 age buckets and 2 genders
+        sizes = dict(TASK_NUM_CLASSES)
+        for task, n in dict(num_classes or {}).items():
+            if task not in TASK_NUM_CLASSES or int(n) < 2:
+                raise ValueError(
+                    f"num_classes: {task}={n} (tasks {sorted(TASK_NUM_CLASSES)}, >= 2)"
+                )
+            sizes[task] = int(n)
         self.heads = nn.ModuleDict(
-            {t: nn.Linear(LeviHassnerTrunk.out_features, TASK_NUM_CLASSES[t]) for t in self.tasks}
+            {t: nn.Linear(LeviHassnerTrunk.out_features, sizes[t]) for t in self.tasks}
         )
         if caffe_init:
             self.reset_parameters_caffe()

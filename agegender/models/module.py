@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from agegender.labels import TASK_NUM_CLASSES
+from agegender.labels import TASK_NUM_CLASSES, LabelSet, load_label_set
 from agegender.models.registry import build_model
 from agegender.spec import FaceSpec, face_spec_of
 from agegender.training.metrics import StageMetrics
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 #: Evaluation stages: validation (centre crop) and the two test protocols, in the order of
 #: the test dataloaders (0 = centre crop, 1 = 10-crop over-sampling).
 TEST_STAGES: tuple[str, ...] = ("test", "test_10crop")
+
+#: ``class_weights`` choices: none, or ``balanced`` (each class weighted n / (C * n_c) in
+#: the cross-entropy, from the training split's counts: coarse age groups are very unbalanced).
+CLASS_WEIGHTS: tuple[str, ...] = ("balanced",)
 
 #: Optimiser of a module built without one (conf/model/optimizer/ holds the real choices).
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3}
@@ -61,8 +65,16 @@ class AgeGenderModule(pl.LightningModule):
 
     Args:
         model_name, model_kwargs: the network (tasks are ``model_kwargs["tasks"]``).
-        pretrained: backbone weights (file path or library weight name), loaded once at
-            construction; not needed to rebuild from a checkpoint (weights are in it).
+        pretrained: backbone weights (file path or library weight name; ``true`` = the
+            library's default weights from its local cache; ``false``/None = random init),
+            loaded once at construction; not needed to rebuild from a checkpoint.
+        pretrained_path: a weights file; takes precedence over ``pretrained``.
+        labels: the label set (:func:`agegender.labels.load_label_set`; None = adience8):
+            it sizes the age head (``model_kwargs["num_classes"]``), names the confusion
+            matrices and per-class metrics, and is stored in the checkpoint.
+        class_weights: None, or ``balanced``: cross-entropy weights n / (C * n_c) per
+            task from the training split's label counts (the datamodule's
+            ``class_counts``), computed when fitting starts.
         input_size, resize_size: legacy (checkpoints written before the network's
             ``face_spec`` held the sizes pass them back): checked against the spec's
             ``crop_size``/``resize_size`` and otherwise unused; new checkpoints omit them.
@@ -97,12 +109,28 @@ class AgeGenderModule(pl.LightningModule):
         param_groups: Mapping[str, float] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         channels_last: bool = False,
+        labels: LabelSet | str | Mapping[str, Any] | None = None,
+        class_weights: str | None = None,
+        pretrained_path: str | None = None,
     ) -> None:
         super().__init__()
         unknown = set(param_groups or {}) - set(GROUP_KEYS)
         if unknown:
             raise ValueError(f"param_groups: unknown keys {sorted(unknown)}; use {GROUP_KEYS}")
+        if class_weights not in (None, *CLASS_WEIGHTS):
+            raise ValueError(f"class_weights must be null or one of {CLASS_WEIGHTS}")
+        self.labels: LabelSet = load_label_set(_plain(labels))
         model_kwargs = _plain(dict(model_kwargs or {}))
+        if not self.labels.is_adience8:
+            # the head sizes are network arguments, so a checkpoint rebuilds the right heads
+            given = model_kwargs.get("num_classes") or {}
+            sizes = {**given, "age": len(self.labels.age)}
+            if given and given != sizes:
+                raise ValueError(
+                    f"model_kwargs.num_classes={given} contradicts label set "
+                    f"{self.labels.describe()}; leave num_classes out"
+                )
+            model_kwargs["num_classes"] = sizes
         self.model = build_model(model_name, **model_kwargs)
         spec = getattr(self.model, "face_spec", None)
         for key, value, field in (
@@ -112,19 +140,22 @@ class AgeGenderModule(pl.LightningModule):
             expected = getattr(spec, field, None)
             if value is not None and expected is not None and int(value) != expected:
                 raise ValueError(f"{model_name} takes {key}={expected}, config says {value}")
-        if pretrained:
+        weights = pretrained_path or pretrained
+        if weights:
             from agegender.training.pretrained import load_pretrained
 
-            load_pretrained(self.model, model_name, pretrained)
+            load_pretrained(self.model, model_name, weights)
         self.tasks: tuple[str, ...] = tuple(self.model.tasks)
         #: LeviHassnerNet computes a subset of its tasks on request; other networks (one
         #: shared backbone) compute every head and :meth:`forward` picks the asked ones.
         self._forward_takes_tasks = "tasks" in inspect.signature(self.model.forward).parameters
-        weights = _plain(dict(loss_weights or {}))
-        unknown = set(weights) - set(TASK_NUM_CLASSES)
+        task_weights = _plain(dict(loss_weights or {}))
+        unknown = set(task_weights) - set(TASK_NUM_CLASSES)
         if unknown:
             raise ValueError(f"loss_weights for unknown tasks: {sorted(unknown)}")
-        self.loss_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.loss_weights = {t: float(task_weights.get(t, 1.0)) for t in self.tasks}
+        #: Per-task cross-entropy class weights (``class_weights=balanced``; set at fit start).
+        self.ce_weights: dict[str, torch.Tensor] = {}
         self.save_hyperparameters(
             {
                 "model_name": model_name,
@@ -136,9 +167,14 @@ class AgeGenderModule(pl.LightningModule):
                 "param_groups": _plain(dict(param_groups or {})),
                 "scheduler": _plain(dict(scheduler or {})),
                 "channels_last": bool(channels_last),
+                "labels": self.labels.to_config(),
+                "class_weights": class_weights,
+                "pretrained_path": pretrained_path,
             }
         )
-        self.metrics = nn.ModuleDict({s: StageMetrics(self.tasks) for s in ("val", *TEST_STAGES)})
+        self.metrics = nn.ModuleDict(
+            {s: StageMetrics(self.tasks, self.labels) for s in ("val", *TEST_STAGES)}
+        )
         #: Results of the last evaluation epoch per stage: scalars and confusion matrices.
         self.results: dict[str, dict[str, float]] = {}
         self.confusion: dict[str, dict[str, torch.Tensor]] = {}
@@ -148,6 +184,11 @@ class AgeGenderModule(pl.LightningModule):
             for layer in self.model.modules():
                 if isinstance(layer, nn.Conv2d):
                     layer.to(memory_format=torch.channels_last)
+
+    @property
+    def class_names(self) -> dict[str, tuple[str, ...]]:
+        """Class names per task, in logit order (the label set's)."""
+        return self.labels.class_names
 
     @property
     def face_spec(self) -> FaceSpec:
@@ -160,6 +201,30 @@ class AgeGenderModule(pl.LightningModule):
         return getattr(self.model, "mean", None) == "image"
 
     def on_fit_start(self) -> None:
+        """Class weights from the training split (``class_weights``), and the network's
+        mean image on a fresh fit (:meth:`_fill_mean_image`)."""
+        if self.hparams.get("class_weights"):
+            self._set_class_weights()
+        self._fill_mean_image()
+
+    def _set_class_weights(self) -> None:
+        """``balanced``: weight n / (C * n_c) for each class with n_c training labels
+        (scikit-learn's ``balanced`` formula); a class absent from the split gets 0 (it has
+        no sample to weight). Recomputed on every fit, so a resumed fit gets the same."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not callable(getattr(datamodule, "class_counts", None)):
+            raise RuntimeError("class_weights needs a datamodule with class_counts()")
+        counts = datamodule.class_counts("train")
+        for task in self.tasks:
+            n = torch.tensor(counts[task], dtype=torch.float32)
+            total, present = float(n.sum()), int((n > 0).sum())
+            weight = torch.zeros_like(n)
+            if present:
+                weight[n > 0] = total / (present * n[n > 0])
+            self.ce_weights[task] = weight.to(self.device)
+            log.info("class weights %s: %s", task, [round(float(w), 3) for w in weight])
+
+    def _fill_mean_image(self) -> None:
         """Fill the network's mean image from the training split on a fresh fit. Runs after
         Lightning restored a checkpoint: a resumed fit keeps the checkpoint's mean (the one
         its weights were trained with), whatever the data says now."""
@@ -217,6 +282,7 @@ class AgeGenderModule(pl.LightningModule):
                 losses[task] = F.cross_entropy(
                     logits[task][known],
                     batch[task][known],
+                    weight=self.ce_weights.get(task),
                     label_smoothing=self.hparams.label_smoothing,
                 )
             else:
@@ -243,6 +309,7 @@ class AgeGenderModule(pl.LightningModule):
             losses[task] = F.cross_entropy(
                 self(batch["image"], batch.get("origin"), tasks=[task])[task],
                 batch[task],
+                weight=self.ce_weights.get(task),
                 label_smoothing=self.hparams.label_smoothing,
             )
         return losses
@@ -335,3 +402,16 @@ class AgeGenderModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+def timm_module(name: str, model_kwargs: Mapping[str, Any] | None = None, **kwargs: Any):  # noqa: ANN201
+    """``model=timm``'s target: an :class:`AgeGenderModule` on ``TimmAgeGender(name, ...)``.
+
+    Lets the config say ``model.name=convnext_tiny`` (the timm model) beside the module's
+    own settings; ``name`` goes into ``model_kwargs`` (what checkpoints store)."""
+    kwargs.setdefault("model_name", "timm")
+    if kwargs["model_name"] != "timm":
+        raise ValueError(f"timm_module builds model_name=timm, not {kwargs['model_name']!r}")
+    return AgeGenderModule(
+        model_kwargs={**_plain(dict(model_kwargs or {})), "name": name}, **kwargs
+    )

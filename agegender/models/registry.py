@@ -6,7 +6,7 @@ Checkpoints then load with ``torch.load(weights_only=True)``: no pickled classes
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -25,6 +25,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module] | str] = {
     "resnet18": "agegender.models.backbones:resnet18",
     "resnet50": "agegender.models.backbones:resnet50",
     "inception_resnet_v1": "agegender.models.backbones:InceptionResnetAgeGender",
+    "timm": "agegender.models.timm_backbone:TimmAgeGender",
 }
 
 
@@ -39,15 +40,22 @@ def _builder(name: str) -> Callable[..., nn.Module]:
     return builder
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
+def build_model(name: str, /, **kwargs: Any) -> nn.Module:
     """Instantiate the network registered as ``name`` with ``kwargs``."""
     return _builder(name)(**kwargs)
 
 
-def face_spec(name: str = DEFAULT_MODEL) -> FaceSpec:
+def face_spec(name: str = DEFAULT_MODEL, kwargs: Mapping[str, Any] | None = None) -> FaceSpec:
     """The :class:`~agegender.spec.FaceSpec` of the network registered as ``name``, read from
-    its class without building it (what the DataModules and the face cache use)."""
-    spec = getattr(_builder(name), "face_spec", None)
+    its class without building it (what the DataModules and the face cache use).
+
+    A network family whose spec depends on its arguments (``timm``: the chosen model's input
+    size and normalisation) has a ``spec_for(**kwargs)`` class method, given ``kwargs``."""
+    builder = _builder(name)
+    spec_for = getattr(builder, "spec_for", None)
+    if callable(spec_for):
+        return spec_for(**dict(kwargs or {}))
+    spec = getattr(builder, "face_spec", None)
     if not isinstance(spec, FaceSpec):
         raise ValueError(f"model {name!r} declares no face_spec")
     return spec

@@ -40,8 +40,8 @@ class FreezeBackbone(BaseFinetuning):
         backbone = getattr(getattr(pl_module, "model", None), "backbone", None)
         if backbone is None:
             raise ValueError(
-                "FreezeBackbone needs a model with a pretrained `backbone` "
-                "(resnet18, resnet50, inception_resnet_v1); remove the callback for this model"
+                "FreezeBackbone needs a model with a pretrained `backbone` (resnet18, "
+                "resnet50, inception_resnet_v1, timm); remove the callback for this model"
             )
         return backbone
 

@@ -3,7 +3,8 @@
 The only state is a torchmetrics ``MulticlassConfusionMatrix`` per task (rows = true class,
 columns = prediction), which sums across DDP processes. At epoch end every figure comes from
 it: exact accuracy (trace / total), for age the paper's 1-off accuracy (cells with
-``|true - predicted| <= 1``, i.e. the true bucket or an adjacent one, over total), the
+``|true - predicted| <= 1``, i.e. the true bucket or an adjacent one, over total: with any
+label set, one class away in the set's order, e.g. teen for child in coarse3), the
 per-class accuracy (recall per bucket: diagonal / row sum) and the count (total).
 
 Callers pass only the samples labelled for that task (masking happens before ``update``, so an
@@ -19,22 +20,28 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from agegender.labels import AGE_BUCKETS, GENDERS, IGNORE_INDEX, TASK_NUM_CLASSES
+from agegender.labels import ADIENCE8, IGNORE_INDEX, LabelSet
 
-CLASS_NAMES: dict[str, tuple[str, ...]] = {"age": AGE_BUCKETS, "gender": GENDERS}
+#: The adience8 class names (a run with another label set uses ``labels.class_names``).
+CLASS_NAMES: dict[str, tuple[str, ...]] = ADIENCE8.class_names
 
 #: Tasks with ordinal classes, which get an ``_acc_1off`` figure (the paper's age 1-off).
 ONE_OFF_TASKS: frozenset[str] = frozenset({"age"})
 
 
 def confusion_scalars(
-    task: str, matrix: torch.Tensor, prefix: str, tolerance: int = 1
+    task: str,
+    matrix: torch.Tensor,
+    prefix: str,
+    tolerance: int = 1,
+    names: tuple[str, ...] | None = None,
 ) -> dict[str, float]:
     """The figures of one task from its (true x predicted) count matrix; ``{}`` if empty.
 
     Keys ``{prefix}/{task}_acc``, ``_acc_1off`` (ordinal tasks), ``_acc_class/<name>`` (classes
     with at least one sample only) and ``_count``. Ratios are taken in float32, as torchmetrics
     computes them, so the figures are those of the former per-metric objects bit for bit.
+    ``names``: the classes in order (default adience8's :data:`CLASS_NAMES`).
     """
     matrix = matrix.detach().cpu().to(torch.int64)
     total = int(matrix.sum())
@@ -48,7 +55,10 @@ def confusion_scalars(
         near = (idx[:, None] - idx[None, :]).abs() <= tolerance
         scalars[f"{prefix}/{task}_acc_1off"] = float(counts[near].sum() / n)
     support = counts.sum(dim=1)
-    for i, name in enumerate(CLASS_NAMES[task]):
+    names = CLASS_NAMES[task] if names is None else names
+    if len(names) != matrix.shape[0]:
+        raise ValueError(f"{task}: {matrix.shape[0]} classes in the matrix, {len(names)} names")
+    for i, name in enumerate(names):
         if support[i] > 0:
             scalars[f"{prefix}/{task}_acc_class/{name}"] = float(counts[i, i] / support[i])
     scalars[f"{prefix}/{task}_count"] = float(total)
@@ -56,15 +66,15 @@ def confusion_scalars(
 
 
 class StageMetrics(nn.Module):
-    """One confusion matrix per task, for one stage (val, test, test_10crop)."""
+    """One confusion matrix per task, for one stage (val, test, test_10crop), sized and
+    named by the run's label set (default adience8)."""
 
-    def __init__(self, tasks: tuple[str, ...]) -> None:
+    def __init__(self, tasks: tuple[str, ...], labels: LabelSet | None = None) -> None:
         super().__init__()
+        self.labels = labels or ADIENCE8
+        sizes = self.labels.num_classes
         self.tasks = nn.ModuleDict(
-            {
-                t: MulticlassConfusionMatrix(TASK_NUM_CLASSES[t], ignore_index=IGNORE_INDEX)
-                for t in tasks
-            }
+            {t: MulticlassConfusionMatrix(sizes[t], ignore_index=IGNORE_INDEX) for t in tasks}
         )
 
     def update(self, task: str, scores: torch.Tensor, target: torch.Tensor) -> None:
@@ -88,7 +98,8 @@ class StageMetrics(nn.Module):
                 warnings.filterwarnings("ignore", message=".*was called before the ``update``")
                 matrix = metric.compute().cpu()
             metric.reset()
-            figures = confusion_scalars(task, matrix, prefix)
+            names = self.labels.class_names[task]
+            figures = confusion_scalars(task, matrix, prefix, names=names)
             if figures:
                 scalars.update(figures)
                 confusion[task] = matrix

@@ -2,7 +2,9 @@
 
 ``pretrained`` is either a path to a weights file, or the name the library itself uses
 (``imagenet`` for torchvision ResNets, ``vggface2`` / ``casia-webface`` for facenet-pytorch),
-looked up in that library's own download cache. When the file is not there the error says
+looked up in that library's own download cache; ``True`` means the library's default weights
+(``imagenet``, ``vggface2``; for ``model=timm`` the model's own weights in the local Hugging
+Face cache, looked up with ``HF_HUB_OFFLINE=1``). When the file is not there the error says
 which file, where to put it and where it comes from, instead of attempting a download that
 would hang on an offline machine.
 """
@@ -39,13 +41,92 @@ def _facenet_cache_dir() -> Path:
     return Path(home).expanduser() / "checkpoints"
 
 
-def resolve_pretrained(model_name: str, spec: str) -> Path:
-    """The local file for ``spec`` (a path or a library weight name), or a clear error."""
-    named = {
-        "resnet18": ("imagenet",),
-        "resnet50": ("imagenet",),
-        "inception_resnet_v1": tuple(FACENET_URLS),
-    }
+#: Default weights of ``pretrained=true`` per model family (the first library name).
+_NAMED: dict[str, tuple[str, ...]] = {
+    "resnet18": ("imagenet",),
+    "resnet50": ("imagenet",),
+    "inception_resnet_v1": tuple(FACENET_URLS),
+}
+#: File names timm's Hugging Face repositories hold weights under, in timm's order.
+HF_WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_timm_pretrained(name: str, spec: str | bool) -> Path:
+    """The local weights file of timm model ``name``: ``spec`` a path, or ``True`` for the
+    model's Hugging Face repository in the local cache (never downloaded). A clear error
+    names the file, where to put it and where to get it."""
+    from agegender.models.timm_backbone import timm_pretrained_cfg
+
+    cfg = timm_pretrained_cfg(name)
+    repo, url = cfg.get("hf_hub_id"), cfg.get("url")
+    source = f"https://huggingface.co/{repo}" if repo else (url or "the model's authors")
+    if spec is True or str(spec).lower() in ("true", "hf", "timm"):
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if not repo:
+            raise PretrainedWeightsNotFoundError(
+                f"timm model {name} has no Hugging Face repository to look up; download "
+                f"{source} and pass model.pretrained_path=/path/to/the/file, or set "
+                "model.pretrained=false to train from scratch"
+            )
+        names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else list(HF_WEIGHT_FILES)
+        for filename in names:
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+        cache = Path(constants.HF_HUB_CACHE)
+        folder = cache / f"models--{repo.replace('/', '--')}"
+        raise PretrainedWeightsNotFoundError(
+            f"pretrained weights for timm model {name} not found: {names[0]} of {repo} is not "
+            f"in the local Hugging Face cache ({folder} does not hold it). On a connected "
+            f"machine run `huggingface-cli download {repo} {names[0]}` ({source}) and copy "
+            f"{folder.name} into {cache}, or download the file and pass "
+            "model.pretrained_path=/path/to/" + names[0] + "; or set model.pretrained=false "
+            "to train from scratch"
+        )
+    path = Path(str(spec)).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsNotFoundError(
+            f"pretrained weights for timm model {name} not found: {path} does not exist; put "
+            f"the weights file there (from {source}), or set model.pretrained=false to train "
+            "from scratch"
+        )
+    return path
+
+
+def load_timm_pretrained(model: nn.Module, spec: str | bool) -> Path:
+    """Load timm weights into a :class:`~agegender.models.timm_backbone.TimmAgeGender`'s
+    backbone (heads stay at init).
+
+    timm itself reads the file (``pretrained_cfg_overlay=dict(file=...)``), so its own
+    conversions apply (classifier removal, position-embedding and checkpoint filters); the
+    reference network it fills is copied into the backbone strictly."""
+    import timm
+
+    from agegender.models.timm_backbone import hub_offline
+
+    name = model.name  # type: ignore[attr-defined]
+    path = resolve_timm_pretrained(name, spec)
+    try:
+        with hub_offline():
+            reference = timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, num_classes=0
+            )
+        model.backbone.load_state_dict(reference.state_dict(), strict=True)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise ValueError(f"{path} does not hold timm {name} weights: {err}") from err
+    return path
+
+
+def resolve_pretrained(model_name: str, spec: str | bool) -> Path:
+    """The local file for ``spec`` (a path, a library weight name, or ``True`` for the
+    library's default weights), or a clear error."""
+    named = _NAMED
+    if spec is True or str(spec).lower() == "true":
+        if model_name not in named:
+            raise ValueError(f"model {model_name} has no default pretrained weights")
+        spec = named[model_name][0]
+    spec = str(spec)
     if spec in named.get(model_name, ()):
         if model_name == "inception_resnet_v1":
             url = FACENET_URLS[spec]
@@ -67,8 +148,10 @@ def resolve_pretrained(model_name: str, spec: str) -> Path:
     return path
 
 
-def load_pretrained(model: nn.Module, model_name: str, spec: str) -> Path:
+def load_pretrained(model: nn.Module, model_name: str, spec: str | bool) -> Path:
     """Load the backbone weights named by ``spec`` into ``model`` (heads stay at init)."""
+    if model_name == "timm":
+        return load_timm_pretrained(model, spec)
     if not hasattr(model, "load_backbone_state"):
         raise ValueError(f"model {model_name} has no pretrained backbone to load")
     path = resolve_pretrained(model_name, spec)

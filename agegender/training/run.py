@@ -65,14 +65,16 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def write_report(module: pl.LightningModule, output_dir: Path) -> dict[str, float]:
-    """metrics.json (every stage's scalars) + confusion_<stage>_<task>.png."""
+    """metrics.json (every stage's scalars) + confusion_<stage>_<task>.png, the matrices in
+    the class names of the module's label set."""
     metrics: dict[str, float] = {}
+    names = getattr(module, "class_names", CLASS_NAMES)
     for stage, scalars in module.results.items():
         metrics.update(scalars)
         for task, matrix in module.confusion.get(stage, {}).items():
             plot_confusion(
                 matrix,
-                CLASS_NAMES[task],
+                names[task],
                 f"{task}: {stage.replace('_', ' ')}",
                 output_dir / f"confusion_{stage}_{task}.png",
             )
