@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO, SAMPLES, require
 
@@ -124,3 +125,20 @@ def test_predict_py_default_never_imports_torch_and_agrees_with_torch(tmp_path: 
         assert max(abs(float(x[k]) - float(y[k])) for k in probs) <= 2e-3
     annotated = list((tmp_path / "ort" / "annotated").iterdir())
     assert len(annotated) == len(a)
+
+
+def test_coarser_label_sets_sum_alike_on_both_backends(original_classifier) -> None:  # noqa: ANN001
+    """labels=coarse3 on the original weights: bucket probabilities summed per class, the
+    same on onnxruntime as on torch."""
+    from agegender import AgeGender
+
+    _onnx_cached()
+    image = np.asarray(Image.open(SAMPLES / "biden.jpg").convert("RGB"))
+    fast = AgeGender(labels="coarse3", backend="onnxruntime").predict(image)
+    exact = AgeGender(labels="coarse3", backend="torch").predict(image)
+    assert [f.age for f in fast] == [f.age for f in exact] == ["adult"]
+    assert list(fast[0].age_probs) == ["child", "teen", "adult"]
+    assert sum(fast[0].age_probs.values()) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(
+        list(fast[0].age_probs.values()), list(exact[0].age_probs.values()), atol=2e-3
+    )

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from training_fixtures import FAST, REPO, compose_train, demo_root
 
 from agegender.data.csv import read_face_csv
@@ -266,6 +267,23 @@ def test_train_coarse3_then_predict_writes_its_names(tmp_path_factory, tmp_path:
     assert set(table["age"]) <= {"child", "teen", "adult"} and len(table) == 3
     assert [c for c in table.columns if c.startswith("p_age_")] == ["p_age_0", "p_age_1", "p_age_2"]
     assert table["age_years_estimate"].between(6.5, 50).all()
+
+    # the Python API and the export write the set's names too (one pipeline, one metadata)
+    from agegender import AgeGender
+    from agegender.export import export_model, read_metadata
+
+    image = np.asarray(Image.open(faces / "f0.jpg").convert("RGB"))
+    (face,) = AgeGender(detector="none", checkpoint=ckpt).predict(image)
+    assert face.age in {"child", "teen", "adult"}
+    assert list(face.age_probs) == ["child", "teen", "adult"]
+    exported = tmp_path / "coarse3.onnx"
+    export_model(exported, ckpt)
+    meta = read_metadata(exported)
+    assert json.loads(meta["labels"])["age"] == ["child", "teen", "adult"]
+    assert json.loads(meta["label_set"])["name"] == "coarse3"
+    (onnx_face,) = AgeGender(detector="none", checkpoint=exported).predict(image)
+    assert (onnx_face.age, list(onnx_face.age_probs)) == (face.age, list(face.age_probs))
+    assert np.allclose(list(onnx_face.age_probs.values()), list(face.age_probs.values()), atol=1e-4)
 
 
 @pytest.mark.parametrize(
