@@ -142,7 +142,7 @@ def cold_start(rounds: int, photo: Path, tmp: Path) -> None:
     for r in range(rounds):
         order = list(commands) if r % 2 == 0 else list(reversed(commands))
         for name in order:
-            out = tmp / f"cold_{name.replace(' ', '_')}_{r}"
+            out = tmp / f"cold_{_slug(name)}_{r}"
             extra = [str(out)] if name == "seed" else [f"output={out}"]
             figures[name].append(timed(commands[name] + extra))
     for name in commands:
@@ -180,7 +180,7 @@ def main() -> None:
     threads = configure_torch_threads(None, workers=2)  # predict.py's default (threads=null)
     assert threads == max(1, (os.cpu_count() or 1) // 2)
     pipelines = {  # conf/predict.yaml and conf/detector/mtcnn.yaml defaults
-        "ours": AgeGender(backend="auto", threads=threads),
+        "ours": AgeGender(backend="auto"),  # threads=null: onnxruntime, one per core
         "ours backend=torch": AgeGender(backend="torch"),
     }
     seed = SeedPipeline()
@@ -188,7 +188,7 @@ def main() -> None:
         tmp_path = Path(tmp)
         folder = make_folder(tmp_path, args.files, args.max_side)
         print(f"folder: {args.files} JPEG photos, 480..{args.max_side} px on the longer side")
-        print(f"network threads: {threads}, cv2 threads: {cv2.getNumThreads()}")
+        print(f"torch threads: {threads}, cv2 threads: {cv2.getNumThreads()}")
         for name, ag in pipelines.items():
             print(f"{name}: {ag!r}")
 
@@ -199,18 +199,16 @@ def main() -> None:
         contenders["seed"] = lambda out: seed.run(folder, out)
         # Warm-up (first-call allocations, lazy inits) on every side, not timed.
         for name, fn in contenders.items():
-            fn(tmp_path / f"warm_{name.replace(' ', '_')}")
+            fn(tmp_path / f"warm_{_slug(name)}")
         rates: dict[str, list[float]] = {name: [] for name in contenders}
         for r in range(args.rounds):
             order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
             for name in order:
                 start = time.perf_counter()
-                n = contenders[name](tmp_path / f"{name.replace(' ', '_')}_{r}")
+                n = contenders[name](tmp_path / f"{_slug(name)}_{r}")
                 rates[name].append(n / (time.perf_counter() - start))
         median = {name: statistics.median(r) for name, r in rates.items()}
-        rows = {
-            n: _count_rows(tmp_path / f"{n.replace(' ', '_')}_0" / "predictions.csv") for n in rates
-        }
+        rows = {n: _count_rows(tmp_path / f"{_slug(n)}_0" / "predictions.csv") for n in rates}
     for name, rate in median.items():
         print(f"{name:<22} {rate:6.2f} images/s  ({rows[name]} rows)")
     for name in pipelines:
@@ -221,6 +219,11 @@ def main() -> None:
 def _count_rows(path: Path) -> int:
     with open(path, newline="") as handle:
         return sum(1 for _ in handle) - 1
+
+
+def _slug(name: str) -> str:
+    """A contender's name as a folder name Hydra accepts in ``output=`` (no spaces or '=')."""
+    return name.replace(" ", "_").replace("=", "-")
 
 
 if __name__ == "__main__":

@@ -425,10 +425,12 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         str(cfg.get("precision", "fp32")),
         bool(cfg.get("oversample", False)),
     )
+    threads = cfg.get("threads")
     if backend == "torch":
-        threads = configure_torch_threads(cfg.get("threads"), int(cfg["workers"]))
-    else:
-        threads = cfg.get("threads") or max(1, (os.cpu_count() or 1) // int(cfg["workers"]))
+        threads = configure_torch_threads(threads, int(cfg["workers"]))
+    # onnxruntime with threads=null: one thread per core; unlike torch's cores // workers
+    # (configure_torch_threads), that measured faster end to end on 2 cores
+    # (1.59-1.66x the seed pipeline vs 1.46-1.50x, the bench_predict.py folder, 3 rounds).
     from agegender.api import AgeGender
 
     # the Python API's object: one pipeline
