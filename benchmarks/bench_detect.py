@@ -160,12 +160,19 @@ def main() -> None:
     parser.add_argument("--composites", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--startup", action="store_true", help="also time cold imports")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="where our driver's three nets run (onnxruntime: the exported nets, 1 thread)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(cpu_summary())
     print(f"torch {torch.__version__}, {args.threads} torch thread(s)")
 
-    ours, ref = build_detector("mtcnn"), build_detector("mtcnn_facenet")
+    ours, ref = build_detector("mtcnn", backend=args.backend), build_detector("mtcnn_facenet")
+    print(f"ours: {ours!r}")
     samples = [load_image(SAMPLES / name) for name in SAMPLE_NAMES]
     composites = compose_group_photos(args.composites, ref)
     groups = [image for image, _ in composites]
