@@ -122,24 +122,7 @@ def export_onnx(
     with torch.no_grad():
         reference = net(x)
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "model.onnx"
-        names = list(net.tasks)
-        with warnings.catch_warnings():
-            # The legacy exporter on purpose: OpenCV 4.14's importer crashed (the process
-            # died) on the torch.export-based exporter's graph of this net.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                net,
-                (x,),
-                str(raw),
-                input_names=["input"],
-                output_names=names,
-                dynamic_axes={"input": {0: "N"}, **{n: {0: "N"} for n in names}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        model = onnx.load(str(raw))
-        _materialise_shared_initializers(model)
+        model = _to_onnx(net, x, list(net.tasks), {0: "N"})
         for key, value in metadata.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
@@ -165,6 +148,32 @@ def export_onnx(
         _check(diffs, tolerance, output)
     atomic_write(Path(output), lambda fh: fh.write(data))
     return diffs
+
+
+def _to_onnx(net: nn.Module, x: torch.Tensor, outputs: list[str], axes: dict[int, str]) -> Any:
+    """``net`` traced on ``x`` as an ONNX model: input ``input`` (dynamic ``axes``), the
+    given output names (dynamic batch). The legacy TorchScript-based exporter on purpose:
+    OpenCV 4.14's importer crashed (the process died) on the torch.export-based exporter's
+    graph of the Levi-Hassner net."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                net,
+                (x,),
+                str(raw),
+                input_names=["input"],
+                output_names=outputs,
+                dynamic_axes={"input": axes, **{o: {0: "N"} for o in outputs}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        model = onnx.load(str(raw))
+    _materialise_shared_initializers(model)
+    return model
 
 
 def _materialise_shared_initializers(model: Any) -> None:
@@ -341,33 +350,18 @@ def export_mtcnn(folder: str | os.PathLike[str], tolerance: float = TOLERANCE) -
         n_out = len(net(x))
         outputs = [f"out{i}" for i in range(n_out)]
         axes = {0: "N", 2: "H", 3: "W"} if name == "pnet.onnx" else {0: "N"}
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / name
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # see export_onnx
-                torch.onnx.export(
-                    net,
-                    (x,),
-                    str(raw),
-                    input_names=["input"],
-                    output_names=outputs,
-                    dynamic_axes={"input": axes, **{o: {0: "N"} for o in outputs}},
-                    opset_version=OPSET,
-                    dynamo=False,
-                )
-            model = onnx.load(str(raw))
-            _materialise_shared_initializers(model)
-            onnx.checker.check_model(model)
-            data = model.SerializeToString()
-            import onnxruntime as ort
+        model = _to_onnx(net, x, outputs, axes)
+        onnx.checker.check_model(model)
+        data = model.SerializeToString()
+        import onnxruntime as ort
 
-            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-            diff = 0.0
-            for sample in inputs:
-                with torch.no_grad():
-                    expected = net(sample)
-                got = session.run(None, {"input": sample.numpy()})
-                diff = max(diff, _max_diff(got, tuple(e.contiguous() for e in expected)))
-            _check({f"onnxruntime ({name})": diff}, tolerance, folder / name)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        diff = 0.0
+        for sample in inputs:
+            with torch.no_grad():
+                expected = net(sample)
+            got = session.run(None, {"input": sample.numpy()})
+            diff = max(diff, _max_diff(got, tuple(e.contiguous() for e in expected)))
+        _check({f"onnxruntime ({name})": diff}, tolerance, folder / name)
         written.append(atomic_write(folder / name, lambda fh, data=data: fh.write(data)))
     return written

@@ -244,6 +244,22 @@ class LabelSet:
         return f"{self.name} ({', '.join(self.age)})"
 
 
+def reporting_matrix(model_labels: LabelSet, labels: LabelSet) -> list[list[float]] | None:
+    """The matrix that turns a network's age probabilities (over ``model_labels``) into those
+    of ``labels`` (``probs @ matrix``), or None when they are the same set. Only adience8
+    networks can report another set, by summing bucket probabilities per class: the same
+    network read at a coarser grain, not a model trained on that set."""
+    if labels == model_labels:
+        return None
+    if not model_labels.is_adience8:
+        raise LabelSetError(
+            f"this network predicts label set {model_labels.describe()}; only adience8 "
+            "networks can report another set (by summing bucket probabilities): predict with "
+            "the set it was trained on"
+        )
+    return labels.adience_matrix()
+
+
 def check_policy(policy: str) -> None:
     if policy not in POLICIES:
         raise ValueError(f"unknown label policy {policy!r}; expected one of {POLICIES}")

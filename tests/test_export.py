@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, SAMPLES, require
-from tests.training_fixtures import FAST, compose_train, demo_root
+from tests.training_fixtures import PAPER_TWO_STEPS, compose_train, demo_root
 
 TOLERANCE = 1e-4
 
@@ -123,18 +123,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:  # noqa: ANN001
 
     demo = demo_root(tmp_path_factory)
     out = tmp_path_factory.mktemp("export_run")
-    overrides = [
-        "experiment=levi_hassner",
-        *FAST,
-        f"data.root={demo}",
-        "model.model_kwargs.mode=shared",
-        "selection=joint",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "trainer.limit_test_batches=1",
-        "logger=none",
-        "~callbacks.lr_monitor",
-    ]
+    overrides = [*PAPER_TWO_STEPS, f"data.root={demo}"]
     train(compose_train(overrides, out))
     return out / "checkpoints" / "last.ckpt"
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from caffe_writer import caffemodel_bytes, random_levi_hassner_params
-from training_fixtures import FAST, compose_train, demo_root
+from training_fixtures import FAST, PAPER_TWO_STEPS, compose_train, demo_root
 
 from agegender.checkpoints import load_model
 from agegender.data.cache import FaceCache, write_manifest, write_shard
@@ -215,18 +215,7 @@ def paper_run(demo: Path, tmp_path_factory) -> tuple[Path, torch.Tensor]:  # noq
     from agegender.training.run import train
 
     out = tmp_path_factory.mktemp("mean_run")
-    overrides = [
-        "experiment=levi_hassner",
-        *FAST,
-        f"data.root={demo}",
-        "model.model_kwargs.mode=shared",
-        "selection=joint",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "trainer.limit_test_batches=1",
-        "logger=none",
-        "~callbacks.lr_monitor",
-    ]
+    overrides = [*PAPER_TWO_STEPS, f"data.root={demo}"]
     train(compose_train(overrides, out))
     return out, _demo_datamodule(demo, out / "dm").train_mean_image()
 

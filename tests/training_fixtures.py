@@ -59,6 +59,19 @@ CONF_DIR = REPO / "conf"
 #: Small and fast (demo data, batches of 4, CPU, 2 val/test batches): conf/debug/tests.yaml.
 #: Tests add their own budget after it (trainer.max_steps=3 ...); command-line overrides win.
 FAST = ["debug=tests"]
+#: The paper's recipe (per-pixel mean image) in 2 steps with one shared trunk: a real
+#: train.py checkpoint in seconds (add ``data.root=<demo tree>``).
+PAPER_TWO_STEPS = [
+    "experiment=levi_hassner",
+    *FAST,
+    "model.model_kwargs.mode=shared",
+    "selection=joint",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_test_batches=1",
+    "logger=none",
+    "~callbacks.lr_monitor",
+]
 
 
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from agegender.hardware import cpu_has_fast_bf16
-from agegender.labels import ADIENCE8, LabelSet, LabelSetError
+from agegender.labels import ADIENCE8, LabelSet, reporting_matrix
 from agegender.spec import face_spec_of
 from agegender.transforms import EvalPreset, ten_crop_origins
 
@@ -65,15 +65,8 @@ class FaceClassifier:
         self.model_labels = model_labels or ADIENCE8
         self.labels = labels or self.model_labels
         #: Adience-bucket -> reported-class summing matrix, None when reporting as trained.
-        self.age_matrix: torch.Tensor | None = None
-        if self.labels != self.model_labels:
-            if not self.model_labels.is_adience8:
-                raise LabelSetError(
-                    f"this network predicts label set {self.model_labels.describe()}; only "
-                    "adience8 networks can report another set (by summing bucket "
-                    "probabilities): predict with the set it was trained on"
-                )
-            self.age_matrix = torch.tensor(self.labels.adience_matrix(), dtype=torch.float32)
+        matrix = reporting_matrix(self.model_labels, self.labels)
+        self.age_matrix = None if matrix is None else torch.tensor(matrix, dtype=torch.float32)
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.eval().to(self.device)

@@ -314,19 +314,10 @@ class JsonlWriter(PredictionWriter):
     key, so a torn fragment can be matched to its input without parsing it.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        save_probs: bool = False,
-        resume: bool = False,
-        labels: LabelSet | None = None,
-        expected_age: bool = False,
-    ) -> None:
-        # Every object holds all probabilities anyway; save_probs changes nothing here.
-        super().__init__(path, save_probs, resume, labels, expected_age)
-
     def layout(self, save_probs: bool) -> tuple[tuple[str, ...], str]:
-        return (), ""  # no header: every line is a self-describing object
+        # No header: every line is a self-describing object, holding all probabilities
+        # whatever save_probs says.
+        return (), ""
 
     def write(self, result: ImageResult, tracks: Sequence[int | None] | None = None) -> None:
         objects = jsonl_objects(result, tracks)

@@ -37,7 +37,7 @@ class OnnxFaceClassifier:
     ) -> None:
         import onnxruntime as ort
 
-        from agegender.labels import LabelSetError, load_label_set
+        from agegender.labels import load_label_set, reporting_matrix
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -64,15 +64,8 @@ class OnnxFaceClassifier:
         self.model_labels = load_label_set(json.loads(meta.get("label_set", "null")))
         self.labels = self.model_labels if labels is None else load_label_set(labels)
         #: Adience bucket -> reported class summing matrix (as FaceClassifier's).
-        self.age_matrix: np.ndarray | None = None
-        if self.labels != self.model_labels:
-            if not self.model_labels.is_adience8:
-                raise LabelSetError(
-                    f"this network predicts label set {self.model_labels.describe()}; only "
-                    "adience8 networks can report another set (by summing bucket "
-                    "probabilities): predict with the set it was trained on"
-                )
-            self.age_matrix = np.asarray(self.labels.adience_matrix(), dtype=np.float32)
+        matrix = reporting_matrix(self.model_labels, self.labels)
+        self.age_matrix = None if matrix is None else np.asarray(matrix, dtype=np.float32)
         self.face_spec = FaceSpec(
             face_size=int(meta["face_size"]),
             resize_size=int(meta["resize_size"]),
