@@ -64,3 +64,23 @@ def original_classifier():  # noqa: ANN201 (FaceClassifier: imported lazily, tor
     except WeightsNotFoundError as error:
         require(False, f"original weights not cached: {WEIGHTS_HINT} ({error})")
     return classifier
+
+
+@pytest.fixture(scope="module")
+def mtcnn():  # noqa: ANN201 (a Detector: imported lazily)
+    """The default detector (the video and stream tests)."""
+    from agegender.faces import build_detector
+
+    return build_detector("mtcnn")
+
+
+@pytest.fixture(scope="module")
+def random_classifier():  # noqa: ANN201 (a FaceClassifier: imported lazily, torch start-up)
+    """A Levi-Hassner net with fixed random weights: nothing to load, deterministic."""
+    import torch
+
+    from agegender.inference.classifier import FaceClassifier
+    from agegender.models import LeviHassnerNet
+
+    torch.manual_seed(0)
+    return FaceClassifier(LeviHassnerNet())

@@ -22,11 +22,6 @@ from agegender.images import load_image
 SAMPLES = ("astronaut.jpg", "camera.png", "obama.jpg", "biden.jpg")
 
 
-@pytest.fixture(scope="module")
-def mtcnn():
-    return build_detector("mtcnn")
-
-
 def _smooth(h: int, w: int) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     return np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h)], axis=2).astype(np.uint8)

@@ -31,18 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_NAMES = ("astronaut.jpg", "biden.jpg", "camera.png", "obama.jpg")
 
 
-@pytest.fixture(scope="module")
-def random_classifier() -> FaceClassifier:
-    """Contract tests need a network, not a good one: no download, deterministic weights."""
-    torch.manual_seed(0)
-    return FaceClassifier(LeviHassnerNet())
-
-
-@pytest.fixture(scope="module")
-def mtcnn():
-    return build_detector("mtcnn")
-
-
 def _read(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "predictions.csv", keep_default_na=False)
 

@@ -14,11 +14,8 @@ from pathlib import Path
 import cv2
 import pandas as pd
 import pytest
-import torch
 from video_fixtures import MJPEGServer, zoom_frames
 
-from agegender.faces import build_detector
-from agegender.inference import FaceClassifier
 from agegender.inference.streams import (
     FrameGrabber,
     gui_available,
@@ -27,20 +24,8 @@ from agegender.inference.streams import (
     stream_name,
 )
 from agegender.inference.video import VideoOptions
-from agegender.models import LeviHassnerNet
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def mtcnn():
-    return build_detector("mtcnn")
-
-
-@pytest.fixture(scope="module")
-def random_classifier() -> FaceClassifier:
-    torch.manual_seed(0)
-    return FaceClassifier(LeviHassnerNet())
 
 
 @pytest.fixture(scope="module")

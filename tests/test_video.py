@@ -10,26 +10,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from video_fixtures import write_video, zoom_frames
 
-from agegender.faces import build_detector
-from agegender.inference import FaceClassifier, predict
+from agegender.inference import predict
 from agegender.inference.tracking import TRACK_COLUMNS, label_changes
 from agegender.inference.video import FaceMark, FrameMarks, VideoOptions, marks_at
 from agegender.labels import AGE_BUCKETS, GENDERS
-from agegender.models import LeviHassnerNet
-
-
-@pytest.fixture(scope="module")
-def mtcnn():
-    return build_detector("mtcnn")
-
-
-@pytest.fixture(scope="module")
-def random_classifier() -> FaceClassifier:
-    torch.manual_seed(0)
-    return FaceClassifier(LeviHassnerNet())
 
 
 def _rows(out: Path, name: str = "predictions.csv") -> pd.DataFrame:
