@@ -81,6 +81,13 @@ class FaceSpec:
         return self._rgb(self.std)
 
 
+def centre_offset(size: int, crop: int) -> int:
+    """Top/left of a centre crop, torchvision's rounding (= Caffe's ``(size - crop) / 2`` for
+    256 -> 227: both give 14). The one definition: the presets cut the centre crop here, the
+    mean image is read here, and the onnxruntime classifier (no torch) crops here too."""
+    return int(round((size - crop) / 2.0))
+
+
 def face_spec_of(model: object) -> FaceSpec:
     """The spec of a network, or of the LightningModule holding it (``.model``)."""
     spec = getattr(model, "face_spec", None)

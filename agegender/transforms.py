@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from agegender.models.levi_hassner import centre_offset
-from agegender.spec import FaceSpec
+from agegender.spec import FaceSpec, centre_offset
 
 
 def face_to_tensor(face: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -337,14 +337,14 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
     MTCNN's three nets (``<cache>/mtcnn/*.onnx``), each checked against torch when written
     (:mod:`agegender.export`). Existing files are kept unless ``force``."""
     from agegender.export import export_model, export_mtcnn
-    from agegender.faces.mtcnn import ONNX_NAMES
+    from agegender.faces.mtcnn import ONNX_NAMES, onnx_dir
 
     written = []
-    onnx_path = checkpoint.parent / ORIGINAL_ONNX
+    onnx_path = original_onnx_path(checkpoint.parent)
     if force or not onnx_path.is_file():
         export_model(onnx_path, checkpoint, "onnx", download=False)
     written.append(onnx_path)
-    mtcnn_dir = checkpoint.parent / "mtcnn"
+    mtcnn_dir = onnx_dir(checkpoint.parent)
     if force or not all((mtcnn_dir / n).is_file() for n in ONNX_NAMES):
         export_mtcnn(mtcnn_dir)
     written.extend(mtcnn_dir / n for n in ONNX_NAMES)

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from agegender.data.demo import camera_clip, write_video
 from agegender.faces import build_detector
 from agegender.images import load_image
 from agegender.inference import build_classifier, configure_torch_threads, predict
@@ -45,28 +46,7 @@ def clip(photo: Path, frames: int, size: tuple[int, int], motion: tuple) -> list
     """BGR frames of a virtual camera moving over ``photo`` (the face stays in view)."""
     _, z0, z1, pan = motion
     image = cv2.cvtColor(load_image(photo), cv2.COLOR_RGB2BGR)
-    h, w = image.shape[:2]
-    width, height = size
-    out = []
-    for i in range(frames):
-        t = i / max(frames - 1, 1)
-        z = z0 + (z1 - z0) * t
-        cw, ch = w / z, h / z
-        cx, cy = w / 2 + pan * w * (t - 0.5), h / 2.5
-        x0 = min(max(cx - cw / 2, 0), w - cw)
-        y0 = min(max(cy - ch / 2, 0), h - ch)
-        sx, sy = width / cw, height / ch
-        matrix = np.float32([[sx, 0, -x0 * sx], [0, sy, -y0 * sy]])
-        out.append(cv2.warpAffine(image, matrix, size, borderMode=cv2.BORDER_REFLECT))
-    return out
-
-
-def write(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
+    return camera_clip(image, frames, size, zoom=(z0, z1), pan=pan, centre_y=1 / 2.5)
 
 
 def track_figures(rows: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -109,7 +89,7 @@ def main() -> None:
         for photo in PORTRAITS:
             for motion in MOTIONS:
                 name = f"{Path(photo).stem}_{motion[0]}.mp4"
-                write(
+                write_video(
                     folder / name, clip(SAMPLES / photo, args.frames, (width, height), motion), 30
                 )
         began = time.perf_counter()

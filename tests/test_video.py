@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from video_fixtures import write_video, zoom_frames
+from video_fixtures import zoom_frames
 
+from agegender.data.demo import write_video
 from agegender.inference import predict
 from agegender.inference.tracking import TRACK_COLUMNS, label_changes
 from agegender.inference.video import FaceMark, FrameMarks, VideoOptions, marks_at

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agegender.data.demo import camera_clip
 from agegender.images import load_image
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -25,32 +26,9 @@ def zoom_frames(
     pan: float = 0.0,
 ) -> list[np.ndarray]:
     """BGR frames of a slow zoom (and horizontal pan, in fractions of the width) over a
-    photo; ``size`` is (width, height)."""
+    sample photo; ``size`` is (width, height)."""
     image = cv2.cvtColor(load_image(SAMPLES / photo), cv2.COLOR_RGB2BGR)
-    h, w = image.shape[:2]
-    width, height = size
-    out = []
-    for i in range(frames):
-        t = i / max(frames - 1, 1)
-        z = 1 + (zoom - 1) * t
-        cw, ch = w / z, h / z
-        cx, cy = w / 2 + pan * w * (t - 0.5), h / 2.3
-        x0 = min(max(cx - cw / 2, 0), w - cw)
-        y0 = min(max(cy - ch / 2, 0), h - ch)
-        sx, sy = width / cw, height / ch
-        matrix = np.float32([[sx, 0, -x0 * sx], [0, sy, -y0 * sy]])
-        out.append(cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT))
-    return out
-
-
-def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 10) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    return path
+    return camera_clip(image, frames, size, zoom=(1.0, zoom), pan=pan)
 
 
 class MJPEGServer:

@@ -140,6 +140,46 @@ def generate_demo(
     return out
 
 
+def camera_clip(
+    image: np.ndarray,
+    frames: int,
+    size: tuple[int, int],
+    zoom: tuple[float, float] = (1.0, 1.5),
+    pan: float = 0.0,
+    centre_y: float = 1 / 2.3,
+) -> list[np.ndarray]:
+    """Frames of a virtual camera over a photo (the video tests' and
+    ``benchmarks/bench_video_tracks.py``'s clips): zooming from ``zoom[0]`` to ``zoom[1]``
+    and panning by ``pan`` of the width, centred at ``centre_y`` of the height, each frame
+    ``size`` = (width, height), in ``image``'s channel order; edges reflect."""
+    h, w = image.shape[:2]
+    width, height = size
+    out = []
+    for i in range(frames):
+        t = i / max(frames - 1, 1)
+        z = zoom[0] + (zoom[1] - zoom[0]) * t
+        cw, ch = w / z, h / z
+        cx, cy = w / 2 + pan * w * (t - 0.5), h * centre_y
+        x0 = min(max(cx - cw / 2, 0), w - cw)
+        y0 = min(max(cy - ch / 2, 0), h - ch)
+        sx, sy = width / cw, height / ch
+        matrix = np.float32([[sx, 0, -x0 * sx], [0, sy, -y0 * sy]])
+        out.append(cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT))
+    return out
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 10) -> Path:
+    """``frames`` (BGR, one size) as an MPEG-4 video at ``fps`` (the clips of
+    :func:`camera_clip` as files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agegender.data.demo",

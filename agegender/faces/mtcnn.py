@@ -167,10 +167,11 @@ class MTCNNDetector(_MTCNNBase):
 ONNX_NAMES: tuple[str, str, str] = ("pnet.onnx", "rnet.onnx", "onet.onnx")
 
 
-def onnx_dir() -> Path:
+def onnx_dir(cache: Path | None = None) -> Path:
+    """``<cache>/mtcnn`` (default: the weights cache, :func:`agegender.weights.cache_dir`)."""
     from agegender.weights import cache_dir
 
-    return cache_dir() / "mtcnn"
+    return (cache_dir() if cache is None else Path(cache)) / "mtcnn"
 
 
 def onnx_paths(folder: Path | None = None) -> tuple[Path, Path, Path]:

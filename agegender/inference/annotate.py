@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -34,11 +33,10 @@ def annotated_path(root: str | os.PathLike[str], relpath: str) -> Path:
     return path if path.suffix.lower() in WRITABLE_SUFFIXES else path.with_name(path.name + ".jpg")
 
 
-def label_of(
-    result: ImageResult, i: int, names: Mapping[str, Sequence[str]] | None = None
-) -> tuple[str, str]:
-    """("gender, age" text, gender) of face ``i``; ``names``: the label set's class names."""
-    names = (result.labels or LABELS) if names is None else names
+def label_of(result: ImageResult, i: int) -> tuple[str, str]:
+    """("gender, age" text, gender) of face ``i``, in the class names its classifier gave
+    it (``result.labels``: the label set's)."""
+    names = result.labels or LABELS
     parts = {}
     for task in ("gender", "age"):
         probs = result.probs.get(task)
@@ -47,11 +45,11 @@ def label_of(
     return text, parts["gender"]
 
 
-def draw(result: ImageResult, names: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+def draw(result: ImageResult) -> np.ndarray:
     """A BGR copy of the input (at its decoded size) with every face boxed and labelled."""
     canvas = cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
     boxes = [tuple(v / result.scale for v in face.box) for face in result.faces]
-    labels = [label_of(result, i, names) for i in range(len(result.faces))]
+    labels = [label_of(result, i) for i in range(len(result.faces))]
     return draw_faces(canvas, boxes, labels)
 
 
@@ -85,20 +83,15 @@ def draw_faces(
     return canvas
 
 
-def save_annotated(
-    result: ImageResult,
-    root: str | os.PathLike[str],
-    names: Mapping[str, Sequence[str]] | None = None,
-) -> Path | None:
-    """Write the annotated copy (inputs that decoded, with or without faces); None otherwise.
-    ``names``: class names per task (the label set's; default adience8)."""
+def save_annotated(result: ImageResult, root: str | os.PathLike[str]) -> Path | None:
+    """Write the annotated copy (inputs that decoded, with or without faces); None otherwise."""
     if result.image is None:
         return None
     path = annotated_path(root, result.item.relpath)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Fast PNG compression: level 3 (OpenCV's default) takes ~90 ms for a 2 MP image.
     params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if path.suffix.lower() == ".png" else []
-    ok, encoded = cv2.imencode(path.suffix.lower(), draw(result, names), params)
+    ok, encoded = cv2.imencode(path.suffix.lower(), draw(result), params)
     if not ok:
         raise OSError(f"cannot encode {path}")
     # Written beside and renamed, so a killed run never leaves a half-written copy under

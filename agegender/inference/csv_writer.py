@@ -42,6 +42,12 @@ LABELS: dict[str, tuple[str, ...]] = {"age": AGE_BUCKETS, "gender": GENDERS}
 EXPECTED_AGE_COLUMN = "age_years_estimate"
 
 
+def expected_years(age_probs: np.ndarray, labels: LabelSet) -> float:
+    """``age_years_estimate`` of one face: its age probabilities times the classes' midpoints
+    (:attr:`agegender.labels.LabelSet.midpoints`), rounded to 0.1 year: an estimate."""
+    return round(float(np.dot(age_probs, np.asarray(labels.midpoints, dtype=np.float64))), 1)
+
+
 def prob_columns(labels: LabelSet | None = None) -> tuple[str, ...]:
     """``save_probs`` columns for a label set: ``p_age_0..p_age_<n-1>, p_gender_0, p_gender_1``
     (:data:`PROB_COLUMNS` for adience8)."""
@@ -105,8 +111,7 @@ def result_rows(
             best = int(np.argmax(probs[i]))
             row[task] = names[task][best]
             if task == "age" and expected_age:
-                years = float(np.dot(probs[i], np.asarray(labels.midpoints, dtype=np.float64)))
-                row[EXPECTED_AGE_COLUMN] = round(years, 1)
+                row[EXPECTED_AGE_COLUMN] = expected_years(probs[i], labels)
             row[f"{task}_prob"] = round(float(probs[i][best]), 4)
             if save_probs:
                 for k, p in enumerate(probs[i]):
@@ -215,30 +220,20 @@ class PredictionWriter:
           Either way the input is predicted again, so nothing is lost or duplicated.
         """
         with open(self.path, "r+b") as fh:
-            first = fh.readline()
-            if not first.endswith(b"\n"):
-                if first:
-                    self.repairs.append("torn header rewritten")
+            start = self._check_header(fh)
+            if start is None:
                 return False
-            found = first.decode("utf-8", errors="replace").rstrip("\r\n")
-            if found != self.header.rstrip("\r\n"):
-                raise ResumeError(
-                    f"cannot resume {self.path}: its columns are\n  {found}\nbut this run "
-                    f"writes\n  {self.header.rstrip()}\n(save_probs={self.save_probs}; a "
-                    "setting changed?). Resume with the settings of the first run, write to "
-                    "another output, or run without resume=true to start the file afresh."
-                )
             end = _complete_end(fh)
             fh.seek(end)
             fragment = fh.read().decode("utf-8", errors="replace")
-            fh.seek(len(first))
-            last_path, last_start, last_count = self._read_done(fh, len(first), end)
+            fh.seek(start)
+            last_path, last_start, last_count = self._read_done(fh, start, end)
             cut = end
             if fragment:
                 self.repairs.append(f"torn last line cut ({len(fragment)} characters)")
                 if last_path is not None:
-                    field = csv_field(last_path) + ","
-                    if fragment.startswith(field) or field.startswith(fragment):
+                    prefix = self._record_prefix(last_path)
+                    if fragment.startswith(prefix) or prefix.startswith(fragment):
                         cut = last_start
                         self.done.discard(last_path)
                         self.rows -= last_count
@@ -247,9 +242,30 @@ class PredictionWriter:
                 fh.truncate(cut)
         return True
 
-    def _read_done(self, fh: BinaryIO, start: int, end: int) -> tuple[str | None, int, int]:
-        """Fill :attr:`done` and :attr:`rows` from the records between ``start`` and ``end``;
-        returns the last record's path, the offset its input's rows start at, their count."""
+    def _check_header(self, fh: BinaryIO) -> int | None:
+        """The offset the records start at, or None to start afresh (no complete header);
+        :class:`ResumeError` for other columns."""
+        first = fh.readline()
+        if not first.endswith(b"\n"):
+            if first:
+                self.repairs.append("torn header rewritten")
+            return None
+        found = first.decode("utf-8", errors="replace").rstrip("\r\n")
+        if found != self.header.rstrip("\r\n"):
+            raise ResumeError(
+                f"cannot resume {self.path}: its columns are\n  {found}\nbut this run "
+                f"writes\n  {self.header.rstrip()}\n(save_probs={self.save_probs}; a "
+                "setting changed?). Resume with the settings of the first run, write to "
+                "another output, or run without resume=true to start the file afresh."
+            )
+        return len(first)
+
+    def _record_prefix(self, path: str) -> str:
+        """How a record of ``path`` starts (a torn fragment that matches may be its input's)."""
+        return csv_field(path) + ","
+
+    def _records(self, fh: BinaryIO, start: int, end: int) -> Iterator[tuple[int, str]]:
+        """(offset, path) of every record between ``start`` and ``end``."""
         pos = start
 
         def lines() -> Iterator[str]:
@@ -262,20 +278,25 @@ class PredictionWriter:
                 yield raw.decode("utf-8", errors="replace")
 
         reader = csv.reader(lines())
-        last_path: str | None = None
-        last_start, last_count = start, 0
         while True:
             record_start = pos
             row = next(reader, None)
             if row is None:
-                break
-            if not row:
-                continue
+                return
+            if row:
+                yield record_start, row[0]
+
+    def _read_done(self, fh: BinaryIO, start: int, end: int) -> tuple[str | None, int, int]:
+        """Fill :attr:`done` and :attr:`rows` from the records between ``start`` and ``end``;
+        returns the last record's path, the offset its input's rows start at, their count."""
+        last_path: str | None = None
+        last_start, last_count = start, 0
+        for record_start, path in self._records(fh, start, end):
             self.rows += 1
-            if row[0] != last_path:
-                last_path, last_start, last_count = row[0], record_start, 0
+            if path != last_path:
+                last_path, last_start, last_count = path, record_start, 0
             last_count += 1
-            self.done.add(row[0])
+            self.done.add(path)
         return last_path, last_start, last_count
 
     def close(self) -> None:
@@ -320,70 +341,54 @@ class JsonlWriter(PredictionWriter):
         return (), ""
 
     def write(self, result: ImageResult, tracks: Sequence[int | None] | None = None) -> None:
-        objects = jsonl_objects(result, tracks)
-        if self.expected_age:  # after the face's own keys, before status
-            midpoints = np.asarray(self.labels.midpoints, dtype=np.float64)
-            for obj, probs in zip(objects, result.probs.get("age", ()), strict=False):
-                status = obj.pop("status")
-                obj[EXPECTED_AGE_COLUMN] = round(float(np.dot(probs, midpoints)), 1)
-                obj["status"] = status
+        objects = jsonl_objects(result, tracks, self.labels if self.expected_age else None)
         lines = [json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects]
         self._write_all("".join(lines).encode("utf-8"))
         self.rows += len(lines)
 
-    def _continue(self) -> bool:
-        with open(self.path, "r+b") as fh:
-            end = _complete_end(fh)
-            fh.seek(end)
-            fragment = fh.read().decode("utf-8", errors="replace")
-            fh.seek(0)
-            last_path: str | None = None
-            last_start, last_count, pos = 0, 0, 0
-            while pos < end:
-                raw = fh.readline(end - pos)
-                start, pos = pos, pos + len(raw)
-                if not raw.strip():
-                    continue
-                try:
-                    path = json.loads(raw)["path"]
-                except (ValueError, KeyError, TypeError):
-                    raise ResumeError(
-                        f"cannot resume {self.path}: line at byte {start} is not an object "
-                        'with a "path" (not a predictions.jsonl of agegender?)'
-                    ) from None
-                self.rows += 1
-                if path != last_path:
-                    last_path, last_start, last_count = path, start, 0
-                last_count += 1
-                self.done.add(path)
-            cut = end
-            if fragment:
-                self.repairs.append(f"torn last line cut ({len(fragment)} characters)")
-                if last_path is not None:
-                    prefix = json.dumps({"path": last_path}, ensure_ascii=False)[:-1] + ","
-                    if fragment.startswith(prefix) or prefix.startswith(fragment):
-                        cut = last_start
-                        self.done.discard(last_path)
-                        self.rows -= last_count
-                        self.repairs.append(f"rows of {last_path} dropped to be redone")
-            if cut < fh.seek(0, os.SEEK_END):
-                fh.truncate(cut)
-        return end > 0 or bool(fragment)
+    def _check_header(self, fh: BinaryIO) -> int | None:
+        return 0  # no header: records from the first byte
+
+    def _record_prefix(self, path: str) -> str:
+        return json.dumps({"path": path}, ensure_ascii=False)[:-1] + ","
+
+    def _records(self, fh: BinaryIO, start: int, end: int) -> Iterator[tuple[int, str]]:
+        pos = start
+        while pos < end:
+            raw = fh.readline(end - pos)
+            record_start, pos = pos, pos + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                path = json.loads(raw)["path"]
+            except (ValueError, KeyError, TypeError):
+                raise ResumeError(
+                    f"cannot resume {self.path}: line at byte {record_start} is not an object "
+                    'with a "path" (not a predictions.jsonl of agegender?)'
+                ) from None
+            yield record_start, path
 
 
 def jsonl_objects(
-    result: ImageResult, tracks: Sequence[int | None] | None = None
+    result: ImageResult,
+    tracks: Sequence[int | None] | None = None,
+    expected_age: LabelSet | None = None,
 ) -> list[dict[str, object]]:
     """The JSON Lines objects of one input (see :class:`JsonlWriter`); video and stream
-    frames add ``track`` (the CSV's column: an id, or null for an unconfirmed face)."""
+    frames add ``track`` (the CSV's column: an id, or null for an unconfirmed face);
+    ``expected_age``: the label set whose midpoints give ``age_years_estimate``."""
     if not result.faces:
         return [{"path": result.item.path, "status": result.status}]
     from agegender.api import face_results
 
-    objects: list[dict[str, object]] = [
-        {"path": result.item.path, "face": i, **face.to_dict(), "status": "ok"}
-        for i, face in enumerate(face_results(result))
-    ]
+    age = result.probs.get("age")
+    objects: list[dict[str, object]] = []
+    for i, face in enumerate(face_results(result)):
+        obj: dict[str, object] = {"path": result.item.path, "face": i, **face.to_dict()}
+        if expected_age is not None and age is not None:
+            obj[EXPECTED_AGE_COLUMN] = expected_years(age[i], expected_age)
+        obj["status"] = "ok"
+        objects.append(obj)
     if tracks is not None:
         for obj, track in zip(objects, tracks, strict=True):
             obj["track"] = track

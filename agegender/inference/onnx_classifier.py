@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agegender.spec import FaceSpec
+from agegender.spec import FaceSpec, centre_offset
 
 
 class OnnxFaceClassifier:
@@ -77,7 +77,7 @@ class OnnxFaceClassifier:
         )
         self.device = "cpu"
         spec = self.face_spec
-        self._offset = _centre_offset(spec.resize_size, spec.crop_size)
+        self._offset = centre_offset(spec.resize_size, spec.crop_size)
         self._preset: Any = None
         if spec.resize_size != spec.face_size:
             from agegender.transforms import EvalPreset  # a real resize: the torch preset
@@ -106,9 +106,3 @@ class OnnxFaceClassifier:
 
     def __repr__(self) -> str:
         return f"OnnxFaceClassifier({str(self.path)!r})"
-
-
-def _centre_offset(size: int, crop: int) -> int:
-    """= :func:`agegender.models.levi_hassner.centre_offset` (torchvision's rounding), kept
-    here so this module does not import the models (torch)."""
-    return int(round((size - crop) / 2.0))

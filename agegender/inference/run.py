@@ -235,9 +235,8 @@ def _predict_into(
                 commit(result, None, tracks)
                 continue
             if tracks is None:
-                future = annotator.submit(
-                    save_annotated, result, output / ANNOTATED_DIR, classifier.labels.class_names
-                )
+                # the result carries its classifier's class names (Pipeline.classify)
+                future = annotator.submit(save_annotated, result, output / ANNOTATED_DIR)
             else:  # drawn into the video's annotated copy when the video is done
                 future, result.image = None, None
             annotating.append((result, future, tracks))
@@ -418,24 +417,16 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
     if not stream:
         scan_inputs(cfg["input"])  # a missing input fails now, before any model is loaded
     check_shard(int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
-    backend = resolve_backend(
-        str(cfg.get("backend", "torch")),
-        cfg.get("checkpoint"),
-        str(cfg.get("device", "cpu")),
-        str(cfg.get("precision", "fp32")),
-        bool(cfg.get("oversample", False)),
-    )
-    threads = cfg.get("threads")
-    if backend == "torch":
-        threads = configure_torch_threads(threads, int(cfg["workers"]))
-    # onnxruntime with threads=null: one thread per core; unlike torch's cores // workers
-    # (configure_torch_threads), that measured faster end to end on 2 cores
-    # (1.59-1.66x the seed pipeline vs 1.46-1.50x, the bench_predict.py folder, 3 rounds).
     from agegender.api import AgeGender
 
-    # the Python API's object: one pipeline
-    agegender = AgeGender.from_config({**cfg, "backend": backend, "threads": threads})
+    # The Python API's object: one pipeline. `threads` reaches onnxruntime there (null: one
+    # thread per core, which measured faster end to end on 2 cores than torch's
+    # cores // workers: 1.59-1.66x the seed pipeline vs 1.46-1.50x, bench_predict.py's
+    # folder, 3 rounds); PyTorch's process-wide count is set here.
+    agegender = AgeGender.from_config(cfg)
     classifier = agegender.classifier
+    if classifier.backend == "torch":
+        configure_torch_threads(cfg.get("threads"), int(cfg["workers"]))
     output = Path(cfg["output"])
     video = VideoOptions(
         lost_seconds=float(video_cfg.get("lost_seconds", 1.0)),

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agegender.models.levi_hassner import CaffeInput, CaffeLRN, CaffeMeanImage, centre_offset
-from agegender.spec import face_spec_of
+from agegender.models.levi_hassner import CaffeInput, CaffeLRN, CaffeMeanImage
+from agegender.spec import centre_offset, face_spec_of
 
 
 class BandLRN(nn.Module):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from agegender.labels import TASK_NUM_CLASSES
-from agegender.spec import FaceSpec
+from agegender.spec import FaceSpec, centre_offset
 
 #: What the original nets were fed: 256 x 256 faces (the Adience LMDBs), 227 crops, BGR minus
 #: the per-channel means (B, G, R) of the original ``mean.binaryproto`` in 0-255 pixel units,
@@ -30,12 +30,6 @@ CAFFE_FACE_SPEC = FaceSpec(
 #: How the net subtracts the mean: ``channel`` (the spec's means; the original deployed nets)
 #: or ``image`` (a per-pixel mean image, as the paper's training prototxt's ``mean_file``).
 MEAN_MODES: tuple[str, ...] = ("channel", "image")
-
-
-def centre_offset(size: int, crop: int) -> int:
-    """Top/left of a centre crop, torchvision's rounding (= Caffe's ``(size - crop) / 2`` for
-    256 -> 227: both give 14), so the mean's centre matches the image's centre crop."""
-    return int(round((size - crop) / 2.0))
 
 
 class CaffeInput(nn.Module):
