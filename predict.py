@@ -21,11 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from agegender.errors import CheckpointError
-    from agegender.inference import InputNotFoundError, predict_from_config
-    from agegender.inference.csv_writer import ResumeError
+    from agegender.inference.inputs import InputNotFoundError
     from agegender.inference.shards import ShardError
+    from agegender.inference.writer import ResumeError
     from agegender.labels import LabelSetError
-    from agegender.weights import WeightsNotFoundError
+    from agegender.predict_command import predict_from_config
+    from agegender.store import WeightsNotFoundError
 
     try:
         predict_from_config(OmegaConf.to_container(cfg, resolve=True))

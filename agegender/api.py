@@ -18,170 +18,100 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from agegender.images import DEFAULT_MAX_PIXELS, ImageLoadError
+from agegender.faces import Detector, Face, build_detector
+from agegender.images import ImageLoadError, to_rgb_array
+from agegender.inference.inputs import InputItem
+from agegender.inference.job import run_job
+from agegender.inference.options import PredictOptions
+from agegender.inference.pipeline import Pipeline
+from agegender.inference.results import FaceResult
+from agegender.inference.sources import open_source
+from agegender.inference.summary import Summary
+from agegender.runtime.base import Classifier
+from agegender.runtime.build import build_classifier
 
-if TYPE_CHECKING:
-    from agegender.faces import Detector, Face
-    from agegender.inference.classifier import FaceClassifier
-    from agegender.inference.onnx_classifier import OnnxFaceClassifier
-    from agegender.inference.pipeline import ImageResult, Pipeline
-    from agegender.inference.summary import Summary
-
-
-@dataclass
-class FaceResult:
-    """One face: where it is, and its age and gender with their probabilities.
-
-    ``box`` is (x1, y1, x2, y2) in the input image's pixels; ``score`` the detector's
-    confidence (1.0 for boxes given by the caller); ``landmarks`` 5 (x, y) points (eyes,
-    nose, mouth corners) or None. ``age``/``gender`` are the most probable classes and
-    ``age_prob``/``gender_prob`` their probabilities; ``age_probs``/``gender_probs`` every
-    class's probability in the model's class order. A model without a head gives None there.
-    """
-
-    box: tuple[float, float, float, float]
-    score: float
-    landmarks: list[tuple[float, float]] | None = None
-    age: str | None = None
-    age_prob: float | None = None
-    gender: str | None = None
-    gender_prob: float | None = None
-    age_probs: dict[str, float] = field(default_factory=dict)
-    gender_probs: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (lists, floats, strings), the fields above as keys."""
-        return {
-            "box": [float(v) for v in self.box],
-            "score": float(self.score),
-            "landmarks": None if self.landmarks is None else [list(p) for p in self.landmarks],
-            "age": self.age,
-            "age_prob": self.age_prob,
-            "gender": self.gender,
-            "gender_prob": self.gender_prob,
-            "age_probs": dict(self.age_probs),
-            "gender_probs": dict(self.gender_probs),
-        }
-
-
-def face_results(result: ImageResult) -> list[FaceResult]:
-    """The faces of a classified pipeline result (what the API returns, and what the JSON
-    Lines output of ``predict.py`` writes)."""
-    faces = []
-    for i, face in enumerate(result.faces):
-        out = FaceResult(
-            box=tuple(float(v) for v in face.box),  # type: ignore[arg-type]
-            score=float(face.score),
-            landmarks=None
-            if face.landmarks is None
-            else [(float(x), float(y)) for x, y in np.asarray(face.landmarks)],
-        )
-        for task in ("age", "gender"):
-            probs = result.probs.get(task)
-            if probs is None:
-                continue
-            names = result.labels[task]
-            p = probs[i]
-            best = int(np.argmax(p))
-            setattr(out, task, names[best])
-            setattr(out, f"{task}_prob", float(p[best]))
-            setattr(out, f"{task}_probs", {n: float(v) for n, v in zip(names, p, strict=True)})
-        faces.append(out)
-    return faces
+__all__ = ["AgeGender", "FaceResult", "ImageLoadError"]
 
 
 class AgeGender:
     """Detector + classifier, built once; call :meth:`predict` on as many images as you like.
 
+    Every setting is predict.py's (``conf/predict.yaml``, read here: the defaults live there
+    once), as keywords (``device="cuda"``, ``precision="bf16"``, ``batch_size=64``,
+    ``labels="coarse3"`` ...) or a whole :class:`~agegender.inference.options.PredictOptions`
+    (``options=``); they are :attr:`options`.
+
     ``detector``: a name (``mtcnn``, ``mtcnn_facenet``, ``opencv_ssd``, ``haar``, ``none``:
-    the image is already a face crop) with ``detector_options`` (the settings of
-    ``conf/detector/<name>.yaml``; the constructor defaults equal those files), or any
+    the image is already a face crop; built from ``conf/detector/<name>.yaml``) with
+    ``detector_options`` overriding that file's settings, or any
     :class:`~agegender.faces.Detector` instance. ``checkpoint``: None for the original
     Levi-Hassner weights (converted into the cache by ``python -m agegender.weights
     original``; never downloaded here unless ``download=True``), or a file written by
     ``train.py``. ``precision``: ``auto``, ``fp32`` (exact) or ``bf16`` (see
-    :func:`agegender.inference.classifier.resolve_precision`). ``decode_min_side``: paths to
+    :func:`agegender.runtime.torch_classifier.resolve_precision`). ``decode_min_side``: paths to
     big JPEGs are decoded reduced (boxes stay in full-size pixels); arrays are used as given.
     ``backend``: ``auto`` (onnxruntime on the CPU when the exported original nets are cached
     and nothing needs torch, else PyTorch), ``torch`` or ``onnxruntime``
-    (:func:`agegender.inference.run.resolve_backend`); ``threads``: onnxruntime's threads.
+    (:func:`agegender.runtime.build.resolve_backend`); ``threads``: onnxruntime's threads.
     ``labels``: the label set to report (None: the checkpoint's; ``coarse3`` etc. on the
     original weights sums bucket probabilities, see :mod:`agegender.labels`).
     """
 
     def __init__(
         self,
-        detector: str | Detector = "mtcnn",
+        detector: str | Detector | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
-        device: str = "cpu",
-        precision: str = "auto",
-        oversample: bool = False,
-        batch_size: int = 32,
-        workers: int = 2,
+        *,
         detector_options: Mapping[str, Any] | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        decode_min_side: int | None = 1600,
-        download: bool = False,
-        backend: str = "auto",
-        threads: int | None = None,
-        labels: Any = None,
+        options: PredictOptions | None = None,
+        **settings: Any,
     ) -> None:
-        from agegender.faces import build_detector
-        from agegender.inference.run import build_classifier
-
-        if isinstance(detector, str):
-            options = dict(detector_options or {})
-            if detector in ("mtcnn", "mtcnn_facenet"):
-                options.setdefault("device", device)
-            if detector == "mtcnn":
-                options.setdefault("backend", backend)
-            detector = build_detector(detector, **options)
-        elif detector_options:
-            raise ValueError("detector_options go with a detector name, not an instance")
+        if isinstance(detector, str) or detector is None:
+            name = detector or (options.detector_name if options else "mtcnn")
+        else:
+            name = "mtcnn"
+        if checkpoint is not None:
+            settings["checkpoint"] = None if checkpoint is None else str(checkpoint)
+        if options is None:
+            options = PredictOptions.defaults(detector=name, **settings)
+        else:
+            options = options.replace(**settings)
+            if isinstance(detector, str) and detector != options.detector_name:
+                options = options.replace(
+                    detector=PredictOptions.defaults(
+                        detector=detector, device=options.device, backend=options.backend
+                    ).detector
+                )
+        if isinstance(detector, Detector):
+            if detector_options:
+                raise ValueError("detector_options go with a detector name, not an instance")
+        else:
+            detector = build_detector(options.detector, **dict(detector_options or {}))
+        #: Every setting this object runs with (conf/predict.yaml's, changed by yours).
+        self.options = options
         self.detector: Detector = detector
-        self.classifier: FaceClassifier | OnnxFaceClassifier
+        self.classifier: Classifier
         self.classifier, self.checkpoint_meta = build_classifier(
-            checkpoint,
-            oversample=oversample,
-            device=device,
-            download=download,
-            precision=precision,
-            backend=backend,
-            threads=threads,
-            labels=labels,
+            options.checkpoint,
+            oversample=options.oversample,
+            device=options.device,
+            download=options.download,
+            precision=options.precision,
+            backend=options.backend,
+            threads=options.threads,
+            labels=options.labels,
         )
-        self.batch_size = batch_size
-        self.workers = workers
-        self.max_pixels = max_pixels
-        self.decode_min_side = decode_min_side
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AgeGender:
         """Built from a composed ``conf/predict.yaml`` (what ``predict.py`` does)."""
-        detector_cfg = dict(cfg["detector"])
-        name = detector_cfg.pop("name")
-        return cls(
-            detector=name,
-            detector_options=detector_cfg,
-            checkpoint=cfg.get("checkpoint"),
-            device=cfg.get("device", "cpu"),
-            precision=str(cfg.get("precision", "fp32")),
-            oversample=bool(cfg.get("oversample", False)),
-            batch_size=int(cfg.get("batch_size", 32)),
-            workers=int(cfg.get("workers", 2)),
-            max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS),
-            decode_min_side=cfg.get("decode_min_side"),
-            download=True,
-            backend=str(cfg.get("backend", "auto")),
-            threads=cfg.get("threads"),
-            labels=cfg.get("labels"),
-        )
+        return cls(options=PredictOptions.from_config(cfg).replace(download=True))
 
     @property
     def labels(self) -> dict[str, tuple[str, ...]]:
@@ -199,16 +129,15 @@ class AgeGender:
 
     def pipeline(self, keep_images: bool = False) -> Pipeline:
         """The pipeline every entry point runs (API calls, ``predict.py``, the web demo)."""
-        from agegender.inference.pipeline import Pipeline
-
+        options = self.options
         return Pipeline(
             self.detector,
             self.classifier,
-            batch_size=self.batch_size,
-            workers=self.workers,
-            max_pixels=self.max_pixels,
+            batch_size=options.batch_size,
+            workers=options.workers,
+            max_pixels=options.max_pixels,
             keep_images=keep_images,
-            decode_min_side=self.decode_min_side,
+            decode_min_side=options.decode_min_side,
         )
 
     def predict(
@@ -256,22 +185,19 @@ class AgeGender:
         for result in results:
             if result.error is not None:
                 raise ImageLoadError(result.error, result.item.path)
-            out.append(face_results(result))
+            out.append(result.faces)
         return out
 
     def predict_folder(
-        self, input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
+        self, input: str | os.PathLike[str], output: str | os.PathLike[str], **settings: Any
     ) -> Summary:
         """What ``predict.py input=... output=...`` does with this object's detector and
-        network: every image and video under ``input`` into ``output``/predictions.csv (or
-        ``.jsonl``); ``options`` are those of :func:`agegender.inference.run.predict`."""
-        from agegender.inference.run import predict
-
-        options.setdefault("batch_size", self.batch_size)
-        options.setdefault("workers", self.workers)
-        options.setdefault("max_pixels", self.max_pixels)
-        options.setdefault("decode_min_side", self.decode_min_side)
-        return predict(input, output, self.detector, self.classifier, **options)
+        network: every image and video under ``input`` (or a camera index / stream URL) into
+        ``output``/predictions.csv (or ``.jsonl``); ``settings`` change this object's
+        :attr:`options` for the run (``save_probs=True``, ``video_stride=5``, ...)."""
+        options = self.options.replace(input=str(input), output=str(output), **settings)
+        source = open_source(input, Path(output), options)
+        return run_job(source, output, self.detector, self.classifier, options)
 
     def __repr__(self) -> str:
         return (
@@ -280,10 +206,8 @@ class AgeGender:
         )
 
 
-def _item(image: Any, index: int, bgr: bool, boxes: Sequence[Any] | None) -> Any:
+def _item(image: Any, index: int, bgr: bool, boxes: Sequence[Any] | None) -> InputItem:
     """An :class:`~agegender.inference.inputs.InputItem` for one API input."""
-    from agegender.inference.inputs import InputItem
-
     faces = None if boxes is None else [_face(box) for box in boxes]
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
@@ -300,13 +224,9 @@ def _item(image: Any, index: int, bgr: bool, boxes: Sequence[Any] | None) -> Any
 
 def _to_rgb(image: Any, bgr: bool) -> np.ndarray:
     """PIL image or array -> H x W x 3 uint8 RGB (contiguous), or ImageLoadError."""
-    from PIL import Image
-
     if isinstance(image, Image.Image):
         if bgr:
             raise ValueError("bgr=True is for arrays; PIL images are RGB")
-        from agegender.images import to_rgb_array
-
         return to_rgb_array(image)
     if not isinstance(image, np.ndarray):
         raise TypeError(
@@ -324,8 +244,6 @@ def _to_rgb(image: Any, bgr: bool) -> np.ndarray:
 
 
 def _face(box: Any) -> Face:
-    from agegender.faces import Face
-
     if isinstance(box, Face):
         return box
     values = [float(v) for v in box]

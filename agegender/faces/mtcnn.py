@@ -22,7 +22,6 @@ no torchvision, for start-up. ``detector=mtcnn_facenet`` runs facenet-pytorch's 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +30,8 @@ import cv2
 import numpy as np
 
 from agegender.faces.types import Detector, Face, check_image, clip_box, downscale, sort_faces
+from agegender.onnx_session import ort_session
+from agegender.store import MTCNN_ONNX_NAMES, mtcnn_onnx_cached, mtcnn_onnx_dir
 
 if TYPE_CHECKING:
     import torch
@@ -163,21 +164,10 @@ class MTCNNDetector(_MTCNNBase):
 
 
 # -- where the three nets run ------------------------------------------------------------------
-#: The exported nets, in the weights cache (``<cache>/mtcnn/{pnet,rnet,onet}.onnx``).
-ONNX_NAMES: tuple[str, str, str] = ("pnet.onnx", "rnet.onnx", "onet.onnx")
-
-
-def onnx_dir(cache: Path | None = None) -> Path:
-    """``<cache>/mtcnn`` (default: the weights cache, :func:`agegender.weights.cache_dir`)."""
-    from agegender.weights import cache_dir
-
-    return (cache_dir() if cache is None else Path(cache)) / "mtcnn"
-
-
 def onnx_paths(folder: Path | None = None) -> tuple[Path, Path, Path]:
     """The exported P-, R- and O-net; a missing one is an error saying how to make them."""
-    folder = onnx_dir() if folder is None else folder
-    paths = tuple(folder / name for name in ONNX_NAMES)
+    folder = mtcnn_onnx_dir() if folder is None else folder
+    paths = tuple(folder / name for name in MTCNN_ONNX_NAMES)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -194,8 +184,7 @@ def resolve_mtcnn_backend(backend: str, device: str = "cpu") -> str:
         return backend
     if str(device) != "cpu":
         return "torch"
-    folder = onnx_dir()
-    return "onnxruntime" if all((folder / n).is_file() for n in ONNX_NAMES) else "torch"
+    return "onnxruntime" if mtcnn_onnx_cached() else "torch"
 
 
 class TorchNets:
@@ -229,13 +218,8 @@ class OnnxNets:
     """The same nets exported to ONNX, in onnxruntime sessions (thread-safe ``run``)."""
 
     def __init__(self, paths: tuple[Path, Path, Path], threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or _default_threads()
-        self.sessions = [
-            ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths
-        ]
+        # Detection runs in every loader thread at once (the pipeline's 2 by default).
+        self.sessions = [ort_session(p, threads, parallel=LOADER_THREADS) for p in paths]
 
     def _run(self, i: int, x: np.ndarray) -> tuple[np.ndarray, ...]:
         nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
@@ -251,9 +235,8 @@ class OnnxNets:
         return self._run(2, x)
 
 
-def _default_threads() -> int:
-    """One thread per loader: detection runs in every loader thread at once (Pipeline)."""
-    return 1 if (os.cpu_count() or 1) <= 2 else 2
+#: Loader threads that run detection at once (the pipeline's default ``workers``).
+LOADER_THREADS = 2
 
 
 # -- the cascade -------------------------------------------------------------------------------

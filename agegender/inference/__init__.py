@@ -1,8 +1,10 @@
-"""Prediction: inputs (images, folders, videos) -> faces -> age/gender -> CSV + pictures.
+"""The prediction engine: results, writers, tracks, annotation, video I/O and the one job
+loop (inputs -> faces -> age/gender -> predictions.csv + pictures).
 
-Used by ``predict.py``; import nothing from training here (start-up time, DESIGN.md). The
-names below are imported on first use: with ``backend=onnxruntime`` a whole prediction run
-never imports torch, and this package must not import it on its own.
+Layer: above the runtime (:mod:`agegender.runtime`), below the API (:mod:`agegender.api`);
+training code never imports it. The names below are imported on first use: with
+``backend=onnxruntime`` a whole prediction run never imports torch, and this package must
+not import it on its own.
 """
 
 from __future__ import annotations
@@ -11,13 +13,12 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    "FaceClassifier": "agegender.inference.classifier",
-    "OnnxFaceClassifier": "agegender.inference.onnx_classifier",
     "COLUMNS": "agegender.inference.csv_writer",
     "PROB_COLUMNS": "agegender.inference.csv_writer",
-    "PredictionWriter": "agegender.inference.csv_writer",
-    "JsonlWriter": "agegender.inference.csv_writer",
-    "ResumeError": "agegender.inference.csv_writer",
+    "CsvWriter": "agegender.inference.csv_writer",
+    "JsonlWriter": "agegender.inference.jsonl_writer",
+    "PredictionWriter": "agegender.inference.writer",
+    "ResumeError": "agegender.inference.writer",
     "result_rows": "agegender.inference.csv_writer",
     "IMAGE_EXTENSIONS": "agegender.inference.inputs",
     "VIDEO_EXTENSIONS": "agegender.inference.inputs",
@@ -26,14 +27,13 @@ _EXPORTS: dict[str, str] = {
     "iter_inputs": "agegender.inference.inputs",
     "list_files": "agegender.inference.inputs",
     "scan_inputs": "agegender.inference.inputs",
-    "ImageResult": "agegender.inference.pipeline",
+    "FaceResult": "agegender.inference.results",
+    "ImageResult": "agegender.inference.results",
     "Pipeline": "agegender.inference.pipeline",
-    "BACKENDS": "agegender.inference.run",
-    "build_classifier": "agegender.inference.run",
-    "configure_torch_threads": "agegender.inference.run",
-    "predict": "agegender.inference.run",
-    "predict_from_config": "agegender.inference.run",
-    "resolve_backend": "agegender.inference.run",
+    "PredictOptions": "agegender.inference.options",
+    "VideoOptions": "agegender.inference.options",
+    "predict": "agegender.inference.job",
+    "run_job": "agegender.inference.job",
     "ShardError": "agegender.inference.shards",
     "csv_name": "agegender.inference.shards",
     "shard_slice": "agegender.inference.shards",

@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 
 from agegender.fileio import atomic_write
-from agegender.inference.csv_writer import LABELS
-from agegender.inference.pipeline import ImageResult
+from agegender.inference.results import ImageResult
 
 #: Suffixes OpenCV writes as-is; anything else (and video frames) is saved as .jpg beside.
 WRITABLE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -33,23 +32,11 @@ def annotated_path(root: str | os.PathLike[str], relpath: str) -> Path:
     return path if path.suffix.lower() in WRITABLE_SUFFIXES else path.with_name(path.name + ".jpg")
 
 
-def label_of(result: ImageResult, i: int) -> tuple[str, str]:
-    """("gender, age" text, gender) of face ``i``, in the class names its classifier gave
-    it (``result.labels``: the label set's)."""
-    names = result.labels or LABELS
-    parts = {}
-    for task in ("gender", "age"):
-        probs = result.probs.get(task)
-        parts[task] = "" if probs is None else names[task][int(np.argmax(probs[i]))]
-    text = ", ".join(p for p in (parts["gender"], parts["age"]) if p)
-    return text, parts["gender"]
-
-
 def draw(result: ImageResult) -> np.ndarray:
     """A BGR copy of the input (at its decoded size) with every face boxed and labelled."""
     canvas = cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
     boxes = [tuple(v / result.scale for v in face.box) for face in result.faces]
-    labels = [label_of(result, i) for i in range(len(result.faces))]
+    labels = [face.label() for face in result.faces]
     return draw_faces(canvas, boxes, labels)
 
 
@@ -59,7 +46,7 @@ def draw_faces(
     labels: list[tuple[str, str]],
 ) -> np.ndarray:
     """Draw each box with its ``(text, gender)`` label on the BGR ``canvas`` (in place, and
-    returned); shared by annotated copies and annotated videos (agegender.inference.video)."""
+    returned); shared by annotated copies, annotated videos and stream recordings."""
     height, width = canvas.shape[:2]
     thickness = max(1, round(max(height, width) / 400))
     font_scale = max(0.4, max(height, width) / 1200)

@@ -12,14 +12,16 @@ given directly as ``input=FILE`` is always an input, whatever its extension.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
+
+from agegender.inference.videoio import FRAME_MARK, frame_limit
 
 if TYPE_CHECKING:
     from agegender.faces.types import Face
@@ -55,6 +57,9 @@ class InputItem:
     ``path`` is what the CSV shows (``file.mp4#frame=N`` for frames); ``relpath`` names the
     annotated copy under ``DIR/annotated/``. ``faces``: boxes found by someone else's detector
     (full-size pixels of the image): detection is skipped and these faces are classified.
+    ``video``/``frame``: the video file or stream a frame belongs to, and its index.
+    ``replay``: a frame an earlier run already wrote (``resume=true``), analysed again only
+    so that its video's tracks continue exactly as in an uninterrupted run; never written.
     """
 
     path: str
@@ -63,6 +68,9 @@ class InputItem:
     image: np.ndarray | None = None
     error: str | None = None
     faces: list[Face] | None = None
+    video: str | None = None
+    frame: int | None = None
+    replay: bool = False
 
 
 def is_video(path: Path) -> bool:
@@ -111,11 +119,13 @@ def iter_inputs(
     done: Container[str] = frozenset(),
     max_frames: int | None = None,
     max_seconds: float | None = None,
+    complete: Container[str] = frozenset(),
 ) -> Iterator[InputItem]:
     """Yield one item per image file and per ``video_stride``-th video frame, except those
     whose ``path`` is in ``done`` (already in the CSV of a resumed run): a done image is not
-    even opened, a done frame is skipped without being decoded. ``max_frames`` /
-    ``max_seconds``: only a video's first frames (:func:`frame_limit`)."""
+    even opened. A video in ``complete`` (its tracks are in tracks.csv) skips its done
+    frames without decoding them; any other video replays them (:attr:`InputItem.replay`).
+    ``max_frames`` / ``max_seconds``: only a video's first frames (:func:`frame_limit`)."""
     if video_stride < 1:
         raise ValueError(f"video.stride must be >= 1, got {video_stride}")
     root = Path(root)
@@ -125,22 +135,12 @@ def iter_inputs(
             continue
         rel = file.relative_to(base).as_posix()
         if is_video(file):
-            yield from iter_video_frames(file, rel, video_stride, done, max_frames, max_seconds)
+            replay = str(file) not in complete
+            yield from iter_video_frames(
+                file, rel, video_stride, done, max_frames, max_seconds, replay
+            )
         else:
             yield InputItem(path=str(file), relpath=rel, file=file)
-
-
-def frame_limit(
-    capture: object, max_frames: int | None = None, max_seconds: float | None = None
-) -> int | None:
-    """How many frames of an opened video file to read: ``max_frames``, and ``max_seconds``
-    of video time at its frame rate (agegender.inference.video.video_fps); None = all."""
-    limits = [] if max_frames is None else [int(max_frames)]
-    if max_seconds is not None:
-        from agegender.inference.video import video_fps
-
-        limits.append(math.ceil(float(max_seconds) * video_fps(capture)))  # type: ignore[arg-type]
-    return min(limits) if limits else None
 
 
 def iter_video_frames(
@@ -150,13 +150,13 @@ def iter_video_frames(
     done: Container[str] = frozenset(),
     max_frames: int | None = None,
     max_seconds: float | None = None,
+    replay: bool = False,
 ) -> Iterator[InputItem]:
     """Every ``stride``-th frame (0, stride, 2*stride...) as RGB; an unreadable video is one
     error item, a video that stops early ends quietly (its last frames are its last rows).
-    Frames whose ``path`` is in ``done`` are grabbed (to keep the count) but not decoded.
-    Reading stops after :func:`frame_limit` frames."""
-    import cv2
-
+    Frames whose ``path`` is in ``done`` are grabbed (to keep the count) but not decoded,
+    unless ``replay``: then they are yielded as replay items. Reading stops after
+    :func:`frame_limit` frames."""
     if not os.access(file, os.R_OK):
         yield InputItem(str(file), relpath, file=file, error="permission denied")
         return
@@ -173,18 +173,20 @@ def iter_video_frames(
             if not capture.grab():
                 break
             if index % stride == 0:
-                name = f"{file}#frame={index}"
-                if name in done:
+                name = f"{file}{FRAME_MARK}{index}"
+                again = name in done
+                if again and not replay:
                     emitted += 1
                     index += 1
                     continue
                 ok, frame = capture.retrieve()
-                rel = f"{relpath}#frame={index}"
+                rel = f"{relpath}{FRAME_MARK}{index}"
+                frame_of = {"video": str(file), "frame": index, "replay": again}
                 if ok and frame is not None:
                     rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                    yield InputItem(name, rel, file=file, image=rgb)
+                    yield InputItem(name, rel, file=file, image=rgb, **frame_of)
                 else:
-                    yield InputItem(name, rel, file=file, error="cannot decode frame")
+                    yield InputItem(name, rel, file=file, error="cannot decode frame", **frame_of)
                 emitted += 1
             index += 1
         if emitted == 0:

@@ -7,17 +7,13 @@ memory at once; results come back in input order.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agegender.faces import Detector, Face, align_face
+from agegender.faces import Detector, align_face
 from agegender.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
@@ -25,41 +21,21 @@ from agegender.images import (
     load_image_reduced,
 )
 from agegender.inference.inputs import InputItem
-
-if TYPE_CHECKING:
-    from agegender.inference.classifier import FaceClassifier
-    from agegender.inference.onnx_classifier import OnnxFaceClassifier
-
-
-@dataclass
-class ImageResult:
-    """Everything known about one input: its faces and their class probabilities
-    (``probs[task]`` is len(faces) x C), or the reason it failed."""
-
-    item: InputItem
-    faces: list[Face] = field(default_factory=list)
-    probs: dict[str, np.ndarray] = field(default_factory=dict)
-    error: str | None = None
-    image: np.ndarray | None = None  # kept only when annotated copies are wanted
-    #: Full-size pixels per pixel of ``image`` (> 1 when a big JPEG was decoded reduced);
-    #: ``faces`` are always in full-size coordinates.
-    scale: float = 1.0
-    crops: list[Any] = field(default_factory=list, repr=False)  # the classifier's inputs
-    #: Class names per task in logit order (the classifier's), set with ``probs``.
-    labels: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
-
-    @property
-    def status(self) -> str:
-        if self.error is not None:
-            return f"error: {self.error}"
-        return "ok" if self.faces else "no_face"
+from agegender.inference.results import FaceResult, ImageResult
+from agegender.runtime.base import Classifier
 
 
 class Pipeline:
+    """Decode, detect and align in ``workers`` threads, classify in shared batches.
+
+    The detector is called under its own lock when it is not thread-safe
+    (:attr:`agegender.faces.Detector.thread_safe`): the lock belongs to the detector, so
+    every pipeline, API call and thread sharing one detector is serialised on it."""
+
     def __init__(
         self,
         detector: Detector,
-        classifier: FaceClassifier | OnnxFaceClassifier,
+        classifier: Classifier,
         batch_size: int = 32,
         workers: int = 2,
         prefetch: int | None = None,
@@ -79,10 +55,6 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.keep_images = keep_images
         self.decode_min_side = decode_min_side
-        # OpenCV detectors keep per-call state: one call at a time (the other threads decode).
-        # Thread-safe ones (MTCNN) run in all loader threads at once, which on few cores beats
-        # one multi-threaded call (its many small ops parallelise poorly).
-        self._detect_lock = contextlib.nullcontext() if detector.thread_safe else threading.Lock()
 
     def prepare(self, item: InputItem) -> ImageResult:
         """Runs in a loader thread; a failure becomes the result's error, never an exception."""
@@ -99,8 +71,7 @@ class Pipeline:
             if item.faces is not None:  # the caller's boxes, in full-size pixels
                 faces = [face.scaled(1.0 / scale) for face in item.faces]
             else:
-                with self._detect_lock:
-                    faces = self.detector.detect(image)
+                faces = self.detector.detect_safely(image)
             size = self.classifier.face_spec.face_size  # what the network was trained on
             crops = [self.classifier.preprocess(align_face(image, face, size)) for face in faces]
         except Exception as exc:  # noqa: BLE001
@@ -112,7 +83,7 @@ class Pipeline:
             faces = [face.scaled(scale) for face in faces]
         return ImageResult(
             item,
-            faces=faces,
+            detections=faces,
             image=image if self.keep_images else None,
             scale=scale,
             crops=crops,
@@ -125,12 +96,18 @@ class Pipeline:
             return load_image_reduced(item.file, self.decode_min_side, self.max_pixels)
         return load_image(item.file, self.max_pixels), 1.0
 
-    def run(self, items: Iterable[InputItem]) -> Iterator[ImageResult]:
+    def run(self, items: Iterable[InputItem], live: bool = False) -> Iterator[ImageResult]:
         """Results in input order, each with probabilities for all its faces.
 
         Faces are classified in batches of up to ``batch_size``; a batch goes early (at
         ``batch_size // 4`` faces) whenever the next image is still being decoded/detected.
+        ``live``: the items come from a camera or stream, which must not be read ahead (a
+        frame waiting in a queue is a stale frame): each is analysed as soon as it arrives.
         """
+        if live:
+            for item in items:
+                yield from self.classify([self.prepare(item)])
+            return
         iterator = iter(items)
         window: deque[Future[ImageResult]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="agegender-load") as pool:
@@ -165,12 +142,11 @@ class Pipeline:
                     future.cancel()
 
     def classify(self, results: list[ImageResult]) -> list[ImageResult]:
-        """Fill ``probs`` (and ``labels``) of prepared results, their faces in shared batches
-        of up to ``batch_size``; frees their crops."""
-        labels = self.classifier.labels.class_names
-        for result in results:
-            result.labels = labels
+        """Classify prepared results, their faces in shared batches of up to ``batch_size``,
+        and decode each face once (:meth:`FaceResult.decode`); frees their crops."""
+        labels = self.classifier.labels
         crops = [crop for result in results for crop in result.crops]
+        probs_all: dict[str, np.ndarray] = {}
         if crops:
             chunks: dict[str, list[np.ndarray]] = {}
             for start in range(0, len(crops), self.batch_size):
@@ -178,10 +154,13 @@ class Pipeline:
                 for task, probs in self.classifier.predict(batch).items():
                     chunks.setdefault(task, []).append(probs)
             probs_all = {task: np.concatenate(parts) for task, parts in chunks.items()}
-            offset = 0
-            for result in results:
-                n = len(result.crops)
-                result.probs = {task: p[offset : offset + n] for task, p in probs_all.items()}
-                result.crops = []
-                offset += n
+        offset = 0
+        for result in results:
+            result.labels = labels
+            result.faces = [
+                FaceResult.decode(face, {t: p[offset + i] for t, p in probs_all.items()}, labels)
+                for i, face in enumerate(result.detections)
+            ]
+            offset += len(result.crops)
+            result.crops = []
         return results

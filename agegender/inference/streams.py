@@ -29,34 +29,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from agegender.faces import Detector
 from agegender.fileio import TMP_INFIX
 from agegender.inference.annotate import draw_faces
-from agegender.inference.csv_writer import WRITERS
 from agegender.inference.inputs import InputItem
-from agegender.inference.pipeline import ImageResult, Pipeline
-from agegender.inference.shards import csv_name
+from agegender.inference.options import PredictOptions
+from agegender.inference.results import ImageResult
 from agegender.inference.summary import Summary
-from agegender.inference.tracking import TRACKS_NAME, TrackBook, write_tracks_csv
-from agegender.inference.video import (
-    FOURCC,
-    FRAME_MARK,
-    FaceMark,
-    VideoOptions,
-    VideoTracks,
-    _umask_mode,
-    video_fps,
-)
-
-if TYPE_CHECKING:  # torch: only where the classifier itself runs on it
-    from agegender.inference.classifier import FaceClassifier
+from agegender.inference.video import VideoOutputs
+from agegender.inference.videoio import FOURCC, FRAME_MARK, umask_mode, video_fps
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 WINDOW = "agegender"
@@ -235,7 +221,7 @@ class Recorder:
         if self._writer is not None:
             self._writer.release()
         if self.error is None and self.frames:
-            _umask_mode(self._tmp)
+            umask_mode(self._tmp)
             os.replace(self._tmp, self.target)
             return self.target
         self._tmp.unlink(missing_ok=True)
@@ -259,144 +245,144 @@ def gui_available() -> tuple[bool, str]:
     return True, ""
 
 
-def predict_stream(
-    source: str,
-    output: str | os.PathLike[str],
-    detector: Detector,
-    classifier: FaceClassifier,
-    save_probs: bool = False,
-    annotate: bool = True,
-    stride: int = 1,
-    options: VideoOptions | None = None,
-    show: bool = False,
-    open_seconds: float = 10.0,
-    stall_seconds: float = 10.0,
-    progress: bool = True,
-    format: str = "csv",
-) -> Summary:
-    """Predict the faces of a camera or stream until it ends (see the module docstring).
+class StreamSource:
+    """A camera or stream as the job loop's source (see the module docstring): live frames
+    (the pipeline analyses each as it comes, no read-ahead), one video for tracking, a live
+    recording instead of a second pass, and a closing row saying why it ended early."""
 
-    Never raises for the source itself: a source that does not open, drops or stalls is
-    reported in a row and on stderr, and everything read until then is in the files.
-    ``format``: ``csv`` or ``jsonl`` (predictions.jsonl), as for files.
-    """
-    options = options or VideoOptions()
-    output = Path(output)
-    writer_class, suffix = WRITERS[format]
-    csv_path = output / csv_name(0, 1, suffix)
-    summary = Summary(csv=str(csv_path))
-    start = time.perf_counter()
-    book = TrackBook()
-    with writer_class(csv_path, save_probs, labels=classifier.labels) as writer:
-        capture = open_stream(source, open_seconds, stall_seconds)
+    live = True
+    resumable = False
+    shardable = False
+
+    def __init__(self, source: str, output: Path, options: PredictOptions) -> None:
+        self.source = source
+        self.output = output
+        self.options = options
+        self.video = options.video
+        self.grabber: FrameGrabber | None = None
+        self.recorder: Recorder | None = None
+        self.capture_fps = 0.0
+        self.analysed = 0
+        self.window = False
+        self.stopped = False
+
+    def check(self) -> None:
+        """Refuse settings that cannot apply to a live source."""
+        if self.options.num_shards > 1:
+            from agegender.inference.shards import ShardError
+
+            raise ShardError("a camera or stream cannot be sharded (num_shards must be 1)")
+        if self.options.resume:
+            from agegender.inference.writer import ResumeError
+
+            raise ResumeError(
+                "a camera or stream cannot be resumed (its frames are gone): run without "
+                "resume=true, into another output to keep this one's files"
+            )
+
+    def total(self, summary: Summary) -> int | None:
+        return None
+
+    def begin(self, csv_path: Path, done: set[str], summary: Summary) -> None:
+        """Nothing to prepare in the output folder (no skipped files, nothing done)."""
+
+    def fps(self, video: str) -> float:
+        return self.capture_fps
+
+    def relpath(self, file: Path) -> str:
+        return stream_name(self.source)
+
+    def limit(self, video: str) -> int | None:
+        return None
+
+    def items(self, done: set[str], complete: frozenset[str]) -> Iterator[InputItem]:
+        video = self.video
+        capture = open_stream(self.source, video.open_seconds, video.stall_seconds)
         if not capture.isOpened():
             capture.release()
-            result = ImageResult(InputItem(source, source), error="cannot open stream")
-            writer.write(result)
-            summary.add(result)
-            summary.seconds = time.perf_counter() - start
-            return summary
-        fps = video_fps(capture)
-        recorder = None
-        if annotate:
-            recorder = Recorder(output / "annotated" / f"{stream_name(source)}.mp4", fps)
-        grabber = FrameGrabber(
-            capture, stall_seconds, options.max_frames, options.max_seconds, recorder
+            yield InputItem(self.source, self.source, error="cannot open stream")
+            return
+        self.capture_fps = video_fps(capture)
+        if self.options.annotate:
+            target = self.output / "annotated" / f"{stream_name(self.source)}.mp4"
+            self.recorder = Recorder(target, self.capture_fps)
+        self.grabber = grabber = FrameGrabber(
+            capture, video.stall_seconds, video.max_frames, video.max_seconds, self.recorder
         ).start()
-        tracks = VideoTracks(
-            source, book, fps, stride, options.lost_seconds, keep_marks=False
-        )  # fmt: skip
-        pipeline = Pipeline(detector, classifier, batch_size=32, workers=1, keep_images=show)
-        window = False
-        if show:
-            window, why = gui_available()
-            if not window:
+        if video.show:
+            self.window, why = gui_available()
+            if not self.window:
                 print(f"agegender: no live window: {why}; writing files only", file=sys.stderr)
-        last = -stride
-        analysed = 0
-        try:
-            while True:
-                got = grabber.newest(last + stride - 1, stall_seconds)
-                if got is None:
-                    if not grabber.ended:  # the reader is stuck inside read(): a stall
-                        grabber.stop()
-                        grabber.end_reason = "stalled"
-                    break
-                index, frame = got
-                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                item = InputItem(f"{source}{FRAME_MARK}{index}", f"{source}{FRAME_MARK}{index}")
-                item.image = rgb
-                result = _analyse(pipeline, item)
-                ids = tracks.observe(index, result)
-                marks = [
-                    FaceMark(tuple(f.box), t, ("", ""))
-                    for f, t in zip(result.faces, ids or [None] * len(result.faces), strict=True)
-                ]
-                boxes = [m.box for m in marks]
-                labels = [_running_label(tracks, result, i, m) for i, m in enumerate(marks)]
-                if recorder is not None:
-                    recorder.overlay = (boxes, labels)
-                writer.write(result, ids)
-                summary.add(result)
-                analysed += 1
-                last = index
-                if progress and analysed % 25 == 0:
-                    done = f"{grabber.received} frames, {analysed} analysed"
-                    print(f"  stream: {done}", file=sys.stderr)
-                if window and not _show(frame, boxes, labels):
+        last = -video.stride
+        while not self.stopped:
+            got = grabber.newest(last + video.stride - 1, video.stall_seconds)
+            if got is None:
+                if not grabber.ended:  # the reader is stuck inside read(): a stall
                     grabber.stop()
-                    break
-        except KeyboardInterrupt:
-            grabber.stop()
-            print("agegender: interrupted; files written", file=sys.stderr)
-        grabber.join(timeout=stall_seconds + 1.0)
+                    grabber.end_reason = "stalled"
+                return
+            index, frame = got
+            last = index
+            name = f"{self.source}{FRAME_MARK}{index}"
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            yield InputItem(name, name, image=rgb, video=self.source, frame=index)
+
+    def after(self, result: ImageResult, videos: VideoOutputs) -> None:
+        """The live side of each analysed frame: the recording's overlay (each track's
+        running-average label), a progress line, the live window."""
+        if result.item.video is None or videos.current is None:
+            return
+        self.analysed += 1
+        boxes = [face.box for face in result.faces]
+        labels = videos.current.running_labels(result)
+        if self.recorder is not None:
+            self.recorder.overlay = (boxes, labels)  # replaced whole: a consistent pair
+        if self.options.progress and self.analysed % 25 == 0 and self.grabber is not None:
+            received = self.grabber.received
+            print(f"  stream: {received} frames, {self.analysed} analysed", file=sys.stderr)
+        if self.window and result.image is not None:
+            frame = cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
+            if not _show(frame, boxes, labels):
+                self.interrupt()
+
+    def interrupt(self) -> None:
+        self.stopped = True
+        if self.grabber is not None:
+            self.grabber.stop()
+
+    def finish(self, summary: Summary) -> list[ImageResult]:
+        """The closing row (why the stream ended early, if it did) and the stream's figures."""
+        grabber = self.grabber
+        if grabber is None:  # never opened: its error row is already written
+            return []
+        stall = self.video.stall_seconds
+        grabber.join(timeout=stall + 1.0)
         reason = grabber.end_reason or "stalled"
         why = None
         if reason == "stalled":
-            why = f"stream stalled (no frame for {stall_seconds:g} s)"
+            why = f"stream stalled (no frame for {stall:g} s)"
         elif reason.startswith("error: "):
             why = f"stream failed ({reason[7:]})"
         elif grabber.received == 0:
             why = "stream has no readable frames"
-        if why is not None:  # why the run ended early is a row, like any bad input
-            result = ImageResult(InputItem(source, source), error=why)
-            writer.write(result)
-            summary.add(result)
-        if recorder is not None and not grabber.alive:
-            path = recorder.close()
+        if self.recorder is not None and not grabber.alive:
+            path = self.recorder.close()
             if path is not None:
                 summary.annotated_videos.append(str(path))
-        if window:
+        if self.window:
             cv2.destroyAllWindows()
-    write_tracks_csv(output / TRACKS_NAME, book.rows())
-    summary.videos, summary.tracks = 1, len(book.tracks)
-    summary.stream = {
-        "received": grabber.received,
-        "analysed": analysed,
-        "dropped": max(0, grabber.received - analysed),
-        "end": reason,
-    }
-    summary.seconds = time.perf_counter() - start
-    return summary
+        summary.stream = {
+            "received": grabber.received,
+            "analysed": self.analysed,
+            "dropped": max(0, grabber.received - self.analysed),
+            "end": reason,
+        }
+        if why is None:
+            return []
+        return [ImageResult(InputItem(self.source, self.source), error=why)]
 
-
-def _analyse(pipeline: Pipeline, item: InputItem) -> ImageResult:
-    """One frame through detection and the network, in this thread (no pool, no batch
-    wait: a live frame should not sit behind others)."""
-    return pipeline.classify([pipeline.prepare(item)])[0]
-
-
-def _running_label(
-    tracks: VideoTracks, result: ImageResult, i: int, mark: FaceMark
-) -> tuple[str, str]:
-    """A tracked face: ``#id`` + its track's answer so far; otherwise this frame's label."""
-    from agegender.inference.annotate import label_of
-    from agegender.inference.video import track_label
-
-    own = label_of(result, i)
-    mark = FaceMark(mark.box, mark.track, own)
-    track = None if mark.track is None else tracks.book.get(tracks.video, mark.track)
-    return track_label(track, mark)
+    def end(self, csv_path: Path, rows: int, columns: tuple[str, ...]) -> None:
+        """Nothing to mark: a stream is never a shard."""
 
 
 def _show(frame: np.ndarray, boxes: list, labels: list) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agegender.inference.pipeline import ImageResult
+from agegender.inference.results import ImageResult
 
 
 @dataclass

@@ -27,22 +27,32 @@ from pathlib import Path
 import numpy as np
 
 from agegender.fileio import atomic_write
-from agegender.inference.csv_writer import LABELS, PROB_COLUMNS
+from agegender.inference.csv_writer import prob_columns
+from agegender.inference.results import TASKS, FaceResult
+from agegender.labels import ADIENCE8, LabelSet
 
 TRACKS_NAME = "tracks.csv"
-#: Columns of tracks.csv (docs/contracts.md); the probabilities are the track's averages.
-TRACK_COLUMNS: tuple[str, ...] = (
-    "video",
-    "track",
-    "first_frame",
-    "last_frame",
-    "frames",
-    "age",
-    "age_prob",
-    "gender",
-    "gender_prob",
-    *PROB_COLUMNS,
-)
+
+
+def track_columns(labels: LabelSet | None = None) -> tuple[str, ...]:
+    """Columns of tracks.csv (docs/contracts.md) for a label set; the probabilities are the
+    track's averages, one column per class of the set."""
+    return (
+        "video",
+        "track",
+        "first_frame",
+        "last_frame",
+        "frames",
+        "age",
+        "age_prob",
+        "gender",
+        "gender_prob",
+        *prob_columns(labels),
+    )
+
+
+#: tracks.csv's columns for the original weights' adience8 buckets.
+TRACK_COLUMNS: tuple[str, ...] = track_columns(ADIENCE8)
 
 
 class FaceTracker:
@@ -51,9 +61,11 @@ class FaceTracker:
     ``fps / stride`` is how many frames per second the tracker sees; a face missing from the
     analysed frames for up to ``lost_seconds`` keeps its track id when it comes back.
     A face found on the first analysed frame gets its id at once; a face appearing later gets
-    one when it is matched on a second consecutive analysed frame (ByteTrack's confirmation,
-    which keeps one-frame false detections out of tracks.csv); until then its ``track`` is
-    empty. Ids are 1, 2, ... in the order tracks are confirmed.
+    one when it is matched on the next analysed frame (ByteTrack's confirmation, which keeps
+    one-frame false detections out of tracks.csv). :meth:`update` then also says which face
+    of the previous frame that new track began with (:attr:`claims`), so the caller can give
+    that first row its id too: the rows of a frame with an unconfirmed face wait one analysed
+    frame. Ids are 1, 2, ... in the order tracks are confirmed.
     """
 
     def __init__(self, fps: float, stride: int = 1, lost_seconds: float = 1.0) -> None:
@@ -69,11 +81,16 @@ class FaceTracker:
                 minimum_consecutive_frames=1,
             )
         self._sv = sv
+        self._seen: set[int] = set()
+        #: Boxes of the previous frame's faces that got no id: {face index: box}.
+        self._pending: dict[int, np.ndarray] = {}
+        #: After :meth:`update`: {previous frame's face index: id of the track it began}.
+        self.claims: dict[int, int] = {}
 
     def update(self, boxes: np.ndarray, scores: np.ndarray) -> list[int | None]:
         """One analysed frame's faces (n x 4 boxes x1 y1 x2 y2, n scores) -> track id per
         face (None: not (yet) in a confirmed track). Call it for frames without faces too
-        (empty arrays), so lost tracks age."""
+        (empty arrays), so lost tracks age. Sets :attr:`claims`."""
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
         detections = self._sv.Detections(
@@ -86,7 +103,45 @@ class FaceTracker:
         ids: list[int | None] = [None] * len(boxes)
         for face, track_id in zip(tracked.data.get("face", []), tracked.tracker_id, strict=True):
             ids[int(face)] = int(track_id)
+        self.claims = self._claim(boxes, ids)
+        self._pending = {i: boxes[i] for i, track in enumerate(ids) if track is None}
+        self._seen.update(track for track in ids if track is not None)
         return ids
+
+    def _claim(self, boxes: np.ndarray, ids: list[int | None]) -> dict[int, int]:
+        """Which pending face of the previous frame each NEW id began with. ByteTrack starts
+        an unconfirmed track from an unmatched detection and confirms it when the next frame
+        matches it by IoU (its Kalman prediction from one observation is that same box), so
+        the face it began with is the pending face overlapping the new face most."""
+        new = [(j, track) for j, track in enumerate(ids) if track is not None]
+        new = [(j, track) for j, track in new if track not in self._seen]
+        if not new or not self._pending:
+            return {}
+        pairs = sorted(
+            (
+                (-_iou(boxes[j], box), i, j, track)
+                for j, track in new
+                for i, box in self._pending.items()
+            ),
+            key=lambda pair: pair[:3],
+        )
+        claims: dict[int, int] = {}
+        taken: set[int] = set()
+        for negative_iou, i, j, track in pairs:
+            if negative_iou < 0 and i not in claims and j not in taken:
+                claims[i] = track
+                taken.add(j)
+        return claims
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 @dataclass
@@ -97,32 +152,30 @@ class Track:
     track: int
     first_frame: int
     last_frame: int
+    #: The label set of the probabilities (the classifier's).
+    labels: LabelSet = ADIENCE8
     frames: int = 0
     sums: dict[str, np.ndarray] = field(default_factory=dict)
-    #: Class names per task, in probability order (the network's: ``ImageResult.labels``).
-    names: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(LABELS))
-    #: Frames whose probabilities are in ``sums`` (a resumed run without save_probs counts
-    #: earlier frames in ``frames`` without knowing their probabilities).
-    _with_probs: int = 0
 
-    def add(self, frame: int, probs: Mapping[str, np.ndarray]) -> None:
+    def add(self, frame: int, face: FaceResult) -> None:
         self.first_frame = min(self.first_frame, frame)
         self.last_frame = max(self.last_frame, frame)
         self.frames += 1
-        self._with_probs += bool(probs)
-        for task, p in probs.items():
-            p = np.asarray(p, dtype=np.float64)
-            self.sums[task] = self.sums[task] + p if task in self.sums else p.copy()
+        for task in TASKS:
+            p = face.probs(task)
+            if p is not None:
+                self.sums[task] = self.sums[task] + p if task in self.sums else p.copy()
 
     def mean(self) -> dict[str, np.ndarray]:
-        return {task: s / max(self._with_probs, 1) for task, s in self.sums.items()}
+        return {task: s / max(self.frames, 1) for task, s in self.sums.items()}
 
-    def labels(self) -> dict[str, str]:
+    def labels_now(self) -> dict[str, str]:
         """{task: label of the averaged probabilities} for the tasks the network has."""
-        return {t: self.names[t][int(np.argmax(p))] for t, p in self.mean().items()}
+        names = self.labels.class_names
+        return {t: names[t][int(np.argmax(p))] for t, p in self.mean().items()}
 
     def row(self) -> dict[str, object]:
-        row: dict[str, object] = dict.fromkeys(TRACK_COLUMNS, "")
+        row: dict[str, object] = dict.fromkeys(track_columns(self.labels), "")
         row.update(
             video=self.video,
             track=self.track,
@@ -130,9 +183,10 @@ class Track:
             last_frame=self.last_frame,
             frames=self.frames,
         )
+        names = self.labels.class_names
         for task, p in self.mean().items():
             best = int(np.argmax(p))
-            row[task] = self.names[task][best]
+            row[task] = names[task][best]
             row[f"{task}_prob"] = round(float(p[best]), 4)
             for k, value in enumerate(p):
                 row[f"p_{task}_{k}"] = round(float(value), 6)
@@ -142,24 +196,16 @@ class Track:
 class TrackBook:
     """Every track of a run, per video, in the order they started; written as tracks.csv."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: LabelSet = ADIENCE8) -> None:
+        self.labels = labels
         self.tracks: dict[tuple[str, int], Track] = {}
 
-    def add(
-        self,
-        video: str,
-        frame: int,
-        track: int,
-        probs: Mapping[str, np.ndarray],
-        names: Mapping[str, Sequence[str]] | None = None,
-    ) -> Track:
+    def add(self, video: str, frame: int, track: int, face: FaceResult) -> Track:
         key = (video, track)
         entry = self.tracks.get(key)
         if entry is None:
-            entry = self.tracks[key] = Track(video, track, frame, frame)
-        if names:
-            entry.names = {**entry.names, **names}
-        entry.add(frame, probs)
+            entry = self.tracks[key] = Track(video, track, frame, frame, self.labels)
+        entry.add(frame, face)
         return entry
 
     def get(self, video: str, track: int) -> Track | None:
@@ -172,25 +218,28 @@ class TrackBook:
 def write_tracks_csv(
     path: str | os.PathLike[str],
     rows: Iterable[Mapping[str, object]],
+    labels: LabelSet | None = None,
 ) -> Path:
     """Write tracks.csv atomically (rewritten whole after each video: it is small)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TRACK_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=track_columns(labels))
     writer.writeheader()
     writer.writerows(rows)
     data = buffer.getvalue().encode("utf-8")
     return atomic_write(path, lambda fh: fh.write(data), fsync=False)
 
 
-def read_tracks_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+def read_tracks_csv(
+    path: str | os.PathLike[str], labels: LabelSet | None = None
+) -> list[dict[str, str]]:
     """Rows of an existing tracks.csv (for ``resume=true``); [] when there is none or its
-    columns are not :data:`TRACK_COLUMNS`."""
+    columns are not :func:`track_columns` of ``labels``."""
     path = Path(path)
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != TRACK_COLUMNS:
+        if tuple(reader.fieldnames or ()) != track_columns(labels):
             return []
         return list(reader)
 

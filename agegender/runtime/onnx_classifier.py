@@ -1,5 +1,5 @@
 """The classifier on onnxruntime: an exported model (``python -m agegender.export``) with
-:class:`~agegender.inference.classifier.FaceClassifier`'s interface, and no torch import.
+:class:`~agegender.runtime.torch_classifier.FaceClassifier`'s interface, and no torch import.
 
 Why a second runtime: on the CPU it classifies ~1.4x faster than our PyTorch path with the
 same probabilities (to ~1e-6; ``benchmarks/bench_classifier.py --onnx``), and prediction
@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from agegender.labels import load_label_set, reporting_matrix
+from agegender.onnx_session import ort_session
 from agegender.spec import FaceSpec, centre_offset
 
 
 class OnnxFaceClassifier:
     """``preprocess`` (aligned H x W x 3 uint8 face -> 3 x S x S float32 RGB 0-255),
     ``stack``, and ``predict`` (N x 3 x S x S -> {task: N x C probabilities}), like
-    :class:`~agegender.inference.classifier.FaceClassifier`; single-crop only (over-sampling
+    :class:`~agegender.runtime.torch_classifier.FaceClassifier`; single-crop only (over-sampling
     runs on the PyTorch classifier)."""
 
     precision = "fp32"
@@ -35,23 +37,10 @@ class OnnxFaceClassifier:
     def __init__(
         self, path: str | os.PathLike[str], threads: int | None = None, labels: Any = None
     ) -> None:
-        import onnxruntime as ort
-
-        from agegender.labels import load_label_set, reporting_matrix
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model {str(self.path)!r} does not exist")
-        options = ort.SessionOptions()
-        # None: one thread per logical core (onnxruntime's own default counts physical cores,
-        # one on this project's 2-vCPU machines, which left half of the CPU idle)
-        options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
-            raise ValueError(f"{self.path} is not a model onnxruntime can run: {exc}") from None
+        self.session = ort_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("format") != "agegender.export.v1":
             raise ValueError(
@@ -80,7 +69,8 @@ class OnnxFaceClassifier:
         self._offset = centre_offset(spec.resize_size, spec.crop_size)
         self._preset: Any = None
         if spec.resize_size != spec.face_size:
-            from agegender.transforms import EvalPreset  # a real resize: the torch preset
+            # torch: deferred, only networks whose face is not the resize size need it
+            from agegender.transforms import EvalPreset
 
             self._preset = EvalPreset(spec)
 

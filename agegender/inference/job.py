@@ -1,0 +1,196 @@
+"""The one job loop of a prediction run, for every source: inputs -> rows -> files.
+
+Files, folders, videos, cameras and streams all run here; the source
+(:mod:`agegender.inference.sources`) is the only thing that varies. Each result goes through
+the video side (:class:`~agegender.inference.video.VideoOutputs`: track ids, held one frame
+until confirmed), then its annotated copy, then the writer (CSV or JSON Lines) and the
+summary, in input order. An input's rows are written only once its annotated copy is
+written (a few inputs behind the network), so after a kill every input in the file has its
+copy, and an input that is not in the file is predicted (and its copy rewritten) on resume.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from agegender.faces import Detector
+from agegender.inference.annotate import save_annotated
+from agegender.inference.csv_writer import CsvWriter
+from agegender.inference.jsonl_writer import JsonlWriter
+from agegender.inference.options import PredictOptions
+from agegender.inference.pipeline import Pipeline
+from agegender.inference.results import ImageResult
+from agegender.inference.shards import clear_done, csv_name
+from agegender.inference.sources import ANNOTATED_DIR, Source, open_source
+from agegender.inference.summary import Summary
+from agegender.inference.video import VideoOutputs
+from agegender.inference.writer import PredictionWriter
+from agegender.runtime.base import Classifier
+
+#: ``format=``: the writer class and the file suffix.
+WRITERS: dict[str, tuple[type[PredictionWriter], str]] = {
+    "csv": (CsvWriter, ".csv"),
+    "jsonl": (JsonlWriter, ".jsonl"),
+}
+#: Annotated copies waiting to be written (each holds a decoded image in memory).
+MAX_PENDING_ANNOTATIONS = 8
+
+
+def run_job(
+    source: Source,
+    output: str | Path,
+    detector: Detector,
+    classifier: Classifier,
+    options: PredictOptions,
+) -> Summary:
+    """Predict every face of ``source`` into ``output`` (see the module docstring).
+
+    Raises only for settings the source refuses, or a file ``resume`` cannot continue
+    (:class:`~agegender.inference.writer.ResumeError`); bad inputs become rows.
+    """
+    source.check()
+    output = Path(output)
+    writer_class, suffix = WRITERS[options.format]
+    csv_path = output / csv_name(options.shard, options.num_shards, suffix)
+    # Opened first: a file that cannot be resumed stops the run before any model work (and
+    # before a finished shard loses its completion marker).
+    writer = writer_class(
+        csv_path,
+        options.save_probs,
+        resume=options.resume,
+        labels=classifier.labels,
+        expected_age=options.expected_age,
+    )
+    with writer:
+        clear_done(csv_path)  # not complete until this run has gone through its whole block
+        summary = Summary(csv=str(csv_path), repairs=list(writer.repairs))
+        source.begin(csv_path, writer.done, summary)
+        summary = _loop(source, output, csv_path, writer, detector, classifier, options, summary)
+    source.end(csv_path, writer.rows, writer.columns)
+    return summary
+
+
+def _loop(
+    source: Source,
+    output: Path,
+    csv_path: Path,
+    writer: PredictionWriter,
+    detector: Detector,
+    classifier: Classifier,
+    options: PredictOptions,
+    summary: Summary,
+) -> Summary:
+    annotate = options.annotate
+    pipeline = Pipeline(
+        detector,
+        classifier,
+        batch_size=options.batch_size,
+        workers=1 if source.live else options.workers,
+        max_pixels=options.max_pixels,
+        keep_images=annotate and not source.live or options.video.show,
+        decode_min_side=options.decode_min_side,
+    )
+    bar = tqdm(
+        total=source.total(summary),
+        unit="img",
+        desc="predict",
+        disable=not options.progress or source.live,
+        file=sys.stderr,
+    )
+    start = time.perf_counter()
+
+    def commit(result: ImageResult, annotation: Future[Path | None] | None) -> None:
+        if annotation is not None:
+            _finish(annotation)
+        writer.write(result)
+        summary.add(result)
+        bar.update(1)
+
+    # Drawing + encoding of annotated copies runs in its own thread (OpenCV releases the
+    # GIL), a few images behind, so it overlaps the network instead of adding to it.
+    annotating: deque[tuple[ImageResult, Future[Path | None] | None]] = deque()
+    with (
+        warnings.catch_warnings(),
+        ThreadPoolExecutor(1, thread_name_prefix="agegender-annotate") as annotator,
+    ):
+        # load_image applies its own size limit and reports it per file; PIL's warning for
+        # images between its soft and hard limits would only be noise on stderr.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        videos = VideoOutputs(
+            output,
+            csv_path,
+            classifier.labels,
+            relpath=source.relpath,
+            stride=options.video.stride,
+            lost_seconds=options.video.lost_seconds,
+            fps=source.fps,
+            limit=source.limit,
+            submit=annotator.submit if annotate and not source.live else None,
+            resume=options.resume,
+        )
+
+        def accept(ready: list[ImageResult]) -> None:
+            for result in ready:
+                if result.item.replay:  # already in the file: it only fed the tracker
+                    continue
+                future = None
+                if annotate and result.item.video is None and not source.live:
+                    future = annotator.submit(save_annotated, result, output / ANNOTATED_DIR)
+                result.image = None if future is None else result.image
+                annotating.append((result, future))
+                while len(annotating) > MAX_PENDING_ANNOTATIONS:
+                    commit(*annotating.popleft())
+
+        items = source.items(writer.done, videos.complete)
+        try:
+            for result in pipeline.run(items, live=source.live):
+                accept(videos.observe(result))
+                source.after(result, videos)
+                del result  # the queues hold the only references (memory stays flat)
+        except KeyboardInterrupt:
+            source.interrupt()  # files: re-raised; a stream ends here, its rows kept
+            print("agegender: interrupted; files written", file=sys.stderr)
+        accept(videos.close())
+        accept(source.finish(summary))
+        while annotating:
+            commit(*annotating.popleft())
+        for future in videos.futures:
+            _finish(future)
+    summary.videos, summary.tracks = videos.videos, videos.tracks
+    summary.annotated_videos += [str(p) for p in videos.annotated if p.is_file()]
+    summary.seconds = time.perf_counter() - start
+    bar.close()
+    return summary
+
+
+def _finish(future: Future[Path | None]) -> None:
+    try:
+        future.result()
+    except OSError as exc:  # a full disk must not lose the rows: report and go on
+        print(f"agegender: annotated copy not written: {exc}", file=sys.stderr)
+
+
+def predict(
+    input: str | Path,
+    output: str | Path,
+    detector: Detector,
+    classifier: Classifier,
+    options: PredictOptions | None = None,
+    **settings: Any,
+) -> Summary:
+    """:func:`run_job` on the source ``input`` names (an image, folder, video, camera or
+    stream) with ``options`` (default: conf/predict.yaml's) changed by ``settings``
+    (:meth:`PredictOptions.replace`: ``save_probs=True``, ``video_stride=5`` ...)."""
+    options = (options or PredictOptions.defaults()).replace(
+        input=str(input), output=str(output), **settings
+    )
+    return run_job(open_source(input, Path(output), options), output, detector, classifier, options)

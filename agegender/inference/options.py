@@ -1,0 +1,139 @@
+"""Every setting of a prediction run in one typed object, built from the Hydra config.
+
+``conf/predict.yaml`` (and ``conf/detector/<name>.yaml``) hold the defaults, once: predict.py
+composes them with Hydra, and :meth:`PredictOptions.defaults` reads the same files for the
+Python API. ``AgeGender``, the folder and stream runs, and the web demo all take this object
+instead of re-reading the config key by key; an option that does not apply to a source is
+refused by the source (:mod:`agegender.inference.sources`), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from agegender.config import load_yaml
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """``video.*``: how videos, cameras and streams are read (conf/predict.yaml)."""
+
+    #: Analyse every Nth frame (streams: the newest frame, at most every Nth).
+    stride: int
+    #: A face missing this long (in analysed frames) loses its track id.
+    lost_seconds: float
+    #: Read only the first frames / seconds of each video or stream; None = all.
+    max_frames: int | None
+    max_seconds: float | None
+    #: Streams: a live window where OpenCV has a GUI.
+    show: bool
+    #: Streams: give up opening after this long; no frame for this long = stalled.
+    open_seconds: float
+    stall_seconds: float
+
+    def __post_init__(self) -> None:
+        if int(self.stride) < 1:
+            raise ValueError(f"video.stride must be >= 1, got {self.stride}")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """The settings of ``conf/predict.yaml`` (see the comments there), typed.
+
+    ``detector`` is the detector's config (``_target_`` and its options, as in
+    ``conf/detector/<name>.yaml``); ``labels`` a label-set name or mapping, or None for the
+    checkpoint's own."""
+
+    input: str | None
+    output: str | None
+    checkpoint: str | None
+    detector: Mapping[str, Any]
+    labels: Any
+    save_probs: bool
+    format: str
+    expected_age: bool
+    annotate: bool
+    oversample: bool
+    batch_size: int
+    workers: int
+    threads: int | None
+    decode_min_side: int | None
+    max_pixels: int | None
+    device: str
+    precision: str
+    backend: str
+    progress: bool
+    video: VideoOptions
+    resume: bool
+    shard: int
+    num_shards: int
+    #: Set-up only (not in the YAML): let the install step fetch the original weights.
+    download: bool = field(default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if int(self.batch_size) < 1 or int(self.workers) < 1:
+            raise ValueError("batch_size and workers must be >= 1")
+        if self.format not in ("csv", "jsonl"):
+            raise ValueError(f"format must be csv or jsonl, got {self.format!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> PredictOptions:
+        """From a composed ``conf/predict.yaml`` (plain containers, interpolations resolved).
+        Every setting must be there: a missing key is an error, not a silent default."""
+        names = [f.name for f in fields(cls) if f.name != "download"]
+        # `labels` is a defaults-list group (conf/labels/): absent when none is chosen
+        cfg = {"labels": None, **cfg}
+        missing = [name for name in names if name not in cfg]
+        video = dict(cfg.get("video") or {})
+        missing += [f"video.{f.name}" for f in fields(VideoOptions) if f.name not in video]
+        if missing:
+            raise KeyError(f"prediction config lacks {', '.join(missing)} (conf/predict.yaml)")
+        values = {name: cfg[name] for name in names}
+        values["video"] = VideoOptions(**{f.name: video[f.name] for f in fields(VideoOptions)})
+        values["detector"] = dict(cfg["detector"])
+        values["input"] = None if cfg["input"] is None else str(cfg["input"])
+        return cls(**values)
+
+    @classmethod
+    def defaults(cls, detector: str = "mtcnn", **settings: Any) -> PredictOptions:
+        """``conf/predict.yaml``'s defaults with ``conf/detector/<detector>.yaml`` (what
+        ``predict.py`` composes without overrides), then :meth:`replace` ``settings``."""
+        from omegaconf import OmegaConf  # deferred: the API on photos skips it otherwise
+
+        root = load_yaml("predict.yaml")
+        for key in ("defaults", "hydra"):
+            root.pop(key, None)
+        root.input, root.output = None, None
+        root.detector = load_yaml(f"detector/{detector}.yaml")
+        root.labels = None
+        for key in ("device", "backend"):  # the detector's interpolations follow these
+            if key in settings:
+                root[key] = settings[key]
+        cfg = OmegaConf.to_container(root, resolve=True)
+        return cls.from_config(cfg).replace(**settings)  # type: ignore[arg-type]
+
+    def replace(self, **settings: Any) -> PredictOptions:
+        """A copy with ``settings`` changed; ``video_<name>=`` sets ``video.<name>``. An
+        unknown setting is a TypeError naming it."""
+        own = {f.name for f in fields(self)}
+        video_names = {f.name for f in fields(VideoOptions)}
+        changes: dict[str, Any] = {}
+        video: dict[str, Any] = {}
+        for key, value in settings.items():
+            if key.startswith("video_") and key[6:] in video_names:
+                video[key[6:]] = value
+            elif key in own:
+                changes[key] = value
+            else:
+                raise TypeError(f"unknown prediction setting {key!r}")
+        if video:
+            base = changes.get("video", self.video)
+            changes["video"] = dataclasses.replace(base, **video)
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def detector_name(self) -> str:
+        return str(self.detector.get("name", "detector"))

@@ -1,0 +1,39 @@
+"""Every ONNX Runtime session of the project (the classifier, MTCNN's nets, export checks),
+built in one place with one thread policy.
+
+The policy: a session gets the machine's logical cores divided by the number of sessions
+that run at the same time (``parallel``). onnxruntime's own default counts physical cores,
+which is one on this project's 2-vCPU machines and left half of the CPU idle; the classifier
+runs alone in the main thread (``parallel=1``), MTCNN runs in every loader thread at once
+(``parallel`` = the loader threads).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def default_threads(parallel: int = 1) -> int:
+    """Intra-op threads for a session run by ``parallel`` threads at once."""
+    return max(1, (os.cpu_count() or 1) // max(1, int(parallel)))
+
+
+def ort_session(
+    model: str | os.PathLike[str] | bytes, threads: int | None = None, parallel: int = 1
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU for a model file or its bytes.
+
+    ``threads``: intra-op threads (None: :func:`default_threads` of ``parallel``). Raises
+    ``ValueError`` naming the file when onnxruntime cannot load it.
+    """
+    import onnxruntime as ort  # deferred: only runs that use onnxruntime pay its import
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or default_threads(parallel))
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+        name = "the model bytes" if isinstance(model, bytes) else str(model)
+        raise ValueError(f"{name} is not a model onnxruntime can run: {exc}") from None

@@ -1,0 +1,48 @@
+"""What ``predict.py`` runs: the options from the composed config, the API object, the
+source, the job loop, and the closing lines on the console."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agegender.api import AgeGender
+from agegender.inference.job import run_job
+from agegender.inference.options import PredictOptions
+from agegender.inference.sources import SKIPPED_NAME, open_source
+from agegender.inference.summary import Summary
+from agegender.inference.video import tracks_path, video_line
+from agegender.runtime.build import configure_torch_threads
+
+
+def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
+    """Predict ``cfg["input"]`` into ``cfg["output"]`` as ``conf/predict.yaml`` says."""
+    options = PredictOptions.from_config(cfg).replace(download=True)
+    output = Path(str(options.output))
+    # The source first: a missing input or a setting it refuses fails before any model loads.
+    source = open_source(str(options.input), output, options)
+    source.check()
+    agegender = AgeGender(options=options)
+    classifier = agegender.classifier
+    if classifier.backend == "torch":
+        # `threads` reaches onnxruntime in the classifier (null: one thread per core, which
+        # measured faster end to end on 2 cores); PyTorch's process-wide count is set here.
+        configure_torch_threads(options.threads, options.workers)
+    summary = run_job(source, output, agegender.detector, classifier, options)
+    for repair in summary.repairs:
+        print(f"  resume: {repair}", file=sys.stderr)
+    print(
+        f"predict: {summary.line()} -> {summary.csv} "
+        f"(precision {classifier.precision}, {classifier.backend})"
+    )
+    if summary.videos:  # videos and streams
+        print(f"  {video_line(summary)} -> {tracks_path(Path(summary.csv))}")
+    for example in summary.error_examples:
+        print(f"  error: {example}", file=sys.stderr)
+    for path in summary.skipped[:5]:
+        print(f"  skipped (not an image/video file, or hidden): {path}", file=sys.stderr)
+    if summary.skipped:
+        print(f"  all {len(summary.skipped)} skipped: {output / SKIPPED_NAME}", file=sys.stderr)
+    return summary

@@ -1,0 +1,43 @@
+"""The one interface of a face classifier, whatever runs it (PyTorch or onnxruntime).
+
+The pipeline calls ``preprocess`` in its loader threads (aligned face -> network input),
+``stack`` and ``predict`` in the main thread, and reads the rest as plain attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from agegender.labels import LabelSet
+from agegender.spec import FaceSpec
+
+
+class Classifier(Protocol):
+    """Age and gender probabilities for batches of aligned faces."""
+
+    #: ``torch`` or ``onnxruntime``.
+    backend: str
+    #: ``fp32`` or ``bf16`` (resolved, never ``auto``).
+    precision: str
+    oversample: bool
+    device: Any
+    #: The heads the network has (``age``, ``gender``), in output order.
+    tasks: tuple[str, ...]
+    #: The label set reported (class names of the probabilities ``predict`` returns).
+    labels: LabelSet
+    #: The face size the network was trained on, its resize/crop and normalisation.
+    face_spec: FaceSpec
+
+    def preprocess(self, face: np.ndarray) -> Any:
+        """Aligned H x W x 3 uint8 RGB face -> one network input."""
+        ...
+
+    def stack(self, crops: list[Any]) -> Any:
+        """Preprocessed faces -> one batch."""
+        ...
+
+    def predict(self, batch: Any) -> dict[str, np.ndarray]:
+        """A batch -> {task: N x C float32 probabilities in ``labels``' class order}."""
+        ...

@@ -1,0 +1,137 @@
+"""Which runtime runs the network, and building the classifier for a checkpoint.
+
+Backend resolution lives here and nowhere else: the API, predict.py, the web demo, export and
+the benchmarks all call :func:`resolve_backend` (through :func:`build_classifier`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from agegender.hardware import cpu_has_fast_bf16
+from agegender.labels import load_label_set
+from agegender.runtime.base import Classifier
+from agegender.runtime.onnx_classifier import OnnxFaceClassifier
+from agegender.store import original_onnx_path
+
+#: ``backend=``: where the network (and MTCNN) run; ``auto`` resolves per run
+#: (:func:`resolve_backend`).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+
+
+def resolve_backend(
+    backend: str = "auto",
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    oversample: bool = False,
+) -> str:
+    """``torch`` or ``onnxruntime`` for these settings.
+
+    ``auto`` runs onnxruntime where it gives the same probabilities faster and without
+    importing torch: on the CPU, in fp32, single-crop, with the original weights' exported
+    graph cached (the install command writes it) or a checkpoint that is an ``.onnx``
+    export. Everything else (a GPU, bf16 where the CPU has AMX, over-sampling, train.py
+    checkpoints) runs PyTorch.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    onnx_file = checkpoint is not None and str(checkpoint).lower().endswith(".onnx")
+    if backend == "torch":
+        if onnx_file:
+            raise ValueError(f"checkpoint {checkpoint} is an ONNX export: use backend=onnxruntime")
+        return "torch"
+    if backend == "onnxruntime" or onnx_file:
+        problems = [
+            what
+            for what, bad in (
+                (f"device={device}", str(device) != "cpu"),
+                ("oversample=true", oversample),
+                ("precision=bf16", precision == "bf16"),
+                (f"checkpoint={checkpoint} (export it: python -m agegender.export)",
+                 checkpoint is not None and not onnx_file),
+            )
+            if bad
+        ]  # fmt: skip
+        if problems:
+            raise ValueError(
+                f"backend=onnxruntime runs exported fp32 single-crop models on the CPU; "
+                f"not with {', '.join(problems)} (use backend=torch)"
+            )
+        return "onnxruntime"
+    if str(device) != "cpu" or oversample or precision == "bf16":
+        return "torch"
+    if precision == "auto" and cpu_has_fast_bf16():
+        return "torch"  # bf16 on AMX: ~2.6x faster than fp32 (the README's figures)
+    if checkpoint is None:
+        return "onnxruntime" if original_onnx_path().is_file() else "torch"
+    return "torch"
+
+
+def build_classifier(
+    checkpoint: str | os.PathLike[str] | None = None,
+    oversample: bool = False,
+    device: str = "cpu",
+    download: bool = True,
+    precision: str = "fp32",
+    backend: str = "torch",
+    threads: int | None = None,
+    labels: Any = None,
+) -> tuple[Classifier, dict[str, Any]]:
+    """The classifier for ``checkpoint`` (ours or train.py's, or an ONNX export), default the
+    original weights, on ``backend`` (:func:`resolve_backend`).
+
+    ``labels``: the label set to report (None: the checkpoint's own; another set only for
+    adience8 networks, by summing bucket probabilities, see :class:`FaceClassifier`).
+
+    Raises :class:`agegender.store.WeightsNotFoundError` offline with nothing cached, and
+    :class:`agegender.checkpoints.CheckpointError` for a file that is not a usable checkpoint.
+    """
+    backend = resolve_backend(backend, checkpoint, device, precision, oversample)
+    if backend == "onnxruntime":
+        path = Path(checkpoint) if checkpoint else original_onnx_path()
+        if not path.is_file():
+            hint = (
+                ""
+                if checkpoint
+                else (": the install command `python -m agegender.weights original` writes it")
+            )
+            raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist{hint}")
+        classifier = OnnxFaceClassifier(path, threads=threads, labels=labels)
+        return classifier, dict(classifier.metadata)
+
+    # torch: deferred, so that runs on onnxruntime never import it
+    from agegender.caffe_io import ensure_original_weights
+    from agegender.checkpoints import label_set_of, load_model
+    from agegender.runtime.torch_classifier import FaceClassifier
+
+    path = Path(checkpoint) if checkpoint else ensure_original_weights(download=download)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    model, meta = load_model(path, map_location=device)
+    classifier = FaceClassifier(
+        model,
+        oversample=oversample,
+        device=device,
+        precision=precision,
+        model_labels=label_set_of(meta),
+        labels=None if labels is None else load_label_set(labels),
+    )
+    return classifier, meta
+
+
+def configure_torch_threads(threads: int | None, workers: int) -> int:
+    """Set PyTorch's (process-wide) intra-op threads; ``None`` = CPU cores / loader threads.
+
+    Detection runs in ``workers`` threads at once and the network in the main thread, so
+    each stream gets its share of the cores instead of all of them fighting over every core
+    (measured here on 2 cores: ~1.3x images/s versus torch's default of one thread per core).
+    """
+    import torch  # deferred: only runs on the torch backend call this
+
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(int(threads))
+    return int(threads)

