@@ -24,14 +24,19 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from agegender.api import AgeGender
+from agegender.api import AgeGender
+from agegender.config import CONF_DIR
+from agegender.errors import CheckpointError
+from agegender.inference.annotate import draw
+from agegender.inference.csv_writer import prediction_columns, result_rows
+from agegender.inference.inputs import InputItem
+from agegender.runtime.build import configure_torch_threads
+from agegender.store import WeightsNotFoundError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 #: Columns of the table on the page (the CSV to download has predict.py's columns).
 TABLE_COLUMNS: tuple[str, ...] = (
     "photo",
@@ -68,10 +73,6 @@ def analyse(
 ) -> Analysis:
     """The demo's one seam: photos (uploaded files, decoded like predict.py's inputs) and a
     webcam snapshot (H x W x 3 RGB) -> annotated images, table rows and the CSV."""
-    from agegender.inference.annotate import draw
-    from agegender.inference.csv_writer import prediction_columns, result_rows
-    from agegender.inference.inputs import InputItem
-
     items = [InputItem(Path(f).name, Path(f).name, file=Path(f)) for f in files]
     if snapshot is not None:
         rgb = np.ascontiguousarray(snapshot[..., :3]).astype(np.uint8, copy=False)
@@ -162,9 +163,6 @@ def load_agegender(overrides: Sequence[str] = ()) -> AgeGender:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from agegender.api import AgeGender
-    from agegender.inference.run import configure_torch_threads
-
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("predict", overrides=["input=app", "output=app", *overrides])
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -193,9 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from agegender.checkpoints import CheckpointError
-    from agegender.weights import WeightsNotFoundError
-
     try:
         agegender = load_agegender(args.overrides)
     except (WeightsNotFoundError, CheckpointError, FileNotFoundError, ValueError) as exc:

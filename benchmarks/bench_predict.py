@@ -40,7 +40,7 @@ from _process import timed  # benchmarks/_process.py (the script's folder is on 
 
 from agegender.hardware import cpu_summary
 from agegender.labels import AGE_BUCKETS, GENDERS
-from agegender.weights import ensure_gag_asset
+from agegender.store import ensure_gag_asset
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
@@ -170,7 +170,7 @@ def main() -> None:
     import os
 
     from agegender import AgeGender
-    from agegender.inference import configure_torch_threads
+    from agegender.runtime.build import configure_torch_threads
 
     print(cpu_summary())
     if args.cold_rounds:

@@ -32,7 +32,9 @@ import numpy as np
 
 from agegender.faces import Detector, Face, build_detector
 from agegender.hardware import cpu_summary
-from agegender.inference import FaceClassifier, build_classifier, configure_torch_threads, predict
+from agegender.inference import predict
+from agegender.runtime.build import build_classifier, configure_torch_threads
+from agegender.runtime.torch_classifier import FaceClassifier
 
 
 def rss_mb() -> float:

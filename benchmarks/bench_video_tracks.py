@@ -32,7 +32,8 @@ import pandas as pd
 from agegender.data.demo import camera_clip, write_video
 from agegender.faces import build_detector
 from agegender.images import load_image
-from agegender.inference import build_classifier, configure_torch_threads, predict
+from agegender.inference import predict
+from agegender.runtime.build import build_classifier, configure_torch_threads
 from agegender.inference.tracking import label_changes
 from agegender.labels import AGE_BUCKETS, GENDERS
 

@@ -56,8 +56,8 @@ def original_classifier():  # noqa: ANN201 (FaceClassifier: imported lazily, tor
     Tests never download: the README's install command converts the original weights into the
     cache. Without them: skip (user) or fail (CI).
     """
-    from agegender.inference import build_classifier
-    from agegender.weights import WeightsNotFoundError
+    from agegender.runtime.build import build_classifier
+    from agegender.store import WeightsNotFoundError
 
     try:
         classifier, _ = build_classifier(download=False)
@@ -79,7 +79,7 @@ def random_classifier():  # noqa: ANN201 (a FaceClassifier: imported lazily, tor
     """A Levi-Hassner net with fixed random weights: nothing to load, deterministic."""
     import torch
 
-    from agegender.inference.classifier import FaceClassifier
+    from agegender.runtime.torch_classifier import FaceClassifier
     from agegender.models import LeviHassnerNet
 
     torch.manual_seed(0)

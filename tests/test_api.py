@@ -24,7 +24,7 @@ def _rgb(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def ag():  # noqa: ANN201
     from agegender import AgeGender
-    from agegender.weights import WeightsNotFoundError
+    from agegender.store import WeightsNotFoundError
 
     try:
         return AgeGender()

@@ -16,8 +16,9 @@ from tests.conftest import REPO, SAMPLES, require
 
 
 def _onnx_cached() -> None:
-    from agegender.faces.mtcnn import ONNX_NAMES, onnx_dir
-    from agegender.weights import original_onnx_path
+    from agegender.store import MTCNN_ONNX_NAMES as ONNX_NAMES
+    from agegender.store import mtcnn_onnx_dir as onnx_dir
+    from agegender.store import original_onnx_path
 
     require(
         original_onnx_path().is_file() and all((onnx_dir() / n).is_file() for n in ONNX_NAMES),
@@ -30,7 +31,8 @@ def test_onnx_classifier_preprocessing_and_probabilities_equal_torch(original_cl
 
     from agegender.faces import align_face, build_detector
     from agegender.images import load_image
-    from agegender.inference import Pipeline, build_classifier, iter_inputs
+    from agegender.inference import Pipeline, iter_inputs
+    from agegender.runtime.build import build_classifier
 
     _onnx_cached()
     onnx, meta = build_classifier(backend="onnxruntime")
@@ -55,8 +57,8 @@ def test_onnx_classifier_preprocessing_and_probabilities_equal_torch(original_cl
 
 
 def test_backend_rules(monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
-    from agegender.inference import resolve_backend
-    from agegender.weights import CACHE_ENV
+    from agegender.runtime.build import resolve_backend
+    from agegender.store import CACHE_ENV
 
     _onnx_cached()
     assert resolve_backend("auto") == "onnxruntime"
@@ -75,7 +77,7 @@ def test_backend_rules(monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
     # nothing exported in the cache: auto falls back to torch, an explicit choice says why
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     assert resolve_backend("auto") == "torch"
-    from agegender.inference import build_classifier
+    from agegender.runtime.build import build_classifier
 
     with pytest.raises(FileNotFoundError, match="python -m agegender.weights original"):
         build_classifier(backend="onnxruntime")

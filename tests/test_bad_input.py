@@ -17,7 +17,8 @@ from PIL import Image
 
 from agegender.faces import build_detector
 from agegender.images import load_image
-from agegender.inference import FaceClassifier, predict
+from agegender.inference import predict
+from agegender.runtime.torch_classifier import FaceClassifier
 from agegender.models import LeviHassnerNet
 
 

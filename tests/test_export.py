@@ -133,7 +133,7 @@ def test_train_py_checkpoint_exports_through_the_command(
     trained_checkpoint: Path, tmp_path: Path
 ) -> None:
     from agegender.export import read_metadata
-    from agegender.inference import build_classifier
+    from agegender.runtime.build import build_classifier
 
     out = tmp_path / "trained.onnx"
     run = subprocess.run(
@@ -192,7 +192,7 @@ def test_readme_recipe_runs_without_torch_and_gives_predict_py_labels(
     tmp_path: Path,  # noqa: ANN001
 ) -> None:
     from agegender.export import export_model
-    from agegender.weights import ensure_gag_asset
+    from agegender.store import ensure_gag_asset
 
     recipe = readme_recipe()
     assert len(recipe.strip().splitlines()) <= 30

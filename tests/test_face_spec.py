@@ -13,7 +13,7 @@ from agegender.checkpoints import load_model, save_model
 from agegender.data import AdienceDataModule
 from agegender.data.demo import generate_demo
 from agegender.data.preprocess import FaceOptions
-from agegender.inference.classifier import FaceClassifier
+from agegender.runtime.torch_classifier import FaceClassifier
 from agegender.models import LeviHassnerNet, build_model, face_spec
 from agegender.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from agegender.models.module import AgeGenderModule

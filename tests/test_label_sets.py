@@ -197,7 +197,7 @@ def test_coarse_network_heads_and_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_original_buckets_summed_into_a_coarser_set() -> None:
-    from agegender.inference import FaceClassifier
+    from agegender.runtime.torch_classifier import FaceClassifier
     from agegender.models import LeviHassnerNet
 
     torch.manual_seed(0)
@@ -240,7 +240,8 @@ def test_train_coarse3_then_predict_writes_its_names(tmp_path_factory, tmp_path:
     data writes metrics and 3x3 confusion matrices in the set's names, and prediction with
     its checkpoint writes child/teen/adult."""
     from agegender.faces import build_detector
-    from agegender.inference import build_classifier, predict
+    from agegender.inference import predict
+    from agegender.runtime.build import build_classifier
     from agegender.training.run import train
 
     demo = demo_root(tmp_path_factory)

@@ -21,7 +21,7 @@ from training_fixtures import FAST, PAPER_TWO_STEPS, compose_train, demo_root
 from agegender.checkpoints import load_model
 from agegender.data.cache import FaceCache, write_manifest, write_shard
 from agegender.data.mean import compute_image_mean
-from agegender.inference.classifier import FaceClassifier
+from agegender.runtime.torch_classifier import FaceClassifier
 from agegender.models import CaffeInput, CaffeMeanImage, LeviHassnerNet
 from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
 from agegender.transforms import EvalPreset, TrainPreset, ten_crop_origins
@@ -286,7 +286,7 @@ def test_resumed_fit_keeps_the_checkpoints_mean(
 
 # -- (d) the original weights keep the channel means -----------------------------------------
 def test_original_weights_keep_channel_means(tmp_path: Path) -> None:
-    from agegender.weights import convert_caffemodels
+    from agegender.caffe_io import convert_caffemodels
 
     path = convert_caffemodels(
         caffemodel_bytes(random_levi_hassner_params(8, seed=11)),

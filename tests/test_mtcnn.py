@@ -286,7 +286,9 @@ def test_both_implementations_take_the_same_options() -> None:
 def test_onnxruntime_backend_finds_the_same_faces(samples_dir: Path) -> None:
     """The exported nets (``python -m agegender.weights original`` writes them) in
     onnxruntime: the same faces as the torch nets, to float rounding."""
-    from agegender.faces.mtcnn import ONNX_NAMES, onnx_dir, resolve_mtcnn_backend
+    from agegender.faces.mtcnn import resolve_mtcnn_backend
+    from agegender.store import MTCNN_ONNX_NAMES as ONNX_NAMES
+    from agegender.store import mtcnn_onnx_dir as onnx_dir
     from tests.conftest import require
 
     require(

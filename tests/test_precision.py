@@ -8,8 +8,8 @@ import torch
 
 from agegender.faces import align_face, build_detector
 from agegender.images import load_image
-from agegender.inference import FaceClassifier
-from agegender.inference.classifier import resolve_precision
+from agegender.runtime.torch_classifier import FaceClassifier
+from agegender.runtime.torch_classifier import resolve_precision
 
 #: The largest bf16-vs-fp32 probability difference allowed on the sample faces (measured on an
 #: AMX CPU over 47 real faces: 0.016; bf16 keeps 8 bits of mantissa, so 0.05 leaves room for
@@ -18,7 +18,7 @@ BF16_TOL = 0.05
 
 
 def test_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agegender.inference.classifier as classifier
+    import agegender.runtime.torch_classifier as classifier
 
     monkeypatch.setattr(classifier, "cpu_has_fast_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"

@@ -288,7 +288,7 @@ def test_checkpoint_option_loads_any_saved_model(tmp_path, samples_dir, original
     gender-only net carrying the original gender net's weights, so that its outputs depend on
     the input) drives prediction; the missing age head leaves its columns empty."""
     from agegender.checkpoints import save_model
-    from agegender.inference import build_classifier
+    from agegender.runtime.build import build_classifier
 
     kwargs = {"mode": "shared", "tasks": ["gender"]}
     model = LeviHassnerNet(**kwargs)

@@ -26,8 +26,10 @@ import torch
 
 from agegender.checkpoints import save_model
 from agegender.faces import build_detector
-from agegender.inference import build_classifier, predict
-from agegender.inference.csv_writer import PredictionWriter, ResumeError
+from agegender.inference import predict
+    from agegender.runtime.build import build_classifier
+from agegender.inference.csv_writer import CsvWriter as PredictionWriter
+from agegender.inference.writer import ResumeError
 from agegender.inference.merge import main as merge_main
 from agegender.inference.merge import merge_shards
 from agegender.inference.shards import ShardError, done_path, shard_slice

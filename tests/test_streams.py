@@ -16,14 +16,13 @@ import pandas as pd
 import pytest
 from video_fixtures import MJPEGServer, zoom_frames
 
+from agegender.inference import predict
 from agegender.inference.streams import (
     FrameGrabber,
     gui_available,
     is_stream,
-    predict_stream,
     stream_name,
 )
-from agegender.inference.video import VideoOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,8 +56,14 @@ class SlowDetector:
 def test_stream_rows_tracks_and_recording(tmp_path, frames, mtcnn, random_classifier) -> None:
     with MJPEGServer(frames, fps=20) as server:
         url = server.url("/live.mjpg")
-        summary = predict_stream(
-            url, tmp_path, mtcnn, random_classifier, stride=1, stall_seconds=5, progress=False
+        summary = predict(
+            url,
+            tmp_path,
+            mtcnn,
+            random_classifier,
+            video_stride=1,
+            video_stall_seconds=5,
+            progress=False,
         )
     df = _rows(tmp_path)
     numbers = _frame_numbers(df)
@@ -83,9 +88,9 @@ def test_slow_model_drops_frames_instead_of_queueing(
     tmp_path, frames, mtcnn, random_classifier
 ) -> None:
     with MJPEGServer(frames, fps=20) as server:  # 50 ms per frame; the model takes 250 ms+
-        summary = predict_stream(
+        summary = predict(
             server.url("/live.mjpg"), tmp_path, SlowDetector(mtcnn, 0.25), random_classifier,
-            stride=1, stall_seconds=5, progress=False,
+            video_stride=1, video_stall_seconds=5, progress=False,
         )  # fmt: skip
     numbers = _frame_numbers(_rows(tmp_path))
     assert summary.stream["received"] == 30
@@ -101,8 +106,14 @@ def test_stalled_stream_ends_with_its_rows_saved(
     with MJPEGServer(frames, fps=20, stall_after=8) as server:
         url = server.url("/stall.mjpg")
         began = time.monotonic()
-        summary = predict_stream(
-            url, tmp_path, mtcnn, random_classifier, stride=1, stall_seconds=1.5, progress=False
+        summary = predict(
+            url,
+            tmp_path,
+            mtcnn,
+            random_classifier,
+            video_stride=1,
+            video_stall_seconds=1.5,
+            progress=False,
         )
         took = time.monotonic() - began
     df = _rows(tmp_path)
@@ -142,7 +153,7 @@ def test_url_that_does_not_open_is_an_error_row(tmp_path, mtcnn, random_classifi
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/none.mjpg"
-    summary = predict_stream(url, tmp_path, mtcnn, random_classifier, open_seconds=2)
+    summary = predict(url, tmp_path, mtcnn, random_classifier, video_open_seconds=2)
     df = _rows(tmp_path)
     assert list(df["path"]) == [url] and list(df["status"]) == ["error: cannot open stream"]
     assert summary.errors == 1
@@ -150,9 +161,9 @@ def test_url_that_does_not_open_is_an_error_row(tmp_path, mtcnn, random_classifi
 
 def test_max_frames_and_headless_window(tmp_path, frames, mtcnn, random_classifier, capsys):
     with MJPEGServer(frames, fps=20) as server:
-        summary = predict_stream(
-            server.url("/live.mjpg"), tmp_path, mtcnn, random_classifier, stride=2,
-            options=VideoOptions(max_frames=6), show=True, progress=False,
+        summary = predict(
+            server.url("/live.mjpg"), tmp_path, mtcnn, random_classifier, video_stride=2,
+            video_max_frames=6, video_show=True, progress=False,
         )  # fmt: skip
     assert summary.stream["received"] == 6 and summary.stream["end"] == "limit"
     assert max(_frame_numbers(_rows(tmp_path))) <= 5
@@ -165,9 +176,9 @@ def test_stream_as_json_lines(tmp_path, frames, mtcnn, random_classifier) -> Non
     import json
 
     with MJPEGServer(frames, fps=20) as server:
-        predict_stream(
-            server.url("/live.mjpg"), tmp_path, mtcnn, random_classifier, stride=1,
-            options=VideoOptions(max_frames=8), annotate=False, progress=False, format="jsonl",
+        predict(
+            server.url("/live.mjpg"), tmp_path, mtcnn, random_classifier, video_stride=1,
+            video_max_frames=8, annotate=False, progress=False, format="jsonl",
         )  # fmt: skip
     objects = [
         json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()
@@ -177,7 +188,8 @@ def test_stream_as_json_lines(tmp_path, frames, mtcnn, random_classifier) -> Non
 
 
 def test_stream_cannot_be_resumed(tmp_path) -> None:
-    from agegender.inference import ResumeError, predict_from_config
+    from agegender.inference import ResumeError
+    from agegender.predict_command import predict_from_config
 
     with pytest.raises(ResumeError, match="cannot be resumed"):
         predict_from_config({"input": "rtsp://127.0.0.1:9/x", "resume": True, "output": tmp_path})

@@ -101,7 +101,7 @@ def test_prediction_imports_no_torchvision() -> None:
     (its import costs ~2 s of prediction's cold start: torchvision.models, torch._dynamo)."""
     code = (
         "import sys, numpy as np, torch\n"
-        "from agegender.inference.classifier import FaceClassifier\n"
+        "from agegender.runtime.torch_classifier import FaceClassifier\n"
         "from agegender.checkpoints import load_model\n"
         "from agegender.models import build_model\n"
         "c = FaceClassifier(build_model('levi_hassner'), oversample=True)\n"

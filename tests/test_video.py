@@ -15,7 +15,7 @@ from video_fixtures import zoom_frames
 from agegender.data.demo import write_video
 from agegender.inference import predict
 from agegender.inference.tracking import TRACK_COLUMNS, label_changes
-from agegender.inference.video import FaceMark, FrameMarks, VideoOptions, marks_at
+from agegender.inference.video import FaceMark, FrameMarks, marks_at
 from agegender.labels import AGE_BUCKETS, GENDERS
 
 
@@ -80,7 +80,7 @@ def test_face_away_longer_than_lost_seconds_gets_a_new_track(
         out = tmp_path / f"out{lost}"
         predict(
             video, out, mtcnn, random_classifier, video_stride=1, annotate=False,
-            progress=False, video=VideoOptions(lost_seconds=lost),
+            progress=False, video_lost_seconds=lost,
         )  # fmt: skip
         df = _rows(out)
         ok = df[df["status"] == "ok"]
@@ -114,10 +114,10 @@ def test_two_faces_keep_their_tracks(tmp_path, mtcnn, random_classifier) -> None
 
 def test_max_frames_and_max_seconds(tmp_path, mtcnn, random_classifier) -> None:
     video = write_video(tmp_path / "in" / "z.mp4", zoom_frames("biden.jpg", 30), fps=10)
-    for options, frames in ((VideoOptions(max_frames=7), 7), (VideoOptions(max_seconds=1.2), 12)):
+    for options, frames in (({"video_max_frames": 7}, 7), ({"video_max_seconds": 1.2}, 12)):
         out = tmp_path / f"out{frames}"
         predict(video, out, mtcnn, random_classifier, video_stride=2, progress=False,
-                video=options)  # fmt: skip
+                **options)  # fmt: skip
         assert list(_rows(out)["path"]) == [f"{video}#frame={i}" for i in range(0, frames, 2)]
         assert cv2.VideoCapture(str(out / "annotated" / "z.mp4")).get(7) == frames
 

