@@ -107,7 +107,7 @@ def test_kface_recipe_trains_with_margin_crops_and_its_names(tmp_path: Path) -> 
 
 
 def test_balanced_class_weights_from_the_training_counts() -> None:
-    from agegender.models.module import AgeGenderModule
+    from agegender.training.module import AgeGenderModule
 
     module = AgeGenderModule("levi_hassner", {"mode": "shared"}, labels="coarse3",
                              class_weights="balanced")  # fmt: skip
