@@ -241,7 +241,7 @@ def test_train_coarse3_then_predict_writes_its_names(tmp_path_factory, tmp_path:
     its checkpoint writes child/teen/adult."""
     from agegender.faces import build_detector
     from agegender.inference import build_classifier, predict
-    from agegender.training.run import train
+    from agegender.training.fit import train
 
     demo = demo_root(tmp_path_factory)
     overrides = ["experiment=modern", "labels=coarse3", *FAST, f"data.root={demo}"]
