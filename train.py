@@ -1,6 +1,6 @@
 """Fit and test one fold: ``python train.py [experiment=levi_hassner] [data.fold=0] ...``.
 
-Thin Hydra entry; the run itself is :func:`agegender.training.run.train`. Returns the
+Thin Hydra entry; the run itself is :func:`agegender.training.fit.train`. Returns the
 validation objective (``optimized_metric``) for sweeps.
 """
 
@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from agegender.training.run import train
+    from agegender.training.fit import train
 
     return train(cfg)
 

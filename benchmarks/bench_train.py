@@ -27,8 +27,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from agegender.training.fit import build
 from agegender.training.optim import build_optimizer, build_scheduler
-from agegender.training.run import build
 
 REPO = Path(__file__).resolve().parents[1]
 

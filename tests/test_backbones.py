@@ -9,8 +9,8 @@ import torch
 
 from agegender.models import build_model
 from agegender.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-from agegender.models.module import AgeGenderModule
 from agegender.training.finetuning import FreezeBackbone
+from agegender.training.module import AgeGenderModule
 from agegender.training.optim import build_optimizer
 from agegender.training.pretrained import (
     PretrainedWeightsNotFoundError,

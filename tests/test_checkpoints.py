@@ -228,7 +228,7 @@ OLD_STYLE_HPARAMS = {
 def test_checkpoint_with_old_optimizer_hparams_still_loads(tmp_path, monkeypatch):
     """Prediction needs only model_name/model_kwargs/state_dict; the module itself also still
     accepts the old hyper-parameters (only configure_optimizers would refuse them)."""
-    from agegender.models.module import AgeGenderModule
+    from agegender.training.module import AgeGenderModule
 
     class TinyTasks(Tiny):
         tasks = ("age",)

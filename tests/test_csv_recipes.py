@@ -89,7 +89,7 @@ def _kface_yaml() -> Path:
 
 
 def test_kface_recipe_trains_with_margin_crops_and_its_names(tmp_path: Path) -> None:
-    from agegender.training.run import train
+    from agegender.training.fit import train
 
     csv = _kface_tree(tmp_path / "kface")
     out = tmp_path / "run"
@@ -107,7 +107,7 @@ def test_kface_recipe_trains_with_margin_crops_and_its_names(tmp_path: Path) -> 
 
 
 def test_balanced_class_weights_from_the_training_counts() -> None:
-    from agegender.models.module import AgeGenderModule
+    from agegender.training.module import AgeGenderModule
 
     module = AgeGenderModule("levi_hassner", {"mode": "shared"}, labels="coarse3",
                              class_weights="balanced")  # fmt: skip
@@ -126,7 +126,7 @@ def test_adience_as_csv_with_coarse_groups(tmp_path_factory, tmp_path: Path) -> 
     """``python -m agegender.data.csv adience ROOT``: the CSV reads back to the labels the
     Adience DataModule gives under the same label set, and experiment=coarse3 trains on it."""
     from agegender.data import AdienceDataModule
-    from agegender.training.run import train
+    from agegender.training.fit import train
 
     demo = demo_root(tmp_path_factory)
     root = tmp_path / "adience"  # a copy: the CSV reader refuses symlinks out of its folder

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from agegender.cv import (
+from agegender.crossval import (
     METRIC_COLUMNS,
     aggregate,
     collect_runs,
@@ -54,7 +54,8 @@ def test_five_folds_give_fold_rows_and_mean_std(tmp_path: Path) -> None:
 
 
 #: Levi & Hassner 2015, Tables 3 and 4 (mean over 5 folds, %), written out independently of
-#: agegender.cv.PUBLISHED so that a wrong figure or a panel mapped to the wrong protocol fails.
+#: agegender.crossval.PUBLISHED so that a wrong figure or a panel mapped to the wrong protocol
+#: fails.
 PAPER = {
     "test/age_acc": 49.5,
     "test_10crop/age_acc": 50.7,
@@ -135,7 +136,7 @@ def test_hydra_callback_records_a_failing_fold(tmp_path: Path) -> None:
             hydra:
               sweep: {dir: SWEEP}
               callbacks:
-                cv: {_target_: agegender.cv.CVResultsCallback}
+                cv: {_target_: agegender.crossval.CVResultsCallback}
             """
         ).replace("SWEEP", str(tmp_path / "sweep"))
     )

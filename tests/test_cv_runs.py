@@ -16,7 +16,7 @@ import pytest
 import yaml
 from training_fixtures import CONF_DIR, FAST, REPO, demo_root
 
-from agegender.cv import METRIC_COLUMNS
+from agegender.crossval import METRIC_COLUMNS
 
 #: A tiny step budget: two SGD steps per fold, validated once, tested on two batches.
 TINY = [*FAST, "trainer.max_steps=2", "trainer.val_check_interval=2", "logger=csv"]
@@ -69,7 +69,7 @@ def test_five_fold_cv_writes_the_paper_table(demo: Path, tmp_path: Path) -> None
 
     # the standalone aggregation reproduces the callback's table
     again = subprocess.run(
-        [sys.executable, "-m", "agegender.cv", str(sweep)],
+        [sys.executable, "-m", "agegender.crossval", str(sweep)],
         capture_output=True,
         text=True,
         timeout=120,

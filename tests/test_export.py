@@ -119,7 +119,7 @@ def test_a_naive_export_is_caught(original_classifier, tmp_path: Path) -> None: 
 def trained_checkpoint(tmp_path_factory) -> Path:  # noqa: ANN001
     """A checkpoint written by train.py: the paper's recipe with a per-pixel mean image (so
     the export must carry the training split's mean, not the Caffe channel means)."""
-    from agegender.training.run import train
+    from agegender.training.fit import train
 
     demo = demo_root(tmp_path_factory)
     out = tmp_path_factory.mktemp("export_run")

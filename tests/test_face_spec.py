@@ -16,8 +16,8 @@ from agegender.data.preprocess import FaceOptions
 from agegender.runtime.torch_classifier import FaceClassifier
 from agegender.models import LeviHassnerNet, build_model, face_spec
 from agegender.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-from agegender.models.module import AgeGenderModule
 from agegender.spec import FaceSpec, face_spec_of
+from agegender.training.module import AgeGenderModule
 from agegender.transforms import EvalPreset, TrainPreset
 
 CAFFE_MEANS_BGR = (78.4263377603, 87.7689143744, 114.895847746)  # mean.binaryproto

@@ -173,7 +173,7 @@ def test_one_off_and_names_follow_the_set() -> None:
 
 def test_coarse_network_heads_and_checkpoint_round_trip(tmp_path: Path) -> None:
     from agegender.checkpoints import label_set_of, load_model, save_model
-    from agegender.models.module import AgeGenderModule
+    from agegender.training.module import AgeGenderModule
 
     module = AgeGenderModule("levi_hassner", {"mode": "shared"}, labels="coarse3")
     assert module.model.heads["age"].out_features == 3
@@ -242,7 +242,7 @@ def test_train_coarse3_then_predict_writes_its_names(tmp_path_factory, tmp_path:
     from agegender.faces import build_detector
     from agegender.inference import predict
     from agegender.runtime.build import build_classifier
-    from agegender.training.run import train
+    from agegender.training.fit import train
 
     demo = demo_root(tmp_path_factory)
     overrides = ["experiment=modern", "labels=coarse3", *FAST, f"data.root={demo}"]

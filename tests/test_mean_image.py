@@ -212,7 +212,7 @@ def test_datamodule_mean_is_the_training_split_only(demo: Path, tmp_path: Path) 
 # -- (c) experiment=levi_hassner trains with it and stores it in every checkpoint -------------
 @pytest.fixture(scope="module")
 def paper_run(demo: Path, tmp_path_factory) -> tuple[Path, torch.Tensor]:  # noqa: ANN001
-    from agegender.training.run import train
+    from agegender.training.fit import train
 
     out = tmp_path_factory.mktemp("mean_run")
     overrides = [*PAPER_TWO_STEPS, f"data.root={demo}"]
@@ -253,7 +253,7 @@ def test_resumed_fit_keeps_the_checkpoints_mean(
     paper_run: tuple[Path, torch.Tensor], demo: Path, tmp_path: Path, monkeypatch
 ) -> None:  # noqa: ANN001
     from agegender.data.datamodule import FaceDataModule
-    from agegender.training.run import train
+    from agegender.training.fit import train
 
     out, train_mean = paper_run
     calls = []

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agegender.models.module import AgeGenderModule, masked_targets
 from agegender.training.metrics import StageMetrics
+from agegender.training.module import AgeGenderModule, masked_targets
 from agegender.training.optim import build_optimizer, build_scheduler, cosine_factor
 
 PAPER_OPTIMIZER = {

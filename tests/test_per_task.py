@@ -17,9 +17,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from training_fixtures import FAST, compose_train, demo_root
 
 from agegender.checkpoints import load_model
-from agegender.models.module import AgeGenderModule
+from agegender.training.fit import resolve_ckpt_path, train
+from agegender.training.module import AgeGenderModule
 from agegender.training.optim import build_optimizer
-from agegender.training.run import resolve_ckpt_path, train
 from agegender.training.selection import PER_TASK_FILE, task_of
 
 PAPER = ["experiment=levi_hassner", *FAST, "logger=none", "~callbacks.lr_monitor"]

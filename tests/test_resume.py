@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from training_fixtures import FAST, compose_train, demo_root
 
-from agegender.training.run import resolve_ckpt_path, train
+from agegender.training.fit import resolve_ckpt_path, train
 
 
 class Crash(RuntimeError):
@@ -166,7 +166,7 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 import pytorch_lightning as pl
 from training_fixtures import compose_train
-from agegender.training.run import train
+from agegender.training.fit import train
 
 class Kill(pl.Callback):
     def on_train_batch_end(self, trainer, *args):

@@ -63,7 +63,7 @@ hydra:
       x: interval(0.0, 1.0)
   callbacks:
     cv_results:
-      _target_: agegender.cv.CVResultsCallback
+      _target_: agegender.crossval.CVResultsCallback
 """
 
 

@@ -145,7 +145,7 @@ def test_timm_fast_dev_run_offline(
     (efficientnet_b0, the same path at a quarter of the cost, in the default suite)."""
     from hydra.utils import instantiate
 
-    from agegender.training.run import train
+    from agegender.training.fit import train
 
     demo = demo_root(tmp_path_factory)
     cfg = compose_train(

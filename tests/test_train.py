@@ -14,7 +14,7 @@ import pytest
 import torch
 from training_fixtures import CONF_DIR, FAST, REPO, compose_train, demo_root
 
-from agegender.training.run import train
+from agegender.training.fit import train
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 REQUIRED = [

@@ -1,4 +1,5 @@
-"""Plain nn.Modules (networks) and, beside them, the LightningModule that trains them.
+"""Plain nn.Modules (networks). The LightningModule that trains them lives in the training
+package (``training/module.py``); nothing here imports training code.
 
 Input convention for every network in this package (documented once, here):
 a float tensor N x 3 x S x S holding **RGB pixel values in [0, 255]** (no scaling, no mean

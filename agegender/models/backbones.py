@@ -9,7 +9,8 @@ fine-tuning callback treat all of them alike.
 
 Nothing here downloads or reads files: the constructors never pass ``weights=``/``pretrained=``
 to the libraries (their downloads would hang offline). Pretrained weights are loaded into
-:meth:`load_backbone_state` by :mod:`agegender.training.pretrained`, which owns the files.
+:meth:`load_backbone_state` by the training package (``training/pretrained.py``), which owns
+the files.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ mean/std in 0-255 units as the network's first layer. (timm resizes bicubic; the
 presets keep their own interpolation for every network.)
 
 Nothing here reads a file or touches the network: the weights start random, and pretrained
-weights are loaded by :mod:`agegender.training.pretrained` (local files and the local Hugging
-Face cache only).
+weights are loaded by the training package (``training/pretrained.py``: local files and the
+local Hugging Face cache only).
 """
 
 from __future__ import annotations

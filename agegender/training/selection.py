@@ -172,7 +172,7 @@ def select_checkpoint(
     """After ``trainer.fit``: the checkpoint to validate and test under ``selection``.
 
     ``joint`` is the run's best-by-``val/acc`` choice (kept where it always was, in
-    :mod:`agegender.training.run`). Every rank calls this (the final save is collective).
+    :mod:`agegender.training.fit`). Every rank calls this (the final save is collective).
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")

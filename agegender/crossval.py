@@ -5,7 +5,7 @@ adds ``job_status.json`` (completed/failed, the error, the objective) and re-agg
 sweep directory after each job, so the table exists even when a fold fails and Hydra then
 aborts the multirun. The same aggregation runs standalone::
 
-    python -m agegender.cv SWEEP_DIR
+    python -m agegender.crossval SWEEP_DIR
 
 Outputs in SWEEP_DIR: ``cv_results.csv`` (fractions, one row per fold, then mean and std rows
 per setting), ``cv_results.md`` (percentages, the shape of Levi & Hassner's Table 3/4),
@@ -376,7 +376,7 @@ class CVResultsCallback(Callback):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agegender.cv",
+        prog="python -m agegender.crossval",
         description="Aggregate a train.py multirun directory into the paper-style CV table.",
     )
     parser.add_argument("sweep_dir", type=Path, help="Hydra sweep directory (multirun/...)")
