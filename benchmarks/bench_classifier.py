@@ -31,14 +31,13 @@ import cv2
 import numpy as np
 import torch
 
-from agegender.caffe_io import read_caffe_net
+from agegender.caffe_io import ensure_original_weights, read_caffe_net
 from agegender.checkpoints import load_model
 from agegender.hardware import cpu_summary
-from agegender.runtime.torch_classifier import FaceClassifier, resolve_precision
 from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
-from agegender.transforms import EvalPreset
-from agegender.caffe_io import ensure_original_weights
+from agegender.runtime.torch_classifier import FaceClassifier, resolve_precision
 from agegender.store import ensure_gag_wheel, read_gag_member
+from agegender.transforms import EvalPreset
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 OFFSET = (SPEC.face_size - SPEC.crop_size) // 2

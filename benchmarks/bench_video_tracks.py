@@ -33,9 +33,9 @@ from agegender.data.demo import camera_clip, write_video
 from agegender.faces import build_detector
 from agegender.images import load_image
 from agegender.inference import predict
-from agegender.runtime.build import build_classifier, configure_torch_threads
 from agegender.inference.tracking import label_changes
 from agegender.labels import AGE_BUCKETS, GENDERS
+from agegender.runtime.build import build_classifier, configure_torch_threads
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 PORTRAITS = ("astronaut.jpg", "biden.jpg", "obama.jpg")

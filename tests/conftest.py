@@ -79,8 +79,8 @@ def random_classifier():  # noqa: ANN201 (a FaceClassifier: imported lazily, tor
     """A Levi-Hassner net with fixed random weights: nothing to load, deterministic."""
     import torch
 
-    from agegender.runtime.torch_classifier import FaceClassifier
     from agegender.models import LeviHassnerNet
+    from agegender.runtime.torch_classifier import FaceClassifier
 
     torch.manual_seed(0)
     return FaceClassifier(LeviHassnerNet())

@@ -199,7 +199,12 @@ def test_detector_configs_equal_the_constructor_defaults(name: str) -> None:
     from agegender.faces.registry import detector_arguments
 
     cfg = OmegaConf.load(REPO / "conf" / "detector" / f"{name}.yaml")
-    skip = ("name", "device", "backend")  # interpolations of predict.py's top-level keys
+    skip = (
+        "name",
+        "_target_",
+        "device",
+        "backend",
+    )  # interpolations of predict.py's top-level keys
     values = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in skip}
     defaults = detector_arguments(name)
     for key, value in values.items():

@@ -18,8 +18,8 @@ from PIL import Image
 from agegender.faces import build_detector
 from agegender.images import load_image
 from agegender.inference import predict
-from agegender.runtime.torch_classifier import FaceClassifier
 from agegender.models import LeviHassnerNet
+from agegender.runtime.torch_classifier import FaceClassifier
 
 
 def write_huge_png(path: Path, width: int, height: int) -> None:

@@ -13,9 +13,9 @@ from agegender.checkpoints import load_model, save_model
 from agegender.data import AdienceDataModule
 from agegender.data.demo import generate_demo
 from agegender.data.preprocess import FaceOptions
-from agegender.runtime.torch_classifier import FaceClassifier
 from agegender.models import LeviHassnerNet, build_model, face_spec
 from agegender.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from agegender.runtime.torch_classifier import FaceClassifier
 from agegender.spec import FaceSpec, face_spec_of
 from agegender.training.module import AgeGenderModule
 from agegender.transforms import EvalPreset, TrainPreset

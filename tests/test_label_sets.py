@@ -197,8 +197,8 @@ def test_coarse_network_heads_and_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_original_buckets_summed_into_a_coarser_set() -> None:
-    from agegender.runtime.torch_classifier import FaceClassifier
     from agegender.models import LeviHassnerNet
+    from agegender.runtime.torch_classifier import FaceClassifier
 
     torch.manual_seed(0)
     net = LeviHassnerNet(mode="shared")
@@ -218,13 +218,14 @@ def test_original_buckets_summed_into_a_coarser_set() -> None:
 
 def test_expected_age_column() -> None:
     from agegender.faces import Face
-    from agegender.inference import ImageResult, InputItem
+    from agegender.inference import FaceResult, ImageResult, InputItem
     from agegender.inference.csv_writer import EXPECTED_AGE_COLUMN, prediction_columns, result_rows
 
     coarse3 = load_label_set("coarse3")
     face = Face(box=(0, 0, 10, 10), score=1.0, landmarks=None)
-    probs = {"age": np.array([[0.5, 0.25, 0.25]]), "gender": np.array([[0.2, 0.8]])}
-    result = ImageResult(InputItem("a.jpg", "a.jpg"), faces=[face], probs=probs)
+    probs = {"age": np.array([0.5, 0.25, 0.25]), "gender": np.array([0.2, 0.8])}
+    faces = [FaceResult.decode(face, probs, coarse3)]
+    result = ImageResult(InputItem("a.jpg", "a.jpg"), faces=faces, labels=coarse3)
     (row,) = result_rows(result, True, coarse3, expected_age=True)
     assert row["age"] == "child" and row["gender"] == "female"
     # midpoints: child [0, 13) 6.5, teen [13, 20) 16.5, adult [20, 80) 50

@@ -21,9 +21,9 @@ from training_fixtures import FAST, PAPER_TWO_STEPS, compose_train, demo_root
 from agegender.checkpoints import load_model
 from agegender.data.cache import FaceCache, write_manifest, write_shard
 from agegender.data.mean import compute_image_mean
-from agegender.runtime.torch_classifier import FaceClassifier
 from agegender.models import CaffeInput, CaffeMeanImage, LeviHassnerNet
 from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
+from agegender.runtime.torch_classifier import FaceClassifier
 from agegender.transforms import EvalPreset, TrainPreset, ten_crop_origins
 
 MEAN_KEY = "normalize.mean_image"

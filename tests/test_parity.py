@@ -22,12 +22,16 @@ import torch
 from caffe_writer import caffemodel_bytes, random_levi_hassner_params
 from conftest import WEIGHTS_HINT, require
 
-from agegender.caffe_io import deploy_prototxt, read_caffe_net, read_caffe_params
+from agegender.caffe_io import (
+    convert_caffemodels,
+    deploy_prototxt,
+    read_caffe_net,
+    read_caffe_params,
+)
 from agegender.checkpoints import load_model
 from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
-from agegender.transforms import EvalPreset
-from agegender.caffe_io import convert_caffemodels
 from agegender.store import ASSET_SHA256
+from agegender.transforms import EvalPreset
 
 TOL = 1e-4
 OFFSET = (SPEC.face_size - SPEC.crop_size) // 2

@@ -8,8 +8,7 @@ import torch
 
 from agegender.faces import align_face, build_detector
 from agegender.images import load_image
-from agegender.runtime.torch_classifier import FaceClassifier
-from agegender.runtime.torch_classifier import resolve_precision
+from agegender.runtime.torch_classifier import FaceClassifier, resolve_precision
 
 #: The largest bf16-vs-fp32 probability difference allowed on the sample faces (measured on an
 #: AMX CPU over 47 real faces: 0.016; bf16 keeps 8 bits of mantissa, so 0.05 leaves room for

@@ -18,7 +18,6 @@ from agegender.images import load_image
 from agegender.inference import (
     COLUMNS,
     PROB_COLUMNS,
-    FaceClassifier,
     InputNotFoundError,
     predict,
     result_rows,
@@ -26,6 +25,7 @@ from agegender.inference import (
 from agegender.inference.annotate import annotated_path
 from agegender.labels import AGE_BUCKETS, GENDERS
 from agegender.models import LeviHassnerNet
+from agegender.runtime.torch_classifier import FaceClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_NAMES = ("astronaut.jpg", "biden.jpg", "camera.png", "obama.jpg")

@@ -27,13 +27,13 @@ import torch
 from agegender.checkpoints import save_model
 from agegender.faces import build_detector
 from agegender.inference import predict
-    from agegender.runtime.build import build_classifier
 from agegender.inference.csv_writer import CsvWriter as PredictionWriter
-from agegender.inference.writer import ResumeError
 from agegender.inference.merge import main as merge_main
 from agegender.inference.merge import merge_shards
 from agegender.inference.shards import ShardError, done_path, shard_slice
+from agegender.inference.writer import ResumeError
 from agegender.models import LeviHassnerNet
+from agegender.runtime.build import build_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 30
@@ -148,11 +148,15 @@ def test_resume_refuses_other_columns(tmp_path, folder, classifier, reference) -
 
 def _result(path: str, n_faces: int):  # noqa: ANN202
     from agegender.faces import Face
-    from agegender.inference import ImageResult, InputItem
+    from agegender.inference import FaceResult, ImageResult, InputItem
+    from agegender.labels import ADIENCE8
 
-    faces = [Face(box=(i, i, i + 10.0, i + 10.0), score=0.9) for i in range(n_faces)]
-    probs = {"age": np.full((n_faces, 8), 1 / 8), "gender": np.full((n_faces, 2), 0.5)}
-    return ImageResult(InputItem(path, path), faces=faces, probs=probs)
+    probs = {"age": np.full(8, 1 / 8), "gender": np.full(2, 0.5)}
+    faces = [
+        FaceResult.decode(Face(box=(i, i, i + 10.0, i + 10.0), score=0.9), probs, ADIENCE8)
+        for i in range(n_faces)
+    ]
+    return ImageResult(InputItem(path, path), faces=faces)
 
 
 def test_torn_rows_of_a_multi_face_input_are_all_redone(tmp_path) -> None:

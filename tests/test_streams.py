@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from video_fixtures import MJPEGServer, zoom_frames
 
+from agegender.faces import Detector
 from agegender.inference import predict
 from agegender.inference.streams import (
     FrameGrabber,
@@ -40,7 +41,7 @@ def _frame_numbers(df: pd.DataFrame) -> list[int]:
     return [int(p.rpartition("#frame=")[2]) for p in df["path"] if "#frame=" in p]
 
 
-class SlowDetector:
+class SlowDetector(Detector):
     """The real detector, made slower than the camera."""
 
     thread_safe = False
@@ -188,11 +189,13 @@ def test_stream_as_json_lines(tmp_path, frames, mtcnn, random_classifier) -> Non
 
 
 def test_stream_cannot_be_resumed(tmp_path) -> None:
-    from agegender.inference import ResumeError
-    from agegender.predict_command import predict_from_config
+    """Refused by the source before any model work (the detector and network are unused)."""
+    from agegender.inference import ResumeError, ShardError
 
     with pytest.raises(ResumeError, match="cannot be resumed"):
-        predict_from_config({"input": "rtsp://127.0.0.1:9/x", "resume": True, "output": tmp_path})
+        predict("rtsp://127.0.0.1:9/x", tmp_path, None, None, resume=True)
+    with pytest.raises(ShardError, match="cannot be sharded"):
+        predict("rtsp://127.0.0.1:9/x", tmp_path, None, None, num_shards=2)
 
 
 def test_is_stream(tmp_path) -> None:
