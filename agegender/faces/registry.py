@@ -45,10 +45,9 @@ def build_detector(config: str | Mapping[str, Any] = "mtcnn", **options: Any) ->
         raise ValueError(f"a detector config needs a _target_ (conf/detector/*.yaml): {cfg}")
     try:
         return instantiate(cfg, _convert_="all")
-    except Exception as exc:  # Hydra wraps the constructor's TypeError/ValueError
-        cause = exc.__cause__ or exc
-        if isinstance(cause, (TypeError, ValueError)):
-            raise type(cause)(str(cause)) from None
+    except Exception as exc:  # Hydra wraps the constructor's own error: raise that one
+        if isinstance(exc.__cause__, Exception):
+            raise exc.__cause__ from None
         raise
 
 
