@@ -2,7 +2,7 @@
 
     python predict.py input=data/samples output=/tmp/out
 
-Writes ``output``/predictions.csv (see DESIGN.md for the columns) and annotated copies.
+Writes ``output``/predictions.csv (docs/contracts.md lists the columns) and annotated copies.
 Exit code 0 even when some inputs are bad (they get ``error: ...`` rows); non-zero only for
 a bad configuration, a missing input, missing weights or a CSV ``resume=true`` cannot
 continue. ``-m shard=0,1,2,3 num_shards=4`` predicts in 4 jobs and merges their CSVs.

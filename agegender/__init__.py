@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in ("AgeGender", "FaceResult"):
+        # deferred: `import agegender` stays light (no cv2, onnxruntime, Pillow plugins)
         from agegender import api
 
         return getattr(api, name)
     if name == "ImageLoadError":
+        # deferred: Pillow and numpy, only when asked for
         from agegender.images import ImageLoadError
 
         return ImageLoadError

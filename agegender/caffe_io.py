@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from agegender.checkpoints import save_model
+from agegender.models import build_model
 from agegender.models.levi_hassner import LeviHassnerTrunk
 from agegender.store import (
     GAG_REQUIREMENT,
@@ -295,9 +297,6 @@ def convert_caffemodels(
     """Build ``LeviHassnerNet(mode="separate")`` from the two caffemodels' bytes (age net ->
     age trunk + head, gender net -> gender trunk + head) and save it at ``output``."""
     import cv2
-
-    from agegender.checkpoints import save_model
-    from agegender.models import build_model
 
     model_kwargs = {"mode": "separate", "tasks": ["age", "gender"], "caffe_init": False}
     model = build_model("levi_hassner", **model_kwargs)

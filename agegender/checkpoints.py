@@ -20,6 +20,7 @@ from torch import nn
 
 from agegender.errors import CheckpointError  # noqa: F401 - defined there, raised here
 from agegender.fileio import atomic_write
+from agegender.labels import load_label_set
 from agegender.models import build_model
 
 #: Value of the ``"format"`` key of our own checkpoints.
@@ -81,8 +82,6 @@ def save_model(
         "meta": meta,
     }
     if labels is not None:
-        from agegender.labels import load_label_set
-
         payload["labels"] = load_label_set(labels).to_config()
     path = Path(path)
     atomic_write(path, lambda handle: torch.save(payload, handle))
@@ -207,6 +206,4 @@ def load_model(
 def label_set_of(meta: Mapping[str, Any]) -> Any:
     """The :class:`~agegender.labels.LabelSet` a loaded checkpoint's network predicts
     (``meta`` from :func:`load_model`); checkpoints without one are adience8."""
-    from agegender.labels import load_label_set
-
     return load_label_set(meta.get("labels"))

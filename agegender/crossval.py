@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from agegender.fileio import atomic_write
+from agegender.labels import ADIENCE8, load_label_set
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -138,8 +139,6 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
 def _job_labels(job_dir: Path) -> str:
     """The job's label set as ``name (class, class, ...)`` (Hydra's saved config; jobs
     without one, or from before label sets, are adience8)."""
-    from agegender.labels import ADIENCE8, load_label_set
-
     config_path = job_dir / ".hydra" / "config.yaml"
     if not config_path.exists():
         return ADIENCE8.describe()
@@ -158,8 +157,6 @@ def setting_labels(runs: pd.DataFrame) -> dict[str, str]:
 
 
 def _is_adience8(description: str | None) -> bool:
-    from agegender.labels import ADIENCE8
-
     return description is None or description == ADIENCE8.describe()
 
 

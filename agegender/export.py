@@ -29,11 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from agegender.errors import CheckpointError
+from agegender.faces.mtcnn_nets import load_nets
 from agegender.fileio import atomic_write
+from agegender.labels import load_label_set
 from agegender.models.exportable import ExportableNet
 from agegender.onnx_session import ort_session
 from agegender.runtime.build import build_classifier
-from agegender.store import MTCNN_ONNX_NAMES
+from agegender.store import MTCNN_ONNX_NAMES, WeightsNotFoundError
 
 #: Formats and the suffix each is written with by default.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -51,8 +54,6 @@ class ExportError(RuntimeError):
 def export_metadata(net: ExportableNet, labels: Any, source: str) -> dict[str, str]:
     """String key/values describing the graph's input and outputs (ONNX metadata_props).
     ``labels``: the network's :class:`~agegender.labels.LabelSet` (or a label set name)."""
-    from agegender.labels import load_label_set
-
     label_set = load_label_set(labels)
     names = label_set.class_names
     spec = net.face_spec
@@ -295,9 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     if "output" not in options:
         print("export: output=FILE is required (e.g. output=model.onnx)", file=sys.stderr)
         return 2
-    from agegender.checkpoints import CheckpointError
-    from agegender.store import WeightsNotFoundError
-
     checkpoint = options.get("checkpoint") or None
     if checkpoint in ("null", "None"):
         checkpoint = None
@@ -332,8 +330,6 @@ def export_mtcnn(folder: str | os.PathLike[str], tolerance: float = TOLERANCE) -
     torch. P-net is fully convolutional (dynamic height and width), R/O-net take batches of
     24 / 48 px crops. Each file is checked in onnxruntime against the torch net first."""
     import onnx
-
-    from agegender.faces.mtcnn_nets import load_nets
 
     folder = Path(folder)
     written = []

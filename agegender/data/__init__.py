@@ -17,10 +17,12 @@ __all__ = ["AdienceDataModule", "CsvDataModule"]
 
 def __getattr__(name: str) -> Any:
     if name == "AdienceDataModule":
+        # deferred: Lightning and torch (~5 s), not needed by `import agegender.data.folds`
         from agegender.data.datamodule import AdienceDataModule
 
         return AdienceDataModule
     if name == "CsvDataModule":
+        # deferred: Lightning and torch, as above
         from agegender.data.csv import CsvDataModule
 
         return CsvDataModule

@@ -29,6 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from agegender.data.cache import MANIFEST, CacheError, FaceCache, check_manifest, read_index
 from agegender.data.datasets import CachedFaceDataset, RowSubset
+from agegender.data.demo import generate_demo
 from agegender.data.folds import image_relpath, load_folds
 from agegender.data.mean import compute_image_mean
 from agegender.data.preprocess import FaceOptions, PreprocessReport, print_report, run_preprocess
@@ -559,8 +560,6 @@ class AdienceDataModule(FaceDataModule):
 
     def _ensure_demo(self) -> None:
         if self.demo and not (self.root / "fold_0_data.txt").exists():
-            from agegender.data.demo import generate_demo
-
             generate_demo(self.root, self.demo_users, self.demo_images_per_user, seed=self.seed)
 
     def preprocess(self) -> PreprocessReport:

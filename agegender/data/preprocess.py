@@ -157,6 +157,7 @@ class FaceOptions:
         if self.source == "aligned":
             settings["resize"] = f"cv2.resize {ALIGNED_INTERPOLATION}"
             return settings
+        # deferred: the detector's module (torch for MTCNN), read only for the cache key
         from agegender.faces.registry import detector_arguments, detector_implementation
 
         arguments = detector_arguments(self.detector, **dict(self.detector_kwargs))
@@ -196,6 +197,7 @@ _IN_WORKER = False
 def _detector(options: FaceOptions):
     key = (options.detector, options.detector_kwargs)
     if key not in _DETECTORS:
+        # deferred: the detector (torch, cv2) is built in the worker processes only
         from agegender.faces import build_detector
 
         _DETECTORS[key] = build_detector(options.detector, **dict(options.detector_kwargs))
@@ -205,6 +207,7 @@ def _detector(options: FaceOptions):
 
 
 def _load(path: Path) -> np.ndarray:
+    # deferred: Pillow's plugins, in the worker processes only
     from agegender.images import load_image
 
     return load_image(path)
@@ -230,6 +233,7 @@ def face_from_image(
         interpolation = getattr(cv2, ALIGNED_INTERPOLATION)
         face = cv2.resize(image, (options.size, options.size), interpolation=interpolation)
         return face, info
+    # deferred: as _detector's (this runs in the worker processes)
     from agegender.faces import Face, align_face
 
     h, w = image.shape[:2]
@@ -398,6 +402,7 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path="../../conf", config_name="preprocess")
     def _main(cfg: DictConfig) -> None:
+        # deferred with the command: the module is imported by workers that never need them
         from agegender.data.cache import CacheError
         from agegender.data.folds import FoldFormatError
 

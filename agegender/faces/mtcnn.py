@@ -146,6 +146,7 @@ class MTCNNDetector(_MTCNNBase):
         if self.backend == "onnxruntime":
             self.nets = OnnxNets(onnx_paths())
         else:
+            # torch: deferred, the onnxruntime backend never imports it
             from agegender.faces.mtcnn_nets import load_nets
 
             self.nets = TorchNets(load_nets(self.device), self.device)

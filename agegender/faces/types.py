@@ -84,7 +84,7 @@ class Detector(ABC):
             return self.detect(image)
 
     def detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
-        # Batching MTCNN over equal-size images gains little on CPU (DESIGN.md), so the
+        # Batching MTCNN over equal-size images gained little on CPU (measured), so the
         # default is a loop; a detector that can batch overrides this.
         return [self.detect(image) for image in images]
 

@@ -25,6 +25,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from agegender import sweep as report
+
 log = logging.getLogger(__name__)
 
 
@@ -125,8 +127,6 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
-
-        from agegender import sweep as report
 
         params = [f"{k}={v}" for k, v in (self.params or {}).items()]
         space, fixed = parse_params([*params, *arguments])

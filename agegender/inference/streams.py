@@ -40,9 +40,11 @@ from agegender.inference.annotate import draw_faces
 from agegender.inference.inputs import InputItem
 from agegender.inference.options import PredictOptions
 from agegender.inference.results import ImageResult
+from agegender.inference.shards import ShardError
 from agegender.inference.summary import Summary
 from agegender.inference.video import VideoOutputs
 from agegender.inference.videoio import FOURCC, FRAME_MARK, umask_mode, video_fps
+from agegender.inference.writer import ResumeError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 WINDOW = "agegender"
@@ -269,12 +271,8 @@ class StreamSource:
     def check(self) -> None:
         """Refuse settings that cannot apply to a live source."""
         if self.options.num_shards > 1:
-            from agegender.inference.shards import ShardError
-
             raise ShardError("a camera or stream cannot be sharded (num_shards must be 1)")
         if self.options.resume:
-            from agegender.inference.writer import ResumeError
-
             raise ResumeError(
                 "a camera or stream cannot be resumed (its frames are gone): run without "
                 "resume=true, into another output to keep this one's files"

@@ -110,7 +110,6 @@ class VideoTracks:
         self.tracker = FaceTracker(fps, stride, lost_seconds)
         self.keep_marks = keep_marks
         self.marks: list[FrameMarks] = []
-        self.track_ids: set[int] = set()
         #: Results not yet released, in input order; (result, its marks, still waiting).
         self._queue: deque[list] = deque()
         self._last: list | None = None  # the queue entry of the last tracked frame
@@ -140,7 +139,6 @@ class VideoTracks:
         result.tracks = list(ids)
         for face, track in zip(result.faces, ids, strict=True):
             if track is not None:
-                self.track_ids.add(track)
                 self.book.add(self.video, index, track, face)
         marks = FrameMarks(
             index, [FaceMark(f.box, t, f.label()) for f, t in zip(result.faces, ids, strict=True)]

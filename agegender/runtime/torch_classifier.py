@@ -72,7 +72,7 @@ class FaceClassifier:
         self.model = model.eval().to(self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
-            # NHWC convolutions are ~30% faster on CPU for this net (DESIGN.md baselines).
+            # NHWC convolutions are ~30% faster on CPU for this net (bench_classifier.py).
             self.model = self.model.to(memory_format=torch.channels_last)
         self.oversample = oversample
         self.face_spec = spec = face_spec_of(model)

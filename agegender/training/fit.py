@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from agegender.sweep import trial_callbacks
 from agegender.training.checkpointing import LAST_NAME, ExactResume
 from agegender.training.metrics import CLASS_NAMES
 from agegender.training.report import plot_confusion, write_metrics_json
@@ -110,8 +111,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | 
     """Fit and/or evaluate as ``cfg`` says; return ``cfg.optimized_metric`` (None if unset)."""
     output_dir = Path(cfg.paths.output_dir)
     # an Optuna trial of hparams_search=optuna reports each validation and may be pruned
-    from agegender.sweep import trial_callbacks
-
     datamodule, module, trainer = build(cfg, [*extra_callbacks, *trial_callbacks(cfg)])
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 

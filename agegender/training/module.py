@@ -25,6 +25,7 @@ from agegender.models.registry import build_model
 from agegender.spec import FaceSpec, face_spec_of
 from agegender.training.metrics import StageMetrics
 from agegender.training.optim import GROUP_KEYS, build_optimizer, build_scheduler
+from agegender.training.pretrained import load_pretrained
 from agegender.transforms import ten_crop_origins
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,6 @@ class AgeGenderModule(pl.LightningModule):
                 raise ValueError(f"{model_name} takes {key}={expected}, config says {value}")
         weights = pretrained_path or pretrained
         if weights:
-            from agegender.training.pretrained import load_pretrained
-
             load_pretrained(self.model, model_name, weights)
         self.tasks: tuple[str, ...] = tuple(self.model.tasks)
         #: LeviHassnerNet computes a subset of its tasks on request; other networks (one

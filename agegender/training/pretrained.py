@@ -55,6 +55,7 @@ def resolve_timm_pretrained(name: str, spec: str | bool) -> Path:
     """The local weights file of timm model ``name``: ``spec`` a path, or ``True`` for the
     model's Hugging Face repository in the local cache (never downloaded). A clear error
     names the file, where to put it and where to get it."""
+    # timm: deferred (~1 s), only timm models need it
     from agegender.models.timm_backbone import timm_pretrained_cfg
 
     cfg = timm_pretrained_cfg(name)
@@ -103,6 +104,7 @@ def load_timm_pretrained(model: nn.Module, spec: str | bool) -> Path:
     reference network it fills is copied into the backbone strictly."""
     import timm
 
+    # timm: deferred with the import above
     from agegender.models.timm_backbone import hub_offline
 
     name = model.name  # type: ignore[attr-defined]

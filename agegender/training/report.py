@@ -1,5 +1,5 @@
 """What a run leaves on disk: ``metrics.json`` (flat name -> float, the training contract of
-DESIGN.md, read by the CV aggregation) and one confusion-matrix PNG per stage and task."""
+docs/contracts.md, read by the CV aggregation) and one confusion-matrix PNG per stage and task."""
 
 from __future__ import annotations
 
