@@ -1,4 +1,4 @@
-"""predict.py / agegender.inference: the CSV contract of docs/contracts.md, batching, videos, CLI."""
+"""predict.py / agegender.inference: the CSV contract (docs/contracts.md), batching, CLI."""
 
 from __future__ import annotations
 
