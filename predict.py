@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 def main(cfg: DictConfig) -> None:
     from agegender.errors import CheckpointError
     from agegender.inference.inputs import InputNotFoundError
+    from agegender.inference.options import OptionError
     from agegender.inference.shards import ShardError
     from agegender.inference.writer import ResumeError
     from agegender.labels import LabelSetError
@@ -38,6 +39,7 @@ def main(cfg: DictConfig) -> None:
         ResumeError,
         ShardError,
         LabelSetError,
+        OptionError,
     ) as exc:
         print(f"predict: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -224,6 +224,18 @@ def test_options_defaults_are_predict_yaml(tmp_path):
         PredictOptions.from_config(cfg)
 
 
+def test_a_setting_a_source_cannot_honour_is_refused(tmp_path):
+    """predict.py names the setting and the source, exit code 2, before any model loads."""
+    run = subprocess.run(
+        [sys.executable, "predict.py", f"input={REPO / 'data' / 'samples'}",
+         f"output={tmp_path}", "video.show=true"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "video.show=true" in run.stderr and "is a file or folder" in run.stderr
+    assert not (tmp_path / "predictions.csv").exists()
+
+
 class _Exclusive(Detector):
     """A detector that keeps per-call state (like OpenCV's): counts overlapping calls."""
 

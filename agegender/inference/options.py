@@ -17,6 +17,10 @@ from typing import Any
 from agegender.config import load_yaml
 
 
+class OptionError(ValueError):
+    """A setting that does not apply to the run's source (the message names both)."""
+
+
 @dataclass(frozen=True)
 class VideoOptions:
     """``video.*``: how videos, cameras and streams are read (conf/predict.yaml)."""

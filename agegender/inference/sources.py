@@ -18,7 +18,7 @@ import cv2
 
 from agegender.fileio import atomic_write, remove_temporaries
 from agegender.inference.inputs import InputItem, is_video, iter_inputs, scan_inputs
-from agegender.inference.options import PredictOptions
+from agegender.inference.options import OptionError, PredictOptions
 from agegender.inference.results import ImageResult
 from agegender.inference.shards import check_shard, shard_slice, write_done
 from agegender.inference.streams import StreamSource, is_stream
@@ -71,7 +71,12 @@ class FileSource:
         self.base = self.input if self.input.is_dir() else self.input.parent
 
     def check(self) -> None:
-        """Every setting applies to files."""
+        """Refuse the settings of live sources."""
+        if self.options.video.show:
+            raise OptionError(
+                f"video.show=true opens a live window for a camera or stream; input={self.input} "
+                "is a file or folder (its annotated copies go to the output's annotated/)"
+            )
 
     def total(self, summary: Summary) -> int | None:
         """Inputs left for the progress bar (None with videos: frames are not known)."""
