@@ -181,17 +181,3 @@ def _complete_end(fh: BinaryIO, chunk: int = 1 << 16) -> int:
             return start + i + 1
         end = start
     return 0
-
-
-def _complete_end(fh: BinaryIO, chunk: int = 1 << 16) -> int:
-    """Offset just after the file's last newline (0 if none), scanning back from the end."""
-    end = fh.seek(0, os.SEEK_END)
-    while end > 0:
-        start = max(0, end - chunk)
-        fh.seek(start)
-        block = fh.read(end - start)
-        i = block.rfind(b"\n")
-        if i >= 0:
-            return start + i + 1
-        end = start
-    return 0
