@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from agegender.faces import Detector, Face, build_detector
+from agegender.fileio import display_path
 from agegender.images import ImageLoadError, to_rgb_array
 from agegender.inference.inputs import InputItem
 from agegender.inference.job import run_job
@@ -213,7 +214,7 @@ def _item(image: Any, index: int, bgr: bool, boxes: Sequence[Any] | None) -> Inp
         path = Path(image)
         if bgr:
             raise ValueError("bgr=True is for arrays; files are decoded as RGB")
-        return InputItem(str(path), path.name, file=path, faces=faces)
+        return InputItem(display_path(path), path.name, file=path, faces=faces)
     name = f"images[{index}]"
     try:
         rgb = _to_rgb(image, bgr)

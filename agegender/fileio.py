@@ -60,3 +60,16 @@ def remove_temporaries(root: str | os.PathLike[str]) -> int:
                 Path(dirpath, name).unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that can always be written (UTF-8): a file name that is not valid
+    UTF-8 (bytes old archives and other systems leave, which Python holds as surrogates) gets
+    its odd bytes as ``\\xNN`` escapes. The same file always gives the same text, so a
+    resumed run recognises its rows; files are still opened by their real name."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text

@@ -9,6 +9,7 @@ failure must become a short reason a CSV row can carry, so both live here, once.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from pathlib import Path
 
@@ -18,6 +19,33 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 #: Default decompression-bomb guard: PIL's own default limit (~89.5 megapixels, about a
 #: 11000 x 8000 photo). A decoded RGB image of that size already takes ~270 MB.
 DEFAULT_MAX_PIXELS: int = int(1024 * 1024 * 1024 // 4 // 3)
+
+
+#: The formats decoded, recognised by CONTENT (``Image.open(formats=...)``), never by the file
+#: name: the raster formats cameras, phones, scanners and the web produce. Every other
+#: Pillow plugin is never tried: PostScript/EPS (Pillow hands it to Ghostscript, an
+#: interpreter), PDF, and the rarely used scientific and game formats.
+DECODED_FORMATS: tuple[str, ...] = (
+    "JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "ICO",
+    "JPEG2000", "PCX", "SGI", "QOI",
+)  # fmt: skip
+
+
+@functools.cache
+def _open_formats() -> tuple[str, ...]:
+    """:data:`DECODED_FORMATS` that this Pillow opens (MPO is read by the JPEG plugin)."""
+    Image.init()
+    return tuple(f for f in DECODED_FORMATS if f in Image.OPEN)
+
+
+def image_extensions() -> frozenset[str]:
+    """File extensions of :data:`DECODED_FORMATS` (what a folder run treats as images)."""
+    Image.init()
+    return frozenset(
+        ext.lower()
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in DECODED_FORMATS  # all readable (MPO through the JPEG plugin)
+    )
 
 
 class ImageLoadError(ValueError):
@@ -71,7 +99,7 @@ def _load(path: Path, max_pixels: int | None, min_side: int | None) -> tuple[np.
     if size == 0:
         raise ImageLoadError("empty file", path)
     try:
-        with open(path, "rb") as fp, Image.open(fp) as im:
+        with open(path, "rb") as fp, Image.open(fp, formats=_open_formats()) as im:
             _check_size(im.size, max_pixels, path)
             if _is_deep_colour(im):
                 deep = _load_deep_colour(path, im)
@@ -135,7 +163,7 @@ def _header_size(path: Path) -> tuple[int, int] | None:
     Image.init()
     with open(path, "rb") as fp:
         prefix = fp.read(16)
-        for fmt in Image.ID:
+        for fmt in (f for f in Image.ID if f in DECODED_FORMATS):
             factory, accept = Image.OPEN[fmt]
             if accept is not None and not accept(prefix):
                 continue

@@ -123,6 +123,19 @@ class CsvWriter(PredictionWriter):
     def _record_prefix(self, path: str) -> str:
         return csv_field(path) + ","
 
+    def _complete_end(self, fh: BinaryIO, start: int) -> int:
+        """A quoted field may hold a newline (a file named ``b\\nc.jpg``): a record ends at
+        a newline outside quotes, so a write torn inside such a field is cut whole."""
+        end = super()._complete_end(fh, start)
+        fh.seek(start)
+        quoted, complete, pos = False, start, start
+        for line in fh.read(end - start).splitlines(keepends=True):
+            pos += len(line)
+            quoted ^= line.count(b'"') % 2 == 1
+            if not quoted:
+                complete = pos
+        return complete
+
     def _records(self, fh: BinaryIO, start: int, end: int) -> Iterator[tuple[int, str]]:
         """(offset, path) of every record between ``start`` and ``end``."""
         pos = start

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from agegender.fileio import display_path
+from agegender.images import image_extensions
 from agegender.inference.videoio import FRAME_MARK, frame_limit
 
 if TYPE_CHECKING:
@@ -32,18 +34,9 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 
-def _image_extensions() -> frozenset[str]:
-    from PIL import Image
-
-    Image.init()
-    # registered_extensions() also lists write-only formats (.pdf): keep those Pillow can open.
-    return frozenset(
-        ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
-    )
-
-
-#: Extensions read as images in a folder (everything Pillow has a decoder for).
-IMAGE_EXTENSIONS: frozenset[str] = _image_extensions()
+#: Extensions read as images in a folder (the formats agegender.images decodes: no
+#: PostScript, no PDF); the content decides the format, the extension only selects inputs.
+IMAGE_EXTENSIONS: frozenset[str] = image_extensions()
 
 
 class InputNotFoundError(FileNotFoundError):
@@ -82,29 +75,53 @@ def is_input_file(path: Path) -> bool:
     return suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS
 
 
-def scan_inputs(root: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
+def scan_inputs(
+    root: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None
+) -> tuple[list[Path], list[Path]]:
     """(inputs, skipped) in sorted order: ``[root]`` for a file, the folder rule above
-    otherwise. Unreadable sub-folders are reported as skipped rather than ignored."""
+    otherwise. Unreadable sub-folders, links to folders (never followed) and entries that
+    are not regular files (named pipes, sockets, devices: never opened, a pipe would block
+    the run) are reported as skipped rather than ignored. ``exclude``: a folder not walked
+    at all (the run's own output, when it lies inside the input)."""
     root = Path(root)
     if root.is_file():
         return [root], []
     if not root.is_dir():
-        raise InputNotFoundError(f"input {str(root)!r} is neither a file nor a folder")
+        raise InputNotFoundError(f"input {display_path(root)!r} is neither a file nor a folder")
     inputs: list[Path] = []
     skipped: list[Path] = []
+    excluded = _identity(exclude) if exclude is not None else None
 
     def unreadable(error: OSError) -> None:
         skipped.append(Path(error.filename or root))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
-        skipped.extend(Path(dirpath) / d for d in dirnames if d.startswith("."))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = Path(dirpath)
+        walk = []
+        for d in dirnames:
+            path = folder / d
+            if excluded is not None and _identity(path) == excluded:
+                continue
+            if d.startswith(".") or path.is_symlink():
+                skipped.append(path)
+            else:
+                walk.append(d)
+        dirnames[:] = sorted(walk)
         for name in filenames:
-            path = Path(dirpath) / name
-            keep = not name.startswith(".") and is_input_file(path)
+            path = folder / name
+            keep = not name.startswith(".") and is_input_file(path) and path.is_file()
             (inputs if keep else skipped).append(path)
     key = lambda p: p.relative_to(root).parts  # noqa: E731
     return sorted(inputs, key=key), sorted(skipped, key=key)
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(device, inode) of an existing folder: the same folder however it is spelled."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def list_files(root: str | os.PathLike[str]) -> list[Path]:
@@ -131,16 +148,17 @@ def iter_inputs(
     root = Path(root)
     base = root if root.is_dir() else root.parent
     for file in list_files(root) if files is None else files:
-        if str(file) in done:  # an image, or a video whose only row is an error row
+        name = display_path(file)
+        if name in done:  # an image, or a video whose only row is an error row
             continue
         rel = file.relative_to(base).as_posix()
         if is_video(file):
-            replay = str(file) not in complete
+            replay = name not in complete
             yield from iter_video_frames(
                 file, rel, video_stride, done, max_frames, max_seconds, replay
             )
         else:
-            yield InputItem(path=str(file), relpath=rel, file=file)
+            yield InputItem(path=name, relpath=rel, file=file)
 
 
 def iter_video_frames(
@@ -157,13 +175,17 @@ def iter_video_frames(
     Frames whose ``path`` is in ``done`` are grabbed (to keep the count) but not decoded,
     unless ``replay``: then they are yielded as replay items. Reading stops after
     :func:`frame_limit` frames."""
+    shown = display_path(file)
     if not os.access(file, os.R_OK):
-        yield InputItem(str(file), relpath, file=file, error="permission denied")
+        yield InputItem(shown, relpath, file=file, error="permission denied")
+        return
+    if shown != str(file):  # OpenCV takes file names as UTF-8 text only
+        yield InputItem(shown, relpath, file=file, error="cannot open video (name not UTF-8)")
         return
     capture = cv2.VideoCapture(str(file))
     try:
         if not capture.isOpened():
-            yield InputItem(str(file), relpath, file=file, error="cannot open video")
+            yield InputItem(shown, relpath, file=file, error="cannot open video")
             return
         limit = frame_limit(capture, max_frames, max_seconds)
         index = 0
@@ -190,6 +212,6 @@ def iter_video_frames(
                 emitted += 1
             index += 1
         if emitted == 0:
-            yield InputItem(str(file), relpath, file=file, error="video has no readable frames")
+            yield InputItem(shown, relpath, file=file, error="video has no readable frames")
     finally:
         capture.release()

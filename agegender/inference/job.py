@@ -23,12 +23,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from agegender.faces import Detector
+from agegender.fileio import display_path
 from agegender.inference.annotate import save_annotated
 from agegender.inference.csv_writer import CsvWriter
 from agegender.inference.jsonl_writer import JsonlWriter
-from agegender.inference.options import PredictOptions
+from agegender.inference.options import OptionError, PredictOptions
 from agegender.inference.pipeline import Pipeline
 from agegender.inference.results import ImageResult
+from agegender.inference.settings import check_resume, read_settings, run_settings, write_settings
 from agegender.inference.shards import clear_done, csv_name
 from agegender.inference.sources import ANNOTATED_DIR, Source, open_source
 from agegender.inference.summary import Summary
@@ -59,8 +61,15 @@ def run_job(
     """
     source.check()
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise OptionError(f"output={display_path(output)} is a file: name a folder")
     writer_class, suffix = WRITERS[options.format]
     csv_path = output / csv_name(options.shard, options.num_shards, suffix)
+    settings = run_settings(source.name, options, classifier, detector)
+    if options.resume:
+        check_resume(csv_path, settings)
+    # a resumed file keeps the record of the run that started it
+    keep_record = options.resume and csv_path.exists() and read_settings(csv_path) is not None
     # Opened first: a file that cannot be resumed stops the run before any model work (and
     # before a finished shard loses its completion marker).
     writer = writer_class(
@@ -72,6 +81,8 @@ def run_job(
     )
     with writer:
         clear_done(csv_path)  # not complete until this run has gone through its whole block
+        if not keep_record:
+            write_settings(csv_path, settings)
         summary = Summary(csv=str(csv_path), repairs=list(writer.repairs))
         source.begin(csv_path, writer.done, summary)
         summary = _loop(source, output, csv_path, writer, detector, classifier, options, summary)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import cv2
 
-from agegender.fileio import atomic_write, remove_temporaries
+from agegender.fileio import atomic_write, display_path, remove_temporaries
 from agegender.inference.inputs import InputItem, is_video, iter_inputs, scan_inputs
 from agegender.inference.options import OptionError, PredictOptions
 from agegender.inference.results import ImageResult
@@ -37,6 +37,8 @@ class Source(Protocol):
     live: bool
     resumable: bool
     shardable: bool
+    #: The ``input=`` this source reads, as the user wrote it.
+    name: str | Path
 
     def check(self) -> None: ...
     def total(self, summary: Summary) -> int | None: ...
@@ -61,10 +63,12 @@ class FileSource:
 
     def __init__(self, input: str | Path, output: Path, options: PredictOptions) -> None:
         self.input = Path(input)
+        self.name = input
         self.output = output
         self.options = options
         check_shard(options.shard, options.num_shards)
-        files, self.skipped = scan_inputs(self.input)  # a missing input fails here
+        # a missing input fails here; the run's own output is never read back as input
+        files, self.skipped = scan_inputs(self.input, exclude=output)
         if not files:
             print(f"agegender: no image or video files under {input}", file=sys.stderr)
         self.files = shard_slice(files, options.shard, options.num_shards)
@@ -86,7 +90,7 @@ class FileSource:
 
     def begin(self, csv_path: Path, done: set[str], summary: Summary) -> None:
         """Account for every folder entry in the output, and for rows already done."""
-        summary.skipped = [str(p) for p in self.skipped]
+        summary.skipped = [display_path(p) for p in self.skipped]
         summary.already_done, foreign = _count_done(self.files, done)
         if foreign:
             print(
@@ -148,7 +152,7 @@ class FileSource:
                 {
                     "shard": options.shard,
                     "num_shards": options.num_shards,
-                    "input": str(self.input),
+                    "input": display_path(self.input),
                     "files": len(self.files),
                     "rows": rows,
                     "columns": list(columns),
@@ -170,10 +174,11 @@ def _count_done(files: list[Path], done: set[str]) -> tuple[int, int]:
     mine = 0
     videos = set()
     for file in files:
-        if str(file) in done:
+        name = display_path(file)
+        if name in done:
             mine += 1
         elif is_video(file):
-            videos.add(str(file))
+            videos.add(name)
     if videos:
         mine += sum(1 for p in done if "#frame=" in p and p.rpartition("#frame=")[0] in videos)
     return mine, len(done) - mine

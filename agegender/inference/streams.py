@@ -258,6 +258,7 @@ class StreamSource:
 
     def __init__(self, source: str, output: Path, options: PredictOptions) -> None:
         self.source = source
+        self.name = source
         self.output = output
         self.options = options
         self.video = options.video

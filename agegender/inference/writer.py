@@ -99,7 +99,7 @@ class PredictionWriter:
             start = self._check_header(fh)
             if start is None:
                 return False
-            end = _complete_end(fh)
+            end = self._complete_end(fh, start)
             fh.seek(end)
             fragment = fh.read().decode("utf-8", errors="replace")
             fh.seek(start)
@@ -117,6 +117,11 @@ class PredictionWriter:
             if cut < fh.seek(0, os.SEEK_END):
                 fh.truncate(cut)
         return True
+
+    def _complete_end(self, fh: BinaryIO, start: int) -> int:
+        """Offset just after the last complete record (a torn write leaves a tail after
+        it): the file's last newline, unless the format lets a record span lines."""
+        return max(start, _complete_end(fh))
 
     def _check_header(self, fh: BinaryIO) -> int | None:
         """The offset the records start at, or None to start afresh (no complete header);

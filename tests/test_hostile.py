@@ -1,0 +1,225 @@
+"""Hostile folder entries and settings (issue 20): names that are not UTF-8, named pipes,
+PostScript, an output inside its input, rows with newlines torn by a kill, and a resume
+with other settings. Each was reproduced on main before the fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from agegender.faces import Face, build_detector
+from agegender.inference import FaceResult, ImageResult, InputItem, ResumeError, predict
+from agegender.inference.csv_writer import CsvWriter
+from agegender.inference.inputs import scan_inputs
+from agegender.inference.options import OptionError
+from agegender.labels import ADIENCE8, load_label_set
+
+REPO = Path(__file__).resolve().parents[1]
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+
+
+def _jpeg(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    # encoded in memory: OpenCV's own file functions crash on names that are not UTF-8
+    ok, data = cv2.imencode(".jpg", rng.integers(0, 256, (40, 32, 3), np.uint8))
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def _run(folder: Path, out: Path, classifier, **settings):  # noqa: ANN001, ANN202
+    options = {"workers": 1, "annotate": False, "progress": False} | settings
+    return predict(folder, out, build_detector("none"), classifier, **options)
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_names_that_are_not_utf8(tmp_path, random_classifier, fmt):
+    folder = tmp_path / "in"
+    _jpeg(folder / "ok.jpg")
+    odd = folder / os.fsdecode(b"x\xff.jpg")
+    _jpeg(odd, seed=1)
+    (folder / os.fsdecode(b"notes\xff.txt")).write_text("not an input")
+    out = tmp_path / "out"
+    summary = _run(folder, out, random_classifier, format=fmt, annotate=True)
+    assert summary.inputs == 2 and summary.errors == 0
+    text = (out / f"predictions.{fmt}").read_text(encoding="utf-8")  # valid UTF-8
+    rows = (
+        pd.read_json(out / "predictions.jsonl", lines=True)
+        if fmt == "jsonl"
+        else _csv(out / "predictions.csv")
+    )
+    assert sorted(Path(p).name for p in rows["path"]) == ["ok.jpg", "x\\xff.jpg"]
+    assert text.count("ok.jpg") == 1
+    assert "notes\\xff.txt" in (out / "skipped.txt").read_text(encoding="utf-8")
+    assert any(p.name.startswith("x") for p in (out / "annotated").iterdir())
+    again = _run(folder, out, random_classifier, format=fmt, resume=True)
+    assert again.already_done == 2 and again.inputs == 0  # recognised, not redone
+
+
+def test_pipes_are_never_opened(tmp_path):
+    """A named pipe called pipe.mp4 used to block the run forever (and pipe.jpg got a row):
+    entries that are not regular files are listed as skipped and never opened."""
+    folder = tmp_path / "in"
+    _jpeg(folder / "a.jpg")
+    for name in ("pipe.mp4", "pipe.jpg"):
+        os.mkfifo(folder / name)
+    (folder / "sub").mkdir()
+    _jpeg(folder / "sub" / "b.jpg")
+    (folder / "dir.jpg").symlink_to(folder / "sub", target_is_directory=True)
+    inputs, skipped = scan_inputs(folder)
+    assert [p.name for p in inputs] == ["a.jpg", "b.jpg"]
+    assert sorted(p.name for p in skipped) == ["dir.jpg", "pipe.jpg", "pipe.mp4"]
+    run = subprocess.run(
+        [sys.executable, "predict.py", f"input={folder}", f"output={tmp_path / 'out'}",
+         "detector=none", "progress=false"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = _csv(tmp_path / "out" / "predictions.csv")
+    assert list(rows["path"]) == [str(folder / "a.jpg"), str(folder / "sub" / "b.jpg")]
+    skipped_txt = (tmp_path / "out" / "skipped.txt").read_text()
+    assert "pipe.mp4" in skipped_txt and "dir.jpg" in skipped_txt
+
+
+def test_postscript_never_reaches_an_interpreter(tmp_path):
+    """EPS is not decoded: not by extension (x.eps is skipped) and not by content (an EPS
+    named .jpg is 'not an image'); a stand-in Ghostscript on PATH is never run."""
+    folder = tmp_path / "in"
+    _jpeg(folder / "a.jpg")
+    (folder / "x.eps").write_bytes(EPS)
+    (folder / "y.jpg").write_bytes(EPS)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "gs-ran"
+    gs = bin_dir / "gs"
+    gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    gs.chmod(gs.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(
+        [sys.executable, "predict.py", f"input={folder}", f"output={tmp_path / 'out'}",
+         "detector=none", "progress=false"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not marker.exists()
+    rows = _csv(tmp_path / "out" / "predictions.csv").set_index("path")
+    assert rows.loc[str(folder / "y.jpg"), "status"] == "error: not an image"
+    assert "x.eps" in (tmp_path / "out" / "skipped.txt").read_text()
+    assert shutil.which("gs", path=env["PATH"]) == str(gs)  # the stand-in was in reach
+
+
+def test_an_output_inside_the_input_is_not_read_back(tmp_path, random_classifier):
+    folder = tmp_path / "in"
+    _jpeg(folder / "a.jpg")
+    _jpeg(folder / "b.jpg", seed=1)
+    counts = [
+        _run(folder, folder / "out", random_classifier, annotate=True).inputs for _ in range(3)
+    ]
+    assert counts == [2, 2, 2]
+    assert not (folder / "out" / "annotated" / "out").exists()
+
+
+def test_output_naming_a_file_is_refused(tmp_path, random_classifier):
+    _jpeg(tmp_path / "in" / "a.jpg")
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(OptionError, match="is a file"):
+        _run(tmp_path / "in", tmp_path / "out", random_classifier)
+
+
+def _result(path: str) -> ImageResult:
+    probs = {"age": np.full(8, 1 / 8), "gender": np.full(2, 0.5)}
+    face = FaceResult.decode(Face(box=(1.0, 2.0, 11.0, 12.0), score=0.9), probs, ADIENCE8)
+    return ImageResult(InputItem(path, path), faces=[face])
+
+
+def test_a_write_torn_inside_a_quoted_newline_is_cut(tmp_path):
+    """Killed while writing the row of a file named ``b<newline>c.jpg``: the file's last
+    newline is inside that row's quotes; resume cuts the whole row, and the file parses."""
+    path = tmp_path / "predictions.csv"
+    with CsvWriter(path) as writer:
+        writer.write(_result("a.jpg"))
+        writer.write(_result("b\nc.jpg"))
+    data = path.read_bytes()
+    torn = data[: data.index(b"b\nc.jpg") + 2]  # up to and including the quoted newline
+    path.write_bytes(torn)
+    with CsvWriter(path, resume=True) as writer:
+        assert writer.done == {"a.jpg"}
+        writer.write(_result("b\nc.jpg"))
+    assert path.read_bytes() == data
+    assert list(_csv(path)["path"]) == ["a.jpg", "b\nc.jpg"]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, random_classifier, monkeypatch):
+    """Rows of another label set (or detector, ...) must never be appended under the first
+    run's rows; the same folder spelled differently is named, not predicted again."""
+    import torch
+
+    from agegender.models import LeviHassnerNet
+    from agegender.runtime.torch_classifier import FaceClassifier
+
+    monkeypatch.chdir(tmp_path)
+    for i in range(4):
+        _jpeg(tmp_path / "in" / f"{i}.jpg", seed=i)
+    _run(Path("in"), tmp_path / "out", random_classifier)
+    csv_path = tmp_path / "out" / "predictions.csv"
+    lines = csv_path.read_bytes().splitlines(keepends=True)
+    csv_path.write_bytes(b"".join(lines[:3]))  # killed after two inputs
+    before = csv_path.read_bytes()
+    torch.manual_seed(0)
+    coarse3 = FaceClassifier(LeviHassnerNet(), labels=load_label_set("coarse3"))
+    with pytest.raises(ResumeError, match="labels"):
+        _run(Path("in"), tmp_path / "out", coarse3, resume=True)
+    with pytest.raises(ResumeError, match="video"):
+        _run(Path("in"), tmp_path / "out", random_classifier, resume=True, video_stride=2)
+    with pytest.raises(ResumeError, match="exactly that spelling"):
+        _run(tmp_path / "in", tmp_path / "out", random_classifier, resume=True)
+    assert csv_path.read_bytes() == before  # untouched by every refusal
+    summary = _run(Path("in"), tmp_path / "out", random_classifier, resume=True)
+    assert summary.already_done == 2 and summary.inputs == 2
+
+
+@pytest.mark.parametrize("detector", ["haar", "opencv_ssd", "mtcnn"])
+def test_threads_sharing_one_agegender_get_the_sequential_answers(detector):
+    """A server or the web demo calls one AgeGender from several threads: OpenCV's detectors
+    keep per-call state (4 threads used to get wrong boxes and errors from haar/SSD)."""
+    import threading
+
+    from agegender import AgeGender
+
+    ag = AgeGender(detector=detector)
+    samples = REPO / "data" / "samples"
+    photos = [samples / n for n in ("astronaut.jpg", "biden.jpg", "obama.jpg", "camera.png")]
+    expected = [[(f.box, f.age, f.gender) for f in ag.predict(p)] for p in photos]
+    got: list[tuple[int, list]] = []
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for i in range(8):
+                k = (i + offset) % len(photos)
+                faces = ag.predict(photos[k]) if i % 2 else ag.predict_batch([photos[k]])[0]
+                got.append((k, [(f.box, f.age, f.gender) for f in faces]))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(got) == 32
+    assert all(faces == expected[k] for k, faces in got)
