@@ -33,7 +33,7 @@ def atomic_write(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_INFIX}", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -48,6 +48,20 @@ def atomic_write(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _temporary(path: Path, suffix: str = "") -> tuple[int, str]:
+    """A new hidden ``.<name>.tmp<random><suffix>`` beside ``path`` (mkstemp: fd, name).
+    The name is cut: a 250-byte file name plus the random part would pass the 255 limit."""
+    return tempfile.mkstemp(prefix=f".{path.name[:100]}{TMP_INFIX}", suffix=suffix, dir=path.parent)
+
+
+def temporary_beside(path: str | os.PathLike[str], suffix: str = "") -> Path:
+    """An empty hidden temporary file beside ``path`` (for writers that open it by name,
+    OpenCV's video writer), which :func:`remove_temporaries` recognises."""
+    fd, name = _temporary(Path(path), suffix)
+    os.close(fd)
+    return Path(name)
 
 
 def remove_temporaries(root: str | os.PathLike[str]) -> int:

@@ -223,3 +223,22 @@ def test_threads_sharing_one_agegender_get_the_sequential_answers(detector):
     assert not errors
     assert len(got) == 32
     assert all(faces == expected[k] for k, faces in got)
+
+
+def test_every_input_keeps_its_own_annotated_copy(tmp_path, random_classifier):
+    """``coll.gif`` and ``coll.gif.jpg`` both used to write ``annotated/coll.gif.jpg``, and a
+    250-byte file name got no copy (its temporary name passed the 255-byte limit)."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    _jpeg(folder / "coll.gif.jpg")
+    Image.fromarray(np.full((40, 32, 3), 90, np.uint8)).save(folder / "coll.gif")
+    long_name = "l" * 246 + ".jpg"
+    _jpeg(folder / long_name, seed=2)
+    summary = _run(folder, tmp_path / "out", random_classifier, annotate=True)
+    assert summary.inputs == 3 and summary.errors == 0
+    copies = sorted(p.name for p in (tmp_path / "out" / "annotated").iterdir())
+    assert copies == sorted(["coll.gif.1.jpg", "coll.gif.jpg", long_name])
+    gif_copy = cv2.imread(str(tmp_path / "out" / "annotated" / "coll.gif.1.jpg"))
+    # the GIF's copy (flat grey inside the drawn box), not the noise JPEG's
+    assert abs(float(np.median(gif_copy[2:20, 4:28])) - 90) < 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Container
 from pathlib import Path
 
 import cv2
@@ -22,14 +23,31 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 
-def annotated_path(root: str | os.PathLike[str], relpath: str) -> Path:
+def annotated_path(
+    root: str | os.PathLike[str], relpath: str, taken: Container[str] = frozenset()
+) -> Path:
     """``a/b.png`` -> ROOT/a/b.png, ``v.mp4#frame=30`` -> ROOT/v.mp4_frame000030.jpg,
-    ``c.gif`` -> ROOT/c.gif.jpg (keeps names unique and next to their source's)."""
+    ``c.gif`` -> ROOT/c.gif.jpg, next to their source's. ``taken``: the run's input paths
+    (relative): a made-up name that is also an input's (``c.gif.jpg`` beside ``c.gif``)
+    becomes ``c.gif.1.jpg``, so every input keeps its own copy."""
     match = re.fullmatch(r"(.*)#frame=(\d+)", relpath)
     if match:
-        return Path(root) / f"{match.group(1)}_frame{int(match.group(2)):06d}.jpg"
-    path = Path(root) / relpath
-    return path if path.suffix.lower() in WRITABLE_SUFFIXES else path.with_name(path.name + ".jpg")
+        name = f"{match.group(1)}_frame{int(match.group(2)):06d}.jpg"
+        return Path(root) / free_name(name, taken)
+    if Path(relpath).suffix.lower() in WRITABLE_SUFFIXES:
+        return Path(root) / relpath
+    return Path(root) / free_name(relpath + ".jpg", taken)
+
+
+def free_name(relpath: str, taken: Container[str]) -> str:
+    """``relpath``, or ``<stem>.<k>.<suffix>`` (k = 1, 2 ...) while an input has that name."""
+    if relpath not in taken:
+        return relpath
+    stem, _, suffix = relpath.rpartition(".")
+    k = 1
+    while f"{stem}.{k}.{suffix}" in taken:
+        k += 1
+    return f"{stem}.{k}.{suffix}"
 
 
 def draw(result: ImageResult) -> np.ndarray:
@@ -70,11 +88,14 @@ def draw_faces(
     return canvas
 
 
-def save_annotated(result: ImageResult, root: str | os.PathLike[str]) -> Path | None:
-    """Write the annotated copy (inputs that decoded, with or without faces); None otherwise."""
+def save_annotated(
+    result: ImageResult, root: str | os.PathLike[str], taken: Container[str] = frozenset()
+) -> Path | None:
+    """Write the annotated copy (inputs that decoded, with or without faces); None otherwise.
+    ``taken``: see :func:`annotated_path`."""
     if result.image is None:
         return None
-    path = annotated_path(root, result.item.relpath)
+    path = annotated_path(root, result.item.relpath, taken)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Fast PNG compression: level 3 (OpenCV's default) takes ~90 ms for a 2 MP image.
     params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if path.suffix.lower() == ".png" else []

@@ -147,6 +147,7 @@ def _loop(
             limit=source.limit,
             submit=annotator.submit if annotate and not source.live else None,
             resume=options.resume,
+            taken=source.taken,
         )
 
         def accept(ready: list[ImageResult]) -> None:
@@ -155,7 +156,9 @@ def _loop(
                     continue
                 future = None
                 if annotate and result.item.video is None and not source.live:
-                    future = annotator.submit(save_annotated, result, output / ANNOTATED_DIR)
+                    future = annotator.submit(
+                        save_annotated, result, output / ANNOTATED_DIR, source.taken
+                    )
                 result.image = None if future is None else result.image
                 annotating.append((result, future))
                 while len(annotating) > MAX_PENDING_ANNOTATIONS:

@@ -39,6 +39,8 @@ class Source(Protocol):
     shardable: bool
     #: The ``input=`` this source reads, as the user wrote it.
     name: str | Path
+    #: Input paths relative to the input (annotated copies never take one's name).
+    taken: frozenset[str]
 
     def check(self) -> None: ...
     def total(self, summary: Summary) -> int | None: ...
@@ -73,6 +75,8 @@ class FileSource:
             print(f"agegender: no image or video files under {input}", file=sys.stderr)
         self.files = shard_slice(files, options.shard, options.num_shards)
         self.base = self.input if self.input.is_dir() else self.input.parent
+        # every shard's inputs: shards write their copies into the same folder
+        self.taken = frozenset(self.relpath(file) for file in files)
 
     def check(self) -> None:
         """Refuse the settings of live sources."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agegender.fileio import TMP_INFIX
+from agegender.fileio import temporary_beside
 from agegender.inference.annotate import draw_faces
 from agegender.inference.inputs import InputItem
 from agegender.inference.options import PredictOptions
@@ -193,11 +192,7 @@ class Recorder:
         self.frames = 0
         self.error: str | None = None
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(
-            prefix=f".{target.name}{TMP_INFIX}", suffix=".mp4", dir=target.parent
-        )
-        os.close(fd)
-        self._tmp = Path(name)
+        self._tmp = temporary_beside(target, ".mp4")
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
 
@@ -259,6 +254,7 @@ class StreamSource:
     def __init__(self, source: str, output: Path, options: PredictOptions) -> None:
         self.source = source
         self.name = source
+        self.taken: frozenset[str] = frozenset()
         self.output = output
         self.options = options
         self.video = options.video

@@ -23,9 +23,8 @@ so memory stays flat however long the video is.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agegender.fileio import TMP_INFIX
-from agegender.inference.annotate import draw_faces
+from agegender.fileio import temporary_beside
+from agegender.inference.annotate import draw_faces, free_name
 from agegender.inference.results import ImageResult
 from agegender.inference.tracking import (
     TRACKS_NAME,
@@ -57,10 +56,14 @@ def tracks_path(predictions: Path) -> Path:
     return predictions.parent / name
 
 
-def annotated_video_path(root: str | os.PathLike[str], relpath: str) -> Path:
-    """``clip.mp4`` -> ROOT/clip.mp4, ``clip.avi`` -> ROOT/clip.avi.mp4 (always MPEG-4)."""
-    path = Path(root) / relpath
-    return path if path.suffix.lower() == ".mp4" else path.with_name(path.name + ".mp4")
+def annotated_video_path(
+    root: str | os.PathLike[str], relpath: str, taken: Container[str] = frozenset()
+) -> Path:
+    """``clip.mp4`` -> ROOT/clip.mp4, ``clip.avi`` -> ROOT/clip.avi.mp4 (always MPEG-4;
+    ``clip.avi.1.mp4`` when an input is called ``clip.avi.mp4``: :func:`free_name`)."""
+    if Path(relpath).suffix.lower() == ".mp4":
+        return Path(root) / relpath
+    return Path(root) / free_name(relpath + ".mp4", taken)
 
 
 @dataclass
@@ -223,11 +226,7 @@ def render_annotated_video(
     capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
         raise OSError(f"cannot reopen {source} to write {target}")
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}{TMP_INFIX}", suffix=".mp4", dir=target.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_beside(target, ".mp4")
     writer: cv2.VideoWriter | None = None
     try:
         fps = video_fps(capture)
@@ -288,6 +287,7 @@ class VideoOutputs:
         limit: Callable[[str], int | None] | None = None,
         submit: Callable[..., Future[Path | None]] | None = None,
         resume: bool = False,
+        taken: Container[str] = frozenset(),
     ) -> None:
         self.output = output
         self.tracks_csv = tracks_path(csv_path)
@@ -299,6 +299,7 @@ class VideoOutputs:
         self.fps = fps
         self.limit = limit
         self.submit = submit
+        self.taken = taken
         self.book = TrackBook(labels)
         self.kept = read_tracks_csv(self.tracks_csv, labels) if resume else []
         #: Videos whose tracks an earlier run completed (their rows are kept).
@@ -337,7 +338,7 @@ class VideoOutputs:
         self.videos += 1
         self._write_tracks()
         if self.submit is not None and file is not None and current.marks:
-            target = annotated_video_path(self.output / "annotated", self.relpath(file))
+            target = annotated_video_path(self.output / "annotated", self.relpath(file), self.taken)
             self.annotated.append(target)
             self.futures.append(self.submit(self._render, file, target, current))
         return ready
