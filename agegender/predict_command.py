@@ -37,6 +37,8 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
         f"predict: {summary.line()} -> {summary.csv} "
         f"(precision {classifier.precision}, {classifier.backend})"
     )
+    if classifier.backend_reason.startswith("auto took"):  # the install step was skipped
+        print(f"  backend: {classifier.backend_reason}", file=sys.stderr)
     if summary.videos:  # videos and streams
         print(f"  {video_line(summary)} -> {tracks_path(Path(summary.csv))}")
     for example in summary.error_examples:

@@ -242,3 +242,25 @@ def test_every_input_keeps_its_own_annotated_copy(tmp_path, random_classifier):
     gif_copy = cv2.imread(str(tmp_path / "out" / "annotated" / "coll.gif.1.jpg"))
     # the GIF's copy (flat grey inside the drawn box), not the noise JPEG's
     assert abs(float(np.median(gif_copy[2:20, 4:28])) - 90) < 5
+
+
+def test_auto_says_why_it_took_torch(tmp_path):
+    """Where the install's export step did not run (the converted weights only), auto takes
+    PyTorch: the run says so and names the command that makes the fast path."""
+    from agegender.store import ORIGINAL_CHECKPOINT, cache_dir
+
+    original = cache_dir() / ORIGINAL_CHECKPOINT
+    if not original.is_file():
+        pytest.fail(f"{original} is missing: run the README's install command")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(original, cache / ORIGINAL_CHECKPOINT)
+    env = {**os.environ, "AGEGENDER_CACHE": str(cache)}
+    run = subprocess.run(
+        [sys.executable, "predict.py", f"input={REPO / 'data' / 'samples' / 'obama.jpg'}",
+         f"output={tmp_path / 'out'}", "detector=none", "progress=false", "precision=fp32"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "(precision fp32, torch)" in run.stdout
+    assert "auto took torch" in run.stderr and "python -m agegender.weights original" in run.stderr

@@ -19,6 +19,8 @@ class Classifier(Protocol):
 
     #: ``torch`` or ``onnxruntime``.
     backend: str
+    #: Why that backend (:func:`agegender.runtime.build.choose_backend`).
+    backend_reason: str
     #: ``fp32`` or ``bf16`` (resolved, never ``auto``).
     precision: str
     oversample: bool

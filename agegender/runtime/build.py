@@ -34,15 +34,27 @@ def resolve_backend(
     importing torch: on the CPU, in fp32, single-crop, with the original weights' exported
     graph cached (the install command writes it) or a checkpoint that is an ``.onnx``
     export. Everything else (a GPU, bf16 where the CPU has AMX, over-sampling, train.py
-    checkpoints) runs PyTorch.
+    checkpoints) runs PyTorch. :func:`choose_backend` also says why.
     """
+    return choose_backend(backend, checkpoint, device, precision, oversample)[0]
+
+
+def choose_backend(
+    backend: str = "auto",
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    oversample: bool = False,
+) -> tuple[str, str]:
+    """(``torch`` or ``onnxruntime``, why): the rule of :func:`resolve_backend`, with the
+    reason the summary line prints when ``auto`` did not take the fast CPU path."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     onnx_file = checkpoint is not None and str(checkpoint).lower().endswith(".onnx")
     if backend == "torch":
         if onnx_file:
             raise ValueError(f"checkpoint {checkpoint} is an ONNX export: use backend=onnxruntime")
-        return "torch"
+        return "torch", "backend=torch"
     if backend == "onnxruntime" or onnx_file:
         problems = [
             what
@@ -60,14 +72,25 @@ def resolve_backend(
                 f"backend=onnxruntime runs exported fp32 single-crop models on the CPU; "
                 f"not with {', '.join(problems)} (use backend=torch)"
             )
-        return "onnxruntime"
-    if str(device) != "cpu" or oversample or precision == "bf16":
-        return "torch"
+        return "onnxruntime", "an ONNX model" if onnx_file else "backend=onnxruntime"
+    if str(device) != "cpu":
+        return "torch", f"device={device}"
+    if oversample:
+        return "torch", "oversample=true runs on torch"
+    if precision == "bf16":
+        return "torch", "precision=bf16 runs on torch"
     if precision == "auto" and cpu_has_fast_bf16():
-        return "torch"  # bf16 on AMX: ~2.6x faster than fp32 (the README's figures)
+        # bf16 on AMX: ~2.6x faster than fp32 (the README's figures)
+        return "torch", "bf16 on this CPU's AMX tiles"
     if checkpoint is None:
-        return "onnxruntime" if original_onnx_path().is_file() else "torch"
-    return "torch"
+        path = original_onnx_path()
+        if path.is_file():
+            return "onnxruntime", "the original weights' ONNX export"
+        return "torch", (
+            f"auto took torch: {path} is missing (the install command "
+            "`python -m agegender.weights original` writes it; onnxruntime is faster)"
+        )
+    return "torch", "a train.py checkpoint (python -m agegender.export makes an .onnx one)"
 
 
 def build_classifier(
@@ -89,7 +112,7 @@ def build_classifier(
     Raises :class:`agegender.store.WeightsNotFoundError` offline with nothing cached, and
     :class:`agegender.checkpoints.CheckpointError` for a file that is not a usable checkpoint.
     """
-    backend = resolve_backend(backend, checkpoint, device, precision, oversample)
+    backend, why = choose_backend(backend, checkpoint, device, precision, oversample)
     if backend == "onnxruntime":
         path = Path(checkpoint) if checkpoint else original_onnx_path()
         if not path.is_file():
@@ -100,6 +123,7 @@ def build_classifier(
             )
             raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist{hint}")
         classifier = OnnxFaceClassifier(path, threads=threads, labels=labels)
+        classifier.backend_reason = why
         return classifier, dict(classifier.metadata)
 
     # torch: deferred, so that runs on onnxruntime never import it
@@ -119,6 +143,7 @@ def build_classifier(
         model_labels=label_set_of(meta),
         labels=None if labels is None else load_label_set(labels),
     )
+    classifier.backend_reason = why
     return classifier, meta
 
 

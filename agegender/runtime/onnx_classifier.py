@@ -33,6 +33,7 @@ class OnnxFaceClassifier:
     precision = "fp32"
     oversample = False
     backend = "onnxruntime"
+    backend_reason = "backend=onnxruntime"
 
     def __init__(
         self, path: str | os.PathLike[str], threads: int | None = None, labels: Any = None

@@ -82,6 +82,7 @@ class FaceClassifier:
         self.tasks = tuple(getattr(model, "tasks", ("age", "gender")))
 
     backend = "torch"
+    backend_reason = "backend=torch"
 
     def stack(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """Preprocessed faces -> one batch for :meth:`predict`."""
