@@ -264,3 +264,73 @@ def test_auto_says_why_it_took_torch(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "(precision fp32, torch)" in run.stdout
     assert "auto took torch" in run.stderr and "python -m agegender.weights original" in run.stderr
+
+
+def _hostile_folder(root: Path, rng: np.random.Generator) -> None:
+    """A bounded folder of the entries above, generated: good and broken images, odd names
+    (not UTF-8, quotes, commas, newlines, very long), PostScript, pipes, sockets-like and
+    hidden entries, links, empty files, a bad video, and nested folders."""
+    import socket
+
+    names = ["ok", "sp ace", 'qu"ote', "com,ma", "new\nline", os.fsdecode(b"lat\xe9in"), "é"]
+    for i, name in enumerate(names):
+        sub = root / ("deep/er" if i % 3 == 0 else "")
+        _jpeg(sub / f"{name}.jpg", seed=int(rng.integers(1 << 30)))
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.jpg").write_text("not an image")
+    (root / "trunc.jpg").write_bytes(_jpeg(root / "t0.jpg").read_bytes()[:200])
+    (root / "ps.eps").write_bytes(EPS)
+    (root / "ps.png").write_bytes(EPS)
+    (root / "bad.mp4").write_bytes(b"\x00" * 150)
+    (root / "notes.txt").write_text("x")
+    (root / ".hidden.jpg").write_bytes(b"")
+    (root / ("l" * 240 + ".jpg")).write_bytes((root / "t0.jpg").read_bytes())
+    os.mkfifo(root / "fifo.mp4")
+    os.mkfifo(root / "fifo.jpg")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "sock.jpg"))
+    server.close()
+    (root / "link.jpg").symlink_to(root / "t0.jpg")
+    (root / "dangling.jpg").symlink_to(root / "missing.jpg")
+    (root / "dir.png").mkdir()
+    _jpeg(root / "dir.png" / "inner.jpg", seed=5)
+
+
+def test_hostile_folder_contract(tmp_path, random_classifier):
+    """Every regular file under the folder is in the CSV or skipped.txt exactly once,
+    nothing else is opened, the CSV parses, and a run killed at random points and resumed
+    ends equal to an uninterrupted one."""
+    rng = np.random.default_rng(20)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _hostile_folder(folder, rng)
+    out = tmp_path / "out"
+    summary = _run(folder, out, random_classifier, annotate=True)
+    reference = (out / "predictions.csv").read_bytes()
+    rows = _csv(out / "predictions.csv")
+    written = {p for p in rows["path"]}
+    skipped = set((out / "skipped.txt").read_text(encoding="utf-8").splitlines())
+    from agegender.fileio import display_path
+
+    regular = {
+        display_path(Path(dirpath) / name)
+        for dirpath, _, filenames in os.walk(folder)
+        for name in filenames
+        if (Path(dirpath) / name).is_file() and not (Path(dirpath) / name).is_symlink()
+    }
+    assert regular <= written | skipped, regular - written - skipped
+    assert not (written & skipped)
+    assert summary.inputs == len(written)
+    assert len(rows) == len(rows["path"])  # parses: one field per column everywhere
+    assert (
+        display_path(folder / "fifo.mp4") in skipped
+        and display_path(folder / "sock.jpg") in skipped
+    )
+    assert rows.set_index("path").loc[display_path(folder / "ps.png"), "status"] == (
+        "error: not an image"
+    )
+    # killed at random points (a torn write anywhere), then resumed: the same file
+    for cut in sorted(rng.integers(len(reference.split(b"\n", 1)[0]) + 2, len(reference), 4)):
+        (out / "predictions.csv").write_bytes(reference[:cut])
+        _run(folder, out, random_classifier, annotate=True, resume=True)
+        assert (out / "predictions.csv").read_bytes() == reference, cut
