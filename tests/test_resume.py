@@ -251,3 +251,31 @@ def test_two_epochs_resumed_to_four_equals_uninterrupted(uninterrupted, tmp_path
     _assert_same_metrics(short, want)
     train(compose_train([*four, f"ckpt_path={tmp_path / 'short_copy'}"], tmp_path / "new"))
     _assert_same_metrics(tmp_path / "new", want)
+
+
+class _Payload:
+    """Unpickling this runs code (here: creates a marker file)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pickle_payload_checkpoint_never_runs(tmp_path_factory, tmp_path, monkeypatch):
+    """train.py ckpt_path=... loads with weights_only=True even where the environment says
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: the payload's code must not run."""
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(str(marker))}, evil)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    demo = demo_root(tmp_path_factory)
+    cfg = compose_train(
+        ["experiment=levi_hassner", *FAST, f"data.root={demo}", "logger=none",
+         "trainer.max_steps=2", f"ckpt_path={evil}"],
+        tmp_path / "run",
+    )  # fmt: skip
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl|unsupported global"):
+        train(cfg)
+    assert not marker.exists()

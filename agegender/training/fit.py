@@ -115,16 +115,20 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only: a checkpoint is data, never code (also where the environment sets
+        # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD); ours hold plain types and tensors only
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         eval_ckpt = select_checkpoint(cfg.get("selection", "joint"), trainer, _best_checkpoint)
     else:
         eval_ckpt = ckpt_path
         if eval_ckpt is None:
             log.warning("train=false and no ckpt_path: evaluating an untrained network")
 
-    trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+    trainer.validate(
+        module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False, weights_only=True
+    )
     if cfg.get("test", True):
-        trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt)
+        trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt, weights_only=True)
 
     metrics = {k: v for scalars in module.results.values() for k, v in scalars.items()}
     if trainer.is_global_zero:
