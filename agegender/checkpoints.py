@@ -20,7 +20,7 @@ from torch import nn
 
 from agegender.errors import CheckpointError  # noqa: F401 - defined there, raised here
 from agegender.fileio import atomic_write
-from agegender.labels import load_label_set
+from agegender.labels import label_set_of_model, load_label_set
 from agegender.models import build_model
 
 #: Value of the ``"format"`` key of our own checkpoints.
@@ -206,4 +206,4 @@ def load_model(
 def label_set_of(meta: Mapping[str, Any]) -> Any:
     """The :class:`~agegender.labels.LabelSet` a loaded checkpoint's network predicts
     (``meta`` from :func:`load_model`); checkpoints without one are adience8."""
-    return load_label_set(meta.get("labels"))
+    return label_set_of_model(meta.get("labels"))

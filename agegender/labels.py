@@ -454,6 +454,17 @@ def label_set_from_config(config: Mapping[str, Any]) -> LabelSet:
     )
 
 
+def label_set_of_model(spec: Any) -> LabelSet:
+    """The label set a model file (checkpoint or ONNX export) names: a built-in name or an
+    inline definition. Never a file: a model file must not make the loader read paths on
+    this machine (a ``path`` key, or a name that is a path, is refused)."""
+    if isinstance(spec, str) and spec != ADIENCE8_NAME and spec not in BUILTIN:
+        raise LabelSetError(f"a model file's label set must be built in or inline, got {spec!r}")
+    if isinstance(spec, Mapping) and "path" in spec:
+        raise LabelSetError("a model file's label set must not name a file (a 'path' key)")
+    return load_label_set(spec)
+
+
 def load_label_set(spec: LabelSet | str | Mapping[str, Any] | None) -> LabelSet:
     """The label set ``spec`` names.
 

@@ -27,6 +27,11 @@ def _triple(value: object, name: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+#: The largest face side any network here takes (a model file asking for more is refused:
+#: a 20000 px face would be 1.2 GB per face).
+MAX_FACE_SIDE = 1024
+
+
 @dataclass(frozen=True)
 class FaceSpec:
     """The face a network is fed, from the cache to its first layer.
@@ -54,8 +59,8 @@ class FaceSpec:
     def __post_init__(self) -> None:
         for name in ("face_size", "resize_size", "crop_size"):
             value = int(getattr(self, name))
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+            if not 0 < value <= MAX_FACE_SIDE:
+                raise ValueError(f"{name} must be in 1..{MAX_FACE_SIDE} pixels, got {value}")
             object.__setattr__(self, name, value)
         if self.crop_size > self.resize_size:
             raise ValueError(f"crop {self.crop_size} is larger than the resized face")

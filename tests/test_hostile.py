@@ -334,3 +334,61 @@ def test_hostile_folder_contract(tmp_path, random_classifier):
         (out / "predictions.csv").write_bytes(reference[:cut])
         _run(folder, out, random_classifier, annotate=True, resume=True)
         assert (out / "predictions.csv").read_bytes() == reference, cut
+
+
+def _doctored_export(tmp_path: Path, name: str, **changes: str) -> Path:
+    """The original weights' ONNX export with metadata entries replaced."""
+    import onnx
+
+    from agegender.store import original_onnx_path
+
+    source = original_onnx_path()
+    if not source.is_file():
+        pytest.fail(f"{source} is missing: run the README's install command")
+    model = onnx.load(str(source))
+    entries = {p.key: p.value for p in model.metadata_props} | changes
+    del model.metadata_props[:]
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"outputs": "{not json"}, "malformed agegender metadata"),
+        ({"face_size": "twenty"}, "malformed agegender metadata"),
+        ({"face_size": "20000", "resize_size": "20000"}, "1..1024"),
+        ({"label_set": '{"name": "coarse3"}'}, "output has 8 classes"),
+        ({"label_set": '{"path": "/etc/hostname"}'}, "must not name a file"),
+        ({"label_set": '"/etc/hostname"'}, "built in or inline"),
+    ],
+)
+def test_model_files_with_bad_metadata_are_refused(tmp_path, changes, message):
+    """Refused when loaded, with the file named (predict.py: exit code 2), never a raw
+    traceback, a crash half way through a run, or a read of a local file."""
+    from agegender.errors import CheckpointError
+    from agegender.runtime.onnx_classifier import OnnxFaceClassifier
+
+    path = _doctored_export(tmp_path, "bad.onnx", **changes)
+    with pytest.raises(CheckpointError, match=message):
+        OnnxFaceClassifier(path)
+
+
+def test_a_checkpoint_whose_label_set_does_not_fit_its_heads_is_refused(tmp_path):
+    import torch
+
+    from agegender.checkpoints import save_model
+    from agegender.errors import CheckpointError
+    from agegender.models import LeviHassnerNet
+    from agegender.runtime.build import build_classifier
+
+    torch.manual_seed(0)
+    path = save_model(
+        LeviHassnerNet(mode="shared"), "levi_hassner", {"mode": "shared"}, tmp_path / "m.pt",
+        labels="coarse3",
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="age head has 8 classes"):
+        build_classifier(path)

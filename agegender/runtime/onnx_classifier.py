@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from agegender.labels import load_label_set, reporting_matrix
+from agegender.errors import CheckpointError
+from agegender.labels import label_set_of_model, load_label_set, reporting_matrix
 from agegender.onnx_session import ort_session
 from agegender.spec import FaceSpec, centre_offset
 
@@ -49,22 +50,15 @@ class OnnxFaceClassifier:
                 "agegender.export`?): its labels and input size are unknown"
             )
         self.metadata = dict(meta)
-        self.tasks: tuple[str, ...] = tuple(json.loads(meta["outputs"]))
-        # the network's label set (exports before label sets: the names say adience8)
-        self.model_labels = load_label_set(json.loads(meta.get("label_set", "null")))
-        self.labels = self.model_labels if labels is None else load_label_set(labels)
+        try:
+            self._read_metadata(meta)
+        except (KeyError, TypeError, ValueError) as exc:  # LabelSetError is a ValueError
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise CheckpointError(f"{self.path}: malformed agegender metadata ({what})") from None
         #: Adience bucket -> reported class summing matrix (as FaceClassifier's).
+        self.labels = self.model_labels if labels is None else load_label_set(labels)
         matrix = reporting_matrix(self.model_labels, self.labels)
         self.age_matrix = None if matrix is None else np.asarray(matrix, dtype=np.float32)
-        self.face_spec = FaceSpec(
-            face_size=int(meta["face_size"]),
-            resize_size=int(meta["resize_size"]),
-            crop_size=int(meta["crop_size"]),
-            mean=tuple(json.loads(meta["mean"])),
-            std=tuple(json.loads(meta["std"])),
-            channel_order=meta["network_channel_order"],
-            mean_image=meta.get("mean_image") == "true",
-        )
         self.device = "cpu"
         spec = self.face_spec
         self._offset = centre_offset(spec.resize_size, spec.crop_size)
@@ -74,6 +68,37 @@ class OnnxFaceClassifier:
             from agegender.transforms import EvalPreset
 
             self._preset = EvalPreset(spec)
+
+    def _read_metadata(self, meta: dict[str, str]) -> None:
+        """Tasks, label set and face geometry from the export's metadata, checked against
+        the graph's own outputs (a label set that does not fit the heads is refused here,
+        not half way through a run)."""
+        tasks = json.loads(meta["outputs"])
+        if not isinstance(tasks, list) or not all(t in ("age", "gender") for t in tasks):
+            raise ValueError(f"outputs must name age and/or gender, got {tasks!r}")
+        self.tasks: tuple[str, ...] = tuple(tasks)
+        # the network's label set (exports before label sets: the names say adience8)
+        self.model_labels = label_set_of_model(json.loads(meta.get("label_set", "null")))
+        outputs = self.session.get_outputs()
+        if len(outputs) != len(self.tasks):
+            raise ValueError(f"{len(outputs)} graph outputs for tasks {list(self.tasks)}")
+        sizes = self.model_labels.num_classes
+        for task, output in zip(self.tasks, outputs, strict=True):
+            width = output.shape[-1] if output.shape else None
+            if isinstance(width, int) and width != sizes[task]:
+                raise ValueError(
+                    f"the {task} output has {width} classes, label set "
+                    f"{self.model_labels.name} has {sizes[task]}"
+                )
+        self.face_spec = FaceSpec(
+            face_size=int(meta["face_size"]),
+            resize_size=int(meta["resize_size"]),
+            crop_size=int(meta["crop_size"]),
+            mean=tuple(json.loads(meta["mean"])),
+            std=tuple(json.loads(meta["std"])),
+            channel_order=meta["network_channel_order"],
+            mean_image=meta.get("mean_image") == "true",
+        )
 
     def preprocess(self, face: np.ndarray) -> np.ndarray:
         """Aligned face -> 3 x S x S float32 (the centre crop of the shared preset)."""

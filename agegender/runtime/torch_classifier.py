@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agegender.errors import CheckpointError
 from agegender.hardware import cpu_has_fast_bf16
 from agegender.labels import ADIENCE8, LabelSet, reporting_matrix
 from agegender.spec import face_spec_of
@@ -64,6 +65,14 @@ class FaceClassifier:
     ) -> None:
         self.model_labels = model_labels or ADIENCE8
         self.labels = labels or self.model_labels
+        heads = getattr(model, "heads", None)
+        for task, size in self.model_labels.num_classes.items():
+            head = None if heads is None or task not in heads else heads[task]
+            if head is not None and getattr(head, "out_features", size) != size:
+                raise CheckpointError(
+                    f"the network's {task} head has {head.out_features} classes, its label "
+                    f"set {self.model_labels.name} has {size}"
+                )
         #: Adience-bucket -> reported-class summing matrix, None when reporting as trained.
         matrix = reporting_matrix(self.model_labels, self.labels)
         self.age_matrix = None if matrix is None else torch.tensor(matrix, dtype=torch.float32)
