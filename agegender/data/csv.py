@@ -23,6 +23,7 @@ so Adience trains through ``data=csv`` with any label set (``experiment=coarse3`
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import warnings
@@ -47,8 +48,32 @@ def _label(value: str, parse, column: str, labels: LabelSet) -> tuple[int, str |
         return IGNORE_INDEX, None
     label = parse(value, "remap")
     if label == IGNORE_INDEX:
-        return label, f"{column} {value!r} is not a known value of label set {labels.describe()}"
+        if column == "age":
+            return label, f"age {value!r} is not a known value of label set {labels.describe()}"
+        genders = ", ".join(labels.genders)
+        return label, f"gender {value!r} is not a known value (one of {genders}, or an alias)"
     return label, None
+
+
+def _read_table(csv: Path) -> pd.DataFrame:
+    """The CSV as strings; a file pandas cannot parse is a FoldFormatError naming the file,
+    the line and the fix (UTF-8 with or without a byte-order mark; quote commas)."""
+    try:
+        return pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        data = csv.read_bytes()
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise FoldFormatError(
+            f"{csv}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the file as "
+            "UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    except pd.errors.ParserError as exc:
+        match = re.search(r"line (\d+), saw (\d+)", str(exc))
+        where = f"{csv}:{match.group(1)}" if match else str(csv)
+        detail = f"{match.group(2)} fields where the header has fewer" if match else str(exc)
+        raise FoldFormatError(
+            f'{where}: {detail}; quote fields that hold commas ("a, b") or remove the extra field'
+        ) from None
 
 
 def read_face_csv(
@@ -67,7 +92,7 @@ def read_face_csv(
     csv = Path(csv).expanduser()
     if not csv.is_file():
         raise FoldFormatError(f"CSV not found: {csv}")
-    raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    raw = _read_table(csv)
     raw.columns = [c.strip().lower() for c in raw.columns]
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:

@@ -532,8 +532,10 @@ class AdienceDataModule(FaceDataModule):
             duplicates=self.duplicates,
             labels=self.labels,
         )
-        if report.malformed:
-            warnings.warn(f"{self.root}: {report.summary()}", stacklevel=2)
+        if report.malformed or report.conflicts:
+            first = [*report.malformed, *report.conflicts][:3]
+            examples = "".join(f"\n  {m}" for m in first)
+            warnings.warn(f"{self.root}: {report.summary()}{examples}", stacklevel=2)
         table["key"] = [
             adience_key(u, f, i)
             for u, f, i in zip(

@@ -72,6 +72,9 @@ class LoadReport:
 
     malformed: list[str] = field(default_factory=list)
     duplicates: int = 0  # rows repeating an earlier row (dropped or kept, see ``duplicates_kept``)
+    #: Rows of a face seen earlier in its fold with OTHER labels ("file:line: ..." each); they
+    #: are treated as duplicates (as the Levi-Hassner lists do) but named, not just counted.
+    conflicts: list[str] = field(default_factory=list)
     duplicates_kept: bool = False
     unknown_age: int = 0
     unknown_gender: int = 0
@@ -81,7 +84,8 @@ class LoadReport:
         fate = "kept" if self.duplicates_kept else "dropped"
         return (
             f"{len(self.malformed)} malformed rows skipped, {self.duplicates} duplicate rows "
-            f"{fate}, {self.unknown_age} rows without age, {self.unknown_gender} without "
+            f"{fate} ({len(self.conflicts)} of them with other labels than the face's first "
+            f"row), {self.unknown_age} rows without age, {self.unknown_gender} without "
             f"gender, {self.dropped_unlabelled} with neither (dropped)"
         )
 
@@ -126,7 +130,8 @@ def read_fold_file(
     """Raw rows of one fold file (strings as written), malformed rows reported, not kept."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (editors on Windows add one) is not part of the header
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise FoldFormatError(f"fold file not found: {path}") from None
     except UnicodeDecodeError as e:
@@ -204,6 +209,7 @@ def load_folds(
     table["gender"] = table["gender"].astype("int64")
     dup = table.duplicated(subset=[*KEY, "fold"], keep="first")
     report.duplicates = int(dup.sum())
+    report.conflicts = _conflicts(table, dup, fold_paths(root))
     if duplicates == "drop":
         table = table[~dup]
     users_per_fold = table.groupby("user_id")["fold"].nunique()
@@ -220,6 +226,25 @@ def load_folds(
         report.dropped_unlabelled = int(neither.sum())
         table = table[~neither]
     return table.reset_index(drop=True), report
+
+
+def _conflicts(table: pd.DataFrame, dup: pd.Series, paths: list[Path]) -> list[str]:
+    """``file:line`` messages for duplicate rows whose labels differ from the first row of
+    the same face (the fix: correct or delete one of the two lines)."""
+    first = table[~dup].set_index([*KEY, "fold"])
+    out = []
+    for row in table[dup].itertuples(index=False):
+        key = (row.user_id, row.face_id, row.original_image, row.fold)
+        head = first.loc[key]
+        if (head["age_raw"], head["gender_raw"]) == (row.age_raw, row.gender_raw):
+            continue
+        out.append(
+            f"{paths[row.fold]}:{row.line}: face {row.face_id} of {row.user_id}/"
+            f"{row.original_image} says age {row.age_raw!r}, gender {row.gender_raw!r}; line "
+            f"{head['line']} says age {head['age_raw']!r}, gender {head['gender_raw']!r} "
+            "(correct or delete one of them)"
+        )
+    return out
 
 
 def image_relpath(user_id: str, face_id: int, original_image: str, kind: str = "faces") -> str:
@@ -302,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(table, labels)
     print(format_summary(summary, labels))
     print(report.summary(), file=sys.stderr)
-    for message in report.malformed:
+    for message in [*report.malformed, *report.conflicts]:
         print(f"  {message}", file=sys.stderr)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
