@@ -301,6 +301,10 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([table, rest[["objective", "status", "error", *METRIC_COLUMNS]]], axis=1)
 
 
+class NoJobsError(ValueError):
+    """A sweep directory without jobs (a multirun that ran none: a complete study)."""
+
+
 def aggregate(sweep_dir: str | Path) -> pd.DataFrame | None:
     """Write the sweep table always, and the CV table + plot when the sweep sets data.fold.
 
@@ -308,7 +312,7 @@ def aggregate(sweep_dir: str | Path) -> pd.DataFrame | None:
     sweep_dir = Path(sweep_dir)
     runs = collect_runs(sweep_dir)
     if runs.empty:
-        raise ValueError(f"{sweep_dir} holds no Hydra job directories (.hydra/overrides.yaml)")
+        raise NoJobsError(f"{sweep_dir} holds no Hydra job directories (.hydra/overrides.yaml)")
     # An Optuna sweep's sweeper writes sweep_results.csv from its study (agegender.sweep).
     if not (sweep_dir / OPTUNA_STUDY_FILE).exists():
         sweep_csv = sweep_table(runs).to_csv(index=False).encode()
@@ -363,6 +367,9 @@ class CVResultsCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             table = aggregate(config.hydra.sweep.dir)
+        except NoJobsError:  # e.g. rerunning a sweep whose study already holds n_trials
+            log.info("no job ran in this multirun: no cross-validation summary to write")
+            return
         except Exception:
             log.exception("could not write the cross-validation summary")
             return

@@ -248,3 +248,18 @@ def postgres_url():  # noqa: ANN201
 
 def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres_url: str) -> None:
     _two_workers_share(tmp_path, postgres_url)
+
+
+def test_rerunning_a_complete_study_says_so(tmp_path: Path) -> None:
+    """A rerun whose study already holds n_trials runs nothing: one line says the study is
+    complete, and the CV summary callback has nothing to do (no traceback)."""
+    _app(tmp_path)
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=done",
+            "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none"]  # fmt: skip
+    _run(tmp_path, *args)
+    again = _run(tmp_path, *args, f"hydra.sweep.dir={tmp_path / 'rerun'}")
+    output = again.stdout + again.stderr
+    assert "already holds its 2 trials: complete" in output
+    assert "Traceback" not in output and "could not write" not in output
+    assert len(optuna.load_study(study_name="done", storage=db).trials) == 2

@@ -148,6 +148,12 @@ class OptunaSweeper(Sweeper):
         )
         self._retry_stale(study)
         to_go = _to_go(study, self.n_trials)
+        if to_go == 0:
+            log.info(
+                "study %s (%s) already holds its %d trials: complete, nothing to run "
+                "(raise hydra.sweeper.n_trials to continue it)",
+                self.study_name, spec, self.n_trials,
+            )  # fmt: skip
         log.info(
             "study %s (%s): %d trials to go, sampler %s, pruner %s",
             self.study_name, spec, to_go, type(self.sampler).__name__, type(self.pruner).__name__,
