@@ -13,6 +13,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+#: onnxruntime (1.29+) ships a telemetry client that looks up a Microsoft host (DNS) from a
+#: plain CPU session; this documented variable switches it off (checked with strace:
+#: tests/test_hostile.py). Set before onnxruntime is imported; a user's own value wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 
 def default_threads(parallel: int = 1) -> int:
     """Intra-op threads for a session run by ``parallel`` threads at once."""
