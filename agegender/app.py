@@ -16,12 +16,14 @@ including the ``error: ...`` row of a file that is not a usable image.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +108,17 @@ def analyse(
     return out
 
 
+def _private_root() -> str | None:
+    uploads = os.environ.get("GRADIO_TEMP_DIR")
+    return str(Path(uploads).parent) if uploads else None
+
+
 def build_demo(agegender: AgeGender) -> Any:
     """The Gradio page (gr.Blocks) around :func:`analyse`."""
     import gradio as gr
 
-    downloads = Path(tempfile.mkdtemp(prefix="agegender-app-"))
+    # inside private_temporaries()' folder when served by main(), removed with it
+    downloads = Path(tempfile.mkdtemp(prefix="downloads-", dir=_private_root()))
 
     def run(files: list[str] | None, snapshot: np.ndarray | None) -> tuple[Any, ...]:
         result = analyse(agegender, files or [], snapshot)
@@ -183,6 +191,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         parser.error(f"overrides are key=value (got {' '.join(bad)})")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    with private_temporaries():
+        return _serve(args)
+
+
+@contextlib.contextmanager
+def private_temporaries() -> Iterator[Path]:
+    """Uploads (Gradio's temporary folder) and the CSVs offered for download live in one
+    private folder for the server's lifetime, removed when it stops: photos of people are
+    not left behind in the system's temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="agegender-app-"))
+    before = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "uploads")
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = before
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:

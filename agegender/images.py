@@ -118,7 +118,8 @@ def _load(path: Path, max_pixels: int | None, min_side: int | None) -> tuple[np.
     except Image.DecompressionBombError as exc:
         size = _header_size(path)
         detail = f"{size[0]}x{size[1]}" if size else f"{_first_number(str(exc))} pixels"
-        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL's hard limit is the one that refused
+        # the one limit in force: ours when set (PIL's hard limit is higher), else PIL's
+        limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
         raise ImageLoadError(f"too large: {detail} (limit {limit} pixels)", path) from None
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):

@@ -422,3 +422,46 @@ def test_onnxruntime_makes_no_network_lookups(tmp_path):
     trace = run.stderr
     assert "socket(AF_INET" not in trace
     assert "/etc/resolv.conf" not in trace and "/etc/nsswitch.conf" not in trace
+
+
+def test_a_box_outside_the_image_is_an_error_not_a_label(random_classifier):
+    from agegender import AgeGender, ImageLoadError
+
+    ag = AgeGender(detector="none", backend="torch")
+    ag.classifier = random_classifier
+    image = np.full((60, 80, 3), 128, np.uint8)
+    assert len(ag.predict(image, boxes=[(10, 10, 50, 50)])) == 1
+    with pytest.raises(ImageLoadError, match=r"box 0 \(100, 10, 150, 50\) lies outside the 80x60"):
+        ag.predict(image, boxes=[(100, 10, 150, 50)])
+
+
+def test_too_large_quotes_the_limit_in_force(tmp_path):
+    """The same limit in the message whether our size check or Pillow's bomb guard refused."""
+    from PIL import Image
+
+    from agegender.images import ImageLoadError, load_image
+
+    path = tmp_path / "big.png"
+    Image.new("L", (5000, 5000)).save(path)
+    for max_pixels in (1_000_000, 10_000):
+        with pytest.raises(ImageLoadError, match=f"limit {max_pixels} pixels"):
+            load_image(path, max_pixels=max_pixels)
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 1_000_000  # Pillow's hard limit (2x) refuses in open() now
+    try:
+        with pytest.raises(ImageLoadError, match="5000x5000 \\(limit 1500000 pixels\\)"):
+            load_image(path, max_pixels=1_500_000)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def test_the_web_demo_leaves_no_uploads_behind(monkeypatch):
+    from agegender.app import _private_root, private_temporaries
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    with private_temporaries() as folder:
+        assert os.environ["GRADIO_TEMP_DIR"].startswith(str(folder))
+        assert _private_root() == str(folder)
+        (folder / "uploads").mkdir()
+        (folder / "uploads" / "face.jpg").write_bytes(b"x")
+    assert not folder.exists() and "GRADIO_TEMP_DIR" not in os.environ

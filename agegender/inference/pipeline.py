@@ -25,6 +25,16 @@ from agegender.inference.results import FaceResult, ImageResult
 from agegender.runtime.base import Classifier
 
 
+def _outside(faces: list, width: float, height: float) -> str | None:
+    """Why a caller's box cannot be classified (it misses the image entirely), or None."""
+    for i, face in enumerate(faces):
+        x1, y1, x2, y2 = face.box
+        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            box = ", ".join(f"{v:g}" for v in face.box)
+            return f"box {i} ({box}) lies outside the {width:g}x{height:g} image"
+    return None
+
+
 class Pipeline:
     """Decode, detect and align in ``workers`` threads, classify in shared batches.
 
@@ -67,6 +77,10 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - contract: a bad file never stops the run
             return ImageResult(item, error=f"cannot read ({type(exc).__name__}: {exc})")
         item.image = None  # the result owns the pixels from here on
+        if item.faces is not None:
+            outside = _outside(item.faces, image.shape[1] * scale, image.shape[0] * scale)
+            if outside is not None:
+                return ImageResult(item, error=outside)
         try:
             if item.faces is not None:  # the caller's boxes, in full-size pixels
                 faces = [face.scaled(1.0 / scale) for face in item.faces]
