@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     from agegender.inference.shards import ShardError
     from agegender.inference.writer import ResumeError
     from agegender.labels import LabelSetError
-    from agegender.predict_command import predict_from_config
+    from agegender.predict_command import predict_from_config, remove_hydra_only_output
     from agegender.store import WeightsNotFoundError
 
     try:
@@ -42,6 +42,8 @@ def main(cfg: DictConfig) -> None:
         OptionError,
     ) as exc:
         print(f"predict: {exc}", file=sys.stderr)
+        if isinstance(exc, InputNotFoundError):  # nothing was predicted: leave no folder
+            remove_hydra_only_output(cfg.output)
         sys.exit(2)
 
 

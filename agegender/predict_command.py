@@ -3,6 +3,7 @@ source, the job loop, and the closing lines on the console."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,23 @@ from agegender.inference.sources import SKIPPED_NAME, open_source
 from agegender.inference.summary import Summary
 from agegender.inference.video import tracks_path, video_line
 from agegender.runtime.build import configure_torch_threads
+
+#: What Hydra writes into ``output`` before predict.py's code runs (its run directory).
+HYDRA_FILES = frozenset({".hydra", "predict.log"})
+
+
+def remove_hydra_only_output(output: str | Path) -> bool:
+    """Remove ``output`` when it holds only what Hydra put there for this run (a run that
+    stopped before its first file, e.g. a missing input, leaves no folder behind)."""
+    folder = Path(output)
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return False
+    if not names or not names <= HYDRA_FILES:
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def predict_from_config(cfg: Mapping[str, Any]) -> Summary:

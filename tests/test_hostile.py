@@ -191,15 +191,19 @@ def test_resume_with_other_settings_is_refused(tmp_path, random_classifier, monk
     assert summary.already_done == 2 and summary.inputs == 2
 
 
-@pytest.mark.parametrize("detector", ["haar", "opencv_ssd", "mtcnn"])
-def test_threads_sharing_one_agegender_get_the_sequential_answers(detector):
+@pytest.mark.parametrize(
+    ("detector", "backend"),
+    [("haar", "auto"), ("opencv_ssd", "auto"), ("mtcnn", "auto"), ("mtcnn", "torch"),
+     ("mtcnn_facenet", "torch")],
+)  # fmt: skip
+def test_threads_sharing_one_agegender_get_the_sequential_answers(detector, backend):
     """A server or the web demo calls one AgeGender from several threads: OpenCV's detectors
     keep per-call state (4 threads used to get wrong boxes and errors from haar/SSD)."""
     import threading
 
     from agegender import AgeGender
 
-    ag = AgeGender(detector=detector)
+    ag = AgeGender(detector=detector, backend=backend)
     samples = REPO / "data" / "samples"
     photos = [samples / n for n in ("astronaut.jpg", "biden.jpg", "obama.jpg", "camera.png")]
     expected = [[(f.box, f.age, f.gender) for f in ag.predict(p)] for p in photos]
@@ -465,3 +469,21 @@ def test_the_web_demo_leaves_no_uploads_behind(monkeypatch):
         (folder / "uploads").mkdir()
         (folder / "uploads" / "face.jpg").write_bytes(b"x")
     assert not folder.exists() and "GRADIO_TEMP_DIR" not in os.environ
+
+
+def test_a_missing_input_leaves_no_output_folder(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "predict.py", f"input={tmp_path / 'missing'}",
+         f"output={tmp_path / 'out'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and "neither a file nor a folder" in run.stderr
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "mine.txt").write_text("a user's file")
+    run = subprocess.run(
+        [sys.executable, "predict.py", f"input={tmp_path / 'missing'}",
+         f"output={tmp_path / 'kept'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and (tmp_path / "kept" / "mine.txt").exists()
