@@ -25,14 +25,14 @@ import numpy as np
 from PIL import Image
 
 from agegender.faces import Detector, Face, build_detector
+from agegender.faces.registry import detector_config
 from agegender.fileio import display_path
 from agegender.images import ImageLoadError, to_rgb_array
 from agegender.inference.inputs import InputItem
-from agegender.inference.job import run_job
+from agegender.inference.job import predict
 from agegender.inference.options import PredictOptions
 from agegender.inference.pipeline import Pipeline
 from agegender.inference.results import FaceResult
-from agegender.inference.sources import open_source
 from agegender.inference.summary import Summary
 from agegender.runtime.base import Classifier
 from agegender.runtime.build import build_classifier
@@ -73,22 +73,16 @@ class AgeGender:
         options: PredictOptions | None = None,
         **settings: Any,
     ) -> None:
-        if isinstance(detector, str) or detector is None:
-            name = detector or (options.detector_name if options else "mtcnn")
-        else:
-            name = "mtcnn"
         if checkpoint is not None:
-            settings["checkpoint"] = None if checkpoint is None else str(checkpoint)
+            settings["checkpoint"] = str(checkpoint)
+        name = detector if isinstance(detector, str) else "mtcnn"
         if options is None:
             options = PredictOptions.defaults(detector=name, **settings)
         else:
             options = options.replace(**settings)
             if isinstance(detector, str) and detector != options.detector_name:
-                options = options.replace(
-                    detector=PredictOptions.defaults(
-                        detector=detector, device=options.device, backend=options.backend
-                    ).detector
-                )
+                where = {"device": options.device, "backend": options.backend}
+                options = options.replace(detector=detector_config(detector, **where))
         if isinstance(detector, Detector):
             if detector_options:
                 raise ValueError("detector_options go with a detector name, not an instance")
@@ -196,9 +190,7 @@ class AgeGender:
         network: every image and video under ``input`` (or a camera index / stream URL) into
         ``output``/predictions.csv (or ``.jsonl``); ``settings`` change this object's
         :attr:`options` for the run (``save_probs=True``, ``video_stride=5``, ...)."""
-        options = self.options.replace(input=str(input), output=str(output), **settings)
-        source = open_source(input, Path(output), options)
-        return run_job(source, output, self.detector, self.classifier, options)
+        return predict(input, output, self.detector, self.classifier, self.options, **settings)
 
     def __repr__(self) -> str:
         return (

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agegender.config import load_yaml
+from agegender.faces.registry import detector_config
 
 
 class OptionError(ValueError):
@@ -108,15 +109,13 @@ class PredictOptions:
         from omegaconf import OmegaConf  # deferred: the API on photos skips it otherwise
 
         root = load_yaml("predict.yaml")
-        for key in ("defaults", "hydra"):
-            root.pop(key, None)
-        root.input, root.output = None, None
-        root.detector = load_yaml(f"detector/{detector}.yaml")
-        root.labels = None
-        for key in ("device", "backend"):  # the detector's interpolations follow these
-            if key in settings:
-                root[key] = settings[key]
+        for key in ("defaults", "hydra", "output"):  # output: a Hydra resolver (${now:})
+            del root[key]  # (not pop: it would resolve the value)
         cfg = OmegaConf.to_container(root, resolve=True)
+        cfg.update(input=None, output=None, labels=None)  # type: ignore[union-attr]
+        # the detector's config follows the device and backend this object runs with
+        where = {k: settings.get(k, cfg[k]) for k in ("device", "backend")}  # type: ignore[index]
+        cfg["detector"] = detector_config(detector, **where)  # type: ignore[index]
         return cls.from_config(cfg).replace(**settings)  # type: ignore[arg-type]
 
     def replace(self, **settings: Any) -> PredictOptions:

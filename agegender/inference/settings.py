@@ -43,7 +43,7 @@ def run_settings(
     video = options.video
     kind = f"{type(detector).__module__}.{type(detector).__qualname__}"
     if options.detector.get("_target_") == kind:
-        described: Any = _plain(options.detector)
+        described: Any = dict(options.detector)
     else:
         described = {"_target_": kind, "repr": repr(detector)}
     settings = {
@@ -118,12 +118,3 @@ def write_settings(csv_path: str | os.PathLike[str], settings: dict[str, Any]) -
     text = json.dumps({"record": SETTINGS_FORMAT, **settings}, indent=2, sort_keys=True)
     data = (text + "\n").encode("utf-8")
     return atomic_write(settings_path(csv_path), lambda fh: fh.write(data))
-
-
-def _plain(value: Any) -> Any:
-    """Mappings and sequences as JSON's dicts and lists (tuples compare equal to lists)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -117,11 +117,15 @@ class FaceTracker:
         new = [(j, track) for j, track in new if track not in self._seen]
         if not new or not self._pending:
             return {}
+        pending = list(self._pending)
+        ious = self._sv.box_iou_batch(  # ByteTrack's own IoU
+            np.array([boxes[j] for j, _ in new]), np.array([self._pending[i] for i in pending])
+        )
         pairs = sorted(
             (
-                (-_iou(boxes[j], box), i, j, track)
-                for j, track in new
-                for i, box in self._pending.items()
+                (-float(ious[a, b]), i, j, track)
+                for a, (j, track) in enumerate(new)
+                for b, i in enumerate(pending)
             ),
             key=lambda pair: pair[:3],
         )
@@ -132,16 +136,6 @@ class FaceTracker:
                 claims[i] = track
                 taken.add(j)
         return claims
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 @dataclass
