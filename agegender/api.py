@@ -101,6 +101,7 @@ class AgeGender:
             backend=options.backend,
             threads=options.threads,
             labels=options.labels,
+            calibration=options.calibration,
         )
 
     @classmethod
@@ -133,6 +134,7 @@ class AgeGender:
             max_pixels=options.max_pixels,
             keep_images=keep_images,
             decode_min_side=options.decode_min_side,
+            min_prob=options.min_prob,
         )
 
     def predict(

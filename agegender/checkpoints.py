@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from agegender.calibration import CalibrationError, check_calibration
 from agegender.errors import CheckpointError  # noqa: F401 - defined there, raised here
 from agegender.fileio import atomic_write
 from agegender.labels import label_set_of_model, load_label_set
@@ -25,6 +26,8 @@ from agegender.models import build_model
 
 #: Value of the ``"format"`` key of our own checkpoints.
 FORMAT = "agegender.model.v1"
+#: Top-level key of a checkpoint's temperature-scaling record (both formats).
+CALIBRATION_KEY = "calibration"
 #: Prefix of the network's keys in a Lightning checkpoint (the module holds ``self.model``).
 LIGHTNING_PREFIX = "model."
 #: Inserted into parameter names by ``torch.compile``; stripped so compiled runs load too.
@@ -62,13 +65,16 @@ def save_model(
     path: str | os.PathLike[str],
     meta: Mapping[str, Any] | None = None,
     labels: Any = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save ``model`` so that :func:`load_model` rebuilds it with
     ``build_model(model_name, **model_kwargs)``; returns the path written.
 
     ``labels``: the label set the age head was trained on (a :class:`~agegender.labels.
     LabelSet` or its name/definition), stored as plain data under ``"labels"``; None
-    writes no key (= adience8, as every checkpoint written before label sets)."""
+    writes no key (= adience8, as every checkpoint written before label sets).
+    ``calibration``: a temperature-scaling record (:mod:`agegender.calibration`), stored
+    under ``"calibration"``; None: an uncalibrated model."""
     kwargs = dict(model_kwargs)
     meta = dict(meta or {})
     _check_plain(kwargs, "model_kwargs")
@@ -83,6 +89,8 @@ def save_model(
     }
     if labels is not None:
         payload["labels"] = load_label_set(labels).to_config()
+    if calibration is not None:
+        payload[CALIBRATION_KEY] = check_calibration(calibration)
     path = Path(path)
     atomic_write(path, lambda handle: torch.save(payload, handle))
     return path
@@ -119,7 +127,18 @@ def _strip_compiled(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def _unpack(ckpt: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], dict, dict]:
     """-> (model_name, model_kwargs, network state_dict, meta) for either format; the meta
-    holds ``labels`` when the checkpoint stores a label set (absent: adience8)."""
+    holds ``labels`` when the checkpoint stores a label set (absent: adience8) and
+    ``calibration`` when it stores a temperature-scaling record."""
+    name, kwargs, state, meta = _unpack_network(ckpt, path)
+    if ckpt.get(CALIBRATION_KEY) is not None:
+        try:
+            meta[CALIBRATION_KEY] = check_calibration(ckpt[CALIBRATION_KEY])
+        except CalibrationError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    return name, kwargs, state, meta
+
+
+def _unpack_network(ckpt: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], dict, dict]:
     if ckpt.get("format") == FORMAT:
         meta = dict(ckpt["meta"])
         if ckpt.get("labels") is not None:
@@ -201,6 +220,47 @@ def load_model(
     ):
         model.to(map_location)
     return model.eval(), dict(meta)
+
+
+def calibration_of(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The temperature-scaling record of a loaded checkpoint (``meta`` from
+    :func:`load_model`), None for an uncalibrated one."""
+    record = meta.get(CALIBRATION_KEY)
+    return None if record is None else dict(record)
+
+
+def set_calibration(
+    path: str | os.PathLike[str],
+    calibration: Mapping[str, Any] | None,
+    output: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write ``path``'s checkpoint (either format) with ``calibration`` as its record (None:
+    removed) to ``output`` (default: ``path`` itself, replaced atomically). Everything else
+    in the file is kept as it was: a Lightning checkpoint still resumes training."""
+    path = Path(path)
+    ckpt = _read(path, "cpu")
+    _unpack_network(ckpt, path)  # refuse a file load_model could not rebuild
+    if calibration is None:
+        ckpt.pop(CALIBRATION_KEY, None)
+    else:
+        ckpt[CALIBRATION_KEY] = check_calibration(calibration)
+    target = Path(output) if output is not None else path
+    # not memory-mapped while replacing itself: materialise the tensors first
+    ckpt = _materialise(ckpt)
+    atomic_write(target, lambda handle: torch.save(ckpt, handle))
+    return target
+
+
+def _materialise(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _materialise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_materialise(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_materialise(v) for v in value)
+    return value
 
 
 def label_set_of(meta: Mapping[str, Any]) -> Any:

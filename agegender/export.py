@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agegender.calibration import temperatures_of
 from agegender.errors import CheckpointError
 from agegender.faces.mtcnn_nets import load_nets
 from agegender.fileio import atomic_write
@@ -51,9 +52,16 @@ class ExportError(RuntimeError):
     """The exported file does not reproduce the network (nothing was written)."""
 
 
-def export_metadata(net: ExportableNet, labels: Any, source: str) -> dict[str, str]:
+def export_metadata(
+    net: ExportableNet,
+    labels: Any,
+    source: str,
+    calibration: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
     """String key/values describing the graph's input and outputs (ONNX metadata_props).
-    ``labels``: the network's :class:`~agegender.labels.LabelSet` (or a label set name)."""
+    ``labels``: the network's :class:`~agegender.labels.LabelSet` (or a label set name);
+    ``calibration``: the temperature-scaling record the graph applies (key ``calibration``,
+    JSON; absent for an uncalibrated graph)."""
     label_set = load_label_set(labels)
     names = label_set.class_names
     spec = net.face_spec
@@ -72,6 +80,7 @@ def export_metadata(net: ExportableNet, labels: Any, source: str) -> dict[str, s
         "mean": json.dumps(list(spec.mean)),
         "std": json.dumps(list(spec.std)),
         "mean_image": str(spec.mean_image).lower(),
+        **({"calibration": json.dumps(dict(calibration))} if calibration else {}),
     }
 
 
@@ -246,18 +255,24 @@ def export_model(
     format: str | None = None,
     tolerance: float = TOLERANCE,
     download: bool = True,
+    calibration: bool = True,
 ) -> dict[str, float]:
     """Export ``checkpoint`` (None: the original weights) to ``output``; ``format`` from the
-    suffix when None (``.onnx`` -> onnx, else torchscript). Returns the check's differences."""
+    suffix when None (``.onnx`` -> onnx, else torchscript). Returns the check's differences.
+    A checkpoint with temperature scaling exports with it in the graph (its record in the
+    metadata); ``calibration=False`` exports the raw network instead."""
 
     if format is None:
         format = "onnx" if str(output).lower().endswith(".onnx") else "torchscript"
     if format not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
-    classifier, meta = build_classifier(checkpoint, download=download, precision="fp32")
-    net = ExportableNet(classifier.model)
+    classifier, meta = build_classifier(
+        checkpoint, download=download, precision="fp32", calibration=calibration
+    )
+    record = classifier.calibration if classifier.calibrated else None
+    net = ExportableNet(classifier.model, temperatures_of(record))
     source = str(checkpoint) if checkpoint else "original Levi-Hassner weights"
-    metadata = export_metadata(net, classifier.labels, source)
+    metadata = export_metadata(net, classifier.labels, source, record)
     writer = export_onnx if format == "onnx" else export_torchscript
     return writer(net, output, metadata, tolerance)
 
@@ -276,6 +291,14 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return json.loads(extra["agegender.json"])
 
 
+def _flag(value: str, key: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m agegender.export [checkpoint=P] output=F [format=onnx|torchscript]``.
 
@@ -285,10 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     options: dict[str, str] = {}
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or key not in ("checkpoint", "output", "format", "tolerance"):
+        if not sep or key not in ("checkpoint", "output", "format", "tolerance", "calibration"):
             print(
                 "usage: python -m agegender.export [checkpoint=PATH] output=FILE "
-                "[format=onnx|torchscript] [tolerance=1e-4]",
+                "[format=onnx|torchscript] [tolerance=1e-4] [calibration=true|false]",
                 file=sys.stderr,
             )
             return 2
@@ -305,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint,
             options.get("format"),
             float(options.get("tolerance", TOLERANCE)),
+            calibration=_flag(options.get("calibration", "true"), "calibration"),
         )
     except (
         ExportError,

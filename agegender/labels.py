@@ -147,6 +147,25 @@ class LabelSet:
                 index = i
         return index
 
+    def class_years(self, index: int) -> tuple[float, float]:
+        """The half-open years ``[lo, hi)`` class ``index`` covers.
+
+        What decides whether a class is wholly under an age (a minor) or wholly at or above
+        it (an adult), so that a rate such as "minors called adults" only counts classes that
+        say so. adience8: the bucket's inclusive range plus one (``15-20`` -> ``(15, 21)``),
+        which leaves the gaps between buckets (3, 7, 13-14 ...) in no class; a set with
+        boundaries: ``(boundaries[i], boundaries[i + 1])``, the last class ending at
+        ``max_age``."""
+        if not 0 <= index < len(self.age):
+            raise IndexError(
+                f"label set {self.name!r} has classes 0..{len(self.age) - 1}, not {index}"
+            )
+        if self.boundaries is None:
+            lo, hi = ADIENCE_RANGES[index]
+            return float(lo), float(hi + 1)
+        ends = (*self.boundaries[1:], self.max_age)
+        return float(self.boundaries[index]), float(ends[index])
+
     # -- parsing ---------------------------------------------------------------------------
     def parse_age(self, value: object, policy: str = "strict") -> int:
         """Class index of one age cell, IGNORE_INDEX when unknown.

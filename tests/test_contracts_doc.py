@@ -79,7 +79,9 @@ def test_jsonl_keys_and_export_metadata_are_documented() -> None:
     face = FaceResult(box=(0, 0, 1, 1), score=1.0, landmarks=[(0.0, 0.0)] * 5)
     assert documented == {"path", "face", "status", *face.to_dict()}
     net = ExportableNet(build_model("levi_hassner", caffe_init=False))
-    meta = export_metadata(net, "adience8", "x")
+    record = {"temperature": {"age": 1.5}, "fitted_on": "x", "faces": {"age": 3}}
+    meta = export_metadata(net, "adience8", "x", record)  # a calibrated export: every key
+    assert "calibration" not in export_metadata(net, "adience8", "x")
     rows = [n for n, _ in _first_table(_section("Exported models (ONNX, TorchScript)"), "key")]
     assert {k.strip("` ") for cell in rows for k in cell.split(",")} == set(meta)
     assert np.isfinite(float(meta["crop_size"]))

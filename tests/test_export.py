@@ -106,6 +106,7 @@ def test_a_naive_export_is_caught(original_classifier, tmp_path: Path) -> None: 
             self.net = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
             self.face_spec = model.face_spec
             self.tasks = tuple(model.tasks)
+            self.temperatures = {}
             self.eval()
 
     naive = Naive(original_classifier.model)

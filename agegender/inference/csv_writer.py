@@ -81,13 +81,14 @@ def result_rows(
             x2=round(x2, 1),
             y2=round(y2, 1),
             det_score=round(face.score, 4),
-            status="ok",
+            status=face.status,
         )
         for task in TASKS:
             probs = face.probs(task)
             if probs is None:  # a model trained without this head: empty cells
                 continue
-            row[task] = getattr(face, task)
+            label = getattr(face, task)  # None when the face abstained on this task
+            row[task] = "" if label is None else label
             row[f"{task}_prob"] = round(float(getattr(face, f"{task}_prob")), 4)
             if save_probs:
                 row.update({f"p_{task}_{k}": round(float(p), 6) for k, p in enumerate(probs)})

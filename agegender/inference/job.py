@@ -109,6 +109,7 @@ def _loop(
         max_pixels=options.max_pixels,
         keep_images=annotate and not source.live or options.video.show,
         decode_min_side=options.decode_min_side,
+        min_prob=options.min_prob,
     )
     bar = tqdm(
         total=source.total(summary),

@@ -70,7 +70,7 @@ def jsonl_objects(
             years = expected_years(face, expected_age)
             if years is not None:
                 obj[EXPECTED_AGE_COLUMN] = years
-        obj["status"] = "ok"
+        obj["status"] = face.status
         if result.tracks is not None:
             obj["track"] = result.tracks[i]
         objects.append(obj)

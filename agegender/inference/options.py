@@ -75,6 +75,11 @@ class PredictOptions:
     resume: bool
     shard: int
     num_shards: int
+    #: Apply the checkpoint's stored temperature scaling (false: raw network probabilities).
+    calibration: bool
+    #: Per task (``age``, ``gender``): below this best-class probability the label is left
+    #: empty (status ``abstained: <task>``); None = always labelled. A number sets both.
+    min_prob: Mapping[str, float | None]
     #: Set-up only (not in the YAML): let the install step fetch the original weights.
     download: bool = field(default=False, compare=False)
 
@@ -83,6 +88,7 @@ class PredictOptions:
             raise ValueError("batch_size and workers must be >= 1")
         if self.format not in ("csv", "jsonl"):
             raise ValueError(f"format must be csv or jsonl, got {self.format!r}")
+        object.__setattr__(self, "min_prob", min_prob_of(self.min_prob))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> PredictOptions:
@@ -99,6 +105,7 @@ class PredictOptions:
         values = {name: cfg[name] for name in names}
         values["video"] = VideoOptions(**{f.name: video[f.name] for f in fields(VideoOptions)})
         values["detector"] = dict(cfg["detector"])
+        values["min_prob"] = min_prob_of(cfg["min_prob"])
         values["input"] = None if cfg["input"] is None else str(cfg["input"])
         return cls(**values)
 
@@ -138,5 +145,42 @@ class PredictOptions:
         return dataclasses.replace(self, **changes)
 
     @property
+    def abstains(self) -> bool:
+        """True when some task has a ``min_prob``."""
+        return any(v is not None for v in self.min_prob.values())
+
+    @property
     def detector_name(self) -> str:
         return str(self.detector.get("name", "detector"))
+
+
+#: Tasks ``min_prob`` can name.
+MIN_PROB_TASKS: tuple[str, ...] = ("age", "gender")
+
+
+def min_prob_of(value: Any) -> dict[str, float | None]:
+    """``min_prob`` as ``{"age": float | None, "gender": float | None}``: from a mapping
+    (missing tasks: None), a number (both tasks) or None (neither). Values lie in [0, 1]."""
+    if value is None:
+        return dict.fromkeys(MIN_PROB_TASKS)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = dict.fromkeys(MIN_PROB_TASKS, value)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"min_prob must be a number or map age/gender to one, got {value!r}")
+    unknown = set(value) - set(MIN_PROB_TASKS)
+    if unknown:
+        raise ValueError(f"min_prob: unknown task(s) {sorted(unknown)}; use age and/or gender")
+    out: dict[str, float | None] = {}
+    for task in MIN_PROB_TASKS:
+        floor = value.get(task)
+        if floor is not None:
+            try:
+                floor = float(floor)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"min_prob.{task} must be a number in [0, 1], got {floor!r}"
+                ) from None
+            if not 0.0 <= floor <= 1.0:
+                raise ValueError(f"min_prob.{task} must lie in [0, 1], got {floor}")
+        out[task] = floor
+    return out

@@ -8,7 +8,7 @@ memory at once; results come back in input order.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -52,6 +52,7 @@ class Pipeline:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         keep_images: bool = True,
         decode_min_side: int | None = None,
+        min_prob: Mapping[str, float | None] | None = None,
     ) -> None:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be >= 1")
@@ -65,6 +66,8 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.keep_images = keep_images
         self.decode_min_side = decode_min_side
+        #: Per task: below this best-class probability a face's label is left empty.
+        self.min_prob = dict(min_prob or {})
 
     def prepare(self, item: InputItem) -> ImageResult:
         """Runs in a loader thread; a failure becomes the result's error, never an exception."""
@@ -172,7 +175,9 @@ class Pipeline:
         for result in results:
             result.labels = labels
             result.faces = [
-                FaceResult.decode(face, {t: p[offset + i] for t, p in probs_all.items()}, labels)
+                FaceResult.decode(
+                    face, {t: p[offset + i] for t, p in probs_all.items()}, labels, self.min_prob
+                )
                 for i, face in enumerate(result.detections)
             ]
             offset += len(result.crops)

@@ -9,6 +9,7 @@ API and the web demo all read names and probabilities from here, never from raw 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,9 @@ class FaceResult:
     nose, mouth corners) or None. ``age``/``gender`` are the most probable classes and
     ``age_prob``/``gender_prob`` their probabilities; ``age_probs``/``gender_probs`` every
     class's probability in the model's class order. A model without a head gives None there.
+    ``abstained`` names the tasks whose best probability fell below the run's ``min_prob``
+    for that task: their label (``age``/``gender``) is None instead of a guess, while
+    ``*_prob`` and ``*_probs`` still say how unsure the model was.
     """
 
     box: tuple[float, float, float, float]
@@ -43,6 +47,12 @@ class FaceResult:
     gender_prob: float | None = None
     age_probs: dict[str, float] = field(default_factory=dict)
     gender_probs: dict[str, float] = field(default_factory=dict)
+    abstained: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """``ok``, or ``abstained: age`` / ``abstained: age, gender`` (docs/contracts.md)."""
+        return f"abstained: {', '.join(self.abstained)}" if self.abstained else "ok"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (lists, floats, strings), the fields above as keys."""
@@ -56,6 +66,7 @@ class FaceResult:
             "gender_prob": self.gender_prob,
             "age_probs": dict(self.age_probs),
             "gender_probs": dict(self.gender_probs),
+            "abstained": list(self.abstained),
         }
 
     def probs(self, task: str) -> np.ndarray | None:
@@ -64,13 +75,25 @@ class FaceResult:
         return np.fromiter(values.values(), dtype=np.float64) if values else None
 
     def label(self) -> tuple[str, str]:
-        """("gender, age" text, gender): what annotated images and videos draw."""
-        text = ", ".join(p for p in (self.gender, self.age) if p)
+        """("gender, age" text, gender): what annotated images and videos draw; an
+        abstained task is drawn as ``?``."""
+        parts = [
+            "?" if task in self.abstained else getattr(self, task) for task in ("gender", "age")
+        ]
+        text = ", ".join(p for p in parts if p)
         return text, self.gender or ""
 
     @classmethod
-    def decode(cls, face: Face, probs: dict[str, np.ndarray], labels: LabelSet) -> FaceResult:
-        """A detection and its probabilities (``probs[task]``: C values in ``labels``' order)."""
+    def decode(
+        cls,
+        face: Face,
+        probs: dict[str, np.ndarray],
+        labels: LabelSet,
+        min_prob: Mapping[str, float | None] | None = None,
+    ) -> FaceResult:
+        """A detection and its probabilities (``probs[task]``: C values in ``labels``' order).
+        ``min_prob``: per task, the lowest best-class probability that still gets a label
+        (None or absent: always labelled, the default)."""
         out = cls(
             box=tuple(float(v) for v in face.box),  # type: ignore[arg-type]
             score=float(face.score),
@@ -79,13 +102,19 @@ class FaceResult:
             else [(float(x), float(y)) for x, y in np.asarray(face.landmarks)],
         )
         names = labels.class_names
+        abstained = []
         for task, p in probs.items():
             best = int(np.argmax(p))
-            setattr(out, task, names[task][best])
+            floor = (min_prob or {}).get(task)
+            if floor is not None and float(p[best]) < floor:
+                abstained.append(task)
+            else:
+                setattr(out, task, names[task][best])
             setattr(out, f"{task}_prob", float(p[best]))
             setattr(
                 out, f"{task}_probs", {n: float(v) for n, v in zip(names[task], p, strict=True)}
             )
+        out.abstained = tuple(abstained)
         return out
 
 

@@ -55,6 +55,8 @@ def run_settings(
         "precision": classifier.precision,
         "device": str(classifier.device),
         "oversample": bool(options.oversample),
+        "calibration": classifier.calibration if classifier.calibrated else None,
+        "min_prob": dict(options.min_prob),
         "detector": described,
         "decode_min_side": options.decode_min_side,
         "max_pixels": options.max_pixels,

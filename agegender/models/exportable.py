@@ -21,6 +21,7 @@ are softmax probabilities, averaged by nothing: one crop per face (the single-cr
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -93,8 +94,10 @@ class ExportableNet(nn.Module):
     backbone nets (ResNet, InceptionResnetV1) export as they are.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperatures: Mapping[str, float] | None = None) -> None:
         super().__init__()
+        #: Temperature scaling baked into the graph: each task's logits / T before softmax.
+        self.temperatures = {task: float(t) for task, t in (temperatures or {}).items()}
         net = copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format)
         self.face_spec = face_spec_of(net)
         self.tasks: tuple[str, ...] = tuple(getattr(net, "tasks", ("age", "gender")))
@@ -109,4 +112,7 @@ class ExportableNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.net(x)
-        return tuple(torch.softmax(logits[task], dim=1) for task in self.tasks)
+        return tuple(
+            torch.softmax(logits[task] / self.temperatures.get(task, 1.0), dim=1)
+            for task in self.tasks
+        )

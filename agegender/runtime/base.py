@@ -31,6 +31,12 @@ class Classifier(Protocol):
     labels: LabelSet
     #: The face size the network was trained on, its resize/crop and normalisation.
     face_spec: FaceSpec
+    #: The network's own label set (what its age head predicts).
+    model_labels: LabelSet
+    #: The model's temperature-scaling record (:mod:`agegender.calibration`), None if it has
+    #: none; ``calibrated``: whether ``predict`` applies it.
+    calibration: dict[str, Any] | None
+    calibrated: bool
 
     def preprocess(self, face: np.ndarray) -> Any:
         """Aligned H x W x 3 uint8 RGB face -> one network input."""

@@ -102,12 +102,15 @@ def build_classifier(
     backend: str = "torch",
     threads: int | None = None,
     labels: Any = None,
+    calibration: bool = True,
 ) -> tuple[Classifier, dict[str, Any]]:
     """The classifier for ``checkpoint`` (ours or train.py's, or an ONNX export), default the
     original weights, on ``backend`` (:func:`resolve_backend`).
 
     ``labels``: the label set to report (None: the checkpoint's own; another set only for
     adience8 networks, by summing bucket probabilities, see :class:`FaceClassifier`).
+    ``calibration``: apply the model's stored temperature scaling (False: the network's raw
+    probabilities); the classifier's ``calibration`` is the stored record either way.
 
     Raises :class:`agegender.store.WeightsNotFoundError` offline with nothing cached, and
     :class:`agegender.checkpoints.CheckpointError` for a file that is not a usable checkpoint.
@@ -122,13 +125,15 @@ def build_classifier(
                 else (": the install command `python -m agegender.weights original` writes it")
             )
             raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist{hint}")
-        classifier = OnnxFaceClassifier(path, threads=threads, labels=labels)
+        classifier = OnnxFaceClassifier(
+            path, threads=threads, labels=labels, calibration=calibration
+        )
         classifier.backend_reason = why
         return classifier, dict(classifier.metadata)
 
     # torch: deferred, so that runs on onnxruntime never import it
     from agegender.caffe_io import ensure_original_weights
-    from agegender.checkpoints import label_set_of, load_model
+    from agegender.checkpoints import calibration_of, label_set_of, load_model
     from agegender.runtime.torch_classifier import FaceClassifier
 
     path = Path(checkpoint) if checkpoint else ensure_original_weights(download=download)
@@ -142,6 +147,8 @@ def build_classifier(
         precision=precision,
         model_labels=label_set_of(meta),
         labels=None if labels is None else load_label_set(labels),
+        calibration=calibration_of(meta),
+        calibrated=calibration,
     )
     classifier.backend_reason = why
     return classifier, meta

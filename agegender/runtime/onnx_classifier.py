@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from agegender.calibration import apply_temperature, check_calibration, temperatures_of
 from agegender.errors import CheckpointError
 from agegender.labels import label_set_of_model, load_label_set, reporting_matrix
 from agegender.onnx_session import ort_session
@@ -37,7 +38,11 @@ class OnnxFaceClassifier:
     backend_reason = "backend=onnxruntime"
 
     def __init__(
-        self, path: str | os.PathLike[str], threads: int | None = None, labels: Any = None
+        self,
+        path: str | os.PathLike[str],
+        threads: int | None = None,
+        labels: Any = None,
+        calibration: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -55,6 +60,11 @@ class OnnxFaceClassifier:
         except (KeyError, TypeError, ValueError) as exc:  # LabelSetError is a ValueError
             what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
             raise CheckpointError(f"{self.path}: malformed agegender metadata ({what})") from None
+        #: An export of a calibrated checkpoint holds its temperatures in the graph (the
+        #: metadata's ``calibration`` record); ``calibration=False`` undoes them here, so
+        #: :meth:`predict` gives the network's raw probabilities (softmax(T log p) = p_raw).
+        self.calibrated = self.calibration is not None and bool(calibration)
+        self._undo = {} if self.calibrated else temperatures_of(self.calibration)
         #: Adience bucket -> reported class summing matrix (as FaceClassifier's).
         self.labels = self.model_labels if labels is None else load_label_set(labels)
         matrix = reporting_matrix(self.model_labels, self.labels)
@@ -90,6 +100,9 @@ class OnnxFaceClassifier:
                     f"the {task} output has {width} classes, label set "
                     f"{self.model_labels.name} has {sizes[task]}"
                 )
+        record = json.loads(meta.get("calibration", "null"))
+        #: The temperature-scaling record the graph applies (None: uncalibrated export).
+        self.calibration = None if record is None else check_calibration(record)
         self.face_spec = FaceSpec(
             face_size=int(meta["face_size"]),
             resize_size=int(meta["resize_size"]),
@@ -116,6 +129,9 @@ class OnnxFaceClassifier:
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.session.run(None, {"input": np.ascontiguousarray(batch, np.float32)})
         out = {task: p.astype(np.float32) for task, p in zip(self.tasks, outputs, strict=True)}
+        for task, temperature in self._undo.items():
+            if task in out:
+                out[task] = apply_temperature(out[task], 1.0 / temperature)
         if "age" in out and self.age_matrix is not None:
             out["age"] = out["age"] @ self.age_matrix  # bucket probabilities summed per class
         return out

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
+from agegender.calibration import temperatures_of
 from agegender.errors import CheckpointError
 from agegender.hardware import cpu_has_fast_bf16
 from agegender.labels import ADIENCE8, LabelSet, reporting_matrix
@@ -51,6 +55,9 @@ class FaceClassifier:
     the network's adience8 buckets is reported by summing the buckets' probabilities into
     their classes (:meth:`agegender.labels.LabelSet.adience_matrix`): the same network,
     read at a coarser grain, not a model trained on that set.
+    ``calibration``: the checkpoint's temperature-scaling record (:mod:`agegender.calibration`)
+    or None; with ``calibrated`` (the default) each task's logits are divided by its
+    temperature before the softmax (before over-sampling's average and the label-set sum).
     """
 
     def __init__(
@@ -62,7 +69,14 @@ class FaceClassifier:
         precision: str = "fp32",
         model_labels: LabelSet | None = None,
         labels: LabelSet | None = None,
+        calibration: Mapping[str, Any] | None = None,
+        calibrated: bool = True,
     ) -> None:
+        #: The stored temperature-scaling record (None: uncalibrated model) and whether
+        #: :meth:`predict` applies it.
+        self.calibration = None if calibration is None else dict(calibration)
+        self.calibrated = bool(calibrated and calibration is not None)
+        self.temperatures = temperatures_of(calibration) if self.calibrated else {}
         self.model_labels = model_labels or ADIENCE8
         self.labels = labels or self.model_labels
         heads = getattr(model, "heads", None)
@@ -121,7 +135,8 @@ class FaceClassifier:
             logits = self.model(flat, origin=origin) if self.takes_origin else self.model(flat)
         out = {}
         for task, value in logits.items():
-            probs = torch.softmax(value.float(), dim=1).reshape(n, crops, -1).mean(dim=1)
+            value = value.float() / self.temperatures.get(task, 1.0)
+            probs = torch.softmax(value, dim=1).reshape(n, crops, -1).mean(dim=1)
             if task == "age" and self.age_matrix is not None:
                 probs = probs.cpu() @ self.age_matrix  # bucket probabilities summed per class
             out[task] = probs.cpu().numpy()
