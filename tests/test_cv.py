@@ -22,6 +22,9 @@ from agegender.crossval import (
     plot_cv,
 )
 
+#: The rows after the folds, per setting: mean, std, t-interval, bootstrap interval.
+SUMMARY = ["mean", "std", "ci_low", "ci_high", "boot_low", "boot_high"]
+
 
 def _fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None) -> Path:
     job = sweep / str(num)
@@ -40,13 +43,13 @@ def test_five_folds_give_fold_rows_and_mean_std(tmp_path: Path) -> None:
     for k in range(5):
         _fake_job(tmp_path, k, [f"data.fold={k}", "trainer.max_steps=3"], _metrics(0.4 + 0.02 * k))
     table = aggregate(tmp_path)
-    assert list(table["row"]) == [f"fold {k}" for k in range(5)] + ["mean", "std"]
+    assert list(table["row"]) == [f"fold {k}" for k in range(5)] + SUMMARY
     mean = table.set_index("row").loc["mean", "test/age_acc"]
     assert mean == pytest.approx(0.44)
     std = table.set_index("row").loc["std", "test/age_acc"]
     assert std == pytest.approx(pd.Series([0.40, 0.42, 0.44, 0.46, 0.48]).std())
     csv = pd.read_csv(tmp_path / "cv_results.csv")
-    assert len(csv) == 7
+    assert len(csv) == 5 + len(SUMMARY)
     md = (tmp_path / "cv_results.md").read_text()
     assert "44.0 ± 3.2" in md and "Age 1-off (over-sampled)" in md
     assert (tmp_path / "cv_results.png").stat().st_size > 0
@@ -189,7 +192,7 @@ def test_label_set_named_in_table_and_no_paper_line(tmp_path: Path) -> None:
             OmegaConf.create({"labels": {"name": "coarse3"}}), job / ".hydra" / "config.yaml"
         )
     table = aggregate(tmp_path)
-    assert list(table["row"]) == ["fold 0", "fold 1", "fold 2", "mean", "std"]
+    assert list(table["row"]) == ["fold 0", "fold 1", "fold 2", *SUMMARY]
     md = (tmp_path / "cv_results.md").read_text()
     assert "Age classes: coarse3 (child, teen, adult)" in md
     runs = collect_runs(tmp_path)

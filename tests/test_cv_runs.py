@@ -22,6 +22,10 @@ from agegender.crossval import METRIC_COLUMNS
 TINY = [*FAST, "trainer.max_steps=2", "trainer.val_check_interval=2", "logger=csv"]
 
 
+#: The rows after the folds, per setting: mean, std, t-interval, bootstrap interval.
+SUMMARY = ["mean", "std", "ci_low", "ci_high", "boot_low", "boot_high"]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:  # noqa: ANN001
     return demo_root(tmp_path_factory)
@@ -46,7 +50,7 @@ def test_five_fold_cv_writes_the_paper_table(demo: Path, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     table = pd.read_csv(sweep / "cv_results.csv").set_index("row")
-    assert list(table.index) == [f"fold {k}" for k in range(5)] + ["mean", "std"]
+    assert list(table.index) == [f"fold {k}" for k in range(5)] + SUMMARY
     assert (table.loc[[f"fold {k}" for k in range(5)], "status"] == "ok").all()
     folds = table.loc[[f"fold {k}" for k in range(5)], METRIC_COLUMNS]
     assert ((folds >= 0) & (folds <= 1)).all().all()
@@ -57,6 +61,13 @@ def test_five_fold_cv_writes_the_paper_table(demo: Path, tmp_path: Path) -> None
     pd.testing.assert_series_equal(
         table.loc["std", METRIC_COLUMNS].astype(float), folds.std(), check_names=False
     )
+    # every fold wrote test_predictions.csv: the bootstrap interval is there and holds the
+    # mean (the file's argmax accuracies are metrics.json's)
+    boot = table.loc[["boot_low", "boot_high"], METRIC_COLUMNS].astype(float)
+    assert boot.notna().all().all(), table.loc["boot_low", "error"]
+    assert (boot.loc["boot_low"] <= table.loc["mean", METRIC_COLUMNS] + 1e-6).all()  # float32
+    assert (boot.loc["boot_high"] >= table.loc["mean", METRIC_COLUMNS] - 1e-6).all()
+    assert set(pd.read_csv(sweep / "cv_groups.csv")["protocol"]) == {"test", "test_10crop"}
     md = (sweep / "cv_results.md").read_text()
     assert "Age exact (single crop)" in md and "Gender (over-sampled)" in md and "± " in md
     assert (sweep / "cv_results.png").read_bytes()[:4] == b"\x89PNG"
@@ -105,7 +116,7 @@ def test_folds_in_parallel_with_the_joblib_launcher(tmp_path: Path) -> None:
     proc = _train([*args, f"data.root={tmp_path / 'demo'}", f"hydra.sweep.dir={sweep}"])
     assert proc.returncode == 0, proc.stderr[-4000:]
     table = pd.read_csv(sweep / "cv_results.csv").set_index("row")
-    assert list(table.index) == ["fold 0", "fold 1", "mean", "std"]
+    assert list(table.index) == ["fold 0", "fold 1", *SUMMARY]
     assert (table.loc[["fold 0", "fold 1"], "status"] == "ok").all()
     assert "Using categorical units" not in proc.stderr + proc.stdout
 
@@ -214,7 +225,7 @@ def test_cv_with_a_label_set_writes_its_table(demo: Path, tmp_path: Path) -> Non
     proc = _train([*args, f"data.root={demo}", f"hydra.sweep.dir={sweep}"])
     assert proc.returncode == 0, proc.stderr[-4000:]
     table = pd.read_csv(sweep / "cv_results.csv").set_index("row")
-    assert list(table.index) == ["fold 0", "fold 1", "mean", "std"]
+    assert list(table.index) == ["fold 0", "fold 1", *SUMMARY]
     assert (table.loc[["fold 0", "fold 1"], "status"] == "ok").all()
     assert "Age classes: coarse3 (child, teen, adult)" in (sweep / "cv_results.md").read_text()
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())

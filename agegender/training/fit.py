@@ -1,6 +1,8 @@
 """One training run, as ``train.py`` performs it: seed, instantiate, fit, evaluate the best
-checkpoint (validation, then centre-crop and 10-crop test), write ``metrics.json`` and the
-confusion matrices into the run directory, return the objective.
+checkpoint (validation, then centre-crop and 10-crop test), fit a temperature per task on the
+validation faces (``calibration``, stored in the evaluated checkpoint), write ``metrics.json``,
+``test_predictions.csv`` and the confusion matrices into the run directory, return the
+objective.
 
 The objective is a validation metric of the best checkpoint (``optimized_metric``), never a
 test metric: sweeps select on it, and the test folds stay unseen until the final report.
@@ -18,7 +20,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from agegender.checkpoints import set_calibration
 from agegender.sweep import trial_callbacks
+from agegender.training.calibrate import (
+    PREDICTIONS_FILE,
+    calibration_figures,
+    fit_temperatures,
+    predictions_table,
+    run_record,
+    write_predictions_csv,
+)
 from agegender.training.checkpointing import LAST_NAME, ExactResume
 from agegender.training.metrics import CLASS_NAMES
 from agegender.training.report import plot_confusion, write_metrics_json
@@ -65,9 +76,11 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
-def write_report(module: pl.LightningModule, output_dir: Path) -> dict[str, float]:
-    """metrics.json (every stage's scalars) + confusion_<stage>_<task>.png, the matrices in
-    the class names of the module's label set."""
+def write_report(
+    module: pl.LightningModule, output_dir: Path, extra: dict[str, float] | None = None
+) -> dict[str, float]:
+    """metrics.json (every stage's scalars, plus ``extra``: the calibration figures) +
+    confusion_<stage>_<task>.png, the matrices in the class names of the module's label set."""
     metrics: dict[str, float] = {}
     names = getattr(module, "class_names", CLASS_NAMES)
     for stage, scalars in module.results.items():
@@ -79,6 +92,7 @@ def write_report(module: pl.LightningModule, output_dir: Path) -> dict[str, floa
                 f"{task}: {stage.replace('_', ' ')}",
                 output_dir / f"confusion_{stage}_{task}.png",
             )
+    metrics.update(extra or {})
     write_metrics_json(metrics, output_dir / METRICS_FILE)
     return metrics
 
@@ -124,16 +138,28 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | 
         if eval_ckpt is None:
             log.warning("train=false and no ckpt_path: evaluating an untrained network")
 
+    # the evaluated weights' per-face probabilities: for the temperatures and the CSV
+    module.keep_predictions = True
     trainer.validate(
         module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False, weights_only=True
     )
+    temperatures, faces = {}, {}
+    if cfg.get("calibration", True):
+        # every rank fits the same numbers (the predictions are gathered and sorted by row)
+        temperatures, faces = fit_temperatures(module.predictions.get("val"), module.tasks)
     if cfg.get("test", True):
         trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt, weights_only=True)
+    figures = calibration_figures(module.predictions, module.tasks, temperatures)
 
     metrics = {k: v for scalars in module.results.values() for k, v in scalars.items()}
+    metrics.update(figures)
     if trainer.is_global_zero:
-        write_report(module, output_dir)
+        write_report(module, output_dir, figures)
         log.info("metrics written to %s (evaluated %s)", output_dir / METRICS_FILE, eval_ckpt)
+        _write_test_predictions(module, datamodule, output_dir)
+        record = run_record(temperatures, faces, output_dir)
+        # written after the test, which every rank loads from this very file
+        _store_calibration(record, eval_ckpt, trained=bool(cfg.get("train", True)))
 
     name = cfg.get("optimized_metric")
     if not name:
@@ -143,6 +169,37 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> float | 
     if name not in metrics:
         raise KeyError(f"optimized_metric={name} was not computed; available: {sorted(metrics)}")
     return metrics[name]
+
+
+def _write_test_predictions(
+    module: pl.LightningModule, datamodule: pl.LightningDataModule, output_dir: Path
+) -> None:
+    """``test_predictions.csv`` when a test ran; subjects from the test split's ``user_id``
+    (Adience's user, a CSV's group), empty for a datamodule without split tables."""
+    if not any(module.predictions.get(stage) for stage in ("test", "test_10crop")):
+        # test=false: a file left by an earlier run in this directory would be stale
+        (output_dir / PREDICTIONS_FILE).unlink(missing_ok=True)
+        return
+    split = getattr(datamodule, "splits", {}).get("test")
+    subjects = None if split is None or "user_id" not in split else split["user_id"].to_numpy()
+    sizes = {task: module.labels.num_classes[task] for task in module.tasks}
+    table = predictions_table(module.predictions, sizes, subjects)
+    path = write_predictions_csv(table, output_dir / PREDICTIONS_FILE)
+    log.info("per-face test predictions (%d rows) written to %s", len(table), path)
+
+
+def _store_calibration(record: dict | None, eval_ckpt: str | None, trained: bool) -> None:
+    """Store the temperatures in the evaluated checkpoint, when this run wrote it: a
+    ``train=false`` evaluation leaves the given file as it is (metrics.json has the numbers;
+    ``agegender.checkpoints.set_calibration`` stores them on request)."""
+    if record is None:
+        return
+    if not trained or eval_ckpt is None:
+        why = "train=false: not this run's checkpoint" if not trained else "no checkpoint"
+        log.info("calibration not stored (%s); temperatures: %s", why, record["temperature"])
+        return
+    set_calibration(eval_ckpt, record)
+    log.info("calibration %s stored in %s", record["temperature"], eval_ckpt)
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.utilities import dim_zero_cat
 
-from agegender.labels import ADIENCE8, IGNORE_INDEX, LabelSet
+from agegender.labels import ADIENCE8, IGNORE_INDEX, TASK_NUM_CLASSES, LabelSet
 
 #: The adience8 class names (a run with another label set uses ``labels.class_names``).
 CLASS_NAMES: dict[str, tuple[str, ...]] = ADIENCE8.class_names
@@ -107,3 +110,83 @@ class StageMetrics(nn.Module):
         if accs:
             scalars[f"{prefix}/acc"] = sum(accs) / len(accs)
         return scalars, confusion
+
+
+class StagePredictions(Metric):
+    """Every evaluated face of one stage: its row in the split's table, its targets (-1 =
+    unlabelled for that task) and the network's probabilities, kept to fit temperatures and
+    to write ``test_predictions.csv`` (:mod:`agegender.training.calibrate`).
+
+    A torchmetrics metric with concatenated list states, so under DDP :meth:`compute` (which
+    every rank calls at epoch end, like the confusion matrices) gathers every rank's share
+    of uneven size; the result is sorted by row, so it does not depend on how the faces
+    were dealt to processes. States are not persistent: checkpoints are unchanged.
+
+    ``probs_<task>``: N x C, the probabilities the accuracy metrics saw (10-crop: averaged
+    over the crops); ``crops_<task>``: N x K x C per-crop probabilities, 10-crop only, since
+    a temperature is applied to each crop before averaging.
+    """
+
+    full_state_update = False
+
+    def __init__(self, tasks: tuple[str, ...]) -> None:
+        super().__init__()
+        self.task_names = tuple(tasks)
+        self.add_state("row", default=[], dist_reduce_fx="cat")
+        for task in TASK_NUM_CLASSES:
+            self.add_state(f"target_{task}", default=[], dist_reduce_fx="cat")
+        for task in self.task_names:
+            self.add_state(f"probs_{task}", default=[], dist_reduce_fx="cat")
+            self.add_state(f"crops_{task}", default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        rows: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        probs: dict[str, torch.Tensor],
+        crops: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """``rows``: N row indices; ``targets``: N class indices per task (-1 = unknown);
+        ``probs``: N x C per task of the network; ``crops``: N x K x C per task (10-crop)."""
+        self.row.append(rows.detach().to(torch.int64))
+        for task in TASK_NUM_CLASSES:
+            target = targets.get(task)
+            if target is None:
+                target = torch.full_like(rows, IGNORE_INDEX, dtype=torch.int64)
+            getattr(self, f"target_{task}").append(target.detach().to(torch.int64))
+        for task in self.task_names:
+            getattr(self, f"probs_{task}").append(probs[task].detach().float())
+            if crops is not None:
+                getattr(self, f"crops_{task}").append(crops[task].detach().float())
+
+    def compute(self) -> dict[str, np.ndarray]:
+        """``row``, ``target_<task>``, ``probs_<task>`` (and ``crops_<task>`` when kept) as
+        numpy arrays sorted by row; empty dict when the stage saw no face."""
+        rows = _concatenated(self.row)
+        if rows is None or not len(rows):
+            return {}
+        out = {"row": rows}
+        for task in TASK_NUM_CLASSES:
+            out[f"target_{task}"] = _concatenated(getattr(self, f"target_{task}"))
+        for task in self.task_names:
+            out[f"probs_{task}"] = _concatenated(getattr(self, f"probs_{task}"))
+            crops = _concatenated(getattr(self, f"crops_{task}"))
+            if crops is not None and crops.size:
+                out[f"crops_{task}"] = crops
+        order = np.argsort(rows, kind="stable")
+        return {key: value[order] for key, value in out.items()}
+
+    def collect(self) -> dict[str, np.ndarray]:
+        """:meth:`compute`, then :meth:`reset` (the collective: every rank must call it)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+            result = self.compute()
+        self.reset()
+        return result
+
+
+def _concatenated(state: list[torch.Tensor] | torch.Tensor) -> np.ndarray | None:
+    """A list state (or, after a DDP sync, its gathered tensor) as one numpy array."""
+    if isinstance(state, list) and not state:
+        return None
+    return dim_zero_cat(state).cpu().numpy()

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from torch import nn
 from agegender.labels import TASK_NUM_CLASSES, LabelSet, load_label_set
 from agegender.models.registry import build_model
 from agegender.spec import FaceSpec, face_spec_of
-from agegender.training.metrics import StageMetrics
+from agegender.training.metrics import StageMetrics, StagePredictions
 from agegender.training.optim import GROUP_KEYS, build_optimizer, build_scheduler
 from agegender.training.pretrained import load_pretrained
 from agegender.transforms import ten_crop_origins
@@ -177,6 +178,15 @@ class AgeGenderModule(pl.LightningModule):
         #: Results of the last evaluation epoch per stage: scalars and confusion matrices.
         self.results: dict[str, dict[str, float]] = {}
         self.confusion: dict[str, dict[str, torch.Tensor]] = {}
+        #: Per-face probabilities of evaluation stages, kept only while ``keep_predictions``
+        #: is set (train.py sets it for the evaluated checkpoint's validation and test, not
+        #: for the validations during fitting): gathered from every DDP rank and sorted by
+        #: row, see :class:`~agegender.training.metrics.StagePredictions`.
+        self.keep_predictions = False
+        self.collected = nn.ModuleDict(
+            {s: StagePredictions(self.tasks) for s in ("val", *TEST_STAGES)}
+        )
+        self.predictions: dict[str, dict[str, np.ndarray]] = {}
         if channels_last:
             # Convolution weights only: converting every 4-D tensor would also restride the
             # 1x3x1x1 normalisation buffers, which DDP's buffer broadcast then rejects.
@@ -355,22 +365,45 @@ class AgeGenderModule(pl.LightningModule):
                 origin = origin.expand(n, k, 3)
             flat_origin = None if origin is None else origin.flatten(0, 1)
             logits = self(images.flatten(0, 1), flat_origin)
-            scores = {t: v.softmax(dim=1).view(n, k, -1).mean(dim=1) for t, v in logits.items()}
-            stage = "test_10crop"
+            crops = {t: v.softmax(dim=1).view(n, k, -1) for t, v in logits.items()}
+            scores = {t: c.mean(dim=1) for t, c in crops.items()}
+            self._update("test_10crop", scores, batch, crops)
         else:
             scores = {t: v.softmax(dim=1) for t, v in self(images, origin).items()}
-            stage = "test"
-        self._update(stage, scores, batch)
+            self._update("test", scores, batch)
 
     def _update(
-        self, stage: str, scores: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
+        self,
+        stage: str,
+        scores: Mapping[str, torch.Tensor],
+        batch: Mapping[str, torch.Tensor],
+        crops: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
+        """Metrics of the labelled faces; with ``keep_predictions`` also every face's
+        probabilities (validation: logits, softmaxed here) and targets (-1 = unlabelled)."""
         for task in self.tasks:
             known = masked_targets(batch, task)
             self.metrics[stage].update(task, scores[task][known], batch[task][known])
+        if not self.keep_predictions:
+            return
+        rows = batch.get("index")
+        if rows is None:
+            raise ValueError("keeping per-face predictions needs the batch key 'index' (row)")
+        # every task the batch labels, also one the network does not predict (its true class)
+        targets = {
+            task: torch.where(masked_targets(batch, task), batch[task], -1)
+            for task in TASK_NUM_CLASSES
+            if task in batch
+        }
+        # validation passes logits, the test stages probabilities
+        probs = {t: scores[t].softmax(dim=1) if stage == "val" else scores[t] for t in self.tasks}
+        self.collected[stage].update(rows, targets, probs, crops)
 
     def _finish(self, stages: Sequence[str]) -> None:
         for stage in stages:
+            if self.keep_predictions:
+                # a collective under DDP: every rank reaches it, whatever its labels
+                self.predictions[stage] = self.collected[stage].collect()
             scalars, confusion = self.metrics[stage].compute_and_reset(stage)
             if not scalars:
                 continue

@@ -1,0 +1,65 @@
+"""``python -m agegender.evaluate``: any model on any labelled set, a report of where it fails.
+
+    python -m agegender.evaluate set=adience root=data/adience fold=0 output=/tmp/eval
+    python -m agegender.evaluate set=csv csv=labels.csv output=/tmp/eval groups=[source] \
+        labels=coarse3 checkpoint=run.ckpt calibrate=true
+
+Writes report.md, report.json, faces.csv and the figures into ``output`` (docs/evaluation.md
+says what each figure means) and prints the headline table. Exit code 2 for a bad setting or
+a set that cannot be read; unreadable images are counted in the report, never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    # deferred: the engine imports onnxruntime/OpenCV; Hydra's --help should not wait for them
+    from agegender.calibration import CalibrationError
+    from agegender.errors import CheckpointError
+    from agegender.evaluation.outputs import headline_text
+    from agegender.evaluation.report import EvaluationError
+    from agegender.evaluation.runner import evaluate
+    from agegender.evaluation.sets import EvalSetError
+    from agegender.labels import LabelSetError
+    from agegender.store import WeightsNotFoundError
+
+    try:
+        evaluation = evaluate(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except (
+        EvalSetError,
+        EvaluationError,
+        CalibrationError,
+        CheckpointError,
+        LabelSetError,
+        WeightsNotFoundError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        _remove_if_empty(Path(str(cfg.output)))
+        sys.exit(2)
+    report = evaluation.report
+    print(headline_text(report))
+    data = report["dataset"]
+    print(
+        f"evaluate: {data['faces']} faces ({data['faces_without_detection']} without a "
+        f"detection, {data['errors']} unreadable) -> {cfg.output}/report.md"
+    )
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """A run that stopped before writing anything leaves no folder (Hydra creates it first)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only ever removes an empty folder
+
+
+if __name__ == "__main__":
+    main()
