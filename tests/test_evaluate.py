@@ -268,11 +268,9 @@ def _photo_set(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.fixture(scope="module")
-def planted(original_weights, tmp_path_factory) -> tuple[Path, pd.DataFrame]:  # noqa: ANN001
-    """The photo set labelled with the original nets' own predictions, then half the gender
-    labels of source B flipped: the model is right on all of A and on half of B."""
-    folder = tmp_path_factory.mktemp("planted")
+def _plant(folder: Path, model: list[str]) -> pd.DataFrame:
+    """The photo set labelled with ``model``'s own predictions, then half the gender labels
+    of source B flipped: the model is right on all of A and on half of B."""
     rows = _photo_set(folder)
     rows["age"], rows["gender"] = "25-32", "m"  # placeholders: the model's answers come next
     rows.to_csv(folder / "labels.csv", index=False)
@@ -283,6 +281,7 @@ def planted(original_weights, tmp_path_factory) -> tuple[Path, pd.DataFrame]:  #
             "detector=none",
             "resamples=10",
             f"output={folder / 'first'}",
+            *model,
         ]  # fmt: skip
     )
     predicted = first.faces.set_index("path")
@@ -293,7 +292,14 @@ def planted(original_weights, tmp_path_factory) -> tuple[Path, pd.DataFrame]:  #
     other = {"male": "female", "female": "male"}
     rows["gender"] = [other[g] if i in flip else g for i, g in enumerate(gender)]
     rows.to_csv(folder / "labels.csv", index=False)
-    return folder, rows
+    return rows
+
+
+@pytest.fixture(scope="module")
+def planted(original_weights, tmp_path_factory) -> tuple[Path, pd.DataFrame]:  # noqa: ANN001
+    """The planted set for the original nets (:func:`_plant`)."""
+    folder = tmp_path_factory.mktemp("planted")
+    return folder, _plant(folder, [])
 
 
 def test_planted_errors_are_found_in_their_group(planted, tmp_path: Path) -> None:  # noqa: ANN001
@@ -463,3 +469,16 @@ def test_train_py_checkpoint_and_its_export(tmp_path_factory, tmp_path: Path) ->
     # the same network on the same faces: the same numbers on either runtime
     for key in ("age_exact", "gender"):
         assert exported.report["overall"][key]["value"] == report["overall"][key]["value"]
+
+    # errors planted in one group are found for this model too
+    folder = tmp_path / "planted"
+    _plant(folder, [f"checkpoint={checkpoint}"])
+    planted = _evaluate(
+        [
+            "set=csv", f"csv={folder / 'labels.csv'}", "detector=none", "groups=[source]",
+            "resamples=500", f"checkpoint={checkpoint}", f"output={tmp_path / 'planted_report'}",
+        ]
+    )  # fmt: skip
+    block = _block(planted.report, "gender", "accuracy", "source")
+    assert [r["value"] for r in block["rows"]] == pytest.approx([1.0, 0.5])
+    assert block["gap"]["value"] == pytest.approx(0.5) and block["gap"]["low"] > 0
