@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from agegender.faces import Detector
 from agegender.fileio import display_path
 from agegender.inference.annotate import save_annotated
+from agegender.inference.audience import AudienceCounter
 from agegender.inference.csv_writer import CsvWriter
 from agegender.inference.jsonl_writer import JsonlWriter
 from agegender.inference.options import OptionError, PredictOptions
@@ -35,7 +37,7 @@ from agegender.inference.shards import clear_done, csv_name
 from agegender.inference.sources import ANNOTATED_DIR, Source, open_source
 from agegender.inference.summary import Summary
 from agegender.inference.video import VideoOutputs
-from agegender.inference.writer import PredictionWriter
+from agegender.inference.writer import NullWriter, PredictionWriter
 from agegender.runtime.base import Classifier
 
 #: ``format=``: the writer class and the file suffix.
@@ -65,6 +67,12 @@ def run_job(
         raise OptionError(f"output={display_path(output)} is a file: name a folder")
     writer_class, suffix = WRITERS[options.format]
     csv_path = output / csv_name(options.shard, options.num_shards, suffix)
+    if options.privacy:  # aggregates only: no rows, no settings record (check_audience)
+        output.mkdir(parents=True, exist_ok=True)
+        with NullWriter() as nothing:
+            return _loop(
+                source, output, csv_path, nothing, detector, classifier, options, Summary()
+            )
     settings = run_settings(source.name, options, classifier, detector)
     if options.resume:
         check_resume(csv_path, settings)
@@ -94,13 +102,13 @@ def _loop(
     source: Source,
     output: Path,
     csv_path: Path,
-    writer: PredictionWriter,
+    writer: PredictionWriter | NullWriter,
     detector: Detector,
     classifier: Classifier,
     options: PredictOptions,
     summary: Summary,
 ) -> Summary:
-    annotate = options.annotate
+    annotate = options.annotates
     pipeline = Pipeline(
         detector,
         classifier,
@@ -149,17 +157,37 @@ def _loop(
             submit=annotator.submit if annotate and not source.live else None,
             resume=options.resume,
             taken=source.taken,
+            keep_tracks=not options.privacy,
+            blur=options.blur_faces,
+        )
+        audience = (
+            AudienceCounter(
+                options.audience,
+                classifier.labels,
+                output,
+                fps=_cached(source.fps),
+                stride=options.video.stride,
+                lost_seconds=options.video.lost_seconds,
+                live=source.live,
+                on_end=videos.forget,
+                privacy=options.privacy,
+            )
+            if options.audience.on
+            else None
         )
 
         def accept(ready: list[ImageResult]) -> None:
             for result in ready:
                 if result.item.replay:  # already in the file: it only fed the tracker
                     continue
+                if audience is not None:
+                    audience.observe(result)
                 future = None
                 if annotate and result.item.video is None and not source.live:
                     future = annotator.submit(
-                        save_annotated, result, output / ANNOTATED_DIR, source.taken
-                    )
+                        save_annotated, result, output / ANNOTATED_DIR, source.taken,
+                        options.blur_faces,
+                    )  # fmt: skip
                 result.image = None if future is None else result.image
                 annotating.append((result, future))
                 while len(annotating) > MAX_PENDING_ANNOTATIONS:
@@ -181,10 +209,26 @@ def _loop(
         for future in videos.futures:
             _finish(future)
     summary.videos, summary.tracks = videos.videos, videos.tracks
+    if audience is not None:
+        summary.audience = audience.close()
+        if options.privacy:  # ended tracks were dropped from the book as they ended
+            summary.tracks = summary.audience["gates"]["tracks"]["seen"]
     summary.annotated_videos += [str(p) for p in videos.annotated if p.is_file()]
     summary.seconds = time.perf_counter() - start
     bar.close()
     return summary
+
+
+def _cached(fps: Callable[[str], float]) -> Callable[[str], float]:
+    """``source.fps`` asked once per video (a file source opens the video to read it)."""
+    known: dict[str, float] = {}
+
+    def rate(video: str) -> float:
+        if video not in known:
+            known[video] = fps(video)
+        return known[video]
+
+    return rate
 
 
 def _finish(future: Future[Path | None]) -> None:
