@@ -391,8 +391,9 @@ class AudienceCounter:
             self.report(window_line(row, self.groups))
 
     def _stamp(self, seconds: float) -> str | float:
-        if self.live:
-            return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+        if self.live:  # to the millisecond when windows are not whole seconds
+            spec = "seconds" if self.window.is_integer() else "milliseconds"
+            return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec=spec)
         return round(seconds, 3)
 
     def _end_video(self) -> None:
