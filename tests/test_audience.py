@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -291,3 +292,34 @@ def test_audience_columns_are_documented() -> None:
     assert columns[5:-1] == tuple(f"{g}_{a}" for g in ("male", "female") for a in AGE_BUCKETS)
     for key in ("totals", "people", "groups", "gates", *FACE_GATES, "min_frames", "untracked"):
         assert f"`{key}`" in section, key
+
+
+def test_on_window_gets_each_row_as_written_and_stop_ends_a_stream(
+    tmp_path, mtcnn, random_classifier
+) -> None:
+    """The hooks the web demo's Audience tab runs the job loop with: ``on_window`` receives
+    audience.csv's rows in order; ``stop`` ends a stream as Ctrl-C does (its grabber stops,
+    the files are still written)."""
+    video = write_video(tmp_path / "in" / "stay.mp4", zoom_frames("biden.jpg", 45), fps=10)
+    got: list[dict] = []
+    summary = predict(
+        video, tmp_path / "file", mtcnn, random_classifier, video_stride=3, progress=False,
+        annotate=False, audience_window=1.5, on_window=got.append,
+    )  # fmt: skip
+    assert got == summary.audience["windows"] and len(got) == 3
+    assert [r["window_start"] for r in _csv(tmp_path / "file" / "audience.csv")] == [
+        str(r["window_start"]) for r in got
+    ]
+    stop = threading.Event()
+    frames = zoom_frames("biden.jpg", 30, size=(160, 200)) * 5  # 10 s at 15 fps
+    with MJPEGServer(frames, fps=15) as server:
+        summary = predict(
+            server.url("/live.mjpg"), tmp_path / "live", mtcnn, random_classifier,
+            video_stride=1, video_stall_seconds=5, progress=False, annotate=False,
+            audience_window=0.5, audience_min_frames=2, privacy=True,
+            on_window=lambda row: stop.set(), stop=stop,
+        )  # fmt: skip
+    assert summary.stream["end"] == "stopped"
+    assert summary.audience["windows"] and summary.audience["totals"]["people"] == 1
+    written = sorted(p.name for p in (tmp_path / "live").iterdir())
+    assert written == ["audience.csv", "audience.json", "audience.png"]

@@ -213,7 +213,9 @@ class AudienceCounter:
     :meth:`close`, which writes audience.csv, audience.json and audience.png into ``output``
     and returns the totals. ``fps(video)``: a video's frame rate; ``live``: times are the
     frames' wall-clock stamps; ``report``: where window lines (live sources) and the closing
-    lines go; ``on_end(video, track)``: a track ended (privacy drops its other state)."""
+    lines go; ``on_end(video, track)``: a track ended (privacy drops its other state);
+    ``on_window(row)``: each audience.csv row as its window is written (files and live
+    sources alike), so a caller can show the counts while the run goes on (the web demo)."""
 
     def __init__(
         self,
@@ -227,8 +229,10 @@ class AudienceCounter:
         report: Callable[[str], None] | None = None,
         on_end: Callable[[str, int], None] | None = None,
         privacy: bool = False,
+        on_window: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self.options = options
+        self.on_window = on_window
         self.window = float(options.window or 0.0)
         self.labels = labels
         self.output = Path(output)
@@ -389,6 +393,8 @@ class AudienceCounter:
         self.rows.append(row)
         if self.live:
             self.report(window_line(row, self.groups))
+        if self.on_window is not None:
+            self.on_window(dict(row))
 
     def _stamp(self, seconds: float) -> str | float:
         if self.live:  # to the millisecond when windows are not whole seconds
