@@ -19,6 +19,7 @@ error), double counts (counted beyond the truth), misses, and the per-window err
 windows of |people counted - people present|).
 
     python benchmarks/bench_audience.py [--stride 2] [--window 2]
+    python benchmarks/bench_audience.py --write-clips clips   # only write the clips (README)
 """
 
 from __future__ import annotations
@@ -153,7 +154,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stride", type=int, default=2)
     parser.add_argument("--window", type=float, default=2.0)
+    parser.add_argument(
+        "--write-clips", type=Path, metavar="DIR",
+        help="write each scenario's clip as DIR/<scenario>.mp4 and stop (no runs)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.write_clips is not None:  # the README's chart is a predict.py run on one of them
+        for name, (actors, frames) in scenarios().items():
+            path = write_video(args.write_clips / f"{name}.mp4", render(actors, frames), FPS)
+            print(path)
+        return
     from agegender.runtime.build import build_classifier
     from agegender.store import WeightsNotFoundError
 
