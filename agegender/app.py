@@ -1,16 +1,22 @@
-"""A web demo for people who do not use a terminal: photos in, labelled faces out.
+"""A web demo for people who do not use a terminal: photos in, labelled faces out, and the
+audience of a video or camera counted per time window.
 
     python -m agegender.app [--port 7860] [--host 127.0.0.1] [checkpoint=...] [detector=...]
 
-Upload one or more photos (or take a webcam snapshot) and see each photo with its faces boxed
-and labelled, a table of the faces, and predictions.csv to download (the same columns as
-``predict.py save_probs=true``). Built with Gradio, as model demos in this field are; install
-it with ``pip install -e ".[app]"``. ``key=value`` arguments are ``conf/predict.yaml``
-overrides (``detector=opencv_ssd``, ``checkpoint=run.ckpt``, ``precision=fp32`` ...).
+Tab "Photos": upload one or more photos (or take a webcam snapshot) and see each photo with
+its faces boxed and labelled, a table of the faces, and predictions.csv to download (the same
+columns as ``predict.py save_probs=true``). Tab "Audience": upload a video or name a camera
+index / stream URL, and see the people counted per window (``audience.window``), the chart
+and the totals, updated as each window is written; privacy mode on by default. Built with
+Gradio, as model demos in this field are; install it with ``pip install -e ".[app]"``.
+``key=value`` arguments are ``conf/predict.yaml`` overrides (``detector=opencv_ssd``,
+``checkpoint=run.ckpt``, ``precision=fp32``, ``audience.min_frames=5`` ...).
 
-Everything runs through one :class:`agegender.AgeGender` (the Python API) and its pipeline,
-so a photo gets here exactly the faces, labels and CSV row that ``predict.py`` writes for it,
-including the ``error: ...`` row of a file that is not a usable image.
+Everything runs through one :class:`agegender.AgeGender` (the Python API): photos through its
+pipeline, so a photo gets here exactly the faces, labels and CSV row that ``predict.py``
+writes for it (including the ``error: ...`` row of a file that is not a usable image), and
+audiences through :meth:`~agegender.AgeGender.predict_folder`, predict.py's job loop itself
+(its ``on_window`` and ``stop`` hooks), so the counts are the ones audience.csv holds.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import contextlib
 import csv
 import io
 import os
+import queue
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +42,17 @@ from agegender.api import AgeGender
 from agegender.config import CONF_DIR
 from agegender.errors import CheckpointError
 from agegender.inference.annotate import draw
+from agegender.inference.audience import (
+    CSV_NAME,
+    JSON_NAME,
+    PNG_NAME,
+    group_names,
+    plot_audience,
+)
 from agegender.inference.csv_writer import prediction_columns, result_rows
 from agegender.inference.inputs import InputItem
+from agegender.inference.options import OptionError
+from agegender.inference.summary import Summary
 from agegender.runtime.build import configure_torch_threads
 from agegender.store import WeightsNotFoundError
 
@@ -108,6 +125,152 @@ def analyse(
     return out
 
 
+#: Columns of the audience table on the page (audience.csv has one column per group; here
+#: the groups seen are one readable cell).
+AUDIENCE_COLUMNS: tuple[str, ...] = (
+    "window_start",
+    "window_end",
+    "people",
+    "new_people",
+    "groups",
+    "dwell_mean_s",
+)
+
+
+@dataclass
+class AudienceView:
+    """What the Audience tab shows at one moment of a run (:func:`watch_audience`)."""
+
+    #: One row per window written so far (AUDIENCE_COLUMNS).
+    table: list[list[object]] = field(default_factory=list)
+    #: The chart: a running one while the run goes on, then the run's own audience.png.
+    chart: Path | None = None
+    #: The totals (Markdown): people counted so far, then audience.json's totals and gates.
+    totals: str = ""
+    #: Files to download once the run ended (audience.csv, audience.json ...).
+    files: list[str] = field(default_factory=list)
+    #: True for the last view of a run.
+    done: bool = False
+    #: audience.json's content once the run ended.
+    data: dict[str, Any] | None = None
+
+
+def audience_row(row: Mapping[str, Any], groups: Sequence[str]) -> list[object]:
+    """An audience.csv row as the page's table row (the groups with people, in one cell)."""
+    seen = ", ".join(f"{g} {row[g]}" for g in groups if row.get(g))
+    return [row["window_start"], row["window_end"], row["people"], row["new_people"], seen,
+            row["dwell_mean_s"]]  # fmt: skip
+
+
+def watch_audience(
+    agegender: AgeGender,
+    source: str,
+    output: str | os.PathLike[str],
+    window: float,
+    privacy: bool = True,
+    stop: threading.Event | None = None,
+    **settings: Any,
+) -> Iterator[AudienceView]:
+    """The Audience tab's one seam: count the audience of ``source`` (a video file, a camera
+    index or a stream URL) per ``window`` seconds into ``output`` with predict.py's own job
+    loop (:meth:`AgeGender.predict_folder`, ``audience.window``, ``privacy``), yielding a view
+    each time a window's row is written and a last one (``done``) with the run's totals,
+    audience.png and files. Why a thread: the job loop calls back per window, and a
+    generator can only yield from its own frame; the loop runs beside it and hands the rows
+    over a queue. Setting ``stop`` (the Stop button) ends the run as Ctrl-C would; a caller
+    that stops iterating sets it too, so no run is left behind. Settings the engine refuses
+    (a photo with privacy, ...) raise its OptionError here."""
+    output = Path(output)
+    stop = stop or threading.Event()
+    rows: queue.Queue[Mapping[str, Any]] = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = agegender.predict_folder(
+                source, output, audience_window=float(window), privacy=bool(privacy),
+                annotate=False, progress=False, on_window=rows.put, stop=stop, **settings,
+            )  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    groups = group_names(agegender.classifier.labels)
+    charts = output.parent / f"{output.name}-charts"
+    worker = threading.Thread(target=run, name="agegender-audience", daemon=True)
+    worker.start()
+    seen: list[Mapping[str, Any]] = []
+    try:
+        while worker.is_alive() or not rows.empty():
+            try:
+                seen.append(rows.get(timeout=0.2))
+            except queue.Empty:
+                continue
+            people = sum(int(r["new_people"]) for r in seen)
+            totals = {"people": people, "groups": {}}
+            chart = _running_chart(charts / f"window-{len(seen)}.png", seen, totals, groups)
+            yield AudienceView(
+                table=[audience_row(r, groups) for r in seen],
+                chart=chart,
+                totals=f"**{people} people so far** in {len(seen)} window"
+                + ("s" if len(seen) != 1 else "")
+                + f" of {float(window):g} s (running)",
+            )
+        worker.join()
+    finally:
+        stop.set()  # a caller that went away (a closed page) stops the run
+        worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    summary: Summary = outcome["summary"]
+    data = summary.audience or {}
+    files = [str(output / name) for name in (CSV_NAME, JSON_NAME)]
+    if not privacy:
+        files += [str(p) for p in (output / "predictions.csv", output / "tracks.csv")]
+    yield AudienceView(
+        table=[audience_row(r, groups) for r in data.get("windows", [])],
+        chart=output / PNG_NAME if (output / PNG_NAME).is_file() else None,
+        totals=audience_totals(data, summary),
+        files=[f for f in files if Path(f).is_file()],
+        done=True,
+        data=data,
+    )
+
+
+def audience_totals(data: Mapping[str, Any], summary: Summary) -> str:
+    """The totals under the table (Markdown): unique people by group, and what the quality
+    gates removed, so a count can be judged (audience.json's ``totals`` and ``gates``)."""
+    if not data:
+        return "No audience: the source gave no video frames."
+    totals = data["totals"]
+    windows = len(data["windows"])
+    groups = ", ".join(f"{g} {n}" for g, n in totals["groups"].items() if n) or "none"
+    tracks = data["gates"]["tracks"]
+    text = (
+        f"**{totals['people']} people** in {windows} window{'s' if windows != 1 else ''} "
+        f"of {data['window_seconds']:g} s: {groups}. Quality gates: {tracks['seen']} tracks "
+        f"seen, {tracks['counted']} counted, {tracks['min_frames']} too short "
+        f"(audience.min_frames), {tracks['face_gates']} removed by the face gates."
+    )
+    if summary.stream:
+        text += f" Stream: {summary.stream['analysed']} frames analysed, ended: "
+        text += f"{summary.stream['end']}."
+    if data.get("privacy"):
+        text += " Privacy mode: only these counts were written."
+    return text
+
+
+def _running_chart(
+    path: Path, rows: Sequence[Mapping[str, Any]], totals: Mapping[str, Any], groups: Sequence[str]
+) -> Path | None:
+    """audience.png's chart of the windows so far (totals by group only come at the end)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return plot_audience(path, rows, totals, groups)
+    except (OSError, ValueError) as exc:  # the table matters more than the chart
+        print(f"agegender.app: running chart not drawn: {exc}", file=sys.stderr)
+        return None
+
+
 def _private_root() -> str | None:
     uploads = os.environ.get("GRADIO_TEMP_DIR")
     return str(Path(uploads).parent) if uploads else None
@@ -132,35 +295,115 @@ def build_demo(agegender: AgeGender) -> Any:
         summary += "s" if photos != 1 else ""
         return result.gallery, result.table, str(csv_path), summary
 
+    def count(
+        video: str | None, stream: str, window: float, privacy: bool, run: dict[str, Any]
+    ) -> Iterator[tuple[Any, ...]]:
+        source = (stream or "").strip()
+        if video and source:
+            raise gr.Error("Give a video or a camera / stream, not both.")
+        if not video and not source:
+            raise gr.Error("Upload a video, or give a camera index (0) or a stream URL.")
+        if not window or float(window) <= 0:
+            raise gr.Error("The window must be a positive number of seconds.")
+        stop = run["stop"] = threading.Event()
+        output = Path(tempfile.mkdtemp(dir=downloads)) / "audience"
+        try:
+            for view in watch_audience(
+                agegender, video or source, output, float(window), bool(privacy), stop
+            ):
+                chart = str(view.chart) if view.chart else None
+                yield view.table, chart, view.totals, view.files or None
+        except (OptionError, ValueError) as exc:
+            raise gr.Error(str(exc)) from exc
+        finally:
+            run.pop("stop", None)
+
+    def stop_counting(run: dict[str, Any]) -> None:
+        event = run.get("stop")
+        if event is not None:
+            event.set()
+
     with gr.Blocks(title="agegender: age and gender of faces") as demo:
-        gr.Markdown(
-            "## Age and gender of the faces in your photos\n"
-            "Levi & Hassner's CNN (2015) on faces found by MTCNN. Age is one of eight groups "
-            "(0-2 ... 60-100); the probability says how sure the network is. Photos stay on "
-            "this machine."
-        )
-        with gr.Row():
-            with gr.Column():
-                files = gr.File(
-                    label="Photos", file_count="multiple", file_types=["image"], elem_id="photos"
-                )
-                snapshot = gr.Image(
-                    label="Webcam snapshot", sources=["webcam"], type="numpy", elem_id="webcam"
-                )
-                button = gr.Button("Predict", variant="primary", elem_id="predict")
-            with gr.Column():
-                summary = gr.Markdown(elem_id="summary")
-                gallery = gr.Gallery(
-                    label="Faces", elem_id="gallery", columns=2, height=560, object_fit="contain"
-                )
-        table = gr.Dataframe(
-            headers=list(TABLE_COLUMNS), label="Faces", elem_id="faces", interactive=False
-        )
-        download = gr.File(label="predictions.csv", elem_id="csv")
+        with gr.Tab("Photos", id="photos_tab"):
+            gr.Markdown(
+                "## Age and gender of the faces in your photos\n"
+                "Levi & Hassner's CNN (2015) on faces found by MTCNN. Age is one of eight "
+                "groups (0-2 ... 60-100); the probability says how sure the network is. "
+                "Photos stay on this machine."
+            )
+            with gr.Row():
+                with gr.Column():
+                    files = gr.File(
+                        label="Photos", file_count="multiple", file_types=["image"],
+                        elem_id="photos",
+                    )  # fmt: skip
+                    snapshot = gr.Image(
+                        label="Webcam snapshot", sources=["webcam"], type="numpy",
+                        elem_id="webcam",
+                    )  # fmt: skip
+                    button = gr.Button("Predict", variant="primary", elem_id="predict")
+                with gr.Column():
+                    summary = gr.Markdown(elem_id="summary")
+                    gallery = gr.Gallery(
+                        label="Faces", elem_id="gallery", columns=2, height=560,
+                        object_fit="contain",
+                    )  # fmt: skip
+            table = gr.Dataframe(
+                headers=list(TABLE_COLUMNS), label="Faces", elem_id="faces", interactive=False
+            )
+            download = gr.File(label="predictions.csv", elem_id="csv")
+        with gr.Tab("Audience", id="audience_tab"):
+            # this browser session's run: where Stop finds its event (a new dict per session)
+            session = gr.State(dict)
+            gr.Markdown(
+                "## Who passed by: people per time window\n"
+                "Each tracked person counts once per window in which they are seen, by "
+                "gender and age class (predict.py's `audience.window`; quality gates: "
+                "`audience.*` in conf/predict.yaml). A camera or stream is counted until you "
+                "press Stop. Privacy mode keeps only the counts: no face row, box, crop or "
+                "picture is written."
+            )
+            with gr.Row():
+                with gr.Column():
+                    video = gr.File(label="Video", file_types=["video"], elem_id="audience_video")
+                    stream = gr.Textbox(
+                        label="or a camera index / stream URL",
+                        placeholder="0, rtsp://..., http://.../video.mjpg",
+                        elem_id="audience_stream",
+                    )
+                    window = gr.Number(
+                        value=60, minimum=0.1, label="Window (seconds)", elem_id="audience_window"
+                    )
+                    privacy = gr.Checkbox(
+                        value=True, label="Privacy: counts only", elem_id="audience_privacy"
+                    )
+                    with gr.Row():
+                        start = gr.Button("Count", variant="primary", elem_id="audience_start")
+                        stop = gr.Button("Stop", elem_id="audience_stop")
+                with gr.Column():
+                    totals = gr.Markdown(elem_id="audience_totals")
+                    chart = gr.Image(
+                        label="audience.png", type="filepath", elem_id="audience_chart"
+                    )
+            windows = gr.Dataframe(
+                headers=list(AUDIENCE_COLUMNS), label="People per window",
+                elem_id="audience_table", interactive=False,
+            )  # fmt: skip
+            audience_files = gr.File(
+                label="audience.csv, audience.json", file_count="multiple",
+                elem_id="audience_files",
+            )  # fmt: skip
         outputs = [gallery, table, download, summary]
         button.click(run, [files, snapshot], outputs)
         files.upload(run, [files, snapshot], outputs)
         snapshot.change(run, [files, snapshot], outputs)
+        start.click(
+            count,
+            [video, stream, window, privacy, session],
+            [windows, chart, totals, audience_files],
+        )
+        # outside the queue: the run it stops holds the queue's one slot
+        stop.click(stop_counting, session, None, queue=False)
     demo.queue(default_concurrency_limit=1)  # one request at a time on the CPU
     demo.downloads = downloads
     return demo

@@ -51,13 +51,14 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
     summary = run_job(source, output, agegender.detector, classifier, options)
     for repair in summary.repairs:
         print(f"  resume: {repair}", file=sys.stderr)
+    target = summary.csv or f"{output} (privacy: audience aggregates only)"
     print(
-        f"predict: {summary.line()} -> {summary.csv} "
+        f"predict: {summary.line()} -> {target} "
         f"(precision {classifier.precision}, {classifier.backend})"
     )
     if classifier.backend_reason.startswith("auto took"):  # the install step was skipped
         print(f"  backend: {classifier.backend_reason}", file=sys.stderr)
-    if summary.videos:  # videos and streams
+    if summary.videos and summary.csv:  # videos and streams (privacy: no tracks.csv)
         print(f"  {video_line(summary)} -> {tracks_path(Path(summary.csv))}")
     for example in summary.error_examples:
         print(f"  error: {example}", file=sys.stderr)

@@ -1,9 +1,11 @@
-"""The web demo (python -m agegender.app): its one seam against predict.py, and the page end
-to end in a real headless Chromium on 127.0.0.1 (upload a sample photo, read the labels off
-the page, download the CSV)."""
+"""The web demo (python -m agegender.app): its seams against predict.py (photos; the audience
+of a video), and the page end to end in a real headless Chromium on 127.0.0.1 (upload a
+sample photo, read the labels off the page, download the CSV; upload a generated clip with a
+known audience and read its counts off the Audience tab)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -11,12 +13,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, SAMPLES, require
+from video_fixtures import MJPEGServer, zoom_frames
 
 from agegender.inference import COLUMNS, PROB_COLUMNS, predict
 
@@ -73,6 +78,59 @@ def test_analyse_webcam_snapshot(agegender) -> None:
     assert analyse(agegender).table == []
 
 
+#: The generated clip's audience: two people, one after the other, 2 s each with 2 s of
+#: nobody between them (longer than video.lost_seconds: two tracks), at 10 fps.
+AUDIENCE_PEOPLE = 2
+AUDIENCE_WINDOWS = [1, 0, 1]  # people per 2 s window
+
+
+def _audience_clip(path: Path) -> Path:
+    """A short clip with a known audience (the way tests/test_audience.py makes them)."""
+    from agegender.data.demo import write_video
+
+    first = zoom_frames("biden.jpg", 20)
+    second = zoom_frames("obama.jpg", 20)
+    nobody = [np.full_like(first[0], 40)] * 20
+    return write_video(path, first + nobody + second, fps=10)
+
+
+def test_watch_audience_counts_the_clip_with_the_engine(tmp_path, agegender) -> None:
+    """The Audience tab's seam: predict.py's job loop (audience.window, privacy) with a view
+    per window written and a last one with audience.json's totals, the chart and the files;
+    privacy leaves only the aggregates in the output."""
+    from agegender.app import AUDIENCE_COLUMNS, watch_audience
+
+    clip = _audience_clip(tmp_path / "in" / "shop.mp4")
+    out = tmp_path / "run" / "audience"
+    views = list(watch_audience(agegender, str(clip), out, 2.0, privacy=True, video_stride=2))
+    running, last = views[:-1], views[-1]
+    assert [len(v.table) for v in running] == [1, 2, 3] and not any(v.done for v in running)
+    assert running[0].totals.startswith("**1 people so far** in 1 window of 2 s")
+    assert all(v.chart is not None and v.chart.is_file() for v in running)
+    assert last.done and last.data is not None
+    assert [row[2] for row in last.table] == AUDIENCE_WINDOWS
+    assert [row[3] for row in last.table] == [1, 0, 1]  # new people
+    assert [row[:2] for row in last.table] == [[0.0, 2.0], [2.0, 4.0], [4.0, 6.0]]
+    assert len(last.table[0]) == len(AUDIENCE_COLUMNS) and "_" in last.table[0][4]
+    assert last.data["totals"]["people"] == AUDIENCE_PEOPLE
+    assert last.totals.startswith(f"**{AUDIENCE_PEOPLE} people** in 3 windows of 2 s")
+    assert "Privacy mode" in last.totals
+    assert last.chart == out / "audience.png"
+    assert [Path(f).name for f in last.files] == ["audience.csv", "audience.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["audience.csv", "audience.json",
+                                                     "audience.png"]  # fmt: skip
+    # privacy off: the per-face files too; a photo is no audience (the engine's refusal)
+    last = list(watch_audience(agegender, str(clip), tmp_path / "b", 2.0, False, video_stride=2))
+    assert [Path(f).name for f in last[-1].files] == [
+        "audience.csv", "audience.json", "predictions.csv", "tracks.csv",
+    ]  # fmt: skip
+    assert "Privacy" not in last[-1].totals
+    from agegender.inference.options import OptionError
+
+    with pytest.raises(OptionError, match="no video"):
+        list(watch_audience(agegender, str(SAMPLES / "obama.jpg"), tmp_path / "c", 2.0))
+
+
 def _browser() -> tuple[str, str]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
@@ -104,7 +162,10 @@ def _wait_for_page(url: str, server: subprocess.Popen, timeout: float = 120) -> 
     pytest.fail(f"the app did not serve {url} within {timeout} s")
 
 
-def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
+@contextlib.contextmanager
+def _page(*overrides: str) -> Iterator[tuple[Any, Any]]:
+    """The app served on a free port of 127.0.0.1 (``overrides``: its conf/predict.yaml
+    key=value arguments) and a headless Chromium on its page: (browser, WebDriverWait)."""
     try:
         import gradio  # noqa: F401
         from selenium import webdriver
@@ -112,7 +173,6 @@ def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
         require(
             False, f"the browser test needs gradio and selenium (pip install -e '.[dev]'): {error}"
         )
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     chromium, driver_path = _browser()
@@ -120,7 +180,7 @@ def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "agegender.app", "--port", str(port)],
+        [sys.executable, "-m", "agegender.app", "--port", str(port), *overrides],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     options = webdriver.ChromeOptions()
@@ -133,7 +193,21 @@ def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
         _wait_for_page(url, server)
         browser = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
         browser.get(url)
-        wait = WebDriverWait(browser, 90)
+        yield browser, WebDriverWait(browser, 90)
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
+    from selenium.webdriver.common.by import By
+
+    with _page() as (browser, wait):
         upload = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#photos input[type=file]"))
         upload.send_keys(str(SAMPLES / "biden.jpg"))
         table = wait.until(
@@ -158,11 +232,82 @@ def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
         assert shot.stat().st_size > 10_000
         if os.environ.get(SCREENSHOT_ENV):
             shutil.copy(shot, os.environ[SCREENSHOT_ENV])
-    finally:
-        if browser is not None:
-            browser.quit()
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+
+
+def test_audience_tab_in_headless_chromium(tmp_path, original_classifier) -> None:
+    """Upload the generated clip to the Audience tab, count it in windows of 2 s, and read
+    the known audience off the page: people per window in the table, the totals, the chart
+    and audience.csv to download."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    clip = _audience_clip(tmp_path / "shop.mp4")
+    with _page("video.stride=2") as (browser, wait):
+        tab = wait.until(
+            lambda b: next(
+                (
+                    e
+                    for e in b.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+                    if e.text.strip() == "Audience"
+                ),
+                None,
+            )  # fmt: skip
+        )
+        tab.click()
+        upload = wait.until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#audience_video input[type=file]")
+        )
+        upload.send_keys(str(clip))
+        wait.until(
+            lambda b: b.find_elements(
+                By.CSS_SELECTOR, "#audience_video td.filename[aria-label='shop.mp4']"
+            )
+        )
+        window = browser.find_element(By.CSS_SELECTOR, "#audience_window input")
+        window.send_keys(Keys.CONTROL, "a")
+        window.send_keys("2", Keys.TAB)
+        browser.find_element(By.ID, "audience_start").click()
+        totals = wait.until(
+            lambda b: (
+                b.find_element(By.ID, "audience_totals")
+                if "Quality gates" in b.find_element(By.ID, "audience_totals").text
+                else None
+            )
+        )
+        assert f"{AUDIENCE_PEOPLE} people in 3 windows of 2 s" in totals.text
+        assert "Privacy mode" in totals.text  # on by default
+        rows = browser.find_elements(By.CSS_SELECTOR, "#audience_table [role=row]")
+        cells = [[c.text for c in row.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]
+                 for row in rows]  # fmt: skip
+        cells = [row for row in cells if row]  # the header row has no grid cells
+        assert [row[2] for row in cells] == [str(n) for n in AUDIENCE_WINDOWS]
+        assert [row[:2] for row in cells] == [["0", "2"], ["2", "4"], ["4", "6"]]
+        chart = browser.find_element(By.CSS_SELECTOR, "#audience_chart img")
+        assert chart.get_attribute("naturalWidth") not in (None, "0")
+        link = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#audience_files a[href]"))
+        with urllib.request.urlopen(link.get_attribute("href"), timeout=10) as response:
+            csv_text = response.read().decode()
+        assert csv_text.splitlines()[0].startswith("video,window_start,window_end,people,")
+        assert [line.split(",")[3] for line in csv_text.splitlines()[1:]] == [
+            str(n) for n in AUDIENCE_WINDOWS
+        ]
+        # a live source (a local MJPEG stream of 20 s): running counts per window, then Stop
+        browser.find_element(By.CSS_SELECTOR, "#audience_video button[aria-label=Clear]").click()
+        frames = zoom_frames("biden.jpg", 30) * 10
+        with MJPEGServer(frames, fps=15) as camera:
+            field = browser.find_element(By.CSS_SELECTOR, "#audience_stream textarea")
+            field.send_keys(camera.url("/live.mjpg"))
+            window = browser.find_element(By.CSS_SELECTOR, "#audience_window input")
+            window.send_keys(Keys.CONTROL, "a")
+            window.send_keys("1", Keys.TAB)
+            browser.find_element(By.ID, "audience_start").click()
+            wait.until(lambda b: "(running)" in b.find_element(By.ID, "audience_totals").text)
+            browser.find_element(By.ID, "audience_stop").click()
+            totals = wait.until(
+                lambda b: (
+                    b.find_element(By.ID, "audience_totals")
+                    if "Quality gates" in b.find_element(By.ID, "audience_totals").text
+                    else None
+                )
+            )
+        assert "ended: stopped" in totals.text and "1 people in" in totals.text

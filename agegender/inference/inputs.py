@@ -53,6 +53,8 @@ class InputItem:
     ``video``/``frame``: the video file or stream a frame belongs to, and its index.
     ``replay``: a frame an earlier run already wrote (``resume=true``), analysed again only
     so that its video's tracks continue exactly as in an uninterrupted run; never written.
+    ``stamp``: a live frame's wall-clock time (Unix seconds) when it was taken for analysis
+    (the audience windows of cameras and streams); None for files.
     """
 
     path: str
@@ -64,6 +66,7 @@ class InputItem:
     video: str | None = None
     frame: int | None = None
     replay: bool = False
+    stamp: float | None = None
 
 
 def is_video(path: Path) -> bool:

@@ -12,9 +12,11 @@ copy, and an input that is not in the file is predicted (and its copy rewritten)
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ from tqdm import tqdm
 from agegender.faces import Detector
 from agegender.fileio import display_path
 from agegender.inference.annotate import save_annotated
+from agegender.inference.audience import AudienceCounter
 from agegender.inference.csv_writer import CsvWriter
+from agegender.inference.inputs import InputItem
 from agegender.inference.jsonl_writer import JsonlWriter
 from agegender.inference.options import OptionError, PredictOptions
 from agegender.inference.pipeline import Pipeline
@@ -35,7 +39,7 @@ from agegender.inference.shards import clear_done, csv_name
 from agegender.inference.sources import ANNOTATED_DIR, Source, open_source
 from agegender.inference.summary import Summary
 from agegender.inference.video import VideoOutputs
-from agegender.inference.writer import PredictionWriter
+from agegender.inference.writer import NullWriter, PredictionWriter
 from agegender.runtime.base import Classifier
 
 #: ``format=``: the writer class and the file suffix.
@@ -53,11 +57,20 @@ def run_job(
     detector: Detector,
     classifier: Classifier,
     options: PredictOptions,
+    *,
+    on_window: Callable[[Mapping[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Summary:
     """Predict every face of ``source`` into ``output`` (see the module docstring).
 
     Raises only for settings the source refuses, or a file ``resume`` cannot continue
     (:class:`~agegender.inference.writer.ResumeError`); bad inputs become rows.
+
+    For callers that show a run as it goes (the web demo's Audience tab), so that they run
+    this loop instead of a copy of it: ``on_window(row)`` receives each audience.csv row as
+    its window is written (``audience.window``); setting ``stop`` ends the run as Ctrl-C
+    ends a stream's, from any thread (a file source reads no further input, a camera or
+    stream stops grabbing), and everything seen so far is still written.
     """
     source.check()
     output = Path(output)
@@ -65,6 +78,13 @@ def run_job(
         raise OptionError(f"output={display_path(output)} is a file: name a folder")
     writer_class, suffix = WRITERS[options.format]
     csv_path = output / csv_name(options.shard, options.num_shards, suffix)
+    if options.privacy:  # aggregates only: no rows, no settings record (check_audience)
+        output.mkdir(parents=True, exist_ok=True)
+        with NullWriter() as nothing:
+            return _loop(
+                source, output, csv_path, nothing, detector, classifier, options, Summary(),
+                on_window, stop,
+            )  # fmt: skip
     settings = run_settings(source.name, options, classifier, detector)
     if options.resume:
         check_resume(csv_path, settings)
@@ -85,7 +105,10 @@ def run_job(
             write_settings(csv_path, settings)
         summary = Summary(csv=str(csv_path), repairs=list(writer.repairs))
         source.begin(csv_path, writer.done, summary)
-        summary = _loop(source, output, csv_path, writer, detector, classifier, options, summary)
+        summary = _loop(
+            source, output, csv_path, writer, detector, classifier, options, summary,
+            on_window, stop,
+        )  # fmt: skip
     source.end(csv_path, writer.rows, writer.columns)
     return summary
 
@@ -94,13 +117,15 @@ def _loop(
     source: Source,
     output: Path,
     csv_path: Path,
-    writer: PredictionWriter,
+    writer: PredictionWriter | NullWriter,
     detector: Detector,
     classifier: Classifier,
     options: PredictOptions,
     summary: Summary,
+    on_window: Callable[[Mapping[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Summary:
-    annotate = options.annotate
+    annotate = options.annotates
     pipeline = Pipeline(
         detector,
         classifier,
@@ -149,23 +174,44 @@ def _loop(
             submit=annotator.submit if annotate and not source.live else None,
             resume=options.resume,
             taken=source.taken,
+            keep_tracks=not options.privacy,
+            blur=options.blur_faces,
+        )
+        audience = (
+            AudienceCounter(
+                options.audience,
+                classifier.labels,
+                output,
+                fps=_cached(source.fps),
+                stride=options.video.stride,
+                lost_seconds=options.video.lost_seconds,
+                live=source.live,
+                on_end=videos.forget,
+                privacy=options.privacy,
+                on_window=on_window,
+            )
+            if options.audience.on
+            else None
         )
 
         def accept(ready: list[ImageResult]) -> None:
             for result in ready:
                 if result.item.replay:  # already in the file: it only fed the tracker
                     continue
+                if audience is not None:
+                    audience.observe(result)
                 future = None
                 if annotate and result.item.video is None and not source.live:
                     future = annotator.submit(
-                        save_annotated, result, output / ANNOTATED_DIR, source.taken
-                    )
+                        save_annotated, result, output / ANNOTATED_DIR, source.taken,
+                        options.blur_faces,
+                    )  # fmt: skip
                 result.image = None if future is None else result.image
                 annotating.append((result, future))
                 while len(annotating) > MAX_PENDING_ANNOTATIONS:
                     commit(*annotating.popleft())
 
-        items = source.items(writer.done, videos.complete)
+        items = _until(source.items(writer.done, videos.complete), source, stop)
         try:
             for result in pipeline.run(items, live=source.live):
                 accept(videos.observe(result))
@@ -181,10 +227,44 @@ def _loop(
         for future in videos.futures:
             _finish(future)
     summary.videos, summary.tracks = videos.videos, videos.tracks
+    if audience is not None:
+        summary.audience = audience.close()
+        if options.privacy:  # ended tracks were dropped from the book as they ended
+            summary.tracks = summary.audience["gates"]["tracks"]["seen"]
     summary.annotated_videos += [str(p) for p in videos.annotated if p.is_file()]
     summary.seconds = time.perf_counter() - start
     bar.close()
     return summary
+
+
+def _until(
+    items: Iterator[InputItem], source: Source, stop: threading.Event | None
+) -> Iterator[InputItem]:
+    """``items`` until ``stop`` is set: a file source's inputs end there; a camera or stream
+    is interrupted (as by Ctrl-C: its grabber stops) and its generator ends by itself, so its
+    closing row and figures are still written."""
+    for item in items:
+        if stop is not None and stop.is_set():
+            if not source.live:
+                close = getattr(items, "close", None)
+                if close is not None:  # a video's reader is released now, not by the GC
+                    close()
+                return
+            source.interrupt()
+            stop = None  # once: the stream's items end after it
+        yield item
+
+
+def _cached(fps: Callable[[str], float]) -> Callable[[str], float]:
+    """``source.fps`` asked once per video (a file source opens the video to read it)."""
+    known: dict[str, float] = {}
+
+    def rate(video: str) -> float:
+        if video not in known:
+            known[video] = fps(video)
+        return known[video]
+
+    return rate
 
 
 def _finish(future: Future[Path | None]) -> None:
@@ -200,12 +280,17 @@ def predict(
     detector: Detector,
     classifier: Classifier,
     options: PredictOptions | None = None,
+    *,
+    on_window: Callable[[Mapping[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
     **settings: Any,
 ) -> Summary:
     """:func:`run_job` on the source ``input`` names (an image, folder, video, camera or
     stream) with ``options`` (default: conf/predict.yaml's) changed by ``settings``
-    (:meth:`PredictOptions.replace`: ``save_probs=True``, ``video_stride=5`` ...)."""
+    (:meth:`PredictOptions.replace`: ``save_probs=True``, ``video_stride=5`` ...);
+    ``on_window`` and ``stop``: see :func:`run_job`."""
     options = (options or PredictOptions.defaults()).replace(
         input=str(input), output=str(output), **settings
     )
-    return run_job(open_source(input, Path(output), options), output, detector, classifier, options)
+    source = open_source(input, Path(output), options)
+    return run_job(source, output, detector, classifier, options, on_window=on_window, stop=stop)

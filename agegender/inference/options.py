@@ -45,6 +45,39 @@ class VideoOptions:
 
 
 @dataclass(frozen=True)
+class AudienceOptions:
+    """``audience.*``: people counted per time window in videos, cameras and streams
+    (:mod:`agegender.inference.audience`; conf/predict.yaml documents each default)."""
+
+    #: Window length in seconds of the source's time; None = no audience report (default).
+    window: float | None
+    #: A track counts as a person only once this many of its analysed faces passed the gates.
+    min_frames: int
+    #: Faces whose box is smaller than this on its shorter side (pixels) are left out.
+    min_face: float
+    #: Faces the detector is less sure of than this are left out.
+    min_score: float
+    #: Faces turned further than this (degrees, estimated from the 5 landmarks) are left
+    #: out; faces without landmarks are not gated (the report counts them).
+    max_yaw: float
+
+    def __post_init__(self) -> None:
+        if self.window is not None and not float(self.window) > 0:
+            raise ValueError(f"audience.window must be > 0 seconds or null, got {self.window}")
+        if int(self.min_frames) < 1:
+            raise ValueError(f"audience.min_frames must be >= 1, got {self.min_frames}")
+        if float(self.min_face) < 0 or not 0 <= float(self.min_score) <= 1:
+            raise ValueError("audience.min_face must be >= 0 and audience.min_score in [0, 1]")
+        if not 0 < float(self.max_yaw) <= 90:
+            raise ValueError(f"audience.max_yaw must lie in (0, 90] degrees, got {self.max_yaw}")
+
+    @property
+    def on(self) -> bool:
+        """True when the run writes an audience report."""
+        return self.window is not None
+
+
+@dataclass(frozen=True)
 class PredictOptions:
     """The settings of ``conf/predict.yaml`` (see the comments there), typed.
 
@@ -80,6 +113,12 @@ class PredictOptions:
     #: Per task (``age``, ``gender``): below this best-class probability the label is left
     #: empty (status ``abstained: <task>``); None = always labelled. A number sets both.
     min_prob: Mapping[str, float | None]
+    #: People per time window (audience.csv/json/png); off unless ``audience.window`` is set.
+    audience: AudienceOptions
+    #: Aggregates only: no per-face rows, tracks.csv or annotated copies (needs audience).
+    privacy: bool
+    #: Annotated copies blur every face instead of boxing and labelling it.
+    blur_faces: bool
     #: Set-up only (not in the YAML): let the install step fetch the original weights.
     download: bool = field(default=False, compare=False)
 
@@ -100,10 +139,15 @@ class PredictOptions:
         missing = [name for name in names if name not in cfg]
         video = dict(cfg.get("video") or {})
         missing += [f"video.{f.name}" for f in fields(VideoOptions) if f.name not in video]
+        audience = dict(cfg.get("audience") or {})
+        missing += [f"audience.{f.name}" for f in fields(AudienceOptions) if f.name not in audience]
         if missing:
             raise KeyError(f"prediction config lacks {', '.join(missing)} (conf/predict.yaml)")
         values = {name: cfg[name] for name in names}
         values["video"] = VideoOptions(**{f.name: video[f.name] for f in fields(VideoOptions)})
+        values["audience"] = AudienceOptions(
+            **{f.name: audience[f.name] for f in fields(AudienceOptions)}
+        )
         values["detector"] = dict(cfg["detector"])
         values["min_prob"] = min_prob_of(cfg["min_prob"])
         values["input"] = None if cfg["input"] is None else str(cfg["input"])
@@ -126,15 +170,19 @@ class PredictOptions:
         return cls.from_config(cfg).replace(**settings)  # type: ignore[arg-type]
 
     def replace(self, **settings: Any) -> PredictOptions:
-        """A copy with ``settings`` changed; ``video_<name>=`` sets ``video.<name>``. An
-        unknown setting is a TypeError naming it."""
+        """A copy with ``settings`` changed; ``video_<name>=`` sets ``video.<name>`` and
+        ``audience_<name>=`` ``audience.<name>``. An unknown setting is a TypeError naming it."""
         own = {f.name for f in fields(self)}
         video_names = {f.name for f in fields(VideoOptions)}
+        audience_names = {f.name for f in fields(AudienceOptions)}
         changes: dict[str, Any] = {}
         video: dict[str, Any] = {}
+        audience: dict[str, Any] = {}
         for key, value in settings.items():
             if key.startswith("video_") and key[6:] in video_names:
                 video[key[6:]] = value
+            elif key.startswith("audience_") and key[9:] in audience_names:
+                audience[key[9:]] = value
             elif key in own:
                 changes[key] = value
             else:
@@ -142,7 +190,16 @@ class PredictOptions:
         if video:
             base = changes.get("video", self.video)
             changes["video"] = dataclasses.replace(base, **video)
+        if audience:
+            base = changes.get("audience", self.audience)
+            changes["audience"] = dataclasses.replace(base, **audience)
         return dataclasses.replace(self, **changes)
+
+    @property
+    def annotates(self) -> bool:
+        """Annotated copies are written: ``annotate=true`` and not ``privacy=true`` (privacy
+        writes aggregates only, whatever ``annotate`` says)."""
+        return bool(self.annotate) and not self.privacy
 
     @property
     def abstains(self) -> bool:

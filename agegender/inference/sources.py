@@ -17,6 +17,7 @@ from typing import Protocol
 import cv2
 
 from agegender.fileio import atomic_write, display_path, remove_temporaries
+from agegender.inference.audience import check_audience
 from agegender.inference.inputs import InputItem, is_video, iter_inputs, scan_inputs
 from agegender.inference.options import OptionError, PredictOptions
 from agegender.inference.results import ImageResult
@@ -79,7 +80,16 @@ class FileSource:
         self.taken = frozenset(self.relpath(file) for file in files)
 
     def check(self) -> None:
-        """Refuse the settings of live sources."""
+        """Refuse the settings of live sources, and audience settings without a video."""
+        videos = [f for f in self.files if is_video(f)]
+        check_audience(self.options, live=False, has_video=bool(videos) or not self.files)
+        if self.options.privacy and len(videos) < len(self.files):
+            photo = next(f for f in self.files if not is_video(f))
+            raise OptionError(
+                f"privacy=true writes only audience aggregates, which photos have none of: "
+                f"input={self.input} holds {len(self.files) - len(videos)} non-video "
+                f"file(s) ({display_path(photo)} ...); give a video or a folder of videos"
+            )
         if self.options.video.show:
             raise OptionError(
                 f"video.show=true opens a live window for a camera or stream; input={self.input} "
@@ -109,7 +119,7 @@ class FileSource:
             atomic_write(skipped_file, lambda fh: fh.write(text))
         else:  # a list left by an earlier run in this output would no longer be true
             skipped_file.unlink(missing_ok=True)
-        if self.options.resume and self.options.annotate:
+        if self.options.resume and self.options.annotates:
             remove_temporaries(self.output / ANNOTATED_DIR)
 
     def items(self, done: set[str], complete: frozenset[str]) -> Iterator[InputItem]:

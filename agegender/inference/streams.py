@@ -36,6 +36,7 @@ import numpy as np
 
 from agegender.fileio import temporary_beside
 from agegender.inference.annotate import draw_faces
+from agegender.inference.audience import check_audience
 from agegender.inference.inputs import InputItem
 from agegender.inference.options import PredictOptions
 from agegender.inference.results import ImageResult
@@ -185,9 +186,10 @@ class Recorder:
     """``annotated/<name>.mp4``: every frame received, with the newest overlay drawn on it;
     under a hidden temporary name until :meth:`close` renames it."""
 
-    def __init__(self, target: Path, fps: float) -> None:
+    def __init__(self, target: Path, fps: float, blur: bool = False) -> None:
         self.target = target
         self.fps = fps
+        self.blur = blur
         self.overlay: tuple[list[tuple[float, ...]], list[tuple[str, str]]] = ([], [])
         self.frames = 0
         self.error: str | None = None
@@ -208,7 +210,7 @@ class Recorder:
                     raise OSError(f"OpenCV cannot write {FOURCC} video {self.target}")
             canvas = frame if frame.shape[1::-1] == self._size else cv2.resize(frame, self._size)
             boxes, labels = self.overlay  # replaced whole by the model loop: a consistent pair
-            canvas = draw_faces(canvas.copy(), boxes, labels)
+            canvas = draw_faces(canvas.copy(), boxes, labels, blur=self.blur)
             self._writer.write(canvas)
             self.frames += 1
         except (OSError, cv2.error) as exc:  # the rows matter more than the recording
@@ -267,6 +269,7 @@ class StreamSource:
 
     def check(self) -> None:
         """Refuse settings that cannot apply to a live source."""
+        check_audience(self.options, live=True)
         if self.options.num_shards > 1:
             raise ShardError("a camera or stream cannot be sharded (num_shards must be 1)")
         if self.options.resume:
@@ -298,9 +301,9 @@ class StreamSource:
             yield InputItem(self.source, self.source, error="cannot open stream")
             return
         self.capture_fps = video_fps(capture)
-        if self.options.annotate:
+        if self.options.annotates:
             target = self.output / "annotated" / f"{stream_name(self.source)}.mp4"
-            self.recorder = Recorder(target, self.capture_fps)
+            self.recorder = Recorder(target, self.capture_fps, blur=self.options.blur_faces)
         self.grabber = grabber = FrameGrabber(
             capture, video.stall_seconds, video.max_frames, video.max_seconds, self.recorder
         ).start()
@@ -320,7 +323,9 @@ class StreamSource:
             last = index
             name = f"{self.source}{FRAME_MARK}{index}"
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            yield InputItem(name, name, image=rgb, video=self.source, frame=index)
+            yield InputItem(
+                name, name, image=rgb, video=self.source, frame=index, stamp=time.time()
+            )
 
     def after(self, result: ImageResult, videos: VideoOutputs) -> None:
         """The live side of each analysed frame: the recording's overlay (each track's
@@ -337,7 +342,7 @@ class StreamSource:
             print(f"  stream: {received} frames, {self.analysed} analysed", file=sys.stderr)
         if self.window and result.image is not None:
             frame = cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
-            if not _show(frame, boxes, labels):
+            if not _show(frame, boxes, labels, self.options.blur_faces):
                 self.interrupt()
 
     def interrupt(self) -> None:
@@ -380,7 +385,7 @@ class StreamSource:
         """Nothing to mark: a stream is never a shard."""
 
 
-def _show(frame: np.ndarray, boxes: list, labels: list) -> bool:
+def _show(frame: np.ndarray, boxes: list, labels: list, blur: bool = False) -> bool:
     """Show one annotated frame; False when the user pressed q or Esc."""
-    cv2.imshow(WINDOW, draw_faces(frame.copy(), boxes, labels))
+    cv2.imshow(WINDOW, draw_faces(frame.copy(), boxes, labels, blur=blur))
     return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)

@@ -33,6 +33,8 @@ class Summary:
     annotated_videos: list[str] = field(default_factory=list)
     #: Streams: frames ``received``, ``analysed``, ``dropped`` and the ``end`` reason.
     stream: dict[str, object] | None = None
+    #: ``audience.window``: audience.json's content (windows, totals, gates); else None.
+    audience: dict[str, object] | None = None
 
     def add(self, result: ImageResult) -> None:
         self.inputs += 1

@@ -216,11 +216,13 @@ def render_annotated_video(
     marks: Sequence[FrameMarks],
     label: Callable[[FaceMark], tuple[str, str]],
     limit: int | None = None,
+    blur: bool = False,
 ) -> Path:
     """Write ``target`` (.mp4): every frame of ``source`` (up to ``limit`` frames) at its
     frame rate and size, with the analysed frames' faces drawn and carried (see
     :func:`marks_at`). Written beside under a hidden temporary name and renamed, so a killed
-    run never leaves a half-written copy under the real name. Raises OSError on failure."""
+    run never leaves a half-written copy under the real name. Raises OSError on failure.
+    ``blur``: every face blurred instead of boxed and labelled."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     capture = cv2.VideoCapture(str(source))
@@ -244,7 +246,7 @@ def render_annotated_video(
                 k += 1
             if k >= 0:
                 faces = marks_at(marks, k, index)
-                draw_faces(frame, [f.box for f in faces], [label(f) for f in faces])
+                draw_faces(frame, [f.box for f in faces], [label(f) for f in faces], blur=blur)
             writer.write(frame)
         if writer is None:
             raise OSError(f"no frame of {source} could be read again for {target}")
@@ -272,7 +274,9 @@ class VideoOutputs:
     tracks.csv rows of videos this run does not analyse are kept (:attr:`complete` names
     them); a video continued mid-way is analysed again from its first frame, its done frames
     as replays that are not written (:attr:`agegender.inference.inputs.InputItem.replay`),
-    so its ids and track averages equal an uninterrupted run's.
+    so its ids and track averages equal an uninterrupted run's. ``keep_tracks=False``
+    (``privacy=true``): no tracks.csv, and each track is dropped from memory when it ends
+    (:meth:`forget`) or its video does. ``blur``: annotated videos blur faces.
     """
 
     def __init__(
@@ -288,8 +292,12 @@ class VideoOutputs:
         submit: Callable[..., Future[Path | None]] | None = None,
         resume: bool = False,
         taken: Container[str] = frozenset(),
+        keep_tracks: bool = True,
+        blur: bool = False,
     ) -> None:
         self.output = output
+        self.keep_tracks = keep_tracks
+        self.blur = blur
         self.tracks_csv = tracks_path(csv_path)
         self.labels = labels
         self.resume = resume
@@ -345,9 +353,19 @@ class VideoOutputs:
 
     def _render(self, file: Path, target: Path, tracks: VideoTracks) -> Path:
         limit = None if self.limit is None else self.limit(str(file))
-        return render_annotated_video(file, target, tracks.marks, tracks.label, limit)
+        return render_annotated_video(
+            file, target, tracks.marks, tracks.label, limit, blur=self.blur
+        )
+
+    def forget(self, video: str, track: int) -> None:
+        """Drop an ended track (``keep_tracks=False``: only the live tracks stay in memory)."""
+        if not self.keep_tracks:
+            self.book.tracks.pop((video, track), None)
 
     def _write_tracks(self) -> None:
+        if not self.keep_tracks:
+            self.book.tracks.clear()
+            return
         mine = {video for video, _ in self.book.tracks}
         rows = [r for r in self.kept if r["video"] not in mine] + self.book.rows()
         if rows or self.tracks_csv.exists():
@@ -356,7 +374,8 @@ class VideoOutputs:
     def close(self) -> list[ImageResult]:
         """Finish the last video; returns its held results (wait for :attr:`futures` too)."""
         ready = self._finish_video()
-        if self.videos == 0 and not self.resume:  # an earlier run's file would not be true
+        if self.videos == 0 and not self.resume and self.keep_tracks:
+            # an earlier run's file would not be true
             self.tracks_csv.unlink(missing_ok=True)
         return ready
 

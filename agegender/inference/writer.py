@@ -186,3 +186,27 @@ def _complete_end(fh: BinaryIO, chunk: int = 1 << 16) -> int:
             return start + i + 1
         end = start
     return 0
+
+
+class NullWriter:
+    """``privacy=true``: the writer's interface with nothing written and nothing kept (no
+    file is created; the faces only reach the audience counters)."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.done: set[str] = set()
+        self.rows = 0
+        self.columns: tuple[str, ...] = ()
+        self.repairs: list[str] = []
+
+    def write(self, result: ImageResult) -> None:
+        """Nothing: a privacy run writes no per-face record."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> NullWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
