@@ -66,22 +66,15 @@ def call(
         return status, raw.decode("utf-8", "replace")
 
 
-def multipart(data: bytes, name: str = "photo.jpg", extra: dict[str, str] | None = None):
-    """A multipart/form-data body with the file field ``image`` (and text fields)."""
+def multipart(data: bytes, name: str = "photo.jpg") -> tuple[bytes, str]:
+    """A multipart/form-data body with the file field ``image``."""
     boundary = uuid.uuid4().hex
-    parts = []
-    for key, value in (extra or {}).items():
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
-        )
-    parts.append(
+    head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n".encode()
-        + data
-        + b"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n"
     )
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def as_json(payload: Any) -> tuple[bytes, str]:
