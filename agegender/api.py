@@ -145,12 +145,14 @@ class AgeGender:
     ) -> list[FaceResult]:
         """The faces of one image, best detection first.
 
-        ``image``: a path, a PIL image (any mode) or an H x W x 3 uint8 array, RGB unless
-        ``bgr=True`` (OpenCV frames). ``boxes``: classify these faces instead of detecting
-        (x1, y1, x2, y2 in the image's pixels, or :class:`~agegender.faces.Face` objects with
-        landmarks); without landmarks a face is cropped around its box, as for the box-only
-        detectors. Raises :class:`~agegender.images.ImageLoadError` for input that cannot be
-        used (``reason``: the CSV's text).
+        ``image``: a path, a PIL image (any mode), an H x W x 3 uint8 array, RGB unless
+        ``bgr=True`` (OpenCV frames), or the bytes of an encoded image file (decoded in memory
+        exactly as that file would be: what the prediction server receives). ``boxes``:
+        classify these faces instead of detecting (x1, y1, x2, y2 in the image's pixels, or
+        :class:`~agegender.faces.Face` objects with landmarks); without landmarks a face is
+        cropped around its box, as for the box-only detectors. Raises
+        :class:`~agegender.images.ImageLoadError` for input that cannot be used (``reason``:
+        the CSV's text).
         """
         return self.predict_batch([image], None if boxes is None else [boxes], bgr)[0]
 
@@ -203,13 +205,17 @@ class AgeGender:
 
 def _item(image: Any, index: int, bgr: bool, boxes: Sequence[Any] | None) -> InputItem:
     """An :class:`~agegender.inference.inputs.InputItem` for one API input."""
-    faces = None if boxes is None else [_face(box) for box in boxes]
+    faces = None if boxes is None else [face_of_box(box) for box in boxes]
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if bgr:
             raise ValueError("bgr=True is for arrays; files are decoded as RGB")
         return InputItem(display_path(path), path.name, file=path, faces=faces)
     name = f"images[{index}]"
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if bgr:
+            raise ValueError("bgr=True is for arrays; encoded images are decoded as RGB")
+        return InputItem(name, name, data=bytes(image), faces=faces)
     try:
         rgb = _to_rgb(image, bgr)
     except ImageLoadError as exc:
@@ -238,7 +244,9 @@ def _to_rgb(image: Any, bgr: bool) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _face(box: Any) -> Face:
+def face_of_box(box: Any) -> Face:
+    """A caller's box (x1, y1, x2, y2 in pixels) or Face as a :class:`~agegender.faces.Face`;
+    ValueError for anything else (the API and the prediction server check boxes alike)."""
     if isinstance(box, Face):
         return box
     values = [float(v) for v in box]

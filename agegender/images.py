@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -87,6 +89,22 @@ def load_image_reduced(
     return _load(Path(path), max_pixels, min_side)
 
 
+def load_image_data(
+    data: bytes,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+) -> tuple[np.ndarray, float]:
+    """An encoded image held in memory (an upload to the prediction server) decoded exactly
+    as the same file on disk would be (:func:`load_image_reduced` when ``min_side`` is set,
+    else :func:`load_image`): same formats, size guard, reasons and orientation, and never a
+    byte written to disk. Returns ``(image, scale)`` as :func:`load_image_reduced` does."""
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be >= 1, got {min_side}")
+    if len(data) == 0:
+        raise ImageLoadError("empty file")
+    return _decode(bytes(data), None, max_pixels, min_side)
+
+
 def _load(path: Path, max_pixels: int | None, min_side: int | None) -> tuple[np.ndarray, float]:
     try:
         size = path.stat().st_size
@@ -98,11 +116,23 @@ def _load(path: Path, max_pixels: int | None, min_side: int | None) -> tuple[np.
         raise ImageLoadError("is a directory", path)
     if size == 0:
         raise ImageLoadError("empty file", path)
+    return _decode(path, path, max_pixels, min_side)
+
+
+def _open(source: Path | bytes) -> BinaryIO:
+    """The encoded image as a binary file: the file on disk, or the bytes in memory."""
+    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+
+
+def _decode(
+    source: Path | bytes, path: Path | None, max_pixels: int | None, min_side: int | None
+) -> tuple[np.ndarray, float]:
+    """The one decoder of files and in-memory uploads; ``path`` names the file in errors."""
     try:
-        with open(path, "rb") as fp, Image.open(fp, formats=_open_formats()) as im:
+        with _open(source) as fp, Image.open(fp, formats=_open_formats()) as im:
             _check_size(im.size, max_pixels, path)
             if _is_deep_colour(im):
-                deep = _load_deep_colour(path, im)
+                deep = _load_deep_colour(source, im)
                 if deep is not None:
                     return deep, 1.0
             scale = _draft(im, min_side) if min_side else 1.0
@@ -116,7 +146,7 @@ def _load(path: Path, max_pixels: int | None, min_side: int | None) -> tuple[np.
     except UnidentifiedImageError:
         raise ImageLoadError("not an image", path) from None
     except Image.DecompressionBombError as exc:
-        size = _header_size(path)
+        size = _header_size(source)
         detail = f"{size[0]}x{size[1]}" if size else f"{_first_number(str(exc))} pixels"
         # the one limit in force: ours when set (PIL's hard limit is higher), else PIL's
         limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
@@ -148,7 +178,7 @@ def _draft(im: Image.Image, min_side: int) -> float:
     return width / box[2]  # exactly 2, 4 or 8 (the decoded image is ceil(size / scale))
 
 
-def _check_size(size: tuple[int, int], max_pixels: int | None, path: Path) -> None:
+def _check_size(size: tuple[int, int], max_pixels: int | None, path: Path | None) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise ImageLoadError(f"invalid size: {width}x{height}", path)
@@ -156,13 +186,14 @@ def _check_size(size: tuple[int, int], max_pixels: int | None, path: Path) -> No
         raise ImageLoadError(f"too large: {width}x{height} (limit {max_pixels} pixels)", path)
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
+def _header_size(source: Path | bytes) -> tuple[int, int] | None:
     """Width and height from the header alone, for the error message of an image so large
     that ``Image.open`` itself refuses it (PIL checks the size inside ``open``, before we can
     read ``im.size``). Goes through PIL's format plugins as ``Image.open`` does, minus the
     check, rather than switching PIL's process-wide limit off."""
     Image.init()
-    with open(path, "rb") as fp:
+    name = "" if isinstance(source, bytes) else str(source)
+    with _open(source) as fp:
         prefix = fp.read(16)
         for fmt in (f for f in Image.ID if f in DECODED_FORMATS):
             factory, accept = Image.OPEN[fmt]
@@ -170,7 +201,7 @@ def _header_size(path: Path) -> tuple[int, int] | None:
                 continue
             fp.seek(0)
             try:
-                return factory(fp, str(path)).size
+                return factory(fp, name).size
             except Exception:  # noqa: BLE001 - any plugin failure: try the next format
                 continue
     return None
@@ -265,13 +296,16 @@ _ORIENTATION = {
 }
 
 
-def _load_deep_colour(path: Path, im: Image.Image) -> np.ndarray | None:
+def _load_deep_colour(source: Path | bytes, im: Image.Image) -> np.ndarray | None:
     """A 16-bit RGB(A) file decoded with all its bits (OpenCV), scaled by
     :func:`_deep_to_uint8`, alpha over white, EXIF orientation applied; None when OpenCV
     cannot decode it (Pillow's 8-bit reading is then the fallback)."""
     import cv2
 
-    data = np.fromfile(path, dtype=np.uint8)
+    if isinstance(source, bytes):
+        data = np.frombuffer(source, dtype=np.uint8)
+    else:
+        data = np.fromfile(source, dtype=np.uint8)
     decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if decoded is None or decoded.dtype != np.uint16 or decoded.ndim != 3:
         return None

@@ -51,6 +51,8 @@ class InputItem:
     annotated copy under ``DIR/annotated/``. ``faces``: boxes found by someone else's detector
     (full-size pixels of the image): detection is skipped and these faces are classified.
     ``video``/``frame``: the video file or stream a frame belongs to, and its index.
+    ``data``: an encoded image held in memory (an upload to the prediction server), decoded
+    like a file without touching the disk.
     ``replay``: a frame an earlier run already wrote (``resume=true``), analysed again only
     so that its video's tracks continue exactly as in an uninterrupted run; never written.
     ``stamp``: a live frame's wall-clock time (Unix seconds) when it was taken for analysis
@@ -63,6 +65,7 @@ class InputItem:
     image: np.ndarray | None = None
     error: str | None = None
     faces: list[Face] | None = None
+    data: bytes | None = None
     video: str | None = None
     frame: int | None = None
     replay: bool = False

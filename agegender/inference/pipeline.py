@@ -18,6 +18,7 @@ from agegender.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
     load_image,
+    load_image_data,
     load_image_reduced,
 )
 from agegender.inference.inputs import InputItem
@@ -79,7 +80,7 @@ class Pipeline:
             return ImageResult(item, error=exc.reason)
         except Exception as exc:  # noqa: BLE001 - contract: a bad file never stops the run
             return ImageResult(item, error=f"cannot read ({type(exc).__name__}: {exc})")
-        item.image = None  # the result owns the pixels from here on
+        item.image = item.data = None  # the result owns the pixels from here on
         if item.faces is not None:
             outside = _outside(item.faces, image.shape[1] * scale, image.shape[0] * scale)
             if outside is not None:
@@ -109,6 +110,8 @@ class Pipeline:
     def _decode(self, item: InputItem) -> tuple[np.ndarray, float]:
         if item.image is not None:
             return item.image, 1.0
+        if item.data is not None:
+            return load_image_data(item.data, self.max_pixels, self.decode_min_side)
         if self.decode_min_side:
             return load_image_reduced(item.file, self.decode_min_side, self.max_pixels)
         return load_image(item.file, self.max_pixels), 1.0

@@ -1,0 +1,498 @@
+"""A prediction server: age and gender as a REST service other programs call.
+
+    python -m agegender.serve [--port 8000] [--host 127.0.0.1] [--api-key K] [key=value ...]
+
+Endpoints (README "Prediction server"): ``POST /predict`` (one image: multipart field
+``image``, or JSON ``{"image": "<base64>", "boxes": [[x1, y1, x2, y2], ...]}``),
+``POST /predict/batch`` (several images), ``GET /health`` (200 once the model is loaded,
+503 before), ``GET /info`` (model, label set, face spec, backend, versions), ``/docs``.
+``key=value`` arguments are ``conf/serve.yaml`` settings or ``conf/predict.yaml`` overrides
+(``checkpoint=``, ``detector=``, ``backend=`` ...): the server runs the same
+:class:`~agegender.api.AgeGender` and :class:`~agegender.inference.pipeline.Pipeline` as
+predict.py and the API, so an image gets the same faces and probabilities here.
+
+Built on LitServe (install with ``pip install -e ".[serve]"``) because a service sending
+thousands of requests should not run them one at a time: LitServe gathers concurrent
+requests (``max_batch_size``, ``batch_timeout``) and hands them to one ``predict`` call, where
+the pipeline decodes and detects the images in its loader threads and classifies all their
+faces in shared network batches. Safety: uploads are decoded in memory (nothing is written
+to disk), bodies and pixels are bounded, JSON is parsed as data (never pickle or code), an
+optional API key guards every route but ``/health`` and ``/docs``, and the server binds to
+127.0.0.1 unless told otherwise. A bad request gets a JSON error with the reason the CSV's
+``status`` column would carry (``not an image``, ``truncated image``, ``too large: ...``) and
+400 or 413; it never stops the server.
+"""
+
+# No `from __future__ import annotations` here: LitServe and FastAPI read the annotations of
+# decode_request and authorize at run time, and need them as objects, not strings.
+
+import argparse
+import base64
+import binascii
+import hmac
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+from agegender.api import AgeGender, face_of_box
+from agegender.config import CONF_DIR, load_yaml
+from agegender.errors import CheckpointError
+from agegender.inference.inputs import InputItem
+from agegender.inference.options import PredictOptions
+from agegender.inference.results import ImageResult
+from agegender.runtime.build import configure_torch_threads
+from agegender.store import WeightsNotFoundError
+
+try:  # the `serve` extra; main() says how to install it when missing
+    import litserve as ls
+    from fastapi import Header, HTTPException, Request
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError:  # pragma: no cover - exercised only without the extra
+    ls = None
+
+#: The routes that take images.
+PREDICT_PATH = "/predict"
+BATCH_PATH = "/predict/batch"
+#: Routes open without the API key (liveness probes and the API's own documentation).
+OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+API_KEY_ENV = "AGEGENDER_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """``conf/serve.yaml``: the server's own settings (see the comments there)."""
+
+    host: str
+    port: int
+    api_key: str | None
+    max_batch_size: int
+    batch_timeout: float
+    workers_per_device: int
+    api_servers: int
+    timeout: float
+    max_upload_bytes: int
+    max_batch_images: int
+    log_level: str
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.workers_per_device < 1 or self.api_servers < 1:
+            raise ValueError("max_batch_size, workers_per_device and api_servers must be >= 1")
+        if self.max_upload_bytes < 1 or self.max_batch_images < 1 or self.batch_timeout < 0:
+            raise ValueError("max_upload_bytes, max_batch_images >= 1 and batch_timeout >= 0")
+
+    @classmethod
+    def load(cls, **changes: Any) -> "ServeSettings":
+        """``conf/serve.yaml`` with ``changes``; the key falls back to ``AGEGENDER_API_KEY``."""
+        from omegaconf import OmegaConf  # deferred like everywhere else
+
+        values = OmegaConf.to_container(load_yaml("serve.yaml"), resolve=True)
+        values.update(changes)  # type: ignore[union-attr]
+        if not values.get("api_key"):  # type: ignore[union-attr]
+            values["api_key"] = os.environ.get(API_KEY_ENV) or None  # type: ignore[index]
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class Decoded:
+    """One request after decoding: its images, or why the request as a whole is refused."""
+
+    items: list[InputItem] = field(default_factory=list)
+    error: str | None = None
+    many: bool = False
+
+
+def status_code(reason: str) -> int:
+    """The HTTP code of a refused image or request: 413 for anything over a limit."""
+    return 413 if reason.startswith(("too large", "too many")) else 400
+
+
+def error_response(reason: str, code: int | None = None) -> "JSONResponse":
+    """Every error the server sends: ``{"error": reason}`` with its code."""
+    return JSONResponse({"error": reason}, status_code=code or status_code(reason))
+
+
+def _image_bytes(value: Any) -> bytes:
+    """An image as sent: an upload (multipart) or base64 text (JSON, a data URL allowed)."""
+    if hasattr(value, "file") and hasattr(value, "filename"):  # starlette UploadFile
+        value.file.seek(0)
+        return value.file.read()
+    if isinstance(value, str):
+        if value.startswith("data:") and "," in value:
+            value = value.split(",", 1)[1]
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("malformed base64 in 'image'") from None
+    raise ValueError("'image' must be a file upload or base64 text")
+
+
+def _boxes(value: Any) -> list | None:
+    """Optional caller boxes: a JSON list (or JSON text, from a form field) of 4 numbers each."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("'boxes' is not valid JSON") from None
+    if not isinstance(value, list):
+        raise ValueError("'boxes' must be a list of [x1, y1, x2, y2]")
+    try:
+        return [face_of_box(box) for box in value]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bad 'boxes': {exc}") from None
+
+
+def _item(index: int, image: Any, boxes: Any) -> InputItem:
+    """One image of a request as pipeline input; a bad field becomes the item's error."""
+    name = f"images[{index}]"
+    try:
+        if image is None:
+            raise ValueError("no 'image' in the request")
+        return InputItem(name, name, data=_image_bytes(image), faces=_boxes(boxes))
+    except ValueError as exc:
+        return InputItem(name, name, error=str(exc))
+
+
+def decode_payload(payload: Any, many: bool, max_images: int) -> Decoded:
+    """A request body (JSON object or multipart form) -> the images to run. Never raises:
+    LitServe decodes a whole batch of requests together, and one bad request must not
+    fail the others."""
+    out = Decoded(many=many)
+    try:
+        if hasattr(payload, "getlist"):  # multipart form
+            if many:
+                images = payload.getlist("image")
+                boxes: list[Any] = [None] * len(images)
+                if payload.get("boxes"):
+                    raise ValueError("boxes go in JSON requests to /predict/batch")
+            else:
+                images, boxes = [payload.get("image")], [payload.get("boxes")]
+        elif isinstance(payload, dict):
+            if many:
+                entries = payload.get("images")
+                if not isinstance(entries, list):
+                    raise ValueError("expected {'images': [{'image': <base64>}, ...]}")
+                if any(not isinstance(e, dict) for e in entries):
+                    raise ValueError("each of 'images' is {'image': <base64>, 'boxes': [...]}")
+                images = [e.get("image") for e in entries]
+                boxes = [e.get("boxes") for e in entries]
+            else:
+                images, boxes = [payload.get("image")], [payload.get("boxes")]
+        else:
+            raise ValueError("expected a JSON object or a multipart form")
+        if many and not images:
+            raise ValueError("no images in the request")
+        if len(images) > max_images:
+            raise ValueError(f"too many images: {len(images)} (limit {max_images})")
+        out.items = [_item(i, im, bx) for i, (im, bx) in enumerate(zip(images, boxes, strict=True))]
+    except ValueError as exc:
+        out.error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a request never takes the worker down
+        out.error = f"bad request ({type(exc).__name__})"
+    return out
+
+
+def image_answer(result: ImageResult) -> dict[str, Any]:
+    """One image's answer: its faces (the API's ``FaceResult.to_dict()``) and CSV status."""
+    if result.error is not None:
+        return {"error": result.error, "status": result.status, "faces": []}
+    return {"status": result.status, "faces": [face.to_dict() for face in result.faces]}
+
+
+class FaceAPI(ls.LitAPI if ls is not None else object):  # type: ignore[misc]
+    """One endpoint (``/predict`` or ``/predict/batch``) on the engine's pipeline.
+
+    LitServe builds one in the server process (routes, authorisation) and pickles it into
+    each inference worker, where :meth:`setup` loads the detector and the network: only the
+    options travel, never a model."""
+
+    def __init__(self, options: PredictOptions, settings: ServeSettings, many: bool) -> None:
+        super().__init__(
+            max_batch_size=settings.max_batch_size,
+            batch_timeout=settings.batch_timeout,
+            api_path=BATCH_PATH if many else PREDICT_PATH,
+        )
+        self.options = options
+        self.settings = settings
+        self.many = many
+
+    def setup(self, device: str) -> None:
+        """Load the model once per worker (``/health`` turns 200 when every worker is done)."""
+        configure_torch_threads(self.options.threads, self.options.workers)
+        self.agegender = AgeGender(options=self.options)
+        self.pipeline = self.agegender.pipeline()
+
+    def authorize(self, x_api_key: str | None = Header(default=None)) -> None:  # noqa: B008
+        """LitServe's authentication hook (a FastAPI dependency of the endpoint)."""
+        if not key_matches(self.settings.api_key, x_api_key):
+            raise HTTPException(401, "missing or wrong X-API-Key")
+
+    def decode_request(self, request: Request) -> Decoded:
+        return decode_payload(request, self.many, self.settings.max_batch_images)
+
+    def batch(self, inputs: list[Decoded]) -> list[Decoded]:
+        return list(inputs)
+
+    def predict(self, x: Any) -> Any:
+        """Every image of the gathered requests through one pipeline run: decoding and
+        detection in its loader threads, all faces in shared network batches."""
+        requests: list[Decoded] = x if self.max_batch_size > 1 else [x]
+        items = [item for request in requests for item in request.items]
+        if len(items) == 1:  # as AgeGender.predict: no thread pool for a single image
+            results = self.pipeline.classify([self.pipeline.prepare(items[0])])
+        else:
+            results = list(self.pipeline.run(items)) if items else []
+        out: list[Decoded | list[ImageResult]] = []
+        start = 0
+        for request in requests:
+            n = len(request.items)
+            out.append(request if request.error is not None else results[start : start + n])
+            start += n
+        return out if self.max_batch_size > 1 else out[0]
+
+    def unbatch(self, output: list[Any]) -> list[Any]:
+        return list(output)
+
+    # No return annotation: LitServe makes it the route's response type.
+    def encode_response(self, output: Any):  # noqa: ANN201
+        """A request's answer; refused requests and (for /predict) a bad image become a JSON
+        error response with its code: raising here would fail every request of the batch."""
+        if isinstance(output, Decoded):
+            return error_response(output.error or "bad request")
+        if self.many:
+            return {"images": [image_answer(result) for result in output]}
+        result = output[0]
+        if result.error is not None:
+            return error_response(result.error)
+        return image_answer(result)
+
+
+def key_matches(expected: str | None, given: str | None) -> bool:
+    """True without a key set, or when ``given`` equals it (constant-time comparison)."""
+    if not expected:
+        return True
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+
+
+class RequestLimits:
+    """ASGI middleware in front of LitServe: the API key, the body size and the body's
+    syntax are checked before a request is queued, so a client gets 401, 413 or 400 with a
+    reason (LitServe would answer a malformed body with 500) and no worker sees it."""
+
+    def __init__(self, app: Any, settings: ServeSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope["path"]
+        if path not in OPEN_PATHS and not key_matches(
+            self.settings.api_key, headers.get("x-api-key")
+        ):
+            return await error_response("missing or wrong X-API-Key", 401)(scope, receive, send)
+        if scope["method"] != "POST" or path not in (PREDICT_PATH, BATCH_PATH):
+            return await self.app(scope, receive, send)
+        limit = self.settings.max_upload_bytes
+        too_large = f"too large: request body over {limit} bytes (limit max_upload_bytes)"
+        try:
+            if int(headers.get("content-length", "0")) > limit:
+                return await error_response(too_large)(scope, receive, send)
+        except ValueError:
+            return await error_response("invalid Content-Length")(scope, receive, send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return await error_response(too_large)(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        data = bytes(body)
+
+        def replay() -> Any:
+            sent = False
+
+            async def receive_again() -> dict:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": data, "more_body": False}
+                return await receive()
+
+            return receive_again
+
+        reason = await _body_error(scope, headers.get("content-type", ""), data, replay())
+        if reason is not None:
+            return await error_response(reason, 400)(scope, receive, send)
+        return await self.app(scope, replay(), send)
+
+
+async def _body_error(scope: dict, content_type: str, data: bytes, receive: Any) -> str | None:
+    """Why LitServe could not read this body (it reads forms and JSON objects), or None."""
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        try:
+            form = await Request(scope, receive).form()
+            await form.close()
+        except Exception as exc:  # noqa: BLE001 - any parser failure is the client's
+            return f"malformed form body ({type(exc).__name__})"
+        return None
+    try:
+        payload = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"malformed JSON ({exc})" if data else "empty body: send an image"
+    if not isinstance(payload, dict):
+        return "expected a JSON object"
+    return None
+
+
+def describe(agegender: AgeGender, settings: ServeSettings) -> dict[str, Any]:
+    """What ``GET /info`` reports: the model, its labels and face spec, where it runs, the
+    server's limits and the versions of what serves it."""
+    import importlib.metadata as md
+
+    classifier = agegender.classifier
+    spec = classifier.face_spec
+    versions = {"python": platform.python_version()}
+    for package in ("agegender", "litserve", "torch", "onnxruntime", "numpy", "pillow"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    options = agegender.options
+    limits = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    limits["api_key"] = bool(settings.api_key)  # whether one is required, never its value
+    limits["max_pixels"] = options.max_pixels
+    return {
+        "model": {
+            "checkpoint": options.checkpoint or "original Levi-Hassner nets",
+            "tasks": list(classifier.tasks),
+            "oversample": classifier.oversample,
+            "calibrated": classifier.calibrated,
+        },
+        "labels": {"name": classifier.labels.name, "classes": agegender.labels},
+        "face_spec": asdict(spec) if is_dataclass(spec) else str(spec),
+        "detector": options.detector_name,
+        "backend": classifier.backend,
+        "precision": classifier.precision,
+        "device": str(classifier.device),
+        "batch_size": options.batch_size,
+        "workers": options.workers,
+        "server": limits,
+        "versions": versions,
+    }
+
+
+def build_server(options: PredictOptions, settings: ServeSettings, info: dict[str, Any]) -> Any:
+    """The LitServer: /predict and /predict/batch (each with its own inference workers),
+    the request limits in front, JSON errors, and our /info."""
+    device = str(options.device)
+    server = ls.LitServer(
+        [FaceAPI(options, settings, many=False), FaceAPI(options, settings, many=True)],
+        accelerator="cuda" if device.startswith("cuda") else "cpu",
+        devices=1,
+        workers_per_device=settings.workers_per_device,
+        timeout=settings.timeout,
+        info_path="/litserve/info",  # /info is ours (the model, not only the server)
+        middlewares=[(RequestLimits, {"settings": settings})],
+    )
+
+    async def http_error(request: Any, exc: Any) -> "JSONResponse":
+        return error_response(str(exc.detail), exc.status_code)
+
+    server.app.add_exception_handler(StarletteHTTPException, http_error)
+
+    async def info_route() -> dict[str, Any]:
+        return info
+
+    server.app.add_api_route("/info", info_route, methods=["GET"], summary="model and server")
+    return server
+
+
+def load_options(overrides: Sequence[str]) -> PredictOptions:
+    """``conf/predict.yaml`` with ``overrides``, composed as predict.py does; never downloads."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("predict", overrides=["input=serve", "output=serve", *overrides])
+    return PredictOptions.from_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+
+
+def _parse_value(text: str) -> Any:
+    """A serve.yaml value given on the command line, as YAML would read it."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agegender.serve",
+        description="REST prediction server (LitServe): POST /predict, /predict/batch.",
+    )
+    parser.add_argument("--port", type=int, default=None, help="default: conf/serve.yaml (8000)")
+    parser.add_argument("--host", default=None, help="default 127.0.0.1; 0.0.0.0 = the network")
+    parser.add_argument("--api-key", default=None, help=f"or the {API_KEY_ENV} variable")
+    parser.add_argument(
+        "overrides", nargs="*", help="conf/serve.yaml settings or conf/predict.yaml overrides"
+    )
+    args = parser.parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"overrides are key=value (got {' '.join(bad)})")
+    if ls is None:
+        print(
+            "agegender.serve needs LitServe: pip install -e '.[serve]' (or pip install litserve)",
+            file=sys.stderr,
+        )
+        return 2
+    own = {f.name for f in fields(ServeSettings)}
+    changes: dict[str, Any] = {}
+    predict_overrides = []
+    for override in args.overrides:
+        key, value = override.split("=", 1)
+        if key in own:
+            changes[key] = _parse_value(value)
+        else:
+            predict_overrides.append(override)
+    for key, value in (("host", args.host), ("port", args.port), ("api_key", args.api_key)):
+        if value is not None:
+            changes[key] = value
+    try:
+        settings = ServeSettings.load(**changes)
+        options = load_options(predict_overrides)
+        # built here once: a missing checkpoint is a clear error now, not a dead worker later
+        agegender = AgeGender(options=options)
+    except (WeightsNotFoundError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"agegender.serve: {exc}", file=sys.stderr)
+        return 2
+    info = describe(agegender, settings)
+    del agegender
+    server = build_server(options, settings, info)
+    print(
+        f"agegender.serve: {info['detector']} + {info['backend']} on "
+        f"http://{settings.host}:{settings.port} (docs: /docs)",
+        flush=True,
+    )
+    server.run(
+        host=settings.host,
+        port=settings.port,
+        num_api_servers=settings.api_servers,
+        log_level=settings.log_level,
+        generate_client_file=False,  # nothing written to disk (LitServe writes client.py)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The prediction server (python -m agegender.serve) end to end, on a loopback port.
+
+One server process for the module: good requests (multipart, base64 JSON, caller boxes, a
+batch) must equal ``AgeGender().predict`` on the same photos; bad ones (not an image,
+truncated, empty, oversized, too many pixels, unauthorised, malformed JSON and base64) get
+a JSON error with the CSV's reason and the right code; concurrent requests all get their
+own answers; and the server still answers after every bad request.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, SAMPLES, WEIGHTS_HINT, require
+
+pytest.importorskip("litserve")
+
+KEY = "test-key-24"
+PHOTOS = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".jpg", ".png"))
+MAX_UPLOAD = 2_000_000
+MAX_PIXELS = 4_000_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(
+    url: str, body: bytes | None = None, content_type: str | None = None, key: str | None = KEY
+) -> tuple[int, Any]:
+    """(status, decoded JSON or text) of one request."""
+    headers = {}
+    if content_type:
+        headers["Content-Type"] = content_type
+    if key:
+        headers["X-API-Key"] = key
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def multipart(data: bytes, name: str = "photo.jpg") -> tuple[bytes, str]:
+    """A multipart/form-data body with the file field ``image``."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def as_json(payload: Any) -> tuple[bytes, str]:
+    return json.dumps(payload).encode(), "application/json"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def agegender():
+    from agegender import AgeGender
+    from agegender.store import WeightsNotFoundError
+
+    try:
+        return AgeGender(max_pixels=MAX_PIXELS)
+    except WeightsNotFoundError as error:
+        require(False, f"original weights not cached: {WEIGHTS_HINT} ({error})")
+
+
+@pytest.fixture(scope="module")
+def server(agegender, tmp_path_factory) -> Any:
+    """Base URL of a server on a free loopback port (batching on, an API key), stopped after."""
+    port = _free_port()
+    cwd = tmp_path_factory.mktemp("serve-cwd")  # nothing may be written there
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AGEGENDER_API_KEY": KEY}
+    command = [
+        sys.executable, "-m", "agegender.serve", "--port", str(port),
+        f"max_upload_bytes={MAX_UPLOAD}", "max_batch_images=4", "max_batch_size=8",
+        "batch_timeout=0.05", f"max_pixels={MAX_PIXELS}",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read().decode(errors="replace")  # type: ignore[union-attr]
+                pytest.fail(f"server exited with {process.returncode}:\n{output[-3000:]}")
+            try:
+                status, _ = call(f"{base}/health", key=None)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("server not healthy within 120 s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        assert list(cwd.iterdir()) == [], "the server wrote files"
+
+
+def assert_same(answer: dict, faces: list) -> None:
+    """Server faces == the API's: boxes, labels and every probability to 1e-4."""
+    assert answer["status"] == ("ok" if faces else "no_face")
+    got = answer["faces"]
+    assert len(got) == len(faces)
+    for mine, theirs in zip(got, (f.to_dict() for f in faces), strict=True):
+        assert mine["age"] == theirs["age"] and mine["gender"] == theirs["gender"]
+        np.testing.assert_allclose(mine["box"], theirs["box"], atol=1e-3)
+        for task in ("age_probs", "gender_probs"):
+            assert list(mine[task]) == list(theirs[task])
+            np.testing.assert_allclose(
+                list(mine[task].values()), list(theirs[task].values()), atol=1e-4
+            )
+
+
+def test_health_info_and_docs(server, agegender) -> None:
+    status, info = call(f"{server}/info")
+    assert status == 200
+    assert info["labels"]["classes"] == {k: list(v) for k, v in agegender.labels.items()}
+    assert info["backend"] == agegender.backend
+    assert info["face_spec"]["crop_size"] == agegender.classifier.face_spec.crop_size
+    assert info["server"]["api_key"] is True and KEY not in json.dumps(info)
+    assert info["versions"]["litserve"]
+    assert call(f"{server}/docs", key=None)[0] == 200
+    assert call(f"{server}/health", key=None)[0] == 200
+
+
+def test_predict_equals_the_api(server, agegender) -> None:
+    for photo in PHOTOS:
+        data = photo.read_bytes()
+        expected = agegender.predict(photo)
+        assert expected, f"{photo.name}: the sample should have a face"
+        status, answer = call(f"{server}/predict", *multipart(data, photo.name))
+        assert status == 200, answer
+        assert_same(answer, expected)
+        status, answer = call(f"{server}/predict", *as_json({"image": b64(data)}))
+        assert status == 200, answer
+        assert_same(answer, expected)
+
+
+def test_boxes_and_batch(server, agegender) -> None:
+    photo = PHOTOS[0]
+    box = [10, 20, 200, 230]
+    status, answer = call(
+        f"{server}/predict", *as_json({"image": b64(photo.read_bytes()), "boxes": [box]})
+    )
+    assert status == 200, answer
+    assert_same(answer, agegender.predict(photo, boxes=[box]))
+    body = {"images": [{"image": b64(p.read_bytes())} for p in PHOTOS[:3]]}
+    body["images"].append({"image": b64(b"not an image at all")})
+    status, answer = call(f"{server}/predict/batch", *as_json(body))
+    assert status == 200, answer
+    for got, photo in zip(answer["images"][:3], PHOTOS[:3], strict=True):
+        assert_same(got, agegender.predict(photo))
+    assert answer["images"][3]["error"] == "not an image"
+    assert answer["images"][3]["status"] == "error: not an image"
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_bad_requests_and_the_server_keeps_answering(server, agegender) -> None:
+    good = PHOTOS[0].read_bytes()
+    expected = agegender.predict(PHOTOS[0])
+    truncated = good[: len(good) // 3]
+    cases = [
+        (multipart(b"plain text, not a photo"), 400, "not an image"),
+        (multipart(truncated), 400, "truncated image"),
+        (multipart(b""), 400, "empty file"),
+        (as_json({"image": b64(b"")}), 400, "empty file"),
+        (as_json({"image": "%%% not base64 %%%"}), 400, "malformed base64"),
+        (as_json({"picture": b64(good)}), 400, "no 'image'"),
+        (as_json({"image": b64(good), "boxes": [[1, 2]]}), 400, "bad 'boxes'"),
+        (as_json({"image": b64(good), "boxes": [[0, 0, 5, 5]]}), 200, None),
+        ((b'{"image": ', "application/json"), 400, "malformed JSON"),
+        ((b"[1, 2]", "application/json"), 400, "expected a JSON object"),
+        ((b"", "application/json"), 400, "empty body"),
+        (multipart(b"x" * (MAX_UPLOAD + 10)), 413, "too large: request body"),
+        (multipart(_png(2500, 2000)), 413, "too large: 2500x2000"),
+        (as_json({"images": [{"image": b64(good)}] * 5}), 413, "too many images"),
+    ]
+    for (body, content_type), code, reason in cases:
+        path = "/predict/batch" if b'"images"' in body[:20] else "/predict"
+        status, answer = call(f"{server}{path}", body, content_type)
+        assert status == code, (reason, answer)
+        if reason is not None:
+            assert isinstance(answer, dict) and reason in answer["error"], answer
+        status, answer = call(f"{server}/predict", *multipart(good))
+        assert status == 200, answer
+        assert_same(answer, expected)
+
+
+def test_api_key(server) -> None:
+    body, content_type = multipart(PHOTOS[0].read_bytes())
+    for key in (None, "wrong"):
+        status, answer = call(f"{server}/predict", body, content_type, key=key)
+        assert status == 401 and "X-API-Key" in answer["error"]
+        assert call(f"{server}/info", key=key)[0] == 401
+    assert call(f"{server}/predict", body, content_type)[0] == 200
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, agegender) -> None:
+    photos = [PHOTOS[i % len(PHOTOS)] for i in range(24)]
+    expected = {p: agegender.predict(p) for p in set(photos)}
+    bad = b"not an image"
+
+    def send(i: int) -> tuple[int, Any, Path | None]:
+        if i % 6 == 5:  # bad requests mixed into the same batches
+            return (*call(f"{server}/predict", *multipart(bad)), None)
+        photo = photos[i]
+        return (*call(f"{server}/predict", *multipart(photo.read_bytes())), photo)
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(send, range(len(photos))))
+    for status, answer, photo in answers:
+        if photo is None:
+            assert status == 400 and answer["error"] == "not an image"
+        else:
+            assert status == 200, answer
+            assert_same(answer, expected[photo])
