@@ -304,7 +304,9 @@ class RequestLimits:
         too_large = f"too large: request body over {limit} bytes (limit max_upload_bytes)"
         try:
             if int(headers.get("content-length", "0")) > limit:
-                return await error_response(too_large)(scope, receive, send)
+                if await _drain(receive):
+                    return await error_response(too_large)(scope, receive, send)
+                return None
         except ValueError:
             return await error_response("invalid Content-Length")(scope, receive, send)
         body = bytearray()
@@ -314,7 +316,9 @@ class RequestLimits:
                 return None
             body += message.get("body", b"")
             if len(body) > limit:
-                return await error_response(too_large)(scope, receive, send)
+                if await _drain(receive):
+                    return await error_response(too_large)(scope, receive, send)
+                return None
             if not message.get("more_body", False):
                 break
         data = bytes(body)
@@ -335,6 +339,21 @@ class RequestLimits:
         if reason is not None:
             return await error_response(reason, 400)(scope, receive, send)
         return await self.app(scope, replay(), send)
+
+
+async def _drain(receive: Any) -> bool:
+    """Read the rest of a refused body without keeping it (False: the client left).
+
+    Answering 413 while the client is still sending makes the server close a socket with
+    unread data: the kernel then resets the connection and the client never reads the 413
+    (it sees a broken pipe). Discarding the bytes keeps memory flat; the request timeout
+    still bounds how long a client can keep sending."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        if not message.get("more_body", False):
+            return True
 
 
 async def _body_error(scope: dict, content_type: str, data: bytes, receive: Any) -> str | None:

@@ -234,6 +234,7 @@ def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
             shutil.copy(shot, os.environ[SCREENSHOT_ENV])
 
 
+@pytest.mark.slow  # a browser, a clip counted and a live stream stopped; CI runs slow tests
 def test_audience_tab_in_headless_chromium(tmp_path, original_classifier) -> None:
     """Upload the generated clip to the Audience tab, count it in windows of 2 s, and read
     the known audience off the page: people per window in the table, the totals, the chart

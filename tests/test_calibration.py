@@ -121,6 +121,7 @@ def test_checkpoint_stores_and_torch_classifier_applies_temperature(calibrated_c
     assert "calibration" not in load_model(path.with_name("removed.pt"))[1]
 
 
+@pytest.mark.slow  # two ONNX exports, each checked in onnxruntime and OpenCV (~45 s)
 def test_export_bakes_temperature_into_the_graph(calibrated_checkpoint, tmp_path) -> None:
     from agegender.export import export_model, read_metadata
 
