@@ -8,9 +8,11 @@ to disk, and is then renamed over the target with ``os.replace``.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,6 +50,20 @@ def atomic_write(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_csv_rows(
+    path: str | os.PathLike[str], rows: Iterable[Mapping[str, object]], columns: Sequence[str]
+) -> Path:
+    """A small CSV rewritten whole (tracks.csv, audience.csv): ``columns`` as the header,
+    one line per row (missing keys empty), UTF-8, written with :func:`atomic_write`
+    without fsync (a killed process, not a power cut, must not leave half of it)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    data = buffer.getvalue().encode("utf-8")
+    return atomic_write(path, lambda fh: fh.write(data), fsync=False)
 
 
 def _temporary(path: Path, suffix: str = "") -> tuple[int, str]:

@@ -28,7 +28,6 @@ them up, and each row names its video.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -42,9 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from agegender.fileio import atomic_write
+from agegender.fileio import atomic_write, write_csv_rows
 from agegender.inference.options import AudienceOptions, OptionError, PredictOptions
-from agegender.inference.results import TASKS, FaceResult, ImageResult
+from agegender.inference.results import (
+    FaceResult,
+    ImageResult,
+    add_probs,
+    averaged_labels,
+)
 from agegender.labels import LabelSet
 
 CSV_NAME = "audience.csv"
@@ -182,17 +186,13 @@ class Person:
             self.removed[gate] = self.removed.get(gate, 0) + 1
             return
         self.passed += 1
-        for task in TASKS:
-            p = face.probs(task)
-            if p is not None:
-                self.sums[task] = self.sums[task] + p if task in self.sums else p.copy()
+        add_probs(self.sums, face)
 
     def group(self, labels: LabelSet) -> str | None:
         """The group column of the track's answer (averaged gated probabilities)."""
         if not self.sums:
             return None
-        names = labels.class_names
-        best = {t: names[t][int(np.argmax(s))] for t, s in self.sums.items()}
+        best = averaged_labels(self.sums, labels)
         if "gender" in best and "age" in best:
             return f"{best['gender']}_{best['age']}"
         return best.get("gender") or best.get("age")
@@ -495,12 +495,7 @@ def write_audience_csv(
     path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], columns: Sequence[str]
 ) -> Path:
     """audience.csv, atomically (small: one row per window)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns))
-    writer.writeheader()
-    writer.writerows(rows)
-    data = buffer.getvalue().encode("utf-8")
-    return atomic_write(path, lambda fh: fh.write(data), fsync=False)
+    return write_csv_rows(path, rows, columns)
 
 
 def plot_audience(

@@ -118,6 +118,23 @@ class FaceResult:
         return out
 
 
+def add_probs(sums: dict[str, np.ndarray], face: FaceResult) -> None:
+    """Add ``face``'s probabilities to per-task ``sums``: what a person followed over frames
+    (a track of tracks.csv, a person of audience.csv) is answered by (see
+    :func:`averaged_labels`)."""
+    for task in TASKS:
+        p = face.probs(task)
+        if p is not None:
+            sums[task] = sums[task] + p if task in sums else p.copy()
+
+
+def averaged_labels(sums: dict[str, np.ndarray], labels: LabelSet) -> dict[str, str]:
+    """{task: class of the averaged probabilities} from :func:`add_probs`' sums (the argmax
+    of a sum is that of its mean)."""
+    names = labels.class_names
+    return {task: names[task][int(np.argmax(s))] for task, s in sums.items()}
+
+
 def expected_years(face: FaceResult, labels: LabelSet) -> float | None:
     """``age_years_estimate``: the face's age probabilities times the classes' midpoints
     (:attr:`agegender.labels.LabelSet.midpoints`), rounded to 0.1 year: an estimate."""

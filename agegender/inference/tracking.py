@@ -17,7 +17,6 @@ only when a run has a video or stream.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agegender.fileio import atomic_write
+from agegender.fileio import write_csv_rows
 from agegender.inference.csv_writer import prob_columns
-from agegender.inference.results import TASKS, FaceResult
+from agegender.inference.results import FaceResult, add_probs, averaged_labels
 from agegender.labels import ADIENCE8, LabelSet
 
 TRACKS_NAME = "tracks.csv"
@@ -155,18 +154,14 @@ class Track:
         self.first_frame = min(self.first_frame, frame)
         self.last_frame = max(self.last_frame, frame)
         self.frames += 1
-        for task in TASKS:
-            p = face.probs(task)
-            if p is not None:
-                self.sums[task] = self.sums[task] + p if task in self.sums else p.copy()
+        add_probs(self.sums, face)
 
     def mean(self) -> dict[str, np.ndarray]:
         return {task: s / max(self.frames, 1) for task, s in self.sums.items()}
 
     def labels_now(self) -> dict[str, str]:
         """{task: label of the averaged probabilities} for the tasks the network has."""
-        names = self.labels.class_names
-        return {t: names[t][int(np.argmax(p))] for t, p in self.mean().items()}
+        return averaged_labels(self.sums, self.labels)
 
     def row(self) -> dict[str, object]:
         row: dict[str, object] = dict.fromkeys(track_columns(self.labels), "")
@@ -215,12 +210,7 @@ def write_tracks_csv(
     labels: LabelSet | None = None,
 ) -> Path:
     """Write tracks.csv atomically (rewritten whole after each video: it is small)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=track_columns(labels))
-    writer.writeheader()
-    writer.writerows(rows)
-    data = buffer.getvalue().encode("utf-8")
-    return atomic_write(path, lambda fh: fh.write(data), fsync=False)
+    return write_csv_rows(path, rows, track_columns(labels))
 
 
 def read_tracks_csv(
