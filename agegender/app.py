@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 
 from agegender.api import AgeGender
-from agegender.config import CONF_DIR
 from agegender.errors import CheckpointError
 from agegender.inference.annotate import draw
 from agegender.inference.audience import (
@@ -51,7 +50,7 @@ from agegender.inference.audience import (
 )
 from agegender.inference.csv_writer import prediction_columns, result_rows
 from agegender.inference.inputs import InputItem
-from agegender.inference.options import OptionError
+from agegender.inference.options import OptionError, PredictOptions
 from agegender.inference.summary import Summary
 from agegender.runtime.build import configure_torch_threads
 from agegender.store import WeightsNotFoundError
@@ -411,14 +410,9 @@ def build_demo(agegender: AgeGender) -> Any:
 
 def load_agegender(overrides: Sequence[str] = ()) -> AgeGender:
     """The API object for ``conf/predict.yaml`` with ``overrides`` (what predict.py builds)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("predict", overrides=["input=app", "output=app", *overrides])
-    config = OmegaConf.to_container(cfg, resolve=True)
-    configure_torch_threads(config.get("threads"), int(config["workers"]))
-    return AgeGender.from_config(config)
+    options = PredictOptions.compose(overrides)
+    configure_torch_threads(options.threads, options.workers)
+    return AgeGender(options=options.replace(download=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

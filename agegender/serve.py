@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from agegender.api import AgeGender, face_of_box
-from agegender.config import CONF_DIR, load_yaml
+from agegender.config import load_yaml
 from agegender.errors import CheckpointError
 from agegender.inference.inputs import InputItem
 from agegender.inference.options import PredictOptions
@@ -437,16 +437,6 @@ def build_server(options: PredictOptions, settings: ServeSettings, info: dict[st
     return server
 
 
-def load_options(overrides: Sequence[str]) -> PredictOptions:
-    """``conf/predict.yaml`` with ``overrides``, composed as predict.py does; never downloads."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("predict", overrides=["input=serve", "output=serve", *overrides])
-    return PredictOptions.from_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-
-
 def _parse_value(text: str) -> Any:
     """A serve.yaml value given on the command line, as YAML would read it."""
     import yaml
@@ -489,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             changes[key] = value
     try:
         settings = ServeSettings.load(**changes)
-        options = load_options(predict_overrides)
+        options = PredictOptions.compose(predict_overrides)  # never downloads
         # built here once: a missing checkpoint is a clear error now, not a dead worker later
         agegender = AgeGender(options=options)
     except (WeightsNotFoundError, CheckpointError, FileNotFoundError, ValueError) as exc:

@@ -10,11 +10,11 @@ refused by the source (:mod:`agegender.inference.sources`), never silently ignor
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from agegender.config import load_yaml
+from agegender.config import CONF_DIR, load_yaml
 from agegender.faces.registry import detector_config
 
 
@@ -169,6 +169,19 @@ class PredictOptions:
         cfg["detector"] = detector_config(detector, **where)  # type: ignore[index]
         return cls.from_config(cfg).replace(**settings)  # type: ignore[arg-type]
 
+    @classmethod
+    def compose(cls, overrides: Sequence[str] = ()) -> PredictOptions:
+        """``conf/predict.yaml`` composed with Hydra ``overrides`` (``detector=opencv_ssd``,
+        ``checkpoint=...``), as predict.py composes it, for the entry points that run
+        without an input of their own (the web demo, the server): input and output None."""
+        from hydra import compose, initialize_config_dir  # deferred: only these entries
+        from omegaconf import OmegaConf
+
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("predict", overrides=["input=none", "output=none", *overrides])
+        config = OmegaConf.to_container(cfg, resolve=True)
+        return cls.from_config(config).replace(input=None, output=None)  # type: ignore[arg-type]
+
     def replace(self, **settings: Any) -> PredictOptions:
         """A copy with ``settings`` changed; ``video_<name>=`` sets ``video.<name>`` and
         ``audience_<name>=`` ``audience.<name>``. An unknown setting is a TypeError naming it."""
@@ -200,11 +213,6 @@ class PredictOptions:
         """Annotated copies are written: ``annotate=true`` and not ``privacy=true`` (privacy
         writes aggregates only, whatever ``annotate`` says)."""
         return bool(self.annotate) and not self.privacy
-
-    @property
-    def abstains(self) -> bool:
-        """True when some task has a ``min_prob``."""
-        return any(v is not None for v in self.min_prob.values())
 
     @property
     def detector_name(self) -> str:
