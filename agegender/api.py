@@ -123,11 +123,13 @@ class AgeGender:
         """Where the network runs: ``torch`` or ``onnxruntime``."""
         return self.classifier.backend
 
-    def pipeline(self, keep_images: bool = False) -> Pipeline:
-        """The pipeline every entry point runs (API calls, ``predict.py``, the web demo)."""
+    def pipeline(self, keep_images: bool = False, detector: Detector | None = None) -> Pipeline:
+        """The pipeline every entry point runs (API calls, ``predict.py``, the web demo, the
+        server, evaluation); ``detector``: another one for this pipeline only (evaluation
+        classifies the whole image where nothing was detected)."""
         options = self.options
         return Pipeline(
-            self.detector,
+            detector or self.detector,
             self.classifier,
             batch_size=options.batch_size,
             workers=options.workers,

@@ -29,6 +29,7 @@ from agegender.calibration import (
     reliability_bins,
     temperatures_of,
 )
+from agegender.data.splits import split_users
 from agegender.labels import IGNORE_INDEX, LabelSet, reporting_matrix
 
 #: Value of ``report.json``'s ``"format"`` key.
@@ -215,18 +216,19 @@ def _text_groups(values: pd.Series) -> pd.Series:
 
 
 def split_subjects(subjects: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """True for the faces whose subject falls in the fitting share: the distinct subjects
-    (sorted) shuffled by ``seed``, the first ``round(fraction x subjects)`` of them (at least
-    one, and at least one left to evaluate on)."""
-    names = np.array(sorted(set(subjects.tolist())))
+    """True for the faces whose subject falls in the fitting share: training's own subject
+    split (:func:`agegender.data.splits.split_users`: the sorted subjects shuffled by
+    ``seed``) with ``round(fraction x subjects)`` of them, at least one, and at least one
+    left to evaluate on."""
+    names = sorted(set(subjects.tolist()))
     if len(names) < 2:
         raise EvaluationError(
             f"calibrate=true needs faces of at least two subjects (one share to fit the "
             f"temperature on, another to evaluate it), this set has {len(names)}"
         )
-    order = np.random.default_rng(seed).permutation(len(names))
     count = min(max(1, round(fraction * len(names))), len(names) - 1)
-    return np.isin(subjects, names[order[:count]])
+    _, fitting = split_users(names, count / len(names), seed)
+    return np.isin(subjects, sorted(fitting))
 
 
 def _calibration(

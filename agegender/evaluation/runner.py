@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from agegender.api import AgeGender
 from agegender.evaluation.outputs import write_outputs
 from agegender.evaluation.report import (
     TASKS,
@@ -32,15 +33,13 @@ from agegender.evaluation.report import (
     build_report,
 )
 from agegender.evaluation.sets import BOX, SET_KINDS, EvalSet, EvalSetError, load_set
-from agegender.faces import Detector, Face, build_detector
-from agegender.faces.registry import detector_config
+from agegender.faces import Face
 from agegender.faces.whole import WholeImageDetector
 from agegender.inference.inputs import InputItem
-from agegender.inference.pipeline import Pipeline
+from agegender.inference.options import PredictOptions
 from agegender.inference.results import FaceResult
 from agegender.labels import LabelSet, load_label_set, reporting_matrix
-from agegender.runtime.base import Classifier
-from agegender.runtime.build import build_classifier, configure_torch_threads
+from agegender.runtime.build import configure_torch_threads
 from agegender.store import original_checkpoint_path
 
 #: ``detection`` column of faces.csv: how the face of a row was found.
@@ -51,6 +50,11 @@ CONFIG_KEYS: tuple[str, ...] = (
     "calibrate", "calibrate_fraction", "resamples", "level", "seed", "bins", "gap_min_faces",
     "batch_size", "workers", "threads", "device", "precision", "backend", "oversample",
     "decode_min_side", "max_pixels", "detector",
+)  # fmt: skip
+#: The engine's settings (conf/predict.yaml's keys) an evaluation sets itself.
+ENGINE_KEYS: tuple[str, ...] = (
+    "batch_size", "workers", "threads", "device", "precision", "backend", "oversample",
+    "decode_min_side", "max_pixels",
 )  # fmt: skip
 
 
@@ -65,27 +69,18 @@ def _item(row: Any, index: int) -> InputItem:
     return InputItem(path=str(row.path), relpath=str(index), file=Path(row.file), faces=faces)
 
 
-def predict_set(
-    evalset: EvalSet,
-    classifier: Classifier,
-    detector: Detector,
-    batch_size: int = 32,
-    workers: int = 2,
-    decode_min_side: int | None = None,
-    max_pixels: int | None = None,
-) -> tuple[FaceTable, list[dict[str, str]]]:
+def predict_set(evalset: EvalSet, agegender: AgeGender) -> tuple[FaceTable, list[dict[str, str]]]:
     """(one :class:`FaceTable` row per evaluated face, ``[{"path", "error"}]`` for the
-    rows whose image could not be used). The classifier must report its own label set
-    (raw probabilities in the network's classes)."""
+    rows whose image could not be used), through ``agegender``'s pipeline. It must report
+    the network's own label set (raw probabilities in the network's classes)."""
+    classifier = agegender.classifier
     if classifier.labels != classifier.model_labels:
         raise EvaluationError("the classifier must report the network's own label set")
-    settings = {"batch_size": batch_size, "workers": workers, "max_pixels": max_pixels}
-    settings["decode_min_side"] = decode_min_side
     rows = list(evalset.table.itertuples(index=False))
     found: dict[int, tuple[FaceResult, str]] = {}
     errors: dict[int, str] = {}
     retry: list[int] = []
-    pipeline = Pipeline(detector, classifier, keep_images=False, **settings)
+    pipeline = agegender.pipeline()
     for index, result in enumerate(pipeline.run(_item(r, i) for i, r in enumerate(rows))):
         if result.error is not None:
             errors[index] = result.error
@@ -95,7 +90,7 @@ def predict_set(
         else:
             retry.append(index)
     if retry:  # nothing detected: the whole image is the face (detector=none's crop)
-        whole = Pipeline(WholeImageDetector(), classifier, keep_images=False, **settings)
+        whole = agegender.pipeline(detector=WholeImageDetector())
         items = (InputItem(str(rows[i].path), str(i), file=Path(rows[i].file)) for i in retry)
         for index, result in zip(retry, whole.run(items), strict=True):
             if result.error is not None or not result.faces:
@@ -191,13 +186,6 @@ def _check_source(cfg: Mapping[str, Any]) -> None:
         raise EvalSetError(f"set=adience: root {str(cfg[key])!r} is not a folder")
 
 
-def _detector(cfg: Mapping[str, Any], backend: str) -> Detector:
-    spec = cfg["detector"]
-    if isinstance(spec, str):
-        spec = detector_config(spec, device=cfg["device"], backend=backend)
-    return build_detector(dict(spec))
-
-
 def evaluate(cfg: Mapping[str, Any]) -> Evaluation:
     """Evaluate ``cfg["checkpoint"]`` on the set ``cfg`` names and write every output into
     ``cfg["output"]`` (``conf/evaluate.yaml`` lists the keys; ``detector`` may be a name or
@@ -206,19 +194,21 @@ def evaluate(cfg: Mapping[str, Any]) -> Evaluation:
     settings = _settings(cfg)
     _check_source(cfg)
     checkpoint = None if cfg["checkpoint"] in (None, "", "null") else str(cfg["checkpoint"])
-    classifier, meta = build_classifier(
-        checkpoint,
-        oversample=bool(cfg["oversample"]),
-        device=str(cfg["device"]),
-        download=False,
-        precision=str(cfg["precision"]),
-        backend=str(cfg["backend"]),
-        threads=cfg["threads"],
+    # predict.py's options with the evaluation's engine settings: raw probabilities in the
+    # network's own label set (temperatures and label sets are applied by the report)
+    options = PredictOptions.defaults(
+        checkpoint=checkpoint,
         labels=None,
         calibration=False,
+        **{key: cfg[key] for key in ENGINE_KEYS},
     )
+    spec = cfg["detector"]
+    if not isinstance(spec, str):  # a composed conf/detector config
+        options, spec = options.replace(detector=dict(spec)), None
+    agegender = AgeGender(spec, options=options)
+    classifier = agegender.classifier
     if classifier.backend == "torch":  # onnxruntime's threads are set in the classifier
-        configure_torch_threads(cfg["threads"], int(cfg["workers"]))
+        configure_torch_threads(options.threads, options.workers)
     labels: LabelSet = (
         classifier.model_labels if cfg.get("labels") is None else load_label_set(cfg["labels"])
     )
@@ -234,23 +224,14 @@ def evaluate(cfg: Mapping[str, Any]) -> Evaluation:
     )
     if not len(evalset):
         raise EvalSetError(f"{describe_set(evalset)}: no labelled row to evaluate")
-    detector = _detector(cfg, classifier.backend)
-    table, errors = predict_set(
-        evalset,
-        classifier,
-        detector,
-        batch_size=int(cfg["batch_size"]),
-        workers=int(cfg["workers"]),
-        decode_min_side=cfg["decode_min_side"],
-        max_pixels=cfg["max_pixels"],
-    )
+    table, errors = predict_set(evalset, agegender)
     notes = list(evalset.notes)
     model = {
         "checkpoint": checkpoint,
         "description": describe_model(checkpoint),
         "backend": classifier.backend,
         "precision": classifier.precision,
-        "detector": getattr(detector, "name", type(detector).__name__),
+        "detector": getattr(agegender.detector, "name", type(agegender.detector).__name__),
     }
     dataset = {
         "kind": evalset.kind,
