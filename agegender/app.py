@@ -28,6 +28,7 @@ import io
 import os
 import queue
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -428,8 +429,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         parser.error(f"overrides are key=value (got {' '.join(bad)})")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    # SIGTERM (how services and tests stop the demo) as an exit, not a kill: the private
+    # folder of uploaded photos is then removed like on Ctrl-C
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     with private_temporaries():
         return _serve(args)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager

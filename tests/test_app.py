@@ -204,6 +204,24 @@ def _page(*overrides: str) -> Iterator[tuple[Any, Any]]:
             server.kill()
 
 
+def test_stopping_the_demo_removes_its_private_folder(tmp_path, original_classifier) -> None:
+    """SIGTERM (how services and this file's browser tests stop the demo) must remove the
+    folder of uploaded photos, as Ctrl-C does: uploads of people are not left behind."""
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TMPDIR": str(tmp_path)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "agegender.app", "--port", str(port), "detector=none"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for_page(f"http://127.0.0.1:{port}/", server)
+        assert len(list(tmp_path.glob("agegender-app-*"))) == 1  # the folder exists while up
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert list(tmp_path.glob("agegender-app-*")) == []
+
+
 def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
     from selenium.webdriver.common.by import By
 
