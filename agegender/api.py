@@ -27,7 +27,7 @@ from PIL import Image
 from agegender.faces import Detector, Face, build_detector
 from agegender.faces.registry import detector_config
 from agegender.fileio import display_path
-from agegender.images import ImageLoadError, to_rgb_array
+from agegender.images import ImageLoadError, image_extensions, to_rgb_array
 from agegender.inference.inputs import InputItem
 from agegender.inference.job import predict
 from agegender.inference.options import PredictOptions
@@ -102,6 +102,7 @@ class AgeGender:
             threads=options.threads,
             labels=options.labels,
             calibration=options.calibration,
+            workload="single" if _one_photo(options.input) else "folder",
         )
 
     @classmethod
@@ -244,6 +245,15 @@ def _to_rgb(image: Any, bgr: bool) -> np.ndarray:
     if bgr:
         image = image[:, :, ::-1]
     return np.ascontiguousarray(image)
+
+
+def _one_photo(input: str | None) -> bool:
+    """True when a run's input is one image file: ``precision=auto`` then weighs start-up
+    against throughput (:func:`agegender.runtime.build.choose_backend`)."""
+    if input is None or "://" in input:
+        return False
+    path = Path(input)
+    return path.suffix.lower() in image_extensions() and path.is_file()
 
 
 def face_of_box(box: Any) -> Face:

@@ -3,6 +3,7 @@
     python -m agegender.export output=model.onnx                    # the original weights
     python -m agegender.export checkpoint=outputs/.../last.ckpt output=model.onnx
     python -m agegender.export output=model.pt format=torchscript
+    python -m agegender.export output=model.int8.onnx precision=int8 [faces=FOLDER]
 
 The graph takes ``input``: N x 3 x S x S float32 **RGB in 0-255** (S = 227 for Levi-Hassner:
 a face aligned to 256 x 256, resized to ``resize_size``, centre crop ``crop_size``) and
@@ -12,6 +13,10 @@ TorchScript ``_extra_files["agegender.json"]``) holds the label names, sizes, me
 channel order: :func:`export_metadata`. Every export is checked before it is kept: the file
 is loaded back (onnxruntime, and OpenCV for ONNX; ``torch.jit.load``) and must give the
 network's probabilities to ``tolerance`` on a batch of test inputs, or nothing is written.
+
+``precision=int8`` quantizes the checked fp32 graph (:func:`quantize_onnx`): activation
+ranges from real aligned faces, and the graph is written only when its labels agree with
+fp32's on held-out faces (at least ``min_agreement``, default 95%, per task).
 """
 
 from __future__ import annotations
@@ -37,6 +42,18 @@ from agegender.labels import load_label_set
 from agegender.models.exportable import ExportableNet
 from agegender.onnx_session import ort_session
 from agegender.runtime.build import build_classifier
+from agegender.runtime.onnx_classifier import OnnxFaceClassifier
+from agegender.runtime.quantize import (
+    CALIBRATION_VIEWS,
+    CHECK_VIEWS,
+    METHOD,
+    MIN_AGREEMENT,
+    SPLIT_FACES,
+    Agreement,
+    agreement,
+    quantize,
+)
+from agegender.runtime.sample_faces import face_views, real_faces
 from agegender.store import MTCNN_ONNX_NAMES, WeightsNotFoundError
 
 #: Formats and the suffix each is written with by default.
@@ -277,6 +294,68 @@ def export_model(
     return writer(net, output, metadata, tolerance)
 
 
+def quantize_onnx(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    faces: str | os.PathLike[str] | None = None,
+    min_agreement: float = MIN_AGREEMENT,
+) -> Agreement:
+    """Write the int8 version of the fp32 agegender export ``source`` to ``output`` and
+    return how its labels agree with fp32's.
+
+    Calibration and check use real aligned faces (``faces``: a folder of photos or face
+    crops; default the sample photos): with at least 8 faces, every other face calibrates
+    and the rest are held out; with fewer (the four sample faces) both use the same faces
+    in different random views, which the agreement line says. Raises :class:`ExportError`
+    (nothing written) when a task's argmax agreement is below ``min_agreement``."""
+    import onnx
+
+    source = Path(source)
+    reference = OnnxFaceClassifier(source)
+    if reference.precision != "fp32":
+        raise ValueError(f"{source} is already a {reference.precision} graph; give an fp32 export")
+    real = real_faces(faces, reference.face_spec.face_size)
+    if len(real) >= SPLIT_FACES:
+        calibrate, check, held_out = real[0::2], real[1::2], "other faces"
+    else:
+        calibrate, check, held_out = real, real, "other views of the calibration faces"
+
+    def inputs(faces: list[np.ndarray]) -> np.ndarray:
+        return np.stack([reference.preprocess(face) for face in faces])
+
+    data = quantize(
+        source.read_bytes(), inputs(calibrate + face_views(calibrate, CALIBRATION_VIEWS, 0))
+    )
+    result = agreement(
+        source, data, inputs(check + face_views(check, CHECK_VIEWS, 1)), reference.tasks, held_out
+    )
+    if not result.passes(min_agreement):
+        raise ExportError(
+            f"{output} not written: the int8 graph's {result.line()}; below "
+            f"min_agreement={min_agreement:g} (calibrate on faces like yours: faces=FOLDER)"
+        )
+    model = onnx.load_from_string(data)
+    del model.metadata_props[:]
+    record = {
+        "method": METHOD,
+        "calibration_faces": len(calibrate),
+        "calibration_views": CALIBRATION_VIEWS,
+        "faces": str(faces) if faces is not None else "the sample photos (data/samples)",
+        "check": result.to_dict(),
+        "min_agreement": min_agreement,
+    }
+    for key, value in {
+        **reference.metadata,
+        "precision": "int8",
+        "quantization": json.dumps(record),
+    }.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    final = model.SerializeToString()
+    atomic_write(Path(output), lambda fh: fh.write(final))
+    return result
+
+
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The metadata of an exported file (ONNX or TorchScript)."""
     if str(path).lower().endswith(".onnx"):
@@ -299,21 +378,29 @@ def _flag(value: str, key: str) -> bool:
     raise ValueError(f"{key} must be true or false, got {value!r}")
 
 
+USAGE = (
+    "usage: python -m agegender.export [checkpoint=PATH] output=FILE [format=onnx|torchscript] "
+    "[tolerance=1e-4] [calibration=true|false] [precision=fp32|int8] [faces=FOLDER] "
+    f"[min_agreement={MIN_AGREEMENT}]"
+)
+KEYS = (
+    "checkpoint", "output", "format", "tolerance", "calibration", "precision", "faces",
+    "min_agreement",
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m agegender.export [checkpoint=P] output=F [format=onnx|torchscript]``.
 
-    The ``key=value`` form of predict.py's Hydra overrides, parsed here: four plain options
-    need no config tree, and this works from any working directory."""
+    The ``key=value`` form of predict.py's Hydra overrides, parsed here: a few plain options
+    need no config tree, and this works from any working directory. ``precision=int8``
+    quantizes (:func:`quantize_onnx`); its checkpoint may be an fp32 ``.onnx`` export."""
     args = sys.argv[1:] if argv is None else argv
     options: dict[str, str] = {}
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or key not in ("checkpoint", "output", "format", "tolerance", "calibration"):
-            print(
-                "usage: python -m agegender.export [checkpoint=PATH] output=FILE "
-                "[format=onnx|torchscript] [tolerance=1e-4] [calibration=true|false]",
-                file=sys.stderr,
-            )
+        if not sep or key not in KEYS:
+            print(USAGE, file=sys.stderr)
             return 2
         options[key] = value
     if "output" not in options:
@@ -322,14 +409,21 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = options.get("checkpoint") or None
     if checkpoint in ("null", "None"):
         checkpoint = None
+    precision = options.get("precision", "fp32")
     try:
-        diffs = export_model(
-            options["output"],
-            checkpoint,
-            options.get("format"),
-            float(options.get("tolerance", TOLERANCE)),
-            calibration=_flag(options.get("calibration", "true"), "calibration"),
-        )
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+        if precision == "int8":
+            line = _export_int8(options, checkpoint)
+        else:
+            diffs = export_model(
+                options["output"],
+                checkpoint,
+                options.get("format"),
+                float(options.get("tolerance", TOLERANCE)),
+                calibration=_flag(options.get("calibration", "true"), "calibration"),
+            )
+            line = ", ".join(f"{k} max |dp| {v:.1e}" for k, v in diffs.items())
     except (
         ExportError,
         CheckpointError,
@@ -339,9 +433,29 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2
-    checks = ", ".join(f"{k} max |dp| {v:.1e}" for k, v in diffs.items())
-    print(f"export: {options['output']} ({checks})")
+    print(f"export: {options['output']} ({line})")
     return 0
+
+
+def _export_int8(options: Mapping[str, str], checkpoint: str | None) -> str:
+    """The int8 graph of ``checkpoint`` (an fp32 ``.onnx`` export is quantized as it is;
+    anything else is exported to fp32 first); returns the agreement line."""
+    if options.get("format", "onnx") != "onnx":
+        raise ValueError("precision=int8 writes ONNX (onnxruntime runs it), not torchscript")
+    faces = options.get("faces") or None
+    minimum = float(options.get("min_agreement", MIN_AGREEMENT))
+    if checkpoint is not None and checkpoint.lower().endswith(".onnx"):
+        return quantize_onnx(checkpoint, options["output"], faces, minimum).line()
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_model(
+            fp32,
+            checkpoint,
+            "onnx",
+            float(options.get("tolerance", TOLERANCE)),
+            calibration=_flag(options.get("calibration", "true"), "calibration"),
+        )
+        return quantize_onnx(fp32, options["output"], faces, minimum).line()
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
     target = summary.csv or f"{output} (privacy: audience aggregates only)"
     print(
         f"predict: {summary.line()} -> {target} "
-        f"(precision {classifier.precision}, {classifier.backend})"
+        f"(precision {classifier.precision}, {classifier.backend}: {classifier.backend_reason})"
     )
     if classifier.backend_reason.startswith("auto took"):  # the install step was skipped
         print(f"  backend: {classifier.backend_reason}", file=sys.stderr)

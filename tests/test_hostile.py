@@ -266,7 +266,7 @@ def test_auto_says_why_it_took_torch(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "(precision fp32, torch)" in run.stdout
+    assert "(precision fp32, torch: " in run.stdout
     assert "auto took torch" in run.stderr and "python -m agegender.weights original" in run.stderr
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from agegender.config import CONF_DIR, load_yaml
 from agegender.faces.registry import detector_config
+from agegender.runtime.base import PRECISIONS
 
 
 class OptionError(ValueError):
@@ -127,6 +128,10 @@ class PredictOptions:
             raise ValueError("batch_size and workers must be >= 1")
         if self.format not in ("csv", "jsonl"):
             raise ValueError(f"format must be csv or jsonl, got {self.format!r}")
+        if self.precision not in PRECISIONS:  # before any model loads, with the choices
+            raise OptionError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         object.__setattr__(self, "min_prob", min_prob_of(self.min_prob))
 
     @classmethod

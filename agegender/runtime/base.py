@@ -13,6 +13,18 @@ import numpy as np
 from agegender.labels import LabelSet
 from agegender.spec import FaceSpec
 
+#: ``precision=`` choices. ``auto``: the exact-enough path measured fastest on this machine
+#: (:mod:`agegender.runtime.measure`), else the flag rule; ``fp32``: exact; ``bf16``: torch
+#: under bf16 autocast; ``int8``: a quantized ONNX graph, only when asked for.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
 
 class Classifier(Protocol):
     """Age and gender probabilities for batches of aligned faces."""
@@ -21,7 +33,7 @@ class Classifier(Protocol):
     backend: str
     #: Why that backend (:func:`agegender.runtime.build.choose_backend`).
     backend_reason: str
-    #: ``fp32`` or ``bf16`` (resolved, never ``auto``).
+    #: ``fp32``, ``bf16`` or ``int8`` (resolved, never ``auto``).
     precision: str
     oversample: bool
     device: Any

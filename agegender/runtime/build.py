@@ -12,9 +12,10 @@ from typing import Any
 
 from agegender.hardware import cpu_has_fast_bf16
 from agegender.labels import load_label_set
-from agegender.runtime.base import Classifier
+from agegender.runtime.base import Classifier, check_precision
+from agegender.runtime.measured import measured_choice
 from agegender.runtime.onnx_classifier import OnnxFaceClassifier
-from agegender.store import original_onnx_path
+from agegender.store import original_int8_path, original_onnx_path
 
 #: ``backend=``: where the network (and MTCNN) run; ``auto`` resolves per run
 #: (:func:`resolve_backend`).
@@ -27,16 +28,10 @@ def resolve_backend(
     device: str = "cpu",
     precision: str = "auto",
     oversample: bool = False,
+    workload: str = "folder",
 ) -> str:
-    """``torch`` or ``onnxruntime`` for these settings.
-
-    ``auto`` runs onnxruntime where it gives the same probabilities faster and without
-    importing torch: on the CPU, in fp32, single-crop, with the original weights' exported
-    graph cached (the install command writes it) or a checkpoint that is an ``.onnx``
-    export. Everything else (a GPU, bf16 where the CPU has AMX, over-sampling, train.py
-    checkpoints) runs PyTorch. :func:`choose_backend` also says why.
-    """
-    return choose_backend(backend, checkpoint, device, precision, oversample)[0]
+    """``torch`` or ``onnxruntime`` for these settings (:func:`choose_backend`)."""
+    return choose_backend(backend, checkpoint, device, precision, oversample, workload)[0]
 
 
 def choose_backend(
@@ -45,16 +40,35 @@ def choose_backend(
     device: str = "cpu",
     precision: str = "auto",
     oversample: bool = False,
-) -> tuple[str, str]:
-    """(``torch`` or ``onnxruntime``, why): the rule of :func:`resolve_backend`, with the
-    reason the summary line prints when ``auto`` did not take the fast CPU path."""
+    workload: str = "folder",
+) -> tuple[str, str, str]:
+    """(``torch`` or ``onnxruntime``, precision, why): where and how the network runs; the
+    summary line prints why.
+
+    ``auto`` (backend and precision) with the original weights on the CPU takes what the
+    install step measured fastest on this machine for the ``workload`` (``folder``: highest
+    throughput; ``single``: one photo, start-up included), among the exact-enough paths
+    (:mod:`agegender.runtime.measured`). Without a record: onnxruntime where it gives the
+    same probabilities faster and without importing torch (the CPU, fp32, single-crop, the
+    original weights' exported graph cached or an ``.onnx`` checkpoint), bf16 on torch where
+    the CPU has AMX; everything else (a GPU, over-sampling, train.py checkpoints) runs
+    PyTorch. ``precision=int8`` runs an int8 ONNX graph and is never chosen unasked. The
+    returned precision is ``auto`` only for torch runs it resolves per device.
+    """
+    check_precision(precision)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     onnx_file = checkpoint is not None and str(checkpoint).lower().endswith(".onnx")
+    if precision == "int8":
+        return _int8_backend(backend, checkpoint, device, oversample, onnx_file)
     if backend == "torch":
         if onnx_file:
             raise ValueError(f"checkpoint {checkpoint} is an ONNX export: use backend=onnxruntime")
-        return "torch", "backend=torch"
+        if precision == "auto" and checkpoint is None and str(device) == "cpu":
+            measured = measured_choice(workload)
+            if measured is not None and measured[0] == "torch":
+                return "torch", measured[1], "backend=torch, " + measured[2]
+        return "torch", precision, "backend=torch"
     if backend == "onnxruntime" or onnx_file:
         problems = [
             what
@@ -69,28 +83,71 @@ def choose_backend(
         ]  # fmt: skip
         if problems:
             raise ValueError(
-                f"backend=onnxruntime runs exported fp32 single-crop models on the CPU; "
+                f"backend=onnxruntime runs exported single-crop models on the CPU; "
                 f"not with {', '.join(problems)} (use backend=torch)"
             )
-        return "onnxruntime", "an ONNX model" if onnx_file else "backend=onnxruntime"
+        return "onnxruntime", precision, "an ONNX model" if onnx_file else "backend=onnxruntime"
     if str(device) != "cpu":
-        return "torch", f"device={device}"
+        return "torch", precision, f"device={device}"
     if oversample:
-        return "torch", "oversample=true runs on torch"
+        return "torch", precision, "oversample=true runs on torch"
     if precision == "bf16":
-        return "torch", "precision=bf16 runs on torch"
+        return "torch", "bf16", "precision=bf16 runs on torch"
+    if checkpoint is None and precision == "auto":
+        measured = measured_choice(workload)
+        if measured is not None and (measured[0] == "torch" or original_onnx_path().is_file()):
+            return measured
     if precision == "auto" and cpu_has_fast_bf16():
         # bf16 on AMX: ~2.6x faster than fp32 (the README's figures)
-        return "torch", "bf16 on this CPU's AMX tiles"
+        return "torch", "bf16", "bf16 on this CPU's AMX tiles"
     if checkpoint is None:
         path = original_onnx_path()
         if path.is_file():
-            return "onnxruntime", "the original weights' ONNX export"
-        return "torch", (
-            f"auto took torch: {path} is missing (the install command "
-            "`python -m agegender.weights original` writes it; onnxruntime is faster)"
+            return "onnxruntime", "fp32", "the original weights' ONNX export"
+        return (
+            "torch",
+            precision,
+            (
+                f"auto took torch: {path} is missing (the install command "
+                "`python -m agegender.weights original` writes it; onnxruntime is faster)"
+            ),
         )
-    return "torch", "a train.py checkpoint (python -m agegender.export makes an .onnx one)"
+    why = "a train.py checkpoint (python -m agegender.export makes an .onnx one)"
+    return "torch", precision, why
+
+
+def _int8_backend(
+    backend: str,
+    checkpoint: str | os.PathLike[str] | None,
+    device: str,
+    oversample: bool,
+    onnx_file: bool,
+) -> tuple[str, str, str]:
+    """``precision=int8``: an int8 ONNX graph on onnxruntime, or an error saying how to
+    make one."""
+    problems = [
+        what
+        for what, bad in (
+            ("backend=torch", backend == "torch"),
+            (f"device={device}", str(device) != "cpu"),
+            ("oversample=true", oversample),
+        )
+        if bad
+    ]
+    if problems:
+        raise ValueError(
+            f"precision=int8 runs an int8 ONNX graph on onnxruntime on the CPU; not with "
+            f"{', '.join(problems)}"
+        )
+    if checkpoint is None:
+        return "onnxruntime", "int8", "precision=int8: the original weights' int8 graph"
+    if onnx_file:
+        return "onnxruntime", "int8", "precision=int8: an int8 ONNX export"
+    raise ValueError(
+        f"precision=int8 runs an int8 ONNX export; make one: python -m agegender.export "
+        f"checkpoint={checkpoint} output=model.int8.onnx precision=int8, then predict with "
+        "checkpoint=model.int8.onnx"
+    )
 
 
 def build_classifier(
@@ -103,6 +160,7 @@ def build_classifier(
     threads: int | None = None,
     labels: Any = None,
     calibration: bool = True,
+    workload: str = "folder",
 ) -> tuple[Classifier, dict[str, Any]]:
     """The classifier for ``checkpoint`` (ours or train.py's, or an ONNX export), default the
     original weights, on ``backend`` (:func:`resolve_backend`).
@@ -111,13 +169,18 @@ def build_classifier(
     adience8 networks, by summing bucket probabilities, see :class:`FaceClassifier`).
     ``calibration``: apply the model's stored temperature scaling (False: the network's raw
     probabilities); the classifier's ``calibration`` is the stored record either way.
+    ``workload``: ``folder`` or ``single`` (one photo), for ``precision=auto``'s measured
+    choice (:func:`choose_backend`).
 
     Raises :class:`agegender.store.WeightsNotFoundError` offline with nothing cached, and
     :class:`agegender.checkpoints.CheckpointError` for a file that is not a usable checkpoint.
     """
-    backend, why = choose_backend(backend, checkpoint, device, precision, oversample)
+    backend, precision, why = choose_backend(
+        backend, checkpoint, device, precision, oversample, workload
+    )
     if backend == "onnxruntime":
-        path = Path(checkpoint) if checkpoint else original_onnx_path()
+        default = original_int8_path() if precision == "int8" else original_onnx_path()
+        path = Path(checkpoint) if checkpoint else default
         if not path.is_file():
             hint = (
                 ""
@@ -128,6 +191,13 @@ def build_classifier(
         classifier = OnnxFaceClassifier(
             path, threads=threads, labels=labels, calibration=calibration
         )
+        if precision == "int8" and classifier.precision != "int8":
+            raise ValueError(
+                f"{path} is an fp32 graph; precision=int8 needs an int8 one: python -m "
+                f"agegender.export checkpoint={path} output=model.int8.onnx precision=int8"
+            )
+        if precision in ("fp32", "bf16") and classifier.precision == "int8":
+            raise ValueError(f"{path} is an int8 graph: run it with precision=int8 or auto")
         classifier.backend_reason = why
         return classifier, dict(classifier.metadata)
 

@@ -32,7 +32,6 @@ class OnnxFaceClassifier:
     :class:`~agegender.runtime.torch_classifier.FaceClassifier`; single-crop only (over-sampling
     runs on the PyTorch classifier)."""
 
-    precision = "fp32"
     oversample = False
     backend = "onnxruntime"
     backend_reason = "backend=onnxruntime"
@@ -55,6 +54,10 @@ class OnnxFaceClassifier:
                 "agegender.export`?): its labels and input size are unknown"
             )
         self.metadata = dict(meta)
+        #: ``fp32``, or ``int8`` for a quantized export (``agegender.export precision=int8``).
+        self.precision = meta.get("precision", "fp32")
+        if self.precision not in ("fp32", "int8"):
+            raise CheckpointError(f"{self.path}: unknown graph precision {self.precision!r}")
         try:
             self._read_metadata(meta)
         except (KeyError, TypeError, ValueError) as exc:  # LabelSetError is a ValueError

@@ -13,11 +13,9 @@ from agegender.calibration import temperatures_of
 from agegender.errors import CheckpointError
 from agegender.hardware import cpu_has_fast_bf16
 from agegender.labels import ADIENCE8, LabelSet, reporting_matrix
+from agegender.runtime.base import check_precision
 from agegender.spec import face_spec_of
 from agegender.transforms import EvalPreset, ten_crop_origins
-
-#: ``precision=`` choices: ``auto`` resolves to one of the other two per machine.
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
@@ -26,10 +24,12 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     ``auto`` picks bf16 only where the hardware multiplies it natively and fast: a CPU with
     AMX bf16 tiles (there bf16 classified 2.6x faster than fp32 with the same labels) or a
     CUDA GPU with bf16 support (Ampere and newer); everywhere else (AVX2 or AVX-512 CPUs,
-    which emulate or only partly accelerate bf16) the exact fp32 path.
+    which emulate or only partly accelerate bf16) the exact fp32 path. (A CPU run with the
+    original weights and ``precision=auto`` uses the install step's measurement instead:
+    :func:`agegender.runtime.build.choose_backend`.)
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if check_precision(precision) == "int8":
+        raise ValueError("precision=int8 runs an int8 ONNX graph on onnxruntime, not torch")
     if precision != "auto":
         return precision
     device = torch.device(device)
