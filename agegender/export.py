@@ -313,7 +313,9 @@ def quantize_onnx(
     source = Path(source)
     reference = OnnxFaceClassifier(source)
     if reference.precision != "fp32":
-        raise ValueError(f"{source} is already a {reference.precision} graph; give an fp32 export")
+        raise ValueError(
+            f"{source} is already quantized ({reference.precision}); give an fp32 export"
+        )
     real = real_faces(faces, reference.face_spec.face_size)
     if len(real) >= SPLIT_FACES:
         calibrate, check, held_out = real[0::2], real[1::2], "other faces"
