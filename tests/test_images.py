@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -255,3 +257,28 @@ def test_reduced_decode_applies_exif_rotation(tmp_path: Path) -> None:
     small, scale = load_image_reduced(tmp_path / "r.jpg", min_side=400)
     assert scale == 4.0 and small.shape == (400, 300, 3)
     assert small[:90, :65].mean() > 240 and small[120:, 90:].mean() < 15
+
+
+def test_only_the_decoded_formats_plugins_load_and_the_extensions_are_pillows() -> None:
+    """Start-up: decoding a JPEG and a PNG and listing the image extensions imports only the
+    plugins of DECODED_FORMATS (not Image.init()'s ~45: EPS and PDF never), and the
+    extensions are exactly those a full init registers for those formats."""
+    code = (
+        "import sys\n"
+        "from agegender.images import DECODED_FORMATS, image_extensions, load_image\n"
+        "load_image('data/samples/obama.jpg'); load_image('data/samples/camera.png')\n"
+        "ours = image_extensions()\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('PIL.') and m.endswith('Plugin'))\n"
+        "from PIL import Image\n"
+        "Image.init()\n"
+        "full = {e.lower() for e, f in Image.registered_extensions().items()"
+        " if f in DECODED_FORMATS}\n"
+        "print(len(loaded), 'PIL.EpsImagePlugin' in loaded, 'PIL.PdfImagePlugin' in loaded,"
+        " ours == full, '.jpg' in ours, '.eps' in ours)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["14", "False", "False", "True", "True", "False"]
