@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from agegender.errors import CheckpointError
+    from agegender.errors import CheckpointError, SettingError
     from agegender.inference.inputs import InputNotFoundError
     from agegender.inference.options import OptionError
     from agegender.inference.shards import ShardError
@@ -40,9 +40,11 @@ def main(cfg: DictConfig) -> None:
         ShardError,
         LabelSetError,
         OptionError,
+        SettingError,
     ) as exc:
         print(f"predict: {exc}", file=sys.stderr)
-        if isinstance(exc, InputNotFoundError):  # nothing was predicted: leave no folder
+        if isinstance(exc, InputNotFoundError | OptionError | SettingError):
+            # nothing was predicted: leave no folder
             remove_hydra_only_output(cfg.output)
         sys.exit(2)
 

@@ -65,6 +65,24 @@ def test_an_unknown_precision_is_an_error_naming_the_choices() -> None:
     assert "precision must be one of auto, fp32, bf16, int8, got 'banana'" in run.stderr
 
 
+def test_settings_that_cannot_run_together_stop_predict_py_cleanly(tmp_path: Path) -> None:
+    """A clear one-line error, exit code 2, and no output folder left behind."""
+    for settings, message in (
+        (["precision=int8", "checkpoint=run.ckpt"],
+         "python -m agegender.export checkpoint=run.ckpt output=model.int8.onnx precision=int8"),
+        (["precision=int8", "oversample=true"], "not with oversample=true"),
+        (["backend=onnxruntime", "oversample=true"], "not with oversample=true"),
+    ):  # fmt: skip
+        out = tmp_path / "out"
+        run = subprocess.run(
+            [sys.executable, "predict.py", f"input={SAMPLES}", f"output={out}", *settings],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 2, run.stderr[-1000:]
+        assert message in run.stderr and "Traceback" not in run.stderr
+        assert not out.exists()
+
+
 def test_auto_takes_the_measured_choice_for_the_workload(cache: Path) -> None:
     from agegender.runtime.build import choose_backend
     from agegender.runtime.measure import write_record

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agegender.errors import SettingError
 from agegender.labels import LabelSet
 from agegender.spec import FaceSpec
 
@@ -22,7 +23,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming them."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise SettingError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agegender.errors import SettingError
 from agegender.hardware import cpu_has_fast_bf16
 from agegender.labels import load_label_set
 from agegender.runtime.base import Classifier, check_precision
@@ -57,13 +58,15 @@ def choose_backend(
     """
     check_precision(precision)
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise SettingError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     onnx_file = checkpoint is not None and str(checkpoint).lower().endswith(".onnx")
     if precision == "int8":
         return _int8_backend(backend, checkpoint, device, oversample, onnx_file)
     if backend == "torch":
         if onnx_file:
-            raise ValueError(f"checkpoint {checkpoint} is an ONNX export: use backend=onnxruntime")
+            raise SettingError(
+                f"checkpoint {checkpoint} is an ONNX export: use backend=onnxruntime"
+            )
         if precision == "auto" and checkpoint is None and str(device) == "cpu":
             measured = measured_choice(workload)
             if measured is not None and measured[0] == "torch":
@@ -82,7 +85,7 @@ def choose_backend(
             if bad
         ]  # fmt: skip
         if problems:
-            raise ValueError(
+            raise SettingError(
                 f"backend=onnxruntime runs exported single-crop models on the CPU; "
                 f"not with {', '.join(problems)} (use backend=torch)"
             )
@@ -135,7 +138,7 @@ def _int8_backend(
         if bad
     ]
     if problems:
-        raise ValueError(
+        raise SettingError(
             f"precision=int8 runs an int8 ONNX graph on onnxruntime on the CPU; not with "
             f"{', '.join(problems)}"
         )
@@ -143,7 +146,7 @@ def _int8_backend(
         return "onnxruntime", "int8", "precision=int8: the original weights' int8 graph"
     if onnx_file:
         return "onnxruntime", "int8", "precision=int8: an int8 ONNX export"
-    raise ValueError(
+    raise SettingError(
         f"precision=int8 runs an int8 ONNX export; make one: python -m agegender.export "
         f"checkpoint={checkpoint} output=model.int8.onnx precision=int8, then predict with "
         "checkpoint=model.int8.onnx"
@@ -192,12 +195,12 @@ def build_classifier(
             path, threads=threads, labels=labels, calibration=calibration
         )
         if precision == "int8" and classifier.precision != "int8":
-            raise ValueError(
+            raise SettingError(
                 f"{path} is an fp32 graph; precision=int8 needs an int8 one: python -m "
                 f"agegender.export checkpoint={path} output=model.int8.onnx precision=int8"
             )
         if precision in ("fp32", "bf16") and classifier.precision == "int8":
-            raise ValueError(f"{path} is an int8 graph: run it with precision=int8 or auto")
+            raise SettingError(f"{path} is an int8 graph: run it with precision=int8 or auto")
         classifier.backend_reason = why
         return classifier, dict(classifier.metadata)
 

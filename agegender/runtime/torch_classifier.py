@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from agegender.calibration import temperatures_of
-from agegender.errors import CheckpointError
+from agegender.errors import CheckpointError, SettingError
 from agegender.hardware import cpu_has_fast_bf16
 from agegender.labels import ADIENCE8, LabelSet, reporting_matrix
 from agegender.runtime.base import check_precision
@@ -29,7 +29,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     :func:`agegender.runtime.build.choose_backend`.)
     """
     if check_precision(precision) == "int8":
-        raise ValueError("precision=int8 runs an int8 ONNX graph on onnxruntime, not torch")
+        raise SettingError("precision=int8 runs an int8 ONNX graph on onnxruntime, not torch")
     if precision != "auto":
         return precision
     device = torch.device(device)
