@@ -54,8 +54,9 @@ class AgeGender:
     :class:`~agegender.faces.Detector` instance. ``checkpoint``: None for the original
     Levi-Hassner weights (converted into the cache by ``python -m agegender.weights
     original``; never downloaded here unless ``download=True``), or a file written by
-    ``train.py``. ``precision``: ``auto``, ``fp32`` (exact) or ``bf16`` (see
-    :func:`agegender.runtime.torch_classifier.resolve_precision`). ``decode_min_side``: paths to
+    ``train.py``. ``precision``: ``auto`` (the path measured fastest here), ``fp32`` (exact),
+    ``bf16`` or ``int8`` (an int8 ONNX graph; see
+    :func:`agegender.runtime.build.choose_backend`). ``decode_min_side``: paths to
     big JPEGs are decoded reduced (boxes stay in full-size pixels); arrays are used as given.
     ``backend``: ``auto`` (onnxruntime on the CPU when the exported original nets are cached
     and nothing needs torch, else PyTorch), ``torch`` or ``onnxruntime``
