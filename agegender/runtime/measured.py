@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agegender.hardware import INTERESTING_FLAGS, cpu_flags, cpu_model
-from agegender.store import auto_record_path
+from agegender.store import AUTO_RECORD_ENV, auto_record_path
 
 RECORD_FORMAT = "agegender.auto.v1"
 #: The (backend, precision) paths ``auto`` may choose: the exact or exact-enough ones.
@@ -48,7 +48,13 @@ def machine() -> dict[str, Any]:
 
 
 def read_record(path: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any] | None, str]:
-    """(the record, "") when one for this machine is cached, else (None, why not)."""
+    """(the record, "") when one for this machine is cached, else (None, why not).
+    ``$AGEGENDER_AUTO_RECORD``: ``none`` ignores any record, a path names another one."""
+    setting = os.environ.get(AUTO_RECORD_ENV)
+    if path is None and setting is not None:
+        if setting.strip().lower() in ("", "none", "off"):
+            return None, f"{AUTO_RECORD_ENV}={setting}: the measurement is not used"
+        path = setting
     path = Path(path) if path is not None else auto_record_path()
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
