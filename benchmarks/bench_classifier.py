@@ -41,6 +41,7 @@ from agegender.checkpoints import load_model
 from agegender.hardware import cpu_summary
 from agegender.models.levi_hassner import CAFFE_FACE_SPEC as SPEC
 from agegender.runtime.build import choose_backend
+from agegender.runtime.measure import MIN_LABEL_AGREEMENT, candidate_lines
 from agegender.runtime.measured import read_record
 from agegender.runtime.onnx_classifier import OnnxFaceClassifier
 from agegender.runtime.torch_classifier import FaceClassifier, resolve_precision
@@ -195,7 +196,7 @@ def main() -> None:
             )
             dp = max(float(np.abs(answers[p][t] - answers["fp32"][t]).max()) for t in answers[p])
             print(f"{p} vs fp32: argmax agreement {agree:.1%}, max |dp| {dp:.3f}")
-            if p == "bf16" and agree >= 0.95:
+            if p == "bf16" and agree >= MIN_LABEL_AGREEMENT:  # as the install step judges
                 exact_enough.add(p)
 
     names = {p: f"ours {p} (batch {b}, channels_last)" for p in precisions}
@@ -251,11 +252,8 @@ def print_auto(rates: dict[str, float], names: dict[str, str], exact_enough: set
     print("precision=auto on this machine:" + ("" if record else f" no record ({why_not})"))
     if record:
         print(f"  measured {record['measured']} by the install step:")
-        for c in record["candidates"]:
-            print(
-                f"    {c['backend']:<11} {c['precision']:<4} {c['faces_per_s']:7.1f} faces/s, "
-                f"start {c['start_s']:.2f} s, labels as fp32 {c['label_agreement']:.1%}"
-            )
+        for line in candidate_lines(record):
+            print(f"  {line}")
     key = {("onnxruntime", "fp32"): "onnx", ("torch", "fp32"): "fp32", ("torch", "bf16"): "bf16"}
     for workload in ("folder", "single"):
         backend, precision, why = choose_backend("auto", workload=workload)

@@ -150,14 +150,19 @@ def write_record(record: dict[str, Any], path: str | Path | None = None) -> Path
     return atomic_write(target, lambda fh: fh.write(text.encode()))
 
 
-def summary(record: dict[str, Any]) -> list[str]:
-    """Lines for the console: each path's figures and the choices."""
-    lines = [
+def candidate_lines(record: dict[str, Any]) -> list[str]:
+    """One console line per measured path: its figures and whether ``auto`` may take it."""
+    return [
         f"  {c['backend']:<11} {c['precision']:<4} {c['faces_per_s']:7.1f} faces/s, "
         f"start {c['start_s']:.2f} s, labels as fp32 {c['label_agreement']:.1%}"
         + ("" if c["eligible"] else " (not eligible)")
         for c in record["candidates"]
     ]
+
+
+def summary(record: dict[str, Any]) -> list[str]:
+    """Lines for the console: each path's figures and the choices."""
+    lines = candidate_lines(record)
     for name, choice in record["choices"].items():
         what = "one photo" if name == "single" else "a folder"
         lines.append(f"  auto for {what}: {choice['backend']} {choice['precision']}")
