@@ -16,7 +16,10 @@ import pytest
 import yaml
 
 APP = """
+import os
+import time
 import types
+from pathlib import Path
 
 import hydra
 from pytorch_lightning.trainer.states import TrainerFn
@@ -24,8 +27,22 @@ from pytorch_lightning.trainer.states import TrainerFn
 from agegender.sweep import trial_callbacks
 
 
+def meet_the_other_workers():
+    # two-worker tests: each trial waits until every worker has started one, so no worker
+    # can finish the whole study before the other asks (a race on a loaded machine)
+    folder = os.environ.get("SWEEP_BARRIER", "")
+    workers = int(os.environ.get("SWEEP_WORKERS", 1))
+    if not folder:
+        return
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + 240
+    while len(os.listdir(folder)) < workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @hydra.main(config_path=".", config_name="config", version_base="1.3")
 def main(cfg):
+    meet_the_other_workers()
     (pruning,) = trial_callbacks(cfg)
     for step in range(1, 5):  # a fake trainer after each "validation"
         trainer = types.SimpleNamespace(
@@ -161,6 +178,8 @@ def _two_workers_share(tmp_path: Path, storage: str, n_trials: int = 6) -> None:
     """Two sweepers started at once on one study: every trial of the study ran exactly once
     (its job folder in exactly one worker's sweep dir) and none is lost."""
     _app(tmp_path)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     procs = [
         subprocess.Popen(
             [
@@ -176,7 +195,12 @@ def _two_workers_share(tmp_path: Path, storage: str, n_trials: int = 6) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+            env={
+                **os.environ,
+                "HYDRA_FULL_ERROR": "1",
+                "SWEEP_BARRIER": str(barrier),
+                "SWEEP_WORKERS": "2",
+            },
         )  # fmt: skip
         for w in range(2)
     ]
@@ -197,6 +221,7 @@ def _two_workers_share(tmp_path: Path, storage: str, n_trials: int = 6) -> None:
         if job.is_dir() and job.name.isdigit()
     ]
     assert sorted(ran) == [t.number for t in trials]  # each trial's job ran once, none lost
+    # both took part (the barrier in APP makes this certain, not a matter of start-up timing)
     assert all(len(list((tmp_path / f"worker{w}").glob("[0-9]*"))) for w in range(2))
 
 
