@@ -18,8 +18,15 @@ RSS from ``/usr/bin/time -f "%e %M"`` (the issue's measure): ``python predict.py
 defaults (and with ``backend=torch``) against this script's seed pipeline in a process that
 imports only cv2 and numpy.
 
+Whole processes (``--whole N``, the issue's measure): ``python predict.py input=FOLDER`` with
+its defaults against the seed pipeline run as its own script on the same N photos, start-up,
+model loading and writing included, alternated; then the faces and labels of that default
+run against a reference run with every speed-up off (torch fp32, full-size decoding), so a
+faster default that finds other faces or gives other labels shows.
+
     python benchmarks/bench_predict.py [--files 40] [--rounds 3] [--max-side 1600]
     python benchmarks/bench_predict.py --max-side 4000   # phone-size photos (up to 12 MP)
+    python benchmarks/bench_predict.py --whole 216 --rounds 3 --cold-rounds 3
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,13 +44,12 @@ import cv2
 import numpy as np
 
 # Torch-free imports only at module level: the seed's cold start runs this file without torch.
-from _process import timed  # benchmarks/_process.py (the script's folder is on sys.path)
+from _process import REPO, timed  # benchmarks/_process.py (the script's folder is on sys.path)
 
 from agegender.hardware import cpu_summary
 from agegender.labels import AGE_BUCKETS, GENDERS
 from agegender.store import ensure_gag_asset
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
 SAMPLE_NAMES = ("astronaut.jpg", "camera.png", "obama.jpg", "biden.jpg")
 #: What the seed scripts hard-code: the Caffe nets' crop and BGR mean.
@@ -151,14 +158,84 @@ def cold_start(rounds: int, photo: Path, tmp: Path) -> None:
         print(f"cold start, one photo, {name}: {wall:5.2f} s wall, {peak:6.0f} MB peak RSS")
 
 
+#: predict.py with every speed-up off: the labels and faces the fast default must keep.
+REFERENCE = ["backend=torch", "precision=fp32", "decode_min_side=null"]
+
+
+def whole_processes(n_files: int, rounds: int, max_side: int, tmp: Path) -> None:
+    """A folder from fresh processes: predict.py's defaults vs the seed pipeline's script."""
+    folder = make_folder(tmp, n_files, max_side)
+    print(f"whole processes: {n_files} JPEG photos, 480..{max_side} px on the longer side")
+    predict_py = [sys.executable, "predict.py", f"input={folder}", "progress=false"]
+    commands = {
+        "ours": predict_py,
+        "seed": [sys.executable, str(Path(__file__).resolve()), "--seed-folder", str(folder)],
+    }
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for r in range(rounds):
+        for name in list(commands) if r % 2 == 0 else list(reversed(commands)):
+            out = tmp / f"whole_{name}_{r}"
+            extra = [str(out)] if name == "seed" else [f"output={out}"]
+            figures[name].append(timed(commands[name] + extra))
+    wall = {name: statistics.median(w for w, _ in f) for name, f in figures.items()}
+    for name, f in figures.items():
+        peak = statistics.median(m for _, m in f)
+        print(f"whole process, {name}: {wall[name]:6.2f} s wall, {peak:6.0f} MB peak RSS")
+    ratio = wall["seed"] / wall["ours"]
+    print(f"whole-process ratio ours / seed: {ratio:.2f}x (median of {rounds})")
+    reference = tmp / "whole_reference"
+    reference_run = [*predict_py, f"output={reference}", *REFERENCE]
+    subprocess.run(reference_run, cwd=REPO, check=True, capture_output=True)
+    compare_runs(tmp / "whole_ours_0" / "predictions.csv", reference / "predictions.csv")
+
+
+def compare_runs(fast: Path, reference: Path) -> None:
+    """Recall and labels of the default run against the reference run: faces matched by
+    path and box overlap (IoU >= 0.5), labels compared on the matched faces."""
+    import pandas as pd
+
+    a, b = (pd.read_csv(p, keep_default_na=False) for p in (fast, reference))
+    a, b = (frame[frame["face"].astype(str) != ""].to_dict("records") for frame in (a, b))
+    matched = same_age = same_gender = 0
+    for face in b:
+        ours = [o for o in a if o["path"] == face["path"]]
+        best = max(ours, key=lambda o: _iou(o, face), default=None)
+        if best is None or _iou(best, face) < 0.5:
+            continue
+        matched += 1
+        same_age += best["age"] == face["age"]
+        same_gender += best["gender"] == face["gender"]
+    print(
+        f"default vs reference ({' '.join(REFERENCE)}): faces {len(a)} vs {len(b)}, "
+        f"recall {matched}/{len(b)}, same age {same_age}/{matched}, "
+        f"same gender {same_gender}/{matched}"
+    )
+
+
+def _iou(a: dict, b: dict) -> float:
+    """Overlap of two predictions.csv rows' boxes."""
+    ax1, ay1, ax2, ay2 = (float(a[k]) for k in ("x1", "y1", "x2", "y2"))
+    bx1, by1, bx2, by2 = (float(b[k]) for k in ("x1", "y1", "x2", "y2"))
+    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-side", type=int, default=1600)
     parser.add_argument("--cold-rounds", type=int, default=3, help="0: skip the cold start")
+    parser.add_argument(
+        "--whole", type=int, default=0, metavar="N", help="whole processes, N photos"
+    )
     parser.add_argument("--seed-one", nargs=2, metavar=("PHOTO", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--seed-folder", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.seed_folder:  # the seed's whole process: never imports torch
+        SeedPipeline().run(*map(Path, args.seed_folder))
+        return
     if args.seed_one:  # the seed's cold start: this process never imports torch
         photo, out = map(Path, args.seed_one)
         folder = out / "in"
@@ -176,6 +253,10 @@ def main() -> None:
     if args.cold_rounds:
         with tempfile.TemporaryDirectory() as tmp:
             cold_start(args.cold_rounds, SAMPLES / "obama.jpg", Path(tmp))
+    if args.whole:
+        with tempfile.TemporaryDirectory() as tmp:
+            whole_processes(args.whole, args.rounds, args.max_side, Path(tmp))
+        return
 
     threads = configure_torch_threads(None, workers=2)  # predict.py's default (threads=null)
     assert threads == max(1, (os.cpu_count() or 1) // 2)
