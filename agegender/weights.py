@@ -127,9 +127,11 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
 
     written = []
     onnx_path = original_onnx_path(checkpoint.parent)
-    if force or not onnx_path.is_file():
-        export_model(onnx_path, checkpoint, "onnx", download=False)
-    written.append(onnx_path)
+    weights_file = onnx_path.with_name(onnx_path.name + ".data")
+    if force or not onnx_path.is_file() or not weights_file.is_file():
+        # weights beside the graph: onnxruntime maps them instead of copying (start-up)
+        export_model(onnx_path, checkpoint, "onnx", download=False, weights_file=True)
+    written.extend([onnx_path, weights_file])
     mtcnn_dir = mtcnn_onnx_dir(checkpoint.parent)
     if force or not all((mtcnn_dir / n).is_file() for n in MTCNN_ONNX_NAMES):
         export_mtcnn(mtcnn_dir)

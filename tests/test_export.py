@@ -75,6 +75,27 @@ def test_original_weights_export_matches_in_onnxruntime_and_opencv(
     assert meta["network_channel_order"] == "BGR" and len(json.loads(meta["mean"])) == 3
 
 
+def test_weights_file_layout_gives_the_same_outputs(original_classifier, tmp_path: Path) -> None:  # noqa: ANN001
+    """The install step's layout (weights in ``.data`` beside the graph, mapped by
+    onnxruntime): the same probabilities as the single-file export, the same metadata."""
+    from agegender.export import export_model, read_metadata, run_onnx
+
+    single, split = tmp_path / "single.onnx", tmp_path / "split.onnx"
+    export_model(single, download=False)
+    export_model(split, download=False, weights_file=True)
+    assert split.stat().st_size < 100_000 < (tmp_path / "split.onnx.data").stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "single.onnx",
+        "split.onnx",
+        "split.onnx.data",
+    ]  # fmt: skip - no temporary left behind
+    crops = real_crops(original_classifier).numpy()
+    for a, b in zip(run_onnx(single, crops, "onnxruntime"), run_onnx(split, crops, "onnxruntime"),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+    assert read_metadata(split) == read_metadata(single)
+
+
 def test_torchscript_export_gives_the_same_outputs(original_classifier, tmp_path: Path) -> None:  # noqa: ANN001
     import warnings
 

