@@ -198,6 +198,9 @@ def _write_with_weights_file(model: Any, output: Path) -> None:
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.tmp") as tmp:
         convert_model_to_external_data(model, location=data_name, size_threshold=1024)
         write_external_data_tensors(model, tmp)  # clears the tensors' in-graph bytes
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(Path(tmp) / data_name, 0o666 & ~umask)  # as any file: the umask's mode
         os.replace(Path(tmp) / data_name, output.parent / data_name)
     graph = model.SerializeToString()
     atomic_write(output, lambda fh: fh.write(graph))

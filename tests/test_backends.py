@@ -54,6 +54,11 @@ def test_onnx_classifier_preprocessing_and_probabilities_equal_torch(original_cl
     got = onnx.predict(onnx.stack([f.numpy() for f in faces]))
     for task in ("age", "gender"):
         assert float(np.abs(got[task] - expected[task]).max()) <= 1e-4
+    # the session policy (agegender.onnx_session): idle threads sleep (the loaders need the
+    # cores), and the classifier's weights stay as loaded (mapped from the weights file)
+    config = onnx.session.get_session_options()
+    assert config.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert config.get_session_config_entry("session.disable_prepacking") == "1"
 
 
 def test_backend_rules(monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001

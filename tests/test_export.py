@@ -83,7 +83,9 @@ def test_weights_file_layout_gives_the_same_outputs(original_classifier, tmp_pat
     single, split = tmp_path / "single.onnx", tmp_path / "split.onnx"
     export_model(single, download=False)
     export_model(split, download=False, weights_file=True)
-    assert split.stat().st_size < 100_000 < (tmp_path / "split.onnx.data").stat().st_size
+    weights = tmp_path / "split.onnx.data"
+    assert split.stat().st_size < 100_000 < weights.stat().st_size
+    assert weights.stat().st_mode & 0o777 == single.stat().st_mode & 0o777  # the umask's
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "single.onnx",
         "split.onnx",
