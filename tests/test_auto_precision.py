@@ -221,10 +221,12 @@ def test_int8_runs_end_to_end_with_its_agreement(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr[-2000:]
         outputs[precision] = _rows(tmp_path / precision / "predictions.csv")
         stdout[precision] = run.stdout
+    # the summary line says which graph ran and the agreement it was kept with
     assert (
-        "(precision int8, onnxruntime: precision=int8: the original weights' int8 graph)"
-        in (stdout["int8"])
-    )
+        "(precision int8, onnxruntime: precision=int8: the original weights' int8 graph; "
+        "argmax agreement with fp32 on "
+    ) in stdout["int8"]
+    assert f"age {check['argmax']['age']:.1%}" in stdout["int8"]
     quantized, exact = outputs["int8"], outputs["fp32"]
     assert len(quantized) == len(exact) >= 4
     for q, e in zip(quantized, exact, strict=True):

@@ -16,6 +16,7 @@ from agegender.labels import load_label_set
 from agegender.runtime.base import Classifier, check_precision
 from agegender.runtime.measured import measured_choice
 from agegender.runtime.onnx_classifier import OnnxFaceClassifier
+from agegender.runtime.quantize import int8_agreement
 from agegender.store import original_int8_path, original_onnx_path
 
 #: ``backend=``: where the network (and MTCNN) run; ``auto`` resolves per run
@@ -201,7 +202,8 @@ def build_classifier(
             )
         if precision in ("fp32", "bf16") and classifier.precision == "int8":
             raise SettingError(f"{path} is an int8 graph: run it with precision=int8 or auto")
-        classifier.backend_reason = why
+        agreement = int8_agreement(classifier.metadata)
+        classifier.backend_reason = why if agreement is None else f"{why}; {agreement.line()}"
         return classifier, dict(classifier.metadata)
 
     # torch: deferred, so that runs on onnxruntime never import it

@@ -12,6 +12,7 @@ synthetic inputs give activation ranges that real faces do not have.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -62,6 +63,18 @@ class Agreement:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def int8_agreement(metadata: dict[str, str]) -> Agreement | None:
+    """The agreement an int8 export was kept with (its ``quantization`` metadata, written by
+    ``agegender.export``), for the summary line of a run on it; None for other graphs."""
+    record = metadata.get("quantization")
+    if metadata.get("precision") != "int8" or not record:
+        return None
+    try:
+        return Agreement(**json.loads(record)["check"])
+    except (KeyError, TypeError, ValueError):  # a record from another writer: not shown
+        return None
 
 
 class _Reader:
