@@ -204,6 +204,7 @@ def _page(*overrides: str) -> Iterator[tuple[Any, Any]]:
             server.kill()
 
 
+@pytest.mark.slow  # ~17 s: a server process
 def test_stopping_the_demo_removes_its_private_folder(tmp_path, original_classifier) -> None:
     """SIGTERM (how services and this file's browser tests stop the demo) must remove the
     folder of uploaded photos, as Ctrl-C does: uploads of people are not left behind."""
@@ -222,6 +223,7 @@ def test_stopping_the_demo_removes_its_private_folder(tmp_path, original_classif
     assert list(tmp_path.glob("agegender-app-*")) == []
 
 
+@pytest.mark.slow  # ~24 s: a browser
 def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
     from selenium.webdriver.common.by import By
 

@@ -159,6 +159,7 @@ def test_int8_is_never_chosen_without_being_asked(cache: Path) -> None:
             choose_backend(precision="int8", **kwargs)
 
 
+@pytest.mark.slow  # ~150 s: a real measurement; the record's use per workload is tested above
 def test_measure_records_the_fastest_eligible_path(monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
     """A short real measurement: every path timed, bf16 checked against fp32's labels, the
     folder choice the eligible path with the highest rate, read back by ``auto``."""

@@ -126,6 +126,7 @@ def test_resumed_video_gives_the_uninterrupted_tracks(
     assert list(a["frames"]) == ["15", "11"]  # Biden: frames 8, 10, ... 28
 
 
+@pytest.mark.slow  # ~35 s: a killed process; the in-process resume tests above cover the tracks
 def test_predict_py_killed_mid_video_resumes_to_the_same_tracks(tmp_path, two_faces_video):
     """kill -9 during a video, then resume=true: tracks.csv and the rows equal an
     uninterrupted run's (predict.py, the original weights, a ten-class label set)."""

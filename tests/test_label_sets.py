@@ -236,6 +236,7 @@ def test_expected_age_column() -> None:
     assert tuple(AGE_BUCKETS) == ADIENCE8.age
 
 
+@pytest.mark.slow  # ~16 s of training
 def test_train_coarse3_then_predict_writes_its_names(tmp_path_factory, tmp_path: Path) -> None:
     """The issue's acceptance run, in process: experiment=modern labels=coarse3 on the demo
     data writes metrics and 3x3 confusion matrices in the set's names, and prediction with

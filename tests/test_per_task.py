@@ -175,6 +175,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow  # ~45 s of training
 def test_per_task_selection_tests_each_tasks_best_network(demo: Path, tmp_path: Path) -> None:
     overrides = [*PAPER, f"data.root={demo}", "trainer.val_check_interval=2"]
     cfg = compose_train([*overrides, "trainer.max_steps=6"], tmp_path)
@@ -257,6 +258,7 @@ def test_task_checkpoint_of_a_task_the_network_lacks_saves_nothing(
     assert names == {"best-gender-epoch000-step000002.ckpt", PER_TASK_FILE, "last.ckpt"}
 
 
+@pytest.mark.slow  # ~20 s of training
 def test_selection_final_tests_the_last_weights(demo: Path, tmp_path: Path) -> None:
     overrides = [*PAPER, f"data.root={demo}", "selection=final", "trainer.max_steps=3"]
     cfg = compose_train([*overrides, "trainer.val_check_interval=2"], tmp_path)

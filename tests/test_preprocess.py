@@ -180,6 +180,7 @@ def test_shard_writer_rejects_inconsistent_index(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # ~21 s: the command on a demo tree; the functions are tested above
 def test_command_line_entry_on_a_demo_root(tmp_path):
     root = tmp_path / "demo"
     cmd = [sys.executable, "-m", "agegender.data.preprocess", "data=demo", f"data.root={root}",

