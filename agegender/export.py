@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -185,23 +186,26 @@ def export_onnx(
     return diffs
 
 
+def weights_path(output: str | os.PathLike[str]) -> Path:
+    """Where :func:`export_onnx` with ``weights_file=True`` puts ``output``'s weights."""
+    output = Path(output)
+    return output.with_name(output.name + ".data")
+
+
 def _write_with_weights_file(model: Any, output: Path) -> None:
-    """``output`` (the graph) and ``output.data`` (every initializer over 1 KiB), each
-    written atomically, the weights first: a graph on disk always has its weights."""
+    """``output`` (the graph) and :func:`weights_path` (every initializer over 1 KiB), each
+    through :func:`atomic_write`, the weights first: a graph on disk always has its weights."""
     from onnx.external_data_helper import (
         convert_model_to_external_data,
         write_external_data_tensors,
     )
 
-    data_name = output.name + ".data"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.tmp") as tmp:
-        convert_model_to_external_data(model, location=data_name, size_threshold=1024)
+    target = weights_path(output)
+    with tempfile.TemporaryDirectory() as tmp:
+        convert_model_to_external_data(model, location=target.name, size_threshold=1024)
         write_external_data_tensors(model, tmp)  # clears the tensors' in-graph bytes
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(Path(tmp) / data_name, 0o666 & ~umask)  # as any file: the umask's mode
-        os.replace(Path(tmp) / data_name, output.parent / data_name)
+        with open(Path(tmp) / target.name, "rb") as written:
+            atomic_write(target, lambda fh: shutil.copyfileobj(written, fh))
     graph = model.SerializeToString()
     atomic_write(output, lambda fh: fh.write(graph))
 

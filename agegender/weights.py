@@ -123,11 +123,17 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
     int8 graph, and MTCNN's three nets (``<cache>/mtcnn/*.onnx``), each checked when written
     (:mod:`agegender.export`). Existing files are kept unless ``force``."""
     # torch: imported only once the checkpoint exists (the export runs the nets to check them)
-    from agegender.export import ExportError, export_model, export_mtcnn, quantize_onnx
+    from agegender.export import (
+        ExportError,
+        export_model,
+        export_mtcnn,
+        quantize_onnx,
+        weights_path,
+    )
 
     written = []
     onnx_path = original_onnx_path(checkpoint.parent)
-    weights_file = onnx_path.with_name(onnx_path.name + ".data")
+    weights_file = weights_path(onnx_path)
     if force or not onnx_path.is_file() or not weights_file.is_file():
         # weights beside the graph: onnxruntime maps them instead of copying (start-up)
         export_model(onnx_path, checkpoint, "onnx", download=False, weights_file=True)

@@ -193,32 +193,28 @@ def compare_runs(fast: Path, reference: Path) -> None:
     """Recall and labels of the default run against the reference run: faces matched by
     path and box overlap (IoU >= 0.5), labels compared on the matched faces."""
     import pandas as pd
+    import supervision as sv
 
     a, b = (pd.read_csv(p, keep_default_na=False) for p in (fast, reference))
-    a, b = (frame[frame["face"].astype(str) != ""].to_dict("records") for frame in (a, b))
+    a, b = (frame[frame["face"].astype(str) != ""] for frame in (a, b))
+    boxes = ["x1", "y1", "x2", "y2"]
     matched = same_age = same_gender = 0
-    for face in b:
-        ours = [o for o in a if o["path"] == face["path"]]
-        best = max(ours, key=lambda o: _iou(o, face), default=None)
-        if best is None or _iou(best, face) < 0.5:
+    for path, ref in b.groupby("path"):
+        ours = a[a["path"] == path]
+        if ours.empty:
             continue
-        matched += 1
-        same_age += best["age"] == face["age"]
-        same_gender += best["gender"] == face["gender"]
+        iou = sv.box_iou_batch(ref[boxes].to_numpy(float), ours[boxes].to_numpy(float))
+        for i, j in enumerate(iou.argmax(axis=1)):
+            if iou[i, j] < 0.5:
+                continue
+            matched += 1
+            same_age += ours["age"].iloc[j] == ref["age"].iloc[i]
+            same_gender += ours["gender"].iloc[j] == ref["gender"].iloc[i]
     print(
         f"default vs reference ({' '.join(REFERENCE)}): faces {len(a)} vs {len(b)}, "
         f"recall {matched}/{len(b)}, same age {same_age}/{matched}, "
         f"same gender {same_gender}/{matched}"
     )
-
-
-def _iou(a: dict, b: dict) -> float:
-    """Overlap of two predictions.csv rows' boxes."""
-    ax1, ay1, ax2, ay2 = (float(a[k]) for k in ("x1", "y1", "x2", "y2"))
-    bx1, by1, bx2, by2 = (float(b[k]) for k in ("x1", "y1", "x2", "y2"))
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def main() -> None:
