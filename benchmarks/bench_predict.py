@@ -23,6 +23,9 @@ its defaults against the seed pipeline run as its own script on the same N photo
 model loading and writing included, alternated; then the faces and labels of that default
 run against a reference run with every speed-up off (torch fp32, full-size decoding), so a
 faster default that finds other faces or gives other labels shows.
+Last, each stage of the default run in this process (decode, detect, align, classify: CPU
+seconds) and the fastest whole run they allow here (start-up + all of that CPU time over all
+cores, no waiting): the best ratio to the seed any pipeline with these stages could reach.
 
     python benchmarks/bench_predict.py [--files 40] [--rounds 3] [--max-side 1600]
     python benchmarks/bench_predict.py --max-side 4000   # phone-size photos (up to 12 MP)
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import subprocess
 import sys
@@ -187,6 +191,76 @@ def whole_processes(n_files: int, rounds: int, max_side: int, tmp: Path) -> None
     reference_run = [*predict_py, f"output={reference}", *REFERENCE]
     subprocess.run(reference_run, cwd=REPO, check=True, capture_output=True)
     compare_runs(tmp / "whole_ours_0" / "predictions.csv", reference / "predictions.csv")
+    stage_floor(folder, wall["seed"], tmp)
+
+
+def stage_floor(folder: Path, seed_wall: float, tmp: Path) -> None:
+    """Where the default run's time goes, stage by stage in this process, and the fastest
+    whole run those stages allow here: start-up plus the CPU time of every stage spread over
+    all cores with no waiting (annotation and writing left out, so a lower bound). Its ratio
+    to the seed's whole run says whether a target is reachable on this machine at all."""
+    from agegender import AgeGender
+    from agegender.faces import align_face
+    from agegender.images import load_image_reduced
+
+    ag = AgeGender()  # conf/predict.yaml's defaults, as predict.py builds them
+    options, detector, classifier = ag.options, ag.detector, ag.classifier
+    files = sorted(folder.iterdir())
+    cpu: dict[str, float] = {}
+
+    def stage(name: str, work):  # noqa: ANN001, ANN202 - a local timing helper
+        start = time.process_time()  # every thread's CPU time: onnxruntime's threads too
+        out = work()
+        cpu[name] = time.process_time() - start
+        return out
+
+    decoded = stage(
+        "decode",
+        lambda: [load_image_reduced(f, options.decode_min_side, options.max_pixels) for f in files],
+    )
+    found = stage("detect", lambda: [detector.detect(image) for image, _ in decoded])
+    size = classifier.face_spec.face_size
+    crops = stage(
+        "align",
+        lambda: [
+            classifier.preprocess(align_face(image, face, size))
+            for (image, _), faces in zip(decoded, found, strict=True)
+            for face in faces
+        ],
+    )
+    batch = options.batch_size
+    classifier.predict(classifier.stack(crops[:batch]))  # warm-up, not timed
+    stage(
+        "classify",
+        lambda: [
+            classifier.predict(classifier.stack(crops[i : i + batch]))
+            for i in range(0, len(crops), batch)
+        ],
+    )
+    start_up, _ = timed(
+        [
+            sys.executable,
+            "predict.py",
+            f"input={files[0]}",
+            "progress=false",
+            f"output={tmp / 'one'}",
+        ]
+    )
+    cores = os.cpu_count() or 1
+    floor = start_up + sum(cpu.values()) / cores
+    parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu.items())
+    print(
+        f"stages, CPU seconds ({len(files)} photos, {len(crops)} faces, "
+        f"{classifier.precision} {classifier.backend}): {parts}; "
+        f"per photo: decode {1000 * cpu['decode'] / len(files):.1f} ms, "
+        f"detect {1000 * cpu['detect'] / len(files):.1f} ms; "
+        f"per face: classify {1000 * cpu['classify'] / max(1, len(crops)):.1f} ms"
+    )
+    print(
+        f"fastest whole run these stages allow on {cores} cores: {floor:.2f} s "
+        f"(start-up {start_up:.2f} s + {sum(cpu.values()):.1f} CPU s / {cores}); "
+        f"best possible ratio to the seed's {seed_wall:.2f} s: {seed_wall / floor:.2f}x"
+    )
 
 
 def compare_runs(fast: Path, reference: Path) -> None:
@@ -239,8 +313,6 @@ def main() -> None:
         (folder / photo.name).symlink_to(photo.resolve())
         SeedPipeline().run(folder, out)
         return
-
-    import os
 
     from agegender import AgeGender
     from agegender.runtime.build import configure_torch_threads
