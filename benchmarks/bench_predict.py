@@ -30,6 +30,7 @@ cores, no waiting): the best ratio to the seed any pipeline with these stages co
     python benchmarks/bench_predict.py [--files 40] [--rounds 3] [--max-side 1600]
     python benchmarks/bench_predict.py --max-side 4000   # phone-size photos (up to 12 MP)
     python benchmarks/bench_predict.py --whole 216 --rounds 3 --cold-rounds 3
+    python benchmarks/bench_predict.py --whole 216 --cold-rounds 0 --try decode_min_side=640
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -166,8 +168,12 @@ def cold_start(rounds: int, photo: Path, tmp: Path) -> None:
 REFERENCE = ["backend=torch", "precision=fp32", "decode_min_side=null"]
 
 
-def whole_processes(n_files: int, rounds: int, max_side: int, tmp: Path) -> None:
-    """A folder from fresh processes: predict.py's defaults vs the seed pipeline's script."""
+def whole_processes(
+    n_files: int, rounds: int, max_side: int, tmp: Path, variants: Sequence[str] = ()
+) -> None:
+    """A folder from fresh processes: predict.py's defaults vs the seed pipeline's script;
+    each of ``variants`` (predict.py settings, space-separated) run once more, so a candidate
+    speed-up shows its time and what it does to faces and labels."""
     folder = make_folder(tmp, n_files, max_side)
     print(f"whole processes: {n_files} JPEG photos, 480..{max_side} px on the longer side")
     predict_py = [sys.executable, "predict.py", f"input={folder}", "progress=false"]
@@ -191,6 +197,11 @@ def whole_processes(n_files: int, rounds: int, max_side: int, tmp: Path) -> None
     reference_run = [*predict_py, f"output={reference}", *REFERENCE]
     subprocess.run(reference_run, cwd=REPO, check=True, capture_output=True)
     compare_runs(tmp / "whole_ours_0" / "predictions.csv", reference / "predictions.csv")
+    for i, variant in enumerate(variants):
+        out = tmp / f"whole_variant_{i}"
+        wall_v, peak_v = timed([*predict_py, f"output={out}", *variant.split()])
+        print(f"whole process, ours {variant}: {wall_v:6.2f} s wall, {peak_v:6.0f} MB peak RSS")
+        compare_runs(out / "predictions.csv", reference / "predictions.csv", variant)
     stage_floor(folder, wall["seed"], tmp)
 
 
@@ -263,7 +274,7 @@ def stage_floor(folder: Path, seed_wall: float, tmp: Path) -> None:
     )
 
 
-def compare_runs(fast: Path, reference: Path) -> None:
+def compare_runs(fast: Path, reference: Path, name: str = "default") -> None:
     """Recall and labels of the default run against the reference run: faces matched by
     path and box overlap (IoU >= 0.5), labels compared on the matched faces."""
     import pandas as pd
@@ -285,7 +296,7 @@ def compare_runs(fast: Path, reference: Path) -> None:
             same_age += ours["age"].iloc[j] == ref["age"].iloc[i]
             same_gender += ours["gender"].iloc[j] == ref["gender"].iloc[i]
     print(
-        f"default vs reference ({' '.join(REFERENCE)}): faces {len(a)} vs {len(b)}, "
+        f"{name} vs reference ({' '.join(REFERENCE)}): faces {len(a)} vs {len(b)}, "
         f"recall {matched}/{len(b)}, same age {same_age}/{matched}, "
         f"same gender {same_gender}/{matched}"
     )
@@ -299,6 +310,14 @@ def main() -> None:
     parser.add_argument("--cold-rounds", type=int, default=3, help="0: skip the cold start")
     parser.add_argument(
         "--whole", type=int, default=0, metavar="N", help="whole processes, N photos"
+    )
+    parser.add_argument(
+        "--try",
+        dest="variants",
+        nargs="+",
+        default=[],
+        metavar="SETTINGS",
+        help='with --whole: also run predict.py with these settings, e.g. "decode_min_side=640"',
     )
     parser.add_argument("--seed-one", nargs=2, metavar=("PHOTO", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--seed-folder", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
@@ -323,7 +342,7 @@ def main() -> None:
             cold_start(args.cold_rounds, SAMPLES / "obama.jpg", Path(tmp))
     if args.whole:
         with tempfile.TemporaryDirectory() as tmp:
-            whole_processes(args.whole, args.rounds, args.max_side, Path(tmp))
+            whole_processes(args.whole, args.rounds, args.max_side, Path(tmp), args.variants)
         return
 
     threads = configure_torch_threads(None, workers=2)  # predict.py's default (threads=null)
