@@ -23,7 +23,7 @@ its defaults against the seed pipeline run as its own script on the same N photo
 model loading and writing included, alternated; then the faces and labels of that default
 run against a reference run with every speed-up off (torch fp32, full-size decoding), so a
 faster default that finds other faces or gives other labels shows.
-Last, each stage of the default run in this process (decode, detect, align, classify: CPU
+Last, each stage of the default run in this process (decode + align, detect, classify: CPU
 seconds) and the fastest whole run they allow here (start-up + all of that CPU time over all
 cores, no waiting): the best ratio to the seed any pipeline with these stages could reach.
 
@@ -209,50 +209,42 @@ def stage_floor(folder: Path, seed_wall: float, tmp: Path) -> None:
     """Where the default run's time goes, stage by stage in this process, and the fastest
     whole run those stages allow here: start-up plus the CPU time of every stage spread over
     all cores with no waiting (annotation and writing left out, so a lower bound). Its ratio
-    to the seed's whole run says whether a target is reachable on this machine at all."""
+    to the seed's whole run says whether a target is reachable on this machine at all.
+
+    The stages are the pipeline predict.py runs (:meth:`AgeGender.pipeline`, conf/predict.yaml's
+    defaults): its ``prepare`` one photo at a time, detection's share timed inside the
+    detector, then its ``classify`` in the run's batches. CPU time is every thread's
+    (onnxruntime's too)."""
     from agegender import AgeGender
-    from agegender.faces import align_face
-    from agegender.images import load_image_reduced
+    from agegender.inference.inputs import iter_inputs
 
-    ag = AgeGender()  # conf/predict.yaml's defaults, as predict.py builds them
-    options, detector, classifier = ag.options, ag.detector, ag.classifier
-    files = sorted(folder.iterdir())
-    cpu: dict[str, float] = {}
+    ag = AgeGender()
+    pipeline, detector, classifier = ag.pipeline(), ag.detector, ag.classifier
+    items = list(iter_inputs(folder))
+    pipeline.classify([pipeline.prepare(items[0])])  # warm-up: both models' first runs
+    cpu = {"decode + align": 0.0, "detect": 0.0, "classify": 0.0}
+    detect = detector.detect
 
-    def stage(name: str, work):  # noqa: ANN001, ANN202 - a local timing helper
-        start = time.process_time()  # every thread's CPU time: onnxruntime's threads too
-        out = work()
-        cpu[name] = time.process_time() - start
-        return out
+    def timed_detect(image: np.ndarray) -> list:
+        start = time.process_time()
+        try:
+            return detect(image)
+        finally:
+            cpu["detect"] += time.process_time() - start
 
-    decoded = stage(
-        "decode",
-        lambda: [load_image_reduced(f, options.decode_min_side, options.max_pixels) for f in files],
-    )
-    found = stage("detect", lambda: [detector.detect(image) for image, _ in decoded])
-    size = classifier.face_spec.face_size
-    crops = stage(
-        "align",
-        lambda: [
-            classifier.preprocess(align_face(image, face, size))
-            for (image, _), faces in zip(decoded, found, strict=True)
-            for face in faces
-        ],
-    )
-    batch = options.batch_size
-    classifier.predict(classifier.stack(crops[:batch]))  # warm-up, not timed
-    stage(
-        "classify",
-        lambda: [
-            classifier.predict(classifier.stack(crops[i : i + batch]))
-            for i in range(0, len(crops), batch)
-        ],
-    )
+    detector.detect = timed_detect  # this instance only, dropped with it below
+    start = time.process_time()
+    results = [pipeline.prepare(item) for item in items]
+    cpu["decode + align"] = time.process_time() - start - cpu["detect"]
+    faces = sum(len(result.crops) for result in results)
+    start = time.process_time()
+    pipeline.classify(results)
+    cpu["classify"] = time.process_time() - start
     start_up, _ = timed(
         [
             sys.executable,
             "predict.py",
-            f"input={files[0]}",
+            f"input={items[0].file}",
             "progress=false",
             f"output={tmp / 'one'}",
         ]
@@ -261,11 +253,11 @@ def stage_floor(folder: Path, seed_wall: float, tmp: Path) -> None:
     floor = start_up + sum(cpu.values()) / cores
     parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu.items())
     print(
-        f"stages, CPU seconds ({len(files)} photos, {len(crops)} faces, "
+        f"stages, CPU seconds ({len(items)} photos, {faces} faces, "
         f"{classifier.precision} {classifier.backend}): {parts}; "
-        f"per photo: decode {1000 * cpu['decode'] / len(files):.1f} ms, "
-        f"detect {1000 * cpu['detect'] / len(files):.1f} ms; "
-        f"per face: classify {1000 * cpu['classify'] / max(1, len(crops)):.1f} ms"
+        f"per photo: decode + align {1000 * cpu['decode + align'] / len(items):.1f} ms, "
+        f"detect {1000 * cpu['detect'] / len(items):.1f} ms; "
+        f"per face: classify {1000 * cpu['classify'] / max(1, faces):.1f} ms"
     )
     print(
         f"fastest whole run these stages allow on {cores} cores: {floor:.2f} s "
