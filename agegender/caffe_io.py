@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agegender.checkpoints import save_model
+from agegender.checkpoints import FRAMING_KEY, save_model
 from agegender.models import build_model
 from agegender.models.levi_hassner import LeviHassnerTrunk
 from agegender.store import (
@@ -288,6 +288,71 @@ def copy_params(
 # -- the original weights: Caffe -> our checkpoint ----------------------------------------
 
 
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data):
+            raise CaffeModelError("truncated varint in a BlobProto")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
+def read_blobproto(data: bytes) -> np.ndarray:
+    """A Caffe ``BlobProto`` (a ``.binaryproto`` such as the original ``mean.binaryproto``) as
+    a float32 array shaped by its ``shape`` (or legacy num/channels/height/width).
+
+    Read from the protobuf wire format by hand: OpenCV has no reader for a bare BlobProto and
+    a protobuf dependency for five fields is not worth it."""
+    legacy: dict[int, int] = {}
+    shape: list[int] = []
+    values: list[np.ndarray] = []
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(data, i)
+            legacy[field] = value
+        elif wire == 2:
+            length, i = _varint(data, i)
+            payload, i = data[i : i + length], i + length
+            if field == 5:  # data, packed floats
+                values.append(np.frombuffer(payload, dtype="<f4"))
+            elif field == 7:  # BlobShape { repeated int64 dim = 1 [packed] }
+                j = 0
+                while j < len(payload):
+                    sub, j = _varint(payload, j)
+                    if sub == (1 << 3 | 2):
+                        size, j = _varint(payload, j)
+                        end = j + size
+                        while j < end:
+                            dim, j = _varint(payload, j)
+                            shape.append(dim)
+                    elif sub == (1 << 3 | 0):
+                        dim, j = _varint(payload, j)
+                        shape.append(dim)
+                    else:
+                        raise CaffeModelError(f"unexpected BlobShape field {sub}")
+        elif wire == 5:
+            if field == 5:  # data, one unpacked float
+                values.append(np.frombuffer(data[i : i + 4], dtype="<f4"))
+            i += 4
+        elif wire == 1:
+            i += 8
+        else:
+            raise CaffeModelError(f"unsupported protobuf wire type {wire} in a BlobProto")
+    flat = np.concatenate(values) if values else np.zeros(0, np.float32)
+    if not shape:
+        shape = [legacy.get(f, 1) for f in (1, 2, 3, 4)]
+    if int(np.prod(shape)) != flat.size:
+        raise CaffeModelError(f"BlobProto holds {flat.size} values for shape {shape}")
+    return flat.astype(np.float32).reshape(shape)
+
+
 def convert_caffemodels(
     age_caffemodel: bytes,
     gender_caffemodel: bytes,
@@ -313,6 +378,16 @@ def convert_caffemodels(
         "converted_with": f"opencv {cv2.__version__}",
     }
     return save_model(model, "levi_hassner", model_kwargs, output, meta=meta)
+
+
+def _stores_framing(path: Path) -> bool:
+    """Whether a cached conversion records its framing; one written before framings were
+    stored would be served with the legacy framing, so it is converted again."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable cache file is converted again too
+        return False
+    return isinstance(ckpt, dict) and ckpt.get(FRAMING_KEY) is not None
 
 
 def _read_user_file(path: str | os.PathLike[str], name: str) -> bytes:
@@ -341,7 +416,7 @@ def ensure_original_weights(
     cache = None if cache is None else Path(cache).expanduser()
     output = original_checkpoint_path(cache)
     explicit = age_caffemodel is not None or gender_caffemodel is not None
-    if output.is_file() and not force and not explicit:
+    if output.is_file() and not force and not explicit and _stores_framing(output):
         return output
     if explicit:
         if age_caffemodel is None or gender_caffemodel is None:

@@ -34,7 +34,7 @@ from agegender.errors import CheckpointError
 from agegender.fileio import atomic_write
 from agegender.labels import ADIENCE_RANGES, LabelSet, LabelSetError, label_set_of_model
 from agegender.onnx_session import ort_session
-from agegender.spec import FaceSpec, face_spec_of
+from agegender.spec import FaceSpec, face_spec_of, framing_from_stored
 from agegender.store import (
     ASSET_SHA256,
     GAG_REQUIREMENT,
@@ -219,6 +219,7 @@ def _describe_onnx(path: Path) -> ModelInfo:
             std=json.loads(metadata.get("std", "[1, 1, 1]")),
             channel_order=metadata.get("network_channel_order", "RGB"),
             mean_image=metadata.get("mean_image", "false") == "true",
+            framing=framing_from_stored(json.loads(metadata.get("framing", "null"))),
         )
         calibration = json.loads(metadata["calibration"]) if metadata.get("calibration") else None
     except (KeyError, ValueError, TypeError, LabelSetError) as exc:
@@ -628,9 +629,6 @@ def _section_labels(info: ModelInfo) -> list[str]:
 
 
 def _section_preprocessing(info: ModelInfo) -> list[str]:
-    # deferred: the alignment constants live beside OpenCV's warping (cv2 import)
-    from agegender.faces.align import BOX_CROP_SCALE, TEMPLATE_SHRINK
-
     spec = info.spec
     mean = ", ".join(f"{m:g}" for m in spec.mean)
     std = ", ".join(f"{s:g}" for s in spec.std)
@@ -642,24 +640,31 @@ def _section_preprocessing(info: ModelInfo) -> list[str]:
         [f"mean ({spec.channel_order})", f"{mean} (0-255 units)"],
         ["std", std],
         ["mean image", "yes (per-pixel, held by the network)" if spec.mean_image else "no"],
+        ["framing", spec.framing.describe()],
     ]
     lines = ["## Preprocessing and face spec", ""]
     lines += _table(["", "value"], rows)
     lines += [
         "",
         "Faces are found by a detector and aligned by a similarity transform of its five "
-        "landmarks (eyes, nose tip, mouth corners) onto a fixed template shrunk by "
-        f"{TEMPLATE_SHRINK:.3g} about the centre, so hair and chin stay in the crop "
-        "(`agegender/faces/align.py`); a detector without landmarks gives a square crop "
-        f"{BOX_CROP_SCALE:g} x the box's longer side. `oversample=true` averages 10 crops "
-        "(4 corners and centre, mirrored) instead of the centre crop.",
+        "landmarks (eyes, nose tip, mouth corners) onto the model's framing template "
+        "(`agegender/faces/align.py`); a face without landmarks is cropped around its box "
+        + (
+            "by the detector's measured box geometry, so it sits where a landmark-aligned "
+            "face would."
+            if spec.framing.box_scale is None
+            else f"as a square {spec.framing.box_scale:g} x the box's longer side."
+        )
+        + " `oversample=true` averages 10 crops (4 corners and centre, mirrored) instead of "
+        "the centre crop.",
         "",
     ]
     if info.original:
         lines += [
-            "The authors trained on Adience's own aligned faces; agegender's default alignment "
-            "(MTCNN) frames faces similarly but not identically, so predictions on its faces are "
-            "a small domain shift from the paper's test input.",
+            "The authors trained on Adience's own aligned faces; the model's framing puts "
+            "MTCNN-aligned faces where their training mean image has its eyes, nose and mouth "
+            "(`benchmarks/bench_framing.py`), but Adience's own alignment is not MTCNN's, so "
+            "predictions on these faces remain a small domain shift from the paper's test input.",
             "",
         ]
     return lines

@@ -8,6 +8,7 @@ checkpoint someone sent you cannot run their code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import zipfile
@@ -23,11 +24,14 @@ from agegender.errors import CheckpointError  # noqa: F401 - defined there, rais
 from agegender.fileio import atomic_write
 from agegender.labels import label_set_of_model, load_label_set
 from agegender.models import build_model
+from agegender.spec import FaceSpec, Framing, framing_from_stored
 
 #: Value of the ``"format"`` key of our own checkpoints.
 FORMAT = "agegender.model.v1"
 #: Top-level key of a checkpoint's temperature-scaling record (both formats).
 CALIBRATION_KEY = "calibration"
+#: Top-level key of a checkpoint's framing (both formats; absent = the legacy framing).
+FRAMING_KEY = "framing"
 #: Prefix of the network's keys in a Lightning checkpoint (the module holds ``self.model``).
 LIGHTNING_PREFIX = "model."
 #: Inserted into parameter names by ``torch.compile``; stripped so compiled runs load too.
@@ -91,6 +95,9 @@ def save_model(
         payload["labels"] = load_label_set(labels).to_config()
     if calibration is not None:
         payload[CALIBRATION_KEY] = check_calibration(calibration)
+    spec = getattr(model, "face_spec", None)
+    if isinstance(spec, FaceSpec):
+        payload[FRAMING_KEY] = spec.framing.to_config()
     path = Path(path)
     atomic_write(path, lambda handle: torch.save(payload, handle))
     return path
@@ -130,6 +137,10 @@ def _unpack(ckpt: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], dict
     holds ``labels`` when the checkpoint stores a label set (absent: adience8) and
     ``calibration`` when it stores a temperature-scaling record."""
     name, kwargs, state, meta = _unpack_network(ckpt, path)
+    try:
+        meta[FRAMING_KEY] = framing_from_stored(ckpt.get(FRAMING_KEY)).to_config()
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: malformed framing ({exc})") from None
     if ckpt.get(CALIBRATION_KEY) is not None:
         try:
             meta[CALIBRATION_KEY] = check_calibration(ckpt[CALIBRATION_KEY])
@@ -199,7 +210,8 @@ def load_model(
     """Rebuild the network stored at ``path`` (our format or a train.py Lightning checkpoint);
     returns it in eval mode, with the checkpoint's meta (``meta["labels"]``: the stored label
     set, absent = adience8; :func:`label_set_of` reads it). The network's ``face_spec`` (its
-    class's, :mod:`agegender.spec`) says how to feed it; the ``input_size``/``resize_size``
+    class's, :mod:`agegender.spec`, with the checkpoint's framing, ``meta["framing"]``;
+    absent = the legacy framing) says how to feed it; the ``input_size``/``resize_size``
     hyper-parameters of older Lightning checkpoints are left in the meta, unused."""
     path = Path(path)
     ckpt = _read(path, map_location)
@@ -213,6 +225,10 @@ def load_model(
         raise CheckpointError(
             f"{path}: weights do not fit model {name!r} {kwargs}: {exc}"
         ) from None
+    spec = getattr(model, "face_spec", None)
+    if isinstance(spec, FaceSpec):  # the framing it was trained with (absent: legacy)
+        framing = Framing.from_config(meta[FRAMING_KEY])
+        model.face_spec = dataclasses.replace(spec, framing=framing)
     if (
         map_location is not None
         and not callable(map_location)

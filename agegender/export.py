@@ -98,6 +98,7 @@ def export_metadata(
         "mean": json.dumps(list(spec.mean)),
         "std": json.dumps(list(spec.std)),
         "mean_image": str(spec.mean_image).lower(),
+        "framing": json.dumps(spec.framing.to_config()),
         **({"calibration": json.dumps(dict(calibration))} if calibration else {}),
     }
 
@@ -352,7 +353,8 @@ def quantize_onnx(
         raise ValueError(
             f"{source} is already quantized ({reference.precision}); give an fp32 export"
         )
-    real = real_faces(faces, reference.face_spec.face_size)
+    spec = reference.face_spec
+    real = real_faces(faces, spec.face_size, spec.framing)
     if len(real) >= SPLIT_FACES:
         calibrate, check, held_out = real[0::2], real[1::2], "other faces"
     else:

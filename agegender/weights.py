@@ -128,13 +128,16 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
         export_model,
         export_mtcnn,
         quantize_onnx,
+        read_metadata,
         weights_path,
     )
 
     written = []
     onnx_path = original_onnx_path(checkpoint.parent)
     weights_file = weights_path(onnx_path)
-    if force or not onnx_path.is_file() or not weights_file.is_file():
+    # exported before framings were stored: export (and quantize) again
+    stale = onnx_path.is_file() and "framing" not in read_metadata(onnx_path)
+    if force or stale or not onnx_path.is_file() or not weights_file.is_file():
         # weights beside the graph: onnxruntime maps them instead of copying (start-up)
         export_model(onnx_path, checkpoint, "onnx", download=False, weights_file=True)
     written.extend([onnx_path, weights_file])
@@ -143,7 +146,7 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
         export_mtcnn(mtcnn_dir)
     written.extend(mtcnn_dir / n for n in MTCNN_ONNX_NAMES)
     int8_path = original_int8_path(checkpoint.parent)
-    if force or not int8_path.is_file():
+    if force or stale or not int8_path.is_file():
         # after MTCNN: its faces calibrate the int8 ranges
         try:
             print(f"{int8_path}: {quantize_onnx(onnx_path, int8_path).line()}")

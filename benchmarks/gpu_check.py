@@ -140,12 +140,13 @@ def training_rows(
 def _sample_faces():  # noqa: ANN202 - aligned faces of the sample photos
     from agegender.faces import align_face, build_detector
     from agegender.images import load_image
+    from agegender.spec import ADIENCE_FRAMING
 
     detector = build_detector("mtcnn")
     faces = []
     for photo in sorted(SAMPLES.glob("*.jpg")) + sorted(SAMPLES.glob("*.png")):
         image = load_image(photo)
-        faces += [align_face(image, face, 256) for face in detector.detect(image)]
+        faces += [align_face(image, face, 256, ADIENCE_FRAMING) for face in detector.detect(image)]
     if not faces:
         raise RuntimeError(f"no face found in {SAMPLES}")
     return faces

@@ -95,7 +95,8 @@ def test_boxes_from_predict_py_csv_give_its_labels(ag, tmp_path: Path) -> None: 
     assert rows
     for row in rows:
         box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
-        (face,) = ag.predict(_rgb(Path(row["path"])), boxes=[box])  # MTCNN is not run
+        # given boxes are read as the instance's detector's boxes (framing): SSD's here
+        (face,) = ssd_api.predict(_rgb(Path(row["path"])), boxes=[box])  # no detection run
         assert face.box == tuple(box) and face.score == 1.0 and face.landmarks is None
         assert (face.age, face.gender) == (row["age"], row["gender"])
         probs = [float(row[f"p_age_{i}"]) for i in range(8)]

@@ -33,6 +33,7 @@ def test_onnx_classifier_preprocessing_and_probabilities_equal_torch(original_cl
     from agegender.images import load_image
     from agegender.inference import Pipeline, iter_inputs
     from agegender.runtime.build import build_classifier
+    from agegender.spec import ADIENCE_FRAMING
 
     _onnx_cached()
     onnx, meta = build_classifier(backend="onnxruntime")
@@ -48,7 +49,7 @@ def test_onnx_classifier_preprocessing_and_probabilities_equal_torch(original_cl
         faces.extend(result.crops)
     # the same network input, bit for bit, from the array preset
     image = load_image(SAMPLES / "obama.jpg")
-    aligned = align_face(image, build_detector("mtcnn").detect(image)[0], 256)
+    aligned = align_face(image, build_detector("mtcnn").detect(image)[0], 256, ADIENCE_FRAMING)
     assert np.array_equal(onnx.preprocess(aligned), original_classifier.preprocess(aligned).numpy())
     expected = original_classifier.predict(torch.stack(faces))
     got = onnx.predict(onnx.stack([f.numpy() for f in faces]))

@@ -25,9 +25,9 @@ from agegender.data.cache import (
 )
 from agegender.data.demo import generate_demo
 from agegender.data.preprocess import FaceOptions
-from agegender.faces import BOX_CROP_SCALE, TEMPLATE_SHRINK
+from agegender.faces.align import BOX_CROP_SCALE, TEMPLATE_SHRINK
 
-PIXEL_SETTINGS = {
+COMMON_SETTINGS = {
     "source",
     "size",
     "decode",
@@ -36,10 +36,11 @@ PIXEL_SETTINGS = {
     "detector_implementation",
     "fallback_fraction",
     "align_version",
-    "template",
-    "template_shrink",
-    "box_crop_scale",
 }
+#: the adience framing (the default): its template, and the box geometry of box-only faces
+PIXEL_SETTINGS = COMMON_SETTINGS | {"framing", "box_points"}
+#: the legacy framing: the keys caches were written with before framings had names
+LEGACY_SETTINGS = COMMON_SETTINGS | {"template", "template_shrink", "box_crop_scale"}
 
 
 def _dm(root, preprocess=None, **kwargs):
@@ -62,6 +63,9 @@ def test_detector_implementation_is_in_the_key():
 
 def test_settings_name_every_pixel_setting_and_nothing_else():
     assert set(FaceOptions().settings()) == PIXEL_SETTINGS
+    assert set(FaceOptions(framing="legacy").settings()) == LEGACY_SETTINGS
+    # a fixed box crop leaves no box geometry to key on
+    assert set(FaceOptions(box_crop_scale=1.5).settings()) == PIXEL_SETTINGS - {"box_points"}
     # Adience's aligned faces run no detector and no alignment: those are not in the key.
     assert set(FaceOptions("aligned").settings()) == {"source", "size", "decode", "resize"}
     assert FaceOptions("aligned").settings()["resize"] == "cv2.resize INTER_LINEAR"
@@ -76,8 +80,14 @@ def test_every_pixel_setting_changes_the_key():
         FaceOptions(detector_kwargs={"min_face_size": 20}),
         FaceOptions(detector_kwargs={"thresholds": [0.6, 0.7, 0.7]}),
         FaceOptions(fallback_fraction=0.6),
-        FaceOptions(template_shrink=0.6),
+        FaceOptions(framing="legacy"),
+        FaceOptions(framing="legacy", template_shrink=0.6),
+        FaceOptions(framing="legacy", box_crop_scale=1.8),
         FaceOptions(box_crop_scale=1.8),
+        FaceOptions(
+            framing={"template": [[0.4, 0.3], [0.6, 0.3], [0.5, 0.45], [0.42, 0.58], [0.58, 0.58]]}
+        ),  # fmt: skip
+        FaceOptions(detector="haar", framing="legacy"),
         FaceOptions(size=128),
         FaceOptions("aligned"),
     ]
@@ -87,8 +97,17 @@ def test_every_pixel_setting_changes_the_key():
     assert FaceOptions("aligned").cache_name().startswith("aligned-")
     # Spelling out a detector default, or the alignment constants, is the same setting.
     assert FaceOptions(detector_kwargs={"min_face_size": 40}).cache_name() == base.cache_name()
-    same = FaceOptions(template_shrink=TEMPLATE_SHRINK, box_crop_scale=BOX_CROP_SCALE)
-    assert same.cache_name() == base.cache_name()
+    legacy = FaceOptions(framing="legacy")
+    same = FaceOptions(
+        framing="legacy", template_shrink=TEMPLATE_SHRINK, box_crop_scale=BOX_CROP_SCALE
+    )
+    assert same.cache_name() == legacy.cache_name()
+    # The legacy framing's caches keep the names they had before framings were stored (same
+    # settings, same pixels): fixed values, as the aligned one below.
+    assert legacy.cache_name() == "mtcnn-mtcnn-f2fa1a388c"
+    assert FaceOptions(detector="haar", framing="legacy").cache_name() == "mtcnn-haar-3e7c0a53a7"
+    with pytest.raises(ValueError, match="template_shrink .* framing=legacy"):
+        FaceOptions(template_shrink=0.6)  # the adience framing has no tight template to shrink
     with pytest.raises(TypeError, match="min_face"):
         FaceOptions(detector_kwargs={"min_face": 20}).settings()  # a typo is not a new cache
 
@@ -124,12 +143,23 @@ def small_root(tmp_path_factory):
     return generate_demo(tmp_path_factory.mktemp("key") / "demo", users=5, images_per_user=1)
 
 
+def _stored(settings: dict, changed: dict) -> bool:
+    """Whether the manifest's settings hold the changed setting's value."""
+    name, value = next(iter(changed.items()))
+    if name == "framing":  # legacy: the keys of the caches before framings had names
+        return settings.get("template_shrink") == TEMPLATE_SHRINK and "framing" not in settings
+    if name == "box_crop_scale":
+        return settings["framing"]["box_scale"] == value
+    stored = settings[name]
+    return stored == value if not isinstance(value, dict) else stored.items() >= value.items()
+
+
 @pytest.mark.parametrize(
     "changed",
     [
         {"detector_kwargs": {"min_neighbors": 3}},
         {"fallback_fraction": 0.8},
-        {"template_shrink": 0.55},
+        {"framing": "legacy"},
         {"box_crop_scale": 2.0},
     ],
 )
@@ -143,9 +173,7 @@ def test_changed_setting_gets_its_own_folder_and_the_old_one_is_reused(small_roo
     manifest = json.loads((second.cache_dir / MANIFEST).read_text())
     assert manifest["format"] == FORMAT and second.cache_dir.name.endswith(manifest["key"])
     assert manifest["settings"] == json.loads(json.dumps(second.face_options().settings()))
-    name, value = next(iter(changed.items()))
-    stored = manifest["settings"][name]
-    assert stored == value if not isinstance(value, dict) else stored.items() >= value.items()
+    assert _stored(manifest["settings"], changed)
     again = _dm(small_root, auto_preprocess=True)
     assert again.uncached() == 0
     again.prepare_data()
@@ -200,9 +228,13 @@ def test_explicit_cache_dir_must_match_the_settings(small_root, tmp_path):
                                             "source": "mtcnn"}))  # fmt: skip
     with pytest.raises(CacheError, match="format: .*v1.* -> .*v2.*\n.*template"):
         check_manifest(old, FaceOptions().settings())
-    write_manifest(tmp_path / "new", FaceOptions().settings())
+    write_manifest(tmp_path / "new", FaceOptions(framing="legacy").settings())
     with pytest.raises(CacheError, match="template_shrink: 0.6666666666666666 -> 0.6"):
-        write_manifest(tmp_path / "new", FaceOptions(template_shrink=0.6).settings())
+        write_manifest(
+            tmp_path / "new", FaceOptions(framing="legacy", template_shrink=0.6).settings()
+        )
+    with pytest.raises(CacheError, match="framing"):
+        write_manifest(tmp_path / "new", FaceOptions().settings())
 
 
 def test_printed_command_composes_to_the_same_folder(tmp_path):
@@ -212,7 +244,8 @@ def test_printed_command_composes_to_the_same_folder(tmp_path):
     from hydra.utils import instantiate
 
     options = {"detector": "haar", "detector_kwargs": {"min_neighbors": 3, "cascade": "a b.xml"},
-               "fallback_fraction": 0.7, "template_shrink": 0.6, "box_crop_scale": 2}  # fmt: skip
+               "fallback_fraction": 0.7, "framing": "legacy", "template_shrink": 0.6,
+               "box_crop_scale": 2}  # fmt: skip
     dm = _dm(tmp_path / "my root", options, face_size=128)
     args = shlex.split(dm.preprocess_command())[3:]
     assert "data.preprocess.workers=1" not in args  # speed settings are not repeated

@@ -8,6 +8,7 @@ from torch import nn
 
 from agegender.checkpoints import FORMAT, CheckpointError, load_model, save_model
 from agegender.models import MODEL_BUILDERS, LeviHassnerNet, build_model
+from agegender.spec import ADIENCE_FRAMING
 
 
 class Tiny(nn.Module):
@@ -40,7 +41,7 @@ def test_round_trip_levi_hassner(tmp_path):
     assert raw["format"] == FORMAT and raw["model_name"] == "levi_hassner"
     loaded, meta = load_model(path)
     assert isinstance(loaded, LeviHassnerNet) and loaded.mode == "shared"
-    assert not loaded.training and meta == {"fold": 2}
+    assert not loaded.training and meta == {"fold": 2, "framing": ADIENCE_FRAMING.to_config()}
     x = torch.rand(2, 3, 227, 227) * 255
     model.eval()
     for task, logits in _outputs(model, x).items():

@@ -12,12 +12,14 @@ import pytest
 from agegender.faces import (
     Face,
     align_face,
+    box_crop,
     build_detector,
     crop_box,
     similarity_matrix,
     template,
 )
 from agegender.images import load_image
+from agegender.spec import ADIENCE_FRAMING, LEGACY_FRAMING, TEMPLATE_112, resolve_framing
 
 SAMPLES = ("astronaut.jpg", "camera.png", "obama.jpg", "biden.jpg")
 
@@ -32,76 +34,97 @@ def test_face_rejects_bad_landmarks() -> None:
         Face(box=(0, 0, 1, 1), score=1.0, landmarks=np.zeros((4, 2), np.float32))
 
 
-def test_template_is_inside_the_crop_and_ordered() -> None:
-    t = template(256)
+@pytest.mark.parametrize("framing", [ADIENCE_FRAMING, LEGACY_FRAMING], ids=lambda f: f.name)
+def test_template_is_inside_the_crop_and_ordered(framing) -> None:
+    t = template(256, framing)
     assert t.shape == (5, 2)
     assert (t > 0.15 * 256).all() and (t < 0.85 * 256).all()  # margin: whole head visible
     assert t[0, 0] < t[1, 0] and t[3, 0] < t[4, 0]  # left/right as seen
     assert t[0, 1] < t[2, 1] < t[3, 1]  # eyes above nose above mouth
 
 
+def test_legacy_framing_is_the_old_constants_bit_for_bit() -> None:
+    """Models that store no framing are served with the legacy one: the tight 112 template
+    shrunk by 2/3 as before (the same float operations, so the same pixels)."""
+    tight = np.array(TEMPLATE_112, dtype=np.float64)
+    old = ((0.5 + (tight / 112.0 - 0.5) * (2.0 / 3.0)) * 256).astype(np.float32)
+    assert np.array_equal(template(256, LEGACY_FRAMING), old)
+    assert LEGACY_FRAMING.box_scale == 1.6 and LEGACY_FRAMING.box_centre_y == 0.5
+    assert box_crop(LEGACY_FRAMING, ((0.0, 0.0),) * 5) == (1.6, (0.5, 0.5))
+
+
 def test_alignment_maps_landmarks_onto_the_template() -> None:
     # Landmarks = template under a known rotation/scale/shift: the fitted transform inverts it.
     angle, scale, shift = np.deg2rad(25.0), 1.7, np.array([40.0, 15.0])
     rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    landmarks = (template(256) @ rot.T + shift).astype(np.float32)
-    matrix = similarity_matrix(landmarks, 256)
+    t = template(256, ADIENCE_FRAMING)
+    landmarks = (t @ rot.T + shift).astype(np.float32)
+    matrix = similarity_matrix(landmarks, 256, ADIENCE_FRAMING)
     mapped = landmarks @ matrix[:, :2].T + matrix[:, 2]
-    np.testing.assert_allclose(mapped, template(256), atol=1e-2)
+    np.testing.assert_allclose(mapped, t, atol=1e-2)
 
     image = _smooth(600, 700)
-    aligned = align_face(image, Face((0, 0, 10, 10), 1.0, landmarks), 256)
+    aligned = align_face(image, Face((0, 0, 10, 10), 1.0, landmarks), 256, ADIENCE_FRAMING)
     assert aligned.shape == (256, 256, 3) and aligned.dtype == np.uint8
-    for (u, v), (x, y) in zip(template(256), landmarks, strict=True):
+    for (u, v), (x, y) in zip(t, landmarks, strict=True):
         expected = image[round(y), round(x)].astype(int)
         assert np.abs(aligned[round(v), round(u)].astype(int) - expected).max() <= 3
 
 
-def test_margin_and_crop_scale_reach_the_pixels() -> None:
-    """The sweepable framing: template_shrink moves the landmarks' targets (shrink 1 = the
-    tight 112 template), box_crop_scale the crop of a box; the defaults are the constants."""
+def test_framing_reaches_the_pixels() -> None:
+    """The template moves the landmarks' targets; a fixed box crop or the detector's box
+    geometry decides a box's crop."""
     image = _smooth(600, 700)
-    landmarks = template(256) * 1.3 + 50.0
+    landmarks = template(256, LEGACY_FRAMING) * 1.3 + 50.0
     face = Face((0, 0, 10, 10), 1.0, landmarks)
-    assert np.array_equal(
-        align_face(image, face, 256), align_face(image, face, 256, 2.0 / 3.0, 1.6)
-    )
-    tight = similarity_matrix(landmarks, 256, shrink=1.0)
-    mapped = landmarks @ tight[:, :2].T + tight[:, 2]
-    np.testing.assert_allclose(mapped, template(256, 1.0), atol=1e-2)
     assert not np.array_equal(
-        align_face(image, face, 256), align_face(image, face, 256, template_shrink=1.0)
+        align_face(image, face, 256, LEGACY_FRAMING), align_face(image, face, 256, ADIENCE_FRAMING)
     )
+    tight = resolve_framing("legacy", template_shrink=1.0)
+    matrix = similarity_matrix(landmarks, 256, tight)
+    mapped = landmarks @ matrix[:, :2].T + matrix[:, 2]
+    np.testing.assert_allclose(mapped, template(256, tight), atol=1e-2)
     box = Face((200, 150, 300, 250), 0.9)
+    fixed = resolve_framing("adience", box_crop_scale=2.0)
     np.testing.assert_array_equal(
-        align_face(image, box, 256, box_crop_scale=2.0), crop_box(image, box.box, 256, scale=2.0)
+        align_face(image, box, 256, fixed), crop_box(image, box.box, 256, scale=2.0)
     )
+    # measured box geometry: another detector's boxes give another crop of the same box
+    haar = build_detector("haar").box_points
     assert not np.array_equal(
-        align_face(image, box, 256), align_face(image, box, 256, box_crop_scale=2.0)
+        align_face(image, box, 256, ADIENCE_FRAMING),
+        align_face(image, box, 256, ADIENCE_FRAMING, haar),
     )
+    scale, (u, v) = box_crop(ADIENCE_FRAMING)
+    assert 1.2 < scale < 1.8 and 0.45 < u < 0.55 and 0.35 < v < 0.45  # the face's upper part
     with pytest.raises(ValueError, match="shrink"):
-        template(256, 0.0)
+        resolve_framing("legacy", template_shrink=0.0)
 
 
-def test_box_crop_fallback_is_centred_square_with_black_outside() -> None:
+def test_box_crop_fallback_is_a_square_with_black_outside() -> None:
     image = np.full((200, 300, 3), 90, np.uint8)
     image[80:120, 130:170] = (250, 10, 10)  # the "face", 40 x 40
     crop = crop_box(image, (130, 80, 170, 120), size=64)
     assert crop.shape == (64, 64, 3)
     assert (crop[32, 32] == (250, 10, 10)).all()
     assert (crop[2, 2] == 90).all()  # margin shows surrounding image
+    # the box centre at 40% of the crop's height: the face's centre is above the crop's
+    high = crop_box(image, (130, 80, 170, 120), size=64, centre=(0.5, 0.4))
+    assert (high[int(0.4 * 64), 32] == (250, 10, 10)).all() and (high[60, 32] == 90).all()
     face = Face((0, 0, 40, 40), 0.9)  # at the corner: margin falls outside -> black
-    out = align_face(image, face, size=64)
-    assert (out[1, 1] == 0).all()
+    for framing in (ADIENCE_FRAMING, LEGACY_FRAMING):
+        out = align_face(image, face, 64, framing)
+        assert (out[1, 1] == 0).all()
     with pytest.raises(ValueError, match="empty face box"):
         crop_box(image, (10, 10, 10, 20), 64)
 
 
-def test_none_detector_is_the_whole_image_resized() -> None:
+@pytest.mark.parametrize("framing", [ADIENCE_FRAMING, LEGACY_FRAMING], ids=lambda f: f.name)
+def test_none_detector_is_the_whole_image_resized(framing) -> None:
     image = _smooth(400, 300)
     faces = build_detector("none").detect(image)
     assert faces == [Face((0.0, 0.0, 300.0, 400.0), 1.0)]
-    out = align_face(image, faces[0], 256)
+    out = align_face(image, faces[0], 256, framing)
     assert out.shape == (256, 256, 3)
     np.testing.assert_array_equal(out, cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA))
 

@@ -9,6 +9,7 @@ import torch
 from agegender.faces import align_face, build_detector
 from agegender.images import load_image
 from agegender.runtime.torch_classifier import FaceClassifier, resolve_precision
+from agegender.spec import ADIENCE_FRAMING
 
 #: The largest bf16-vs-fp32 probability difference allowed on the sample faces (measured on an
 #: AMX CPU over 47 real faces: 0.016; bf16 keeps 8 bits of mantissa, so 0.05 leaves room for
@@ -45,7 +46,7 @@ def _sample_faces(samples_dir) -> list[np.ndarray]:  # noqa: ANN001
             continue
         image = load_image(path)
         for face in detector.detect(image):
-            aligned = align_face(image, face, 256)
+            aligned = align_face(image, face, 256, ADIENCE_FRAMING)
             faces += [aligned, aligned[:, ::-1].copy()]
     return faces
 

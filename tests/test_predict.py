@@ -249,7 +249,10 @@ def test_original_weights_genders(tmp_path, samples_dir, mtcnn, original_classif
     for path in df["path"]:
         image = load_image(path)
         (face,) = mtcnn.detect(image)
-        expected[path] = _hand_probs(original_classifier.model, align_face(image, face, 256))
+        expected[path] = _hand_probs(
+            original_classifier.model,
+            align_face(image, face, 256, original_classifier.face_spec.framing),
+        )
     assert_rows_match(df, expected)
     df = df.set_index("path")
     for name in ("obama.jpg", "biden.jpg"):

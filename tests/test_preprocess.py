@@ -19,6 +19,7 @@ from agegender.data.cache import FaceCache, read_index, write_shard
 from agegender.data.preprocess import FaceOptions, run_preprocess
 from agegender.faces import align_face, build_detector
 from agegender.images import load_image
+from agegender.spec import ADIENCE_FRAMING
 
 
 def _jobs(paths, keys=None):
@@ -79,7 +80,8 @@ def test_mtcnn_detects_aligns_and_records(tmp_path, samples_dir):
     landmarks = row[[f"lm{i}{a}" for i in range(5) for a in "xy"]].to_numpy(float)
     np.testing.assert_allclose(landmarks.reshape(5, 2), face.landmarks, atol=1e-3)
     cached = cache.face(row["shard"], row["offset"])
-    assert np.abs(cached.astype(int) - align_face(image, face, 256).astype(int)).max() <= 1
+    by_hand = align_face(image, face, 256, ADIENCE_FRAMING)
+    assert np.abs(cached.astype(int) - by_hand.astype(int)).max() <= 1
     row = cache.index.loc["blank.png"]
     assert not row["detected"] and row["fallback"] == "no_face:centre"
     assert math.isnan(row["det_score"])
@@ -87,7 +89,8 @@ def test_mtcnn_detects_aligns_and_records(tmp_path, samples_dir):
     assert row["fallback"] == "given_box" and not row["detected"]
     from agegender.faces import Face
 
-    given = align_face(image, Face(box=(10.0, 20.0, 110.0, 140.0), score=0.0), 256)
+    box = Face(box=(10.0, 20.0, 110.0, 140.0), score=0.0)
+    given = align_face(image, box, 256, ADIENCE_FRAMING)  # a given box: MTCNN-like
     assert np.array_equal(cache.face(row["shard"], row["offset"]), given)
 
 

@@ -35,11 +35,10 @@ from agegender.data.mean import compute_image_mean
 from agegender.data.preprocess import FaceOptions, PreprocessReport, print_report, run_preprocess
 from agegender.data.sampling import SeededShuffleSampler
 from agegender.data.splits import fold_splits
-from agegender.faces.align import BOX_CROP_SCALE, TEMPLATE_SHRINK
 from agegender.labels import IGNORE_INDEX, TASK_NUM_CLASSES, LabelSet, load_label_set
 from agegender.models.registry import DEFAULT_MODEL
 from agegender.models.registry import face_spec as model_face_spec
-from agegender.spec import FaceSpec
+from agegender.spec import FaceSpec, Framing
 from agegender.transforms import EvalPreset, TrainPreset
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,12 @@ PREPROCESS_DEFAULTS: dict[str, Any] = {
     "detector": "mtcnn",
     "detector_kwargs": {},
     "fallback_fraction": 0.5,
-    "template_shrink": None,  # None = agegender.faces.align.TEMPLATE_SHRINK
-    "box_crop_scale": None,  # None = agegender.faces.align.BOX_CROP_SCALE
+    # where faces sit in the crop: adience (Adience's aligned faces, the original nets'),
+    # legacy (the framing before), or a mapping (agegender.spec.Framing); stored in the
+    # checkpoints trained on it
+    "framing": "adience",
+    "template_shrink": None,  # the legacy framing's margin (None = 2/3)
+    "box_crop_scale": None,  # None = the framing's own box crop
     # Given boxes (CSV x1..y2) cropped with this margin on every side, as a fraction of the
     # box's longer side (K-Face's seed: 0.2): the same as box_crop_scale = 1 + 2 * margin.
     "box_margin": None,
@@ -64,6 +67,7 @@ PIXEL_OPTIONS: tuple[str, ...] = (
     "detector",
     "detector_kwargs",
     "fallback_fraction",
+    "framing",
     "template_shrink",
     "box_crop_scale",
 )
@@ -228,8 +232,8 @@ class FaceDataModule(pl.LightningDataModule):
         # the command composes without a model: it caches at the default network's size
         if self.face_size != model_face_spec(DEFAULT_MODEL).face_size:
             overrides.append(f"++data.face_size={self.face_size}")
-        used = self.face_options().settings()  # aligned: no detector, no alignment
-        for name in (n for n in PIXEL_OPTIONS if n in used):
+        # aligned: no detector, no alignment
+        for name in () if self.source == "aligned" else PIXEL_OPTIONS:
             value = self.preprocess_options[name]
             if _plain(value) != _plain(PREPROCESS_DEFAULTS[name]):
                 # "++": the config's {} of detector_kwargs takes new keys only when forced
@@ -254,9 +258,18 @@ class FaceDataModule(pl.LightningDataModule):
             detector=o["detector"],
             detector_kwargs=_plain(o["detector_kwargs"]),
             fallback_fraction=float(o["fallback_fraction"]),
-            template_shrink=TEMPLATE_SHRINK if shrink is None else float(shrink),
-            box_crop_scale=BOX_CROP_SCALE if crop is None else float(crop),
+            framing=_plain(o["framing"]),
+            template_shrink=None if shrink is None else float(shrink),
+            box_crop_scale=None if crop is None else float(crop),
         )
+
+    @property
+    def framing(self) -> Framing:
+        """Where the faces this DataModule serves sit in their crop: the network trained on
+        them carries it (:meth:`agegender.training.module.AgeGenderModule.set_framing`)."""
+        framing = self.face_options().framing
+        assert isinstance(framing, Framing)  # resolved by FaceOptions
+        return framing
 
     def preprocess(self) -> PreprocessReport:
         """Fill the cache for every job not in it yet (resumes an interrupted run)."""

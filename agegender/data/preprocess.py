@@ -46,8 +46,16 @@ from agegender.data.cache import (
     write_manifest,
     write_shard,
 )
-from agegender.faces.align import ALIGN_VERSION, BOX_CROP_SCALE, TEMPLATE_112, TEMPLATE_SHRINK
+from agegender.faces.align import ALIGN_VERSION
 from agegender.images import DEFAULT_MAX_PIXELS
+from agegender.spec import (
+    ADIENCE_FRAMING,
+    LEGACY_SHRINK,
+    TEMPLATE_112,
+    Framing,
+    resolve_framing,
+    shrunk_template,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +124,33 @@ class FaceOptions:
     detector_kwargs: tuple[tuple[str, Any], ...] = ()
     #: Side of the fallback box, as a fraction of the coarse crop's shorter side.
     fallback_fraction: float = 0.5
-    #: Margin of landmark alignment (:data:`agegender.faces.align.TEMPLATE_SHRINK`).
-    template_shrink: float = TEMPLATE_SHRINK
-    #: Crop of a box without landmarks (:data:`agegender.faces.align.BOX_CROP_SCALE`).
-    box_crop_scale: float = BOX_CROP_SCALE
+    #: Where faces sit in the crop (:class:`agegender.spec.Framing`, or a preset's name:
+    #: ``adience``, Adience's own aligned faces; ``legacy``, the framing used before).
+    #: ``template_shrink`` and ``box_crop_scale`` are folded into it
+    #: (:func:`agegender.spec.resolve_framing`) and then hold None.
+    framing: Framing | str | Mapping[str, Any] = "adience"
+    #: The legacy framing's margin (the tight template shrunk about the centre).
+    template_shrink: float | None = None
+    #: A fixed crop of boxes without landmarks: side / the box's longer side, centred.
+    box_crop_scale: float | None = None
 
     def __post_init__(self) -> None:
         kwargs = self.detector_kwargs
         pairs = kwargs.items() if isinstance(kwargs, Mapping) else kwargs
         frozen = tuple(sorted((str(k), _frozen(v)) for k, v in pairs))
         object.__setattr__(self, "detector_kwargs", frozen)
-        for name in ("fallback_fraction", "template_shrink", "box_crop_scale"):
-            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "fallback_fraction", float(self.fallback_fraction))
+        if self.source == "aligned":
+            # Adience's own alignment: the faces the adience framing was measured on
+            object.__setattr__(self, "framing", ADIENCE_FRAMING)
+        else:
+            framing = self.framing
+            if isinstance(framing, Mapping):
+                framing = dict(framing)
+            framing = resolve_framing(framing, self.template_shrink, self.box_crop_scale)
+            object.__setattr__(self, "framing", framing)
+        object.__setattr__(self, "template_shrink", None)
+        object.__setattr__(self, "box_crop_scale", None)
         if self.size is None:
             # here, not at import: the workers unpickle options with their size set and
             # never import the networks (torch, the backbones)
@@ -137,8 +160,6 @@ class FaceOptions:
         object.__setattr__(self, "size", int(self.size))
         if not 0 < self.fallback_fraction <= 1:
             raise ValueError(f"fallback_fraction must be in (0, 1], got {self.fallback_fraction}")
-        if not (self.template_shrink > 0 and self.box_crop_scale > 0):
-            raise ValueError("template_shrink and box_crop_scale must be > 0")
 
     def settings(self) -> dict[str, Any]:
         """Every setting that changes a cached pixel, by name: the cache key and manifest.
@@ -167,10 +188,29 @@ class FaceOptions:
             detector_kwargs={k: _frozen(v) for k, v in arguments.items()},
             fallback_fraction=self.fallback_fraction,
             align_version=ALIGN_VERSION,
-            template=TEMPLATE_112.tolist(),
-            template_shrink=self.template_shrink,
-            box_crop_scale=self.box_crop_scale,
         )
+        settings.update(self._framing_settings())
+        return settings
+
+    def _framing_settings(self) -> dict[str, Any]:
+        """The framing, as the cache key names it. A legacy-shaped framing (the tight template
+        shrunk, boxes centred) keeps the keys caches were written with before framings had
+        names, so those caches (same pixels) are still found; any other names its template,
+        and with measured box geometry the detector's and given boxes' box points."""
+        framing = self.framing
+        assert isinstance(framing, Framing)  # resolved in __post_init__
+        shrink = _legacy_shrink(framing)
+        if shrink is not None:
+            return {
+                "template": [list(point) for point in TEMPLATE_112],
+                "template_shrink": shrink,
+                "box_crop_scale": framing.box_scale,
+            }
+        settings: dict[str, Any] = {"framing": framing.key()}
+        if framing.box_scale is None:
+            from agegender.faces.registry import detector_box_points  # deferred: as above
+
+            settings["box_points"] = [list(p) for p in detector_box_points(self.detector)]
         return settings
 
     def cache_key(self) -> str:
@@ -185,6 +225,20 @@ class FaceOptions:
         return f"{self.source}-{detector}-{self.cache_key()}"
 
 
+def _legacy_shrink(framing: Framing) -> float | None:
+    """The shrink of a legacy-shaped framing (the tight template shrunk about the centre,
+    boxes cropped centred at a fixed scale), None for any other."""
+    if framing.box_scale is None or framing.box_centre_y != 0.5:
+        return None
+    (x1, _), (x2, _) = TEMPLATE_112[0], TEMPLATE_112[1]
+    (u1, _), (u2, _) = framing.template[0], framing.template[1]
+    shrink = (u2 - u1) / ((x2 - x1) / 112.0)
+    for candidate in (LEGACY_SHRINK, shrink):
+        if shrunk_template(candidate) == framing.template:
+            return candidate
+    return None
+
+
 #: Imported once by the forkserver, so each worker forked from it starts warm.
 _PRELOAD: dict[str, list[str]] = {
     "mtcnn": ["agegender.data.cache", "torch", "agegender.faces", "agegender.faces.mtcnn"],
@@ -192,6 +246,7 @@ _PRELOAD: dict[str, list[str]] = {
 }
 _DETECTORS: dict[tuple, object] = {}  # one detector per worker process, built on first use
 _IN_WORKER = False
+_BOX_POINTS: dict[str, tuple] = {}  # detector name -> its box geometry
 
 
 def _detector(options: FaceOptions):
@@ -204,6 +259,15 @@ def _detector(options: FaceOptions):
         if _IN_WORKER:  # torch is imported by now; never touch the threads of the caller
             _init_worker()
     return _DETECTORS[key]
+
+
+def _box_points(detector: str):  # noqa: ANN202 - BoxPoints (faces: imported in workers only)
+    if detector not in _BOX_POINTS:
+        # deferred: as _detector's (the detector's class, read without building it)
+        from agegender.faces.registry import detector_box_points
+
+        _BOX_POINTS[detector] = detector_box_points(detector)
+    return _BOX_POINTS[detector]
 
 
 def _load(path: Path) -> np.ndarray:
@@ -252,13 +316,8 @@ def face_from_image(
             info["fallback"] = "no_face:centre"
     if chosen.landmarks is not None:
         info.update(zip(LANDMARK_COLUMNS, np.asarray(chosen.landmarks, float).ravel(), strict=True))
-    face = align_face(
-        image,
-        chosen,
-        size=options.size,
-        template_shrink=options.template_shrink,
-        box_crop_scale=options.box_crop_scale,
-    )
+    # a box without landmarks (found, given or the fallback) is read as the detector's
+    face = align_face(image, chosen, options.size, options.framing, _box_points(options.detector))
     return face, info
 
 

@@ -1,29 +1,30 @@
 """Face detection (several detectors behind one interface) and the one face alignment.
 
-Usage: ``faces = build_detector("mtcnn").detect(image)`` then ``align_face(image, faces[0], size)``
-(``size``: the network's ``face_spec.face_size``)
+Usage: ``faces = build_detector("mtcnn").detect(image)`` then
+``align_face(image, faces[0], spec.face_size, spec.framing, detector.box_points)`` (``spec``:
+the network's :class:`~agegender.spec.FaceSpec`)
 with ``image`` from :func:`agegender.images.load_image` (H x W x 3 uint8 RGB).
 """
 
 from agegender.faces.align import (
     ALIGN_VERSION,
-    BOX_CROP_SCALE,
-    TEMPLATE_SHRINK,
     align_face,
+    box_crop,
     crop_box,
     similarity_matrix,
     template,
 )
 from agegender.faces.registry import build_detector, detector_names
-from agegender.faces.types import Detector, Face
+from agegender.faces.types import DEFAULT_BOX_POINTS, BoxPoints, Detector, Face
 
 __all__ = [
     "ALIGN_VERSION",
-    "BOX_CROP_SCALE",
+    "DEFAULT_BOX_POINTS",
+    "BoxPoints",
     "Detector",
     "Face",
-    "TEMPLATE_SHRINK",
     "align_face",
+    "box_crop",
     "build_detector",
     "detector_names",
     "crop_box",

@@ -1,8 +1,8 @@
 """The ONE face alignment: an image + a detected face -> a size x size RGB crop.
 
-Adience preprocessing (training data) and prediction both call :func:`align_face`, so a
-network always sees faces framed the same way it was trained on. The size is always given:
-it is the network's ``face_spec.face_size`` (:mod:`agegender.spec`), 256 for every network.
+Adience preprocessing (training data) and prediction both call :func:`align_face` with the
+network's :class:`~agegender.spec.FaceSpec` values (``face_size`` and ``framing``), so a
+network always sees faces framed the way it was trained on.
 """
 
 from __future__ import annotations
@@ -10,83 +10,87 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agegender.faces.types import Face, check_image
+from agegender.faces.types import DEFAULT_BOX_POINTS, BoxPoints, Face, check_image
+from agegender.spec import LEGACY_BOX_SCALE, LEGACY_SHRINK, Framing
 
-# The widely used 5-point template of a tightly cropped 112 x 112 face (eyes, nose tip,
-# mouth corners). The face fills that crop; Adience's aligned faces show the whole head,
-# so the template is shrunk by 2/3 about the centre: the eyes end up ~0.21 of the crop apart
-# and the face covers ~60% of it, with hair and chin inside.
-TEMPLATE_112: np.ndarray = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float64,
-)
-#: How much the tight template is shrunk about the centre: the margin around the face
-#: (smaller = more margin). A preprocessing setting (``data.preprocess.template_shrink``).
-TEMPLATE_SHRINK: float = 2.0 / 3.0
-
-#: Template in units of the output side (multiply by ``size``), order as :class:`Face`.
-TEMPLATE_UNIT: np.ndarray = 0.5 + (TEMPLATE_112 / 112.0 - 0.5) * TEMPLATE_SHRINK
-
-#: Fallback without landmarks: side of the square crop relative to the box's longer side,
-#: chosen so a face box occupies about the same ~60% of the crop as with landmarks.
-BOX_CROP_SCALE: float = 1.6
+# Names kept for the legacy framing's settings (cache keys, sweeps of its margin).
+TEMPLATE_SHRINK: float = LEGACY_SHRINK
+BOX_CROP_SCALE: float = LEGACY_BOX_SCALE
 
 #: Version of the pixels this module produces. The face cache is keyed by it (with the
-#: template, shrink and crop scale), so bump it whenever a change to :func:`align_face`,
-#: :func:`crop_box` or their warping changes any output pixel: old caches are then not reused.
+#: framing), so bump it whenever a change to :func:`align_face`, :func:`crop_box` or their
+#: warping changes any output pixel: old caches are then not reused.
 ALIGN_VERSION: int = 2  # 2: half-pixel centre fix of the area pre-shrink in _warp
 
 
-def template(size: int, shrink: float = TEMPLATE_SHRINK) -> np.ndarray:
-    """The 5 landmark positions (5 x 2, float32) that :func:`align_face` maps faces onto."""
-    if not shrink > 0:
-        raise ValueError(f"template shrink must be > 0, got {shrink}")
-    return ((0.5 + (TEMPLATE_112 / 112.0 - 0.5) * shrink) * size).astype(np.float32)
+def template(size: int, framing: Framing) -> np.ndarray:
+    """The 5 landmark positions (5 x 2 float32 pixels) that :func:`align_face` maps faces onto."""
+    return (np.asarray(framing.template, dtype=np.float64) * size).astype(np.float32)
 
 
 def align_face(
     image: np.ndarray,
     face: Face,
     size: int,
-    template_shrink: float = TEMPLATE_SHRINK,
-    box_crop_scale: float = BOX_CROP_SCALE,
+    framing: Framing,
+    box_points: BoxPoints = DEFAULT_BOX_POINTS,
 ) -> np.ndarray:
-    """Warp ``face`` out of ``image`` into a size x size x 3 uint8 RGB crop.
+    """Warp ``face`` out of ``image`` into a size x size x 3 uint8 RGB crop framed by ``framing``.
 
     - landmarks present: 5-point similarity transform (rotation, uniform scale, shift) onto
-      :func:`template` shrunk by ``template_shrink``, so eyes are level and at a fixed distance;
-    - no landmarks: a square crop of ``box_crop_scale`` x the box's longer side around its
-      centre (:func:`crop_box`);
+      the framing's template, so eyes are level and at a fixed distance;
+    - no landmarks: a square crop around the box (:func:`box_crop`): the framing's fixed
+      box crop, or the box's measured landmark geometry ``box_points`` (the run's detector's
+      :attr:`~agegender.faces.Detector.box_points`, for its boxes and given ones) mapped
+      onto the template;
     - a box covering the whole image without landmarks means "the image is the face"
       (``detector=none``): plain resize to size x size, the Levi-Hassner test protocol.
-    Pixels outside the image are black, as in Adience's aligned faces. The two framing
-    arguments exist so preprocessing can sweep the margin; prediction uses the defaults.
+    Pixels outside the image are black, as in Adience's aligned faces.
     """
     check_image(image)
     if face.landmarks is not None:
         landmarks = np.asarray(face.landmarks, dtype=np.float32)
-        matrix = similarity_matrix(landmarks, size, template_shrink)
+        matrix = similarity_matrix(landmarks, size, framing)
         if matrix is not None:
             return _warp(image, matrix, size)
     height, width = image.shape[:2]
     if face.landmarks is None and _covers_image(face.box, width, height):
         return cv2.resize(image, (size, size), interpolation=_interpolation(width, height, size))
-    return crop_box(image, face.box, size, box_crop_scale)
+    scale, centre = box_crop(framing, box_points)
+    return crop_box(image, face.box, size, scale, centre)
+
+
+def box_crop(
+    framing: Framing, box_points: BoxPoints = DEFAULT_BOX_POINTS
+) -> tuple[float, tuple[float, float]]:
+    """How a box without landmarks is cropped under ``framing``: (crop side / the box's
+    longer side, where the box centre sits in the crop in units of its side).
+
+    A fixed box crop (``framing.box_scale``) is taken as it is. Otherwise the scale and
+    shift that best map the detector's mean landmark positions relative to its box
+    (``box_points``: offsets from the box centre in units of its longer side) onto the
+    template, by least squares without rotation: ``template = s * points + t``."""
+    if framing.box_scale is not None:
+        return framing.box_scale, (0.5, framing.box_centre_y)
+    points = np.asarray(box_points, dtype=np.float64)
+    target = np.asarray(framing.template, dtype=np.float64)
+    dp, dt = points - points.mean(axis=0), target - target.mean(axis=0)
+    s = float((dp * dt).sum() / (dp * dp).sum())
+    if not s > 0:
+        raise ValueError(f"box points {box_points} do not fit template {framing.template}")
+    shift = target.mean(axis=0) - s * points.mean(axis=0)
+    return 1.0 / s, (float(shift[0]), float(shift[1]))
 
 
 def crop_box(
     image: np.ndarray,
     box: tuple[float, float, float, float],
     size: int,
-    scale: float = BOX_CROP_SCALE,
+    scale: float = LEGACY_BOX_SCALE,
+    centre: tuple[float, float] = (0.5, 0.5),
 ) -> np.ndarray:
-    """Square crop of side ``scale`` x the box's longer side, centred on the box, resized."""
+    """Square crop of side ``scale`` x the box's longer side with the box centre at
+    ``centre`` (units of the crop's side; (0.5, 0.5) = centred), resized to size x size."""
     check_image(image)
     if not scale > 0:
         raise ValueError(f"box crop scale must be > 0, got {scale}")
@@ -96,21 +100,20 @@ def crop_box(
     side = scale * max(x2 - x1, y2 - y1)
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
     k = size / side
-    # Maps crop-square corner (cx - side/2, cy - side/2) to (0, 0), scaling by k.
+    # Maps crop-square corner (cx - side * u, cy - side * v) to (0, 0), scaling by k.
+    u, v = (float(c) for c in centre)
     matrix = np.array(
-        [[k, 0.0, -k * (cx - side / 2.0)], [0.0, k, -k * (cy - side / 2.0)]], dtype=np.float64
+        [[k, 0.0, -k * (cx - side * u)], [0.0, k, -k * (cy - side * v)]], dtype=np.float64
     )
     return _warp(image, matrix, size)
 
 
-def similarity_matrix(
-    landmarks: np.ndarray, size: int, shrink: float = TEMPLATE_SHRINK
-) -> np.ndarray | None:
+def similarity_matrix(landmarks: np.ndarray, size: int, framing: Framing) -> np.ndarray | None:
     """2 x 3 similarity transform from ``landmarks`` to the template (None if degenerate)."""
     if not np.all(np.isfinite(landmarks)):
         return None
     matrix, _ = cv2.estimateAffinePartial2D(
-        landmarks.astype(np.float32), template(size, shrink), method=cv2.LMEDS
+        landmarks.astype(np.float32), template(size, framing), method=cv2.LMEDS
     )
     if matrix is None or not np.all(np.isfinite(matrix)):
         return None

@@ -20,6 +20,14 @@ SSD_MEAN_BGR: tuple[float, float, float] = (104.0, 117.0, 123.0)
 
 class OpenCVSSDDetector(Detector):
     name = "opencv_ssd"
+    #: Fitted by ``benchmarks/bench_framing.py --calibrate`` (see docs/framing.md).
+    box_points = (
+        (-0.1692, -0.1126),
+        (0.1692, -0.1126),
+        (0.0, 0.106),
+        (-0.1565, 0.2344),
+        (0.1565, 0.2344),
+    )
 
     def __init__(
         self,

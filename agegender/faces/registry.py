@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agegender.config import CONF_DIR, load_yaml
-from agegender.faces.types import Detector
+from agegender.faces.types import DEFAULT_BOX_POINTS, BoxPoints, Detector
 
 #: Settings the detector configs interpolate (``${device}``, ``${oc.select:backend,...}``)
 #: when one is read outside predict.py's config tree.
@@ -78,3 +78,10 @@ def detector_arguments(name: str, **kwargs: Any) -> dict[str, Any]:
         raise TypeError(f"detector {name!r}: {e}") from None
     bound.apply_defaults()
     return dict(bound.arguments)
+
+
+def detector_box_points(name: str) -> BoxPoints:
+    """Where detector ``name``'s boxes put the landmarks (:attr:`Detector.box_points`), read
+    from its class without building it: how its box-only faces, and boxes given to a run
+    that uses it, are framed (part of the face cache key)."""
+    return getattr(_detector_class(name), "box_points", DEFAULT_BOX_POINTS)

@@ -8,6 +8,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: Where a detector's boxes put the 5 landmarks (:class:`Face` order), on average: offsets
+#: from the box centre in units of the box's longer side. Box-only faces are framed through
+#: it (:func:`agegender.faces.align.box_crop`), fitted by ``benchmarks/bench_framing.py
+#: --calibrate`` on faces that have both the detector's box and MTCNN's landmarks.
+BoxPoints = tuple[tuple[float, float], ...]
+
+#: MTCNN's boxes (``mtcnn``, ``mtcnn_facenet``; the default of :class:`Detector`). A box given
+#: by the caller (the API's ``boxes=``, a CSV's x1..y2, a preprocessing fallback) is read as a
+#: box of the run's detector, so a box copied from predictions.csv frames its face as that
+#: run did (without landmarks).
+DEFAULT_BOX_POINTS: BoxPoints = (
+    (-0.1763, -0.1089),
+    (0.1763, -0.1089),
+    (0.0, 0.114),
+    (-0.1695, 0.2469),
+    (0.1695, 0.2469),
+)
+
 
 @dataclass(frozen=True)
 class Face:
@@ -65,6 +83,9 @@ class Detector(ABC):
     #: True when ``detect`` may run in several threads at once on one instance (pure torch
     #: inference); False serialises calls (OpenCV nets and cascades keep per-call state).
     thread_safe: bool = False
+    #: This detector's box geometry (:data:`BoxPoints`): how its faces are framed when they
+    #: come without landmarks.
+    box_points: BoxPoints = DEFAULT_BOX_POINTS
 
     @abstractmethod
     def detect(self, image: np.ndarray) -> list[Face]: ...

@@ -90,8 +90,16 @@ class Pipeline:
                 faces = [face.scaled(1.0 / scale) for face in item.faces]
             else:
                 faces = self.detector.detect_safely(image)
-            size = self.classifier.face_spec.face_size  # what the network was trained on
-            crops = [self.classifier.preprocess(align_face(image, face, size)) for face in faces]
+            spec = self.classifier.face_spec  # the size and framing the network was trained on
+            # boxes without landmarks (the detector's, or the caller's, read as the detector's
+            # would be: a box copied from predictions.csv frames its face as in that run)
+            points = self.detector.box_points
+            crops = [
+                self.classifier.preprocess(
+                    align_face(image, face, spec.face_size, spec.framing, points)
+                )
+                for face in faces
+            ]
         except Exception as exc:  # noqa: BLE001
             what = "alignment" if item.faces is not None else "detection"
             return ImageResult(item, error=f"{what} failed ({type(exc).__name__}: {exc})")

@@ -22,6 +22,7 @@ from agegender.inference.options import PredictOptions
 from agegender.inference.streams import is_stream
 from agegender.inference.writer import ResumeError
 from agegender.runtime.base import Classifier
+from agegender.spec import LEGACY_FRAMING, Framing
 
 SETTINGS_FORMAT = "agegender.predict_settings.v1"
 
@@ -58,6 +59,7 @@ def run_settings(
         "calibration": classifier.calibration if classifier.calibrated else None,
         "min_prob": dict(options.min_prob),
         "detector": described,
+        "framing": framing_record(classifier.face_spec.framing, detector),
         "decode_min_side": options.decode_min_side,
         "max_pixels": options.max_pixels,
         "save_probs": bool(options.save_probs),
@@ -75,6 +77,15 @@ def run_settings(
     return json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
 
 
+def framing_record(framing: Framing, detector: Detector) -> dict[str, Any]:
+    """How faces were framed: the network's framing, and for one that frames box-only faces
+    by measured box geometry, the detector's (:data:`~agegender.faces.types.BoxPoints`)."""
+    record: dict[str, Any] = framing.to_config()
+    if framing.box_scale is None:
+        record["box_points"] = [list(p) for p in detector.box_points]
+    return record
+
+
 def check_resume(csv_path: Path, settings: dict[str, Any]) -> None:
     """Refuse to resume ``csv_path`` with other settings than the run that wrote it
     (:class:`ResumeError` naming each difference); an output without a settings record
@@ -82,6 +93,8 @@ def check_resume(csv_path: Path, settings: dict[str, Any]) -> None:
     recorded = read_settings(csv_path)
     if recorded is None or not csv_path.exists():
         return
+    # records written before framings were recorded: every run then framed faces this way
+    recorded.setdefault("framing", LEGACY_FRAMING.to_config())
     fixed = ("input", "input_resolved")
     differ = [key for key in settings if key not in fixed and recorded.get(key) != settings[key]]
     if recorded.get("input") != settings["input"]:

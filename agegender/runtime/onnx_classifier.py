@@ -23,7 +23,7 @@ from agegender.calibration import apply_temperature, check_calibration, temperat
 from agegender.errors import CheckpointError
 from agegender.labels import label_set_of_model, load_label_set, reporting_matrix
 from agegender.onnx_session import ort_session
-from agegender.spec import FaceSpec, centre_offset
+from agegender.spec import FaceSpec, centre_offset, framing_from_stored
 
 
 class OnnxFaceClassifier:
@@ -115,6 +115,8 @@ class OnnxFaceClassifier:
             std=tuple(json.loads(meta["std"])),
             channel_order=meta["network_channel_order"],
             mean_image=meta.get("mean_image") == "true",
+            # exports written before framings were stored: the framing they were trained with
+            framing=framing_from_stored(json.loads(meta.get("framing", "null"))),
         )
 
     def preprocess(self, face: np.ndarray) -> np.ndarray:

@@ -18,17 +18,21 @@ import numpy as np
 from agegender.faces.align import align_face
 from agegender.faces.registry import build_detector, detector_config
 from agegender.images import ImageLoadError, image_extensions, load_image
+from agegender.spec import ADIENCE_FRAMING, Framing
 
 #: The sample photos shipped with the project (present in a clone or editable install).
 SAMPLES_DIR: Path = Path(__file__).resolve().parents[2] / "data" / "samples"
 
 
 def real_faces(
-    folder: str | os.PathLike[str] | None = None, face_size: int = 256
+    folder: str | os.PathLike[str] | None = None,
+    face_size: int = 256,
+    framing: Framing = ADIENCE_FRAMING,
 ) -> list[np.ndarray]:
     """face_size x face_size x 3 uint8 RGB faces of every image in ``folder`` (default the
-    sample photos): each face MTCNN finds, aligned; an image where it finds none is taken as
-    an already cropped face (resized) when it is roughly square, else left out.
+    sample photos): each face MTCNN finds, aligned with ``framing`` (the network's); an image
+    where it finds none is taken as an already cropped face (resized) when it is roughly
+    square, else left out.
 
     Raises FileNotFoundError when the folder is missing or yields no face."""
     source = Path(folder) if folder is not None else SAMPLES_DIR
@@ -45,7 +49,7 @@ def real_faces(
         except ImageLoadError:
             continue  # a bad file among the user's faces is not worth stopping for
         found = detector.detect(image)
-        faces += [align_face(image, face, face_size) for face in found]
+        faces += [align_face(image, face, face_size, framing) for face in found]
         h, w = image.shape[:2]
         if not found and 0.8 <= w / h <= 1.25:
             faces.append(cv2.resize(image, (face_size, face_size), interpolation=cv2.INTER_AREA))

@@ -109,6 +109,9 @@ def build(
     # Not recursive: the optimizer/scheduler `_partial_` configs and param_groups stay plain
     # settings the module keeps as hyper-parameters; configure_optimizers instantiates them.
     module: pl.LightningModule = instantiate(cfg.model, _recursive_=False)
+    framing = getattr(datamodule, "framing", None)
+    if framing is not None:  # the network is trained on (and carries) the data's framing
+        module.set_framing(framing)
     # ExactResume always: without it a resumed run draws other dropout masks.
     callbacks = [*_instantiate_group(cfg.get("callbacks")), ExactResume(), *extra_callbacks]
     loggers = _instantiate_group(cfg.get("logger"))

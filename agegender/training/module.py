@@ -9,6 +9,7 @@ and the checkpoint loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
@@ -21,9 +22,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from agegender.checkpoints import FRAMING_KEY
 from agegender.labels import TASK_NUM_CLASSES, LabelSet, load_label_set
 from agegender.models.registry import build_model
-from agegender.spec import FaceSpec, face_spec_of
+from agegender.spec import FaceSpec, Framing, face_spec_of, framing_from_stored
 from agegender.training.metrics import StageMetrics, StagePredictions
 from agegender.training.optim import GROUP_KEYS, build_optimizer, build_scheduler
 from agegender.training.pretrained import load_pretrained
@@ -203,6 +205,31 @@ class AgeGenderModule(pl.LightningModule):
     def face_spec(self) -> FaceSpec:
         """The network's :class:`~agegender.spec.FaceSpec` (sizes and normalisation)."""
         return face_spec_of(self.model)
+
+    # -- the framing ----------------------------------------------------------------------------
+    @property
+    def framing(self) -> Framing:
+        """Where the network expects faces in its crop (its ``face_spec.framing``)."""
+        return self.face_spec.framing
+
+    def set_framing(self, framing: Framing) -> None:
+        """Give the network the framing of the faces it is trained on (train.py: the
+        DataModule's), so its checkpoints carry it and prediction frames faces the same way."""
+        self.model.face_spec = dataclasses.replace(self.face_spec, framing=framing)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[FRAMING_KEY] = self.framing.to_config()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint's faces must be framed as the data frames them now: resuming or
+        evaluating it on faces framed otherwise is refused, naming both."""
+        stored = framing_from_stored(checkpoint.get(FRAMING_KEY))
+        if stored.key() != self.framing.key():
+            raise ValueError(
+                f"the checkpoint was trained on faces framed {stored.describe()}; the data "
+                f"frames them {self.framing.describe()}: set data.preprocess.framing="
+                f"{stored.name if stored.name != 'custom' else '<its mapping>'} to use it"
+            )
 
     # -- the mean image -------------------------------------------------------------------------
     @property
