@@ -101,7 +101,7 @@ def test_kface_recipe_trains_with_margin_crops_and_its_names(tmp_path: Path) -> 
     assert classes and classes <= {"20-29", "30-39", "40-49", "50-59"}
     (manifest,) = (csv.parent / "cache").glob("labels-*/cache.json")
     settings = json.loads(manifest.read_text())["settings"]
-    assert settings["box_crop_scale"] == pytest.approx(1.4)  # 20% margin on every side
+    assert settings["framing"]["box_scale"] == pytest.approx(1.4)  # 20% margin on every side
     index = pd.concat(pd.read_csv(p) for p in manifest.parent.glob("shard_*.csv"))
     assert (index["fallback"] == "given_box").all()
 

@@ -274,5 +274,5 @@ def test_readme_recipe_runs_without_torch_and_gives_predict_py_labels(
             and np.allclose(r["box"], row["box"], atol=0.2)
         ]
         assert (mine["age"], mine["gender"]) == (row["age"], row["gender"])
-        assert mine["age_prob"] == pytest.approx(row["age_prob"], abs=2e-3)
-        assert mine["gender_prob"] == pytest.approx(row["gender_prob"], abs=2e-3)
+        assert mine["age_prob"] == pytest.approx(row["age_prob"], abs=5e-3)
+        assert mine["gender_prob"] == pytest.approx(row["gender_prob"], abs=5e-3)

@@ -16,7 +16,7 @@ from agegender.data.preprocess import FaceOptions
 from agegender.models import LeviHassnerNet, build_model, face_spec
 from agegender.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from agegender.runtime.torch_classifier import FaceClassifier
-from agegender.spec import FaceSpec, face_spec_of
+from agegender.spec import LEGACY_FRAMING, FaceSpec, face_spec_of
 from agegender.training.module import AgeGenderModule
 from agegender.transforms import EvalPreset, TrainPreset
 
@@ -96,7 +96,9 @@ def test_old_lightning_checkpoint_with_sizes_still_loads(tmp_path) -> None:
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
     model, meta = load_model(path)
-    assert model.face_spec == face_spec("levi_hassner")
+    # sizes from the class; the framing such an old checkpoint was trained with: legacy
+    legacy = dataclasses.replace(face_spec("levi_hassner"), framing=LEGACY_FRAMING)
+    assert model.face_spec == legacy
     assert meta["hyper_parameters"]["input_size"] == 227
     again = AgeGenderModule(**hparams)  # what LightningModule.load_from_checkpoint does
     assert again.face_spec == face_spec("levi_hassner")

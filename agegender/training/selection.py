@@ -25,7 +25,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-from agegender.checkpoints import LIGHTNING_PREFIX
+from agegender.checkpoints import FRAMING_KEY, LIGHTNING_PREFIX
 from agegender.fileio import atomic_write
 from agegender.training.checkpointing import BestCheckpoint
 
@@ -146,6 +146,7 @@ def assemble_per_task(paths: Mapping[str, str | Path], out: str | Path) -> Path:
         "pytorch-lightning_version": base["pytorch-lightning_version"],
         "hyper_parameters": base["hyper_parameters"],
         "state_dict": state,
+        **({FRAMING_KEY: base[FRAMING_KEY]} if FRAMING_KEY in base else {}),
         "per_task": {
             task: {
                 "path": str(paths[task]),
