@@ -257,14 +257,30 @@ def _one_photo(input: str | None) -> bool:
     return path.suffix.lower() in image_extensions() and path.is_file()
 
 
+#: The largest box coordinate taken, in pixels: far beyond any decodable image, small enough
+#: that a crop's scale stays a number (a box of 1e308 px would warp nothing, slowly).
+MAX_BOX_COORDINATE = 1e7
+
+
 def face_of_box(box: Any) -> Face:
-    """A caller's box (x1, y1, x2, y2 in pixels) or Face as a :class:`~agegender.faces.Face`;
-    ValueError for anything else (the API and the prediction server check boxes alike)."""
+    """A caller's box (x1, y1, x2, y2 in pixels, four numbers) or Face as a
+    :class:`~agegender.faces.Face`; ValueError for anything else (the API and the prediction
+    server check boxes alike: text such as ``"1234"`` or ``["1", "2", "3", "4"]`` is refused,
+    never read digit by digit)."""
     if isinstance(box, Face):
         return box
-    values = [float(v) for v in box]
-    if len(values) != 4 or not np.all(np.isfinite(values)):
+    if isinstance(box, (str, bytes)) or not hasattr(box, "__len__"):
         raise ValueError(f"a box is (x1, y1, x2, y2) in pixels, got {box!r}")
+    if len(box) != 4 or not all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        for v in box
+    ):
+        raise ValueError(f"a box is (x1, y1, x2, y2) in pixels, four numbers, got {box!r}")
+    values = [float(v) for v in box]
+    if not np.all(np.isfinite(values)) or max(abs(v) for v in values) > MAX_BOX_COORDINATE:
+        raise ValueError(
+            f"box coordinates must be finite and within {MAX_BOX_COORDINATE:g} px, got {box!r}"
+        )
     x1, y1, x2, y2 = values
     if not (x2 > x1 and y2 > y1):
         raise ValueError(f"empty box {box!r} (x2 must exceed x1, y2 exceed y1)")

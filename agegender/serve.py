@@ -27,15 +27,18 @@ optional API key guards every route but ``/health`` and ``/docs``, and the serve
 # decode_request and authorize at run time, and need them as objects, not strings.
 
 import argparse
+import asyncio
 import base64
 import binascii
 import hmac
 import json
 import os
 import platform
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from agegender.api import AgeGender, face_of_box
@@ -77,6 +80,9 @@ class ServeSettings:
     timeout: float
     max_upload_bytes: int
     max_batch_images: int
+    max_boxes_per_image: int
+    max_boxes_per_request: int
+    read_timeout: float
     log_level: str
 
     def __post_init__(self) -> None:
@@ -84,6 +90,10 @@ class ServeSettings:
             raise ValueError("max_batch_size, workers_per_device and api_servers must be >= 1")
         if self.max_upload_bytes < 1 or self.max_batch_images < 1 or self.batch_timeout < 0:
             raise ValueError("max_upload_bytes, max_batch_images >= 1 and batch_timeout >= 0")
+        if self.max_boxes_per_image < 1 or self.max_boxes_per_request < 1:
+            raise ValueError("max_boxes_per_image and max_boxes_per_request must be >= 1")
+        if not self.read_timeout > 0:
+            raise ValueError(f"read_timeout must be > 0 seconds, got {self.read_timeout}")
 
     @classmethod
     def load(cls, **changes: Any) -> "ServeSettings":
@@ -112,8 +122,11 @@ def status_code(reason: str) -> int:
 
 
 def error_response(reason: str, code: int | None = None) -> "JSONResponse":
-    """Every error the server sends: ``{"error": reason}`` with its code."""
-    return JSONResponse({"error": reason}, status_code=code or status_code(reason))
+    """Every error the server sends: ``{"error": reason}`` with its code. A 408 also closes
+    the connection (the body it gave up on would otherwise still be read from the client)."""
+    code = code or status_code(reason)
+    headers = {"Connection": "close"} if code == 408 else None
+    return JSONResponse({"error": reason}, status_code=code, headers=headers)
 
 
 def _image_bytes(value: Any) -> bytes:
@@ -131,38 +144,49 @@ def _image_bytes(value: Any) -> bytes:
     raise ValueError("'image' must be a file upload or base64 text")
 
 
-def _boxes(value: Any) -> list | None:
-    """Optional caller boxes: a JSON list (or JSON text, from a form field) of 4 numbers each."""
+def _boxes(value: Any, limit: int) -> list | None:
+    """Optional caller boxes: a JSON list (or JSON text, from a form field) of 4 numbers each,
+    at most ``limit`` (counted before any is read: the work of a request stays bounded)."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError("'boxes' is not valid JSON") from None
     if not isinstance(value, list):
         raise ValueError("'boxes' must be a list of [x1, y1, x2, y2]")
+    if len(value) > limit:
+        raise ValueError(
+            f"too many boxes: {len(value)} in one image (limit max_boxes_per_image={limit})"
+        )
     try:
         return [face_of_box(box) for box in value]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad 'boxes': {exc}") from None
 
 
-def _item(index: int, image: Any, boxes: Any) -> InputItem:
+def _item(index: int, image: Any, boxes: Any, max_boxes: int) -> InputItem:
     """One image of a request as pipeline input; a bad field becomes the item's error."""
     name = f"images[{index}]"
     try:
         if image is None:
             raise ValueError("no 'image' in the request")
-        return InputItem(name, name, data=_image_bytes(image), faces=_boxes(boxes))
+        return InputItem(name, name, data=_image_bytes(image), faces=_boxes(boxes, max_boxes))
     except ValueError as exc:
         return InputItem(name, name, error=str(exc))
 
 
-def decode_payload(payload: Any, many: bool, max_images: int) -> Decoded:
+def decode_payload(
+    payload: Any,
+    many: bool,
+    max_images: int,
+    max_boxes_per_image: int = 100,
+    max_boxes_per_request: int = 400,
+) -> Decoded:
     """A request body (JSON object or multipart form) -> the images to run. Never raises:
     LitServe decodes a whole batch of requests together, and one bad request must not
-    fail the others."""
+    fail the others. Images and boxes are counted before anything is decoded."""
     out = Decoded(many=many)
     try:
         if hasattr(payload, "getlist"):  # multipart form
@@ -190,7 +214,16 @@ def decode_payload(payload: Any, many: bool, max_images: int) -> Decoded:
             raise ValueError("no images in the request")
         if len(images) > max_images:
             raise ValueError(f"too many images: {len(images)} (limit {max_images})")
-        out.items = [_item(i, im, bx) for i, (im, bx) in enumerate(zip(images, boxes, strict=True))]
+        total = sum(len(b) for b in boxes if isinstance(b, list))
+        if total > max_boxes_per_request:
+            raise ValueError(
+                f"too many boxes: {total} in one request (limit max_boxes_per_request="
+                f"{max_boxes_per_request})"
+            )
+        out.items = [
+            _item(i, im, bx, max_boxes_per_image)
+            for i, (im, bx) in enumerate(zip(images, boxes, strict=True))
+        ]
     except ValueError as exc:
         out.error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a request never takes the worker down
@@ -234,7 +267,10 @@ class FaceAPI(ls.LitAPI if ls is not None else object):  # type: ignore[misc]
             raise HTTPException(401, "missing or wrong X-API-Key")
 
     def decode_request(self, request: Request) -> Decoded:
-        return decode_payload(request, self.many, self.settings.max_batch_images)
+        s = self.settings
+        return decode_payload(
+            request, self.many, s.max_batch_images, s.max_boxes_per_image, s.max_boxes_per_request
+        )
 
     def batch(self, inputs: list[Decoded]) -> list[Decoded]:
         return list(inputs)
@@ -300,28 +336,12 @@ class RequestLimits:
             return await error_response("missing or wrong X-API-Key", 401)(scope, receive, send)
         if scope["method"] != "POST" or path not in (PREDICT_PATH, BATCH_PATH):
             return await self.app(scope, receive, send)
-        limit = self.settings.max_upload_bytes
-        too_large = f"too large: request body over {limit} bytes (limit max_upload_bytes)"
         try:
-            if int(headers.get("content-length", "0")) > limit:
-                if await _drain(receive):
-                    return await error_response(too_large)(scope, receive, send)
+            data = await self._read_body(headers, _within(receive, self.settings.read_timeout))
+        except _Refused as refused:
+            if refused.reason is None:  # the client left
                 return None
-        except ValueError:
-            return await error_response("invalid Content-Length")(scope, receive, send)
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            if len(body) > limit:
-                if await _drain(receive):
-                    return await error_response(too_large)(scope, receive, send)
-                return None
-            if not message.get("more_body", False):
-                break
-        data = bytes(body)
+            return await error_response(refused.reason, refused.code)(scope, receive, send)
 
         def replay() -> Any:
             sent = False
@@ -340,14 +360,64 @@ class RequestLimits:
             return await error_response(reason, 400)(scope, receive, send)
         return await self.app(scope, replay(), send)
 
+    async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes:
+        """The whole body, or :class:`_Refused`: over ``max_upload_bytes`` (413, after reading
+        the rest without keeping it), not all there within ``read_timeout`` (408: a client
+        sending a byte a second cannot hold a connection), a bad Content-Length (400)."""
+        limit = self.settings.max_upload_bytes
+        too_large = f"too large: request body over {limit} bytes (limit max_upload_bytes)"
+        try:
+            declared = int(headers.get("content-length", "0"))
+        except ValueError:
+            raise _Refused("invalid Content-Length", 400) from None
+        try:
+            if declared > limit:
+                raise _Refused(too_large if await _drain(receive) else None, 413)
+            body = bytearray()
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Refused(None, 400)
+                body += message.get("body", b"")
+                if len(body) > limit:
+                    raise _Refused(too_large if await _drain(receive) else None, 413)
+                if not message.get("more_body", False):
+                    return bytes(body)
+        except TimeoutError:
+            seconds = self.settings.read_timeout
+            raise _Refused(
+                f"request body not received within {seconds:g} s (limit read_timeout)", 408
+            ) from None
+
+
+class _Refused(Exception):
+    """A request refused before it reaches LitServe: ``reason`` None = the client left."""
+
+    def __init__(self, reason: str | None, code: int) -> None:
+        super().__init__(reason)
+        self.reason, self.code = reason, code
+
+
+def _within(receive: Any, seconds: float) -> Any:
+    """``receive`` with one deadline for the whole body: TimeoutError once it has passed."""
+    deadline = asyncio.get_running_loop().time() + seconds
+
+    async def receive_in_time() -> dict:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(receive(), left)
+
+    return receive_in_time
+
 
 async def _drain(receive: Any) -> bool:
     """Read the rest of a refused body without keeping it (False: the client left).
 
     Answering 413 while the client is still sending makes the server close a socket with
     unread data: the kernel then resets the connection and the client never reads the 413
-    (it sees a broken pipe). Discarding the bytes keeps memory flat; the request timeout
-    still bounds how long a client can keep sending."""
+    (it sees a broken pipe). Discarding the bytes keeps memory flat; ``read_timeout``
+    (``receive`` is :func:`_within`'s) bounds how long a client can keep sending."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -369,6 +439,8 @@ async def _body_error(scope: dict, content_type: str, data: bytes, receive: Any)
         payload = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         return f"malformed JSON ({exc})" if data else "empty body: send an image"
+    except RecursionError:
+        return "malformed JSON (nested too deeply)"
     if not isinstance(payload, dict):
         return "expected a JSON object"
     return None
@@ -437,6 +509,35 @@ def build_server(options: PredictOptions, settings: ServeSettings, info: dict[st
     return server
 
 
+def read_key_file(path: Path) -> str:
+    """The API key from the first line of ``path`` (ValueError when missing or empty)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        name = type(exc).__name__
+        raise ValueError(f"cannot read the API key file {str(path)!r} ({name})") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise ValueError(f"the API key file {str(path)!r} is empty")
+    return key
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (systemd, Docker, Kubernetes, ``kill``) stops the server as Ctrl-C does:
+    LitServe then terminates its HTTP and inference processes before exiting. Without it
+    the main process dies alone and its workers keep the port and their memory."""
+    main_pid = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:  # a process forked from here: end as SIGTERM means
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _parse_value(text: str) -> Any:
     """A serve.yaml value given on the command line, as YAML would read it."""
     import yaml
@@ -451,7 +552,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=None, help="default: conf/serve.yaml (8000)")
     parser.add_argument("--host", default=None, help="default 127.0.0.1; 0.0.0.0 = the network")
-    parser.add_argument("--api-key", default=None, help=f"or the {API_KEY_ENV} variable")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help=f"visible to every user in ps: prefer the {API_KEY_ENV} variable or --api-key-file",
+    )
+    parser.add_argument(
+        "--api-key-file", type=Path, default=None, help="a file whose first line is the key"
+    )
     parser.add_argument(
         "overrides", nargs="*", help="conf/serve.yaml settings or conf/predict.yaml overrides"
     )
@@ -474,10 +582,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             changes[key] = _parse_value(value)
         else:
             predict_overrides.append(override)
+    if args.api_key is not None:
+        print(
+            f"agegender.serve: warning: --api-key is visible to every user of this machine "
+            f"(ps, /proc); set {API_KEY_ENV} or use --api-key-file",
+            file=sys.stderr,
+        )
     for key, value in (("host", args.host), ("port", args.port), ("api_key", args.api_key)):
         if value is not None:
             changes[key] = value
     try:
+        if args.api_key_file is not None:
+            changes["api_key"] = read_key_file(args.api_key_file)
         settings = ServeSettings.load(**changes)
         options = PredictOptions.compose(predict_overrides)  # never downloads
         # built here once: a missing checkpoint is a clear error now, not a dead worker later
@@ -488,6 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = describe(agegender, settings)
     del agegender
     server = build_server(options, settings, info)
+    stop_on_sigterm()
     print(
         f"agegender.serve: {info['detector']} + {info['backend']} on "
         f"http://{settings.host}:{settings.port} (docs: /docs)",

@@ -96,37 +96,47 @@ def agegender():
         require(False, f"original weights not cached: {WEIGHTS_HINT} ({error})")
 
 
-@pytest.fixture(scope="module")
-def server(agegender, tmp_path_factory) -> Any:
-    """Base URL of a server on a free loopback port (batching on, an API key), stopped after."""
+#: The module server's limits (conf/serve.yaml's, made small enough to reach in a test).
+MAX_BOXES, MAX_REQUEST_BOXES, READ_TIMEOUT = 5, 8, 3
+
+
+def start_server(cwd: Path, *settings: str) -> tuple[subprocess.Popen, str]:
+    """A server process on a free loopback port in its own process group, once healthy."""
     port = _free_port()
-    cwd = tmp_path_factory.mktemp("serve-cwd")  # nothing may be written there
     env = {**os.environ, "PYTHONPATH": str(REPO), "AGEGENDER_API_KEY": KEY}
-    command = [
-        sys.executable, "-m", "agegender.serve", "--port", str(port),
-        f"max_upload_bytes={MAX_UPLOAD}", "max_batch_images=4", "max_batch_size=8",
-        "batch_timeout=0.05", f"max_pixels={MAX_PIXELS}",
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "agegender.serve", "--port", str(port), *settings]
     process = subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace")  # type: ignore[union-attr]
+            pytest.fail(f"server exited with {process.returncode}:\n{output[-3000:]}")
+        try:
+            status, _ = call(f"{base}/health", key=None)
+            if status == 200:
+                return process, base
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("server not healthy within 120 s")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def server(agegender, tmp_path_factory) -> Any:
+    """Base URL of a server on a free loopback port (batching on, an API key), stopped after."""
+    cwd = tmp_path_factory.mktemp("serve-cwd")  # nothing may be written there
+    process, base = start_server(
+        cwd, f"max_upload_bytes={MAX_UPLOAD}", "max_batch_images=4", "max_batch_size=8",
+        "batch_timeout=0.05", f"max_pixels={MAX_PIXELS}", f"max_boxes_per_image={MAX_BOXES}",
+        f"max_boxes_per_request={MAX_REQUEST_BOXES}", f"read_timeout={READ_TIMEOUT}",
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read().decode(errors="replace")  # type: ignore[union-attr]
-                pytest.fail(f"server exited with {process.returncode}:\n{output[-3000:]}")
-            try:
-                status, _ = call(f"{base}/health", key=None)
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server not healthy within 120 s")
-            time.sleep(0.5)
         yield base
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -221,6 +231,29 @@ def test_bad_requests_and_the_server_keeps_answering(server, agegender) -> None:
         (multipart(b"x" * (MAX_UPLOAD + 10)), 413, "too large: request body"),
         (multipart(_png(2500, 2000)), 413, "too large: 2500x2000"),
         (as_json({"images": [{"image": b64(good)}] * 5}), 413, "too many images"),
+        # boxes: numbers only, never text read digit by digit, finite and of pixel size
+        (as_json({"image": b64(good), "boxes": ["1234"]}), 400, "bad 'boxes'"),
+        (
+            as_json({"image": b64(good), "boxes": [["100", "50", "400", "300"]]}),
+            400,
+            "four numbers",
+        ),
+        (as_json({"image": b64(good), "boxes": [[0, 0, 1e308, 1e308]]}), 400, "finite and within"),
+        (as_json({"image": b64(good), "boxes": [[0, 0, True, 5]]}), 400, "four numbers"),
+        # bounded work: boxes per image and per request are counted before any is read
+        (
+            as_json({"image": b64(good), "boxes": [[0, 0, 5, 5]] * (MAX_BOXES + 1)}),
+            413,
+            "too many boxes: 6 in one image (limit max_boxes_per_image=5)",
+        ),
+        (as_json({"image": b64(good), "boxes": [[0, 0, 5, 5]] * 5000}), 413, "too many boxes"),
+        (
+            as_json({"images": [{"image": b64(good), "boxes": [[0, 0, 5, 5]] * 3}] * 3}),
+            413,
+            "too many boxes: 9 in one request (limit max_boxes_per_request=8)",
+        ),
+        # JSON nested far deeper than the parser's recursion limit
+        ((b"[" * 100_000 + b"]" * 100_000, "application/json"), 400, "nested too deeply"),
     ]
     for (body, content_type), code, reason in cases:
         path = "/predict/batch" if b'"images"' in body[:20] else "/predict"
@@ -261,3 +294,93 @@ def test_concurrent_requests_each_get_their_own_answer(server, agegender) -> Non
         else:
             assert status == 200, answer
             assert_same(answer, expected[photo])
+
+
+def test_slow_upload_is_cut_off_after_the_read_timeout(server) -> None:
+    """A client that announces 1000 bytes and sends one a second gets 408 and a closed
+    connection after read_timeout (3 s here), not a connection held open."""
+    port = int(server.rsplit(":", 1)[1])
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        sock.settimeout(1.0)
+        answer = b""
+        while time.monotonic() - started < 20:
+            try:
+                sock.sendall(b" ")
+            except OSError:  # the server closed the connection
+                break
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+        elapsed = time.monotonic() - started
+    assert elapsed < READ_TIMEOUT + 5, elapsed
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"read_timeout" in answer
+    status, _ = call(f"{server}/health", key=None)
+    assert status == 200
+
+
+def test_boxes_are_numbers_in_the_api_too() -> None:
+    from agegender.api import face_of_box
+
+    for bad in ("1234", ["1", "2", "3", "4"], [0, 0, 1e308, 1e308], [0, 0, True, 5], [1, 2]):
+        with pytest.raises(ValueError, match="box"):
+            face_of_box(bad)
+    assert face_of_box(np.array([1.0, 2.0, 30.0, 40.0])).box == (1.0, 2.0, 30.0, 40.0)
+
+
+def test_api_key_flag_warns_and_the_key_file_is_read(tmp_path, capsys) -> None:
+    from agegender.serve import main, read_key_file
+
+    assert main(["--api-key", "s3cret-flag", "max_batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert "--api-key is visible to every user" in err and "AGEGENDER_API_KEY" in err
+    assert "s3cret-flag" not in err
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-file\n")
+    assert read_key_file(key_file) == "s3cret-file"
+    (tmp_path / "empty").write_text("\n")
+    for path in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(ValueError, match="API key file"):
+            read_key_file(path)
+    assert main(["--api-key-file", str(tmp_path / "missing")]) == 2
+    assert "s3cret" not in capsys.readouterr().err
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow  # a server of its own: ~20 s
+def test_sigterm_stops_every_process_and_closes_the_port(agegender, tmp_path) -> None:
+    """`kill <pid>` (what systemd, Docker and Kubernetes send): the server process and every
+    worker it started end, and the port is closed, within seconds."""
+    process, base = start_server(tmp_path)
+    port = int(base.rsplit(":", 1)[1])
+    os.kill(process.pid, signal.SIGTERM)  # the main process only, not its group
+    try:
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _group_alive(process.pid), "worker processes outlived the server"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
