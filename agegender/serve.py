@@ -63,6 +63,8 @@ PREDICT_PATH = "/predict"
 BATCH_PATH = "/predict/batch"
 #: Routes open without the API key (liveness probes and the API's own documentation).
 OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+#: Where the /docs page's Swagger UI files are served from (open, like the page).
+DOCS_ASSETS = "/docs/assets"
 API_KEY_ENV = "AGEGENDER_API_KEY"
 
 
@@ -330,8 +332,10 @@ class RequestLimits:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
-        if path not in OPEN_PATHS and not key_matches(
-            self.settings.api_key, headers.get("x-api-key")
+        if (
+            path not in OPEN_PATHS
+            and not path.startswith(DOCS_ASSETS + "/")
+            and not key_matches(self.settings.api_key, headers.get("x-api-key"))
         ):
             return await error_response("missing or wrong X-API-Key", 401)(scope, receive, send)
         if scope["method"] != "POST" or path not in (PREDICT_PATH, BATCH_PATH):
@@ -501,6 +505,7 @@ def build_server(options: PredictOptions, settings: ServeSettings, info: dict[st
         return error_response(str(exc.detail), exc.status_code)
 
     server.app.add_exception_handler(StarletteHTTPException, http_error)
+    document_api(server.app)
 
     async def info_route() -> dict[str, Any]:
         return info
@@ -536,6 +541,145 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def _schemas() -> dict[str, Any]:
+    """The request and answer bodies as pydantic models (documentation: the bodies are read
+    by :func:`decode_payload`, which also takes multipart forms and answers every error as
+    JSON), their JSON schemas by name."""
+    from pydantic import BaseModel, Field
+    from pydantic.json_schema import models_json_schema
+
+    class ImageRequest(BaseModel):
+        image: str = Field(description="the image file, base64 (a data: URL too)")
+        boxes: list[list[float]] | None = Field(
+            None, description="your own face boxes [[x1, y1, x2, y2], ...] in pixels"
+        )
+
+    class BatchRequest(BaseModel):
+        images: list[ImageRequest] = Field(description="at most max_batch_images")
+
+    class Face(BaseModel):
+        box: list[float] = Field(description="x1, y1, x2, y2 in the image's pixels")
+        score: float
+        landmarks: list[list[float]] | None = None
+        age: str | None = Field(None, description="the label set's class (empty: abstained)")
+        age_prob: float | None = None
+        gender: str | None = None
+        gender_prob: float | None = None
+        age_probs: dict[str, float]
+        gender_probs: dict[str, float]
+        abstained: list[str]
+
+    class ImageAnswer(BaseModel):
+        status: str = Field(description="ok, no_face, or error: <reason> (the CSV's status)")
+        faces: list[Face]
+        error: str | None = None
+
+    class BatchAnswer(BaseModel):
+        images: list[ImageAnswer]
+
+    class Error(BaseModel):
+        error: str = Field(description="why: the CSV status's reason, or the limit")
+
+    models = [ImageRequest, BatchRequest, Face, ImageAnswer, BatchAnswer, Error]
+    _, top = models_json_schema(
+        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+    )
+    return top["$defs"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _typed_openapi(app: Any) -> None:
+    """``/openapi.json`` with the request bodies (JSON and multipart) and answers of
+    ``/predict`` and ``/predict/batch``, so a client generator gets real types."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = default()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(_schemas())
+        errors = {
+            str(code): {
+                "description": what,
+                "content": {"application/json": {"schema": _ref("Error")}},
+            }
+            for code, what in (
+                (400, "bad input"),
+                (401, "missing or wrong X-API-Key"),
+                (408, "body not received within read_timeout"),
+                (413, "over a limit"),
+                (504, "past timeout"),
+            )
+        }
+        for path, body, answer, form in (
+            (PREDICT_PATH, "ImageRequest", "ImageAnswer", {"image": "binary", "boxes": "string"}),
+            (BATCH_PATH, "BatchRequest", "BatchAnswer", {"image": "binary"}),
+        ):
+            operation = schema["paths"][path]["post"]
+            multipart = {
+                "type": "object",
+                "properties": {k: {"type": "string", "format": f} for k, f in form.items()},
+                "required": ["image"],
+            }
+            if path == BATCH_PATH:
+                multipart["properties"]["image"] = {
+                    "type": "array",
+                    "items": {"type": "string", "format": "binary"},
+                }
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref(body)},
+                    "multipart/form-data": {"schema": multipart},
+                },
+            }
+            ok = {
+                "description": "the faces",
+                "content": {"application/json": {"schema": _ref(answer)}},
+            }
+            operation["responses"] = {"200": ok, **errors}
+            operation["summary"] = "one image" if path == PREDICT_PATH else "several images"
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+
+
+def document_api(app: Any) -> None:
+    """The API's own documentation: typed ``/openapi.json`` (:func:`_typed_openapi`) and
+    ``/docs`` from Swagger UI files the server serves itself (swagger-ui-bundle-v2), not
+    from a CDN, so the page works on a machine without internet; LitServe's own
+    ``/litserve/info`` route is dropped (``/info`` reports the server and the model)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    import agegender
+
+    app.title = "agegender prediction server"
+    app.version = getattr(agegender, "__version__", "0")
+    app.description = "Age and gender of every face in an image (README: Prediction server)."
+    _typed_openapi(app)
+
+    dropped = {"/docs", "/litserve/info"}
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in dropped]
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), "docs")
+
+    async def docs() -> Any:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="agegender prediction server",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
 
 
 def _parse_value(text: str) -> Any:

@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -173,6 +174,65 @@ def test_health_info_and_docs(server, agegender) -> None:
     assert info["versions"]["litserve"]
     assert call(f"{server}/docs", key=None)[0] == 200
     assert call(f"{server}/health", key=None)[0] == 200
+    # LitServe's own info route is not exposed: /info is the server's and the model's
+    assert call(f"{server}/litserve/info")[0] == 404
+
+
+def test_openapi_documents_typed_bodies(server) -> None:
+    """/openapi.json gives the request bodies (JSON and multipart) and answers their types, so
+    a client generator works; every $ref resolves."""
+    status, spec = call(f"{server}/openapi.json", key=None)
+    assert status == 200 and spec["info"]["title"] == "agegender prediction server"
+    schemas = spec["components"]["schemas"]
+    for path, body, answer in (
+        ("/predict", "ImageRequest", "ImageAnswer"),
+        ("/predict/batch", "BatchRequest", "BatchAnswer"),
+    ):
+        post = spec["paths"][path]["post"]
+        content = post["requestBody"]["content"]
+        assert content["application/json"]["schema"]["$ref"].endswith(f"/{body}")
+        assert "image" in content["multipart/form-data"]["schema"]["properties"]
+        ok = post["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok["$ref"].endswith(f"/{answer}")
+        assert {"400", "401", "408", "413"} <= set(post["responses"])
+    assert schemas["ImageRequest"]["required"] == ["image"]
+    refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(spec))
+    assert refs and set(refs) <= set(schemas)
+
+
+def test_docs_page_works_offline(server) -> None:
+    """/docs loads Swagger UI from the server itself, never a CDN: the page renders in a
+    browser that can resolve no host but the loopback one."""
+    status, page = call(f"{server}/docs", key=None)
+    assert status == 200 and "cdn.jsdelivr" not in page and "tiangolo" not in page
+    assert "/docs/assets/swagger-ui-bundle.js" in page
+    request = urllib.request.Request(f"{server}/docs/assets/swagger-ui-bundle.js")
+    with urllib.request.urlopen(request, timeout=30) as response:  # open, like the page
+        assert response.status == 200 and len(response.read()) > 100_000
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError as error:
+        require(False, f"the browser check needs selenium (pip install -e '.[dev]'): {error}")
+    from tests.test_app import _browser
+
+    chromium, driver_path = _browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                "--disable-background-networking"):  # fmt: skip
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+    try:
+        browser.get(f"{server}/docs")
+        WebDriverWait(browser, 60).until(
+            lambda b: "/predict/batch" in b.find_element(By.TAG_NAME, "body").text
+        )
+        assert browser.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title")
+    finally:
+        browser.quit()
 
 
 def test_predict_equals_the_api(server, agegender) -> None:
