@@ -179,11 +179,7 @@ class AgeGender:
             _item(image, i, bgr, None if boxes is None else boxes[i])
             for i, image in enumerate(images)
         ]
-        pipeline = self.pipeline()
-        if len(items) == 1:  # no thread pool for a single image
-            results = pipeline.classify([pipeline.prepare(items[0])])
-        else:
-            results = list(pipeline.run(items))
+        results = self.pipeline().run_all(items)
         out = []
         for result in results:
             if result.error is not None:

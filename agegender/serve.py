@@ -52,7 +52,7 @@ from agegender.store import WeightsNotFoundError
 
 try:  # the `serve` extra; main() says how to install it when missing
     import litserve as ls
-    from fastapi import Header, HTTPException, Request
+    from fastapi import Request
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError:  # pragma: no cover - exercised only without the extra
@@ -263,11 +263,6 @@ class FaceAPI(ls.LitAPI if ls is not None else object):  # type: ignore[misc]
         self.agegender = AgeGender(options=self.options)
         self.pipeline = self.agegender.pipeline()
 
-    def authorize(self, x_api_key: str | None = Header(default=None)) -> None:  # noqa: B008
-        """LitServe's authentication hook (a FastAPI dependency of the endpoint)."""
-        if not key_matches(self.settings.api_key, x_api_key):
-            raise HTTPException(401, "missing or wrong X-API-Key")
-
     def decode_request(self, request: Request) -> Decoded:
         s = self.settings
         return decode_payload(
@@ -282,10 +277,7 @@ class FaceAPI(ls.LitAPI if ls is not None else object):  # type: ignore[misc]
         detection in its loader threads, all faces in shared network batches."""
         requests: list[Decoded] = x if self.max_batch_size > 1 else [x]
         items = [item for request in requests for item in request.items]
-        if len(items) == 1:  # as AgeGender.predict: no thread pool for a single image
-            results = self.pipeline.classify([self.pipeline.prepare(items[0])])
-        else:
-            results = list(self.pipeline.run(items)) if items else []
+        results = self.pipeline.run_all(items)
         out: list[Decoded | list[ImageResult]] = []
         start = 0
         for request in requests:
@@ -602,7 +594,12 @@ def _typed_openapi(app: Any) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = default()
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(_schemas())
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(_schemas())
+        # the key is checked once, by RequestLimits, for every route but the open ones
+        components["securitySchemes"] = {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        }
         errors = {
             str(code): {
                 "description": what,
@@ -644,6 +641,7 @@ def _typed_openapi(app: Any) -> None:
             }
             operation["responses"] = {"200": ok, **errors}
             operation["summary"] = "one image" if path == PREDICT_PATH else "several images"
+            operation["security"] = [{"ApiKey": []}]
         app.openapi_schema = schema
         return schema
 

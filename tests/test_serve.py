@@ -10,6 +10,7 @@ own answers; and the server still answers after every bad request.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -444,3 +445,100 @@ def test_sigterm_stops_every_process_and_closes_the_port(agegender, tmp_path) ->
     finally:
         if _group_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def _group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in a process group (the server and its workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:  # the fields after "pid (comm)": state ppid pgrp ...
+                continue
+            status = (stat.parent / "status").read_text()
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended while being read
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def _slow_upload(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n".encode()
+        )
+        sock.settimeout(1.0)
+        for _ in range(30):
+            try:
+                sock.sendall(b" ")
+                if not sock.recv(4096):
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+
+@pytest.mark.slow  # a server of its own under load for ~25 s
+def test_load_and_abuse_keep_answers_latency_and_memory(agegender, tmp_path) -> None:
+    """Six clients send ordinary requests for 12 s while others send 5,000 boxes, a slow
+    upload and deeply nested JSON: every ordinary request gets its usual answer, p99 latency
+    stays under 15 s (2 cores shared by clients and server), the abusive requests get their
+    4xx, the server's memory after the run is within 300 MB of before it, and SIGTERM then
+    leaves no process and a closed port."""
+    process, base = start_server(tmp_path, "read_timeout=3", "timeout=60")
+    port = int(base.rsplit(":", 1)[1])
+    photo = PHOTOS[-1]
+    good = multipart(photo.read_bytes())
+    expected = agegender.predict(photo)
+    try:
+        for _ in range(3):  # warm: the first requests load lazily
+            assert call(f"{base}/predict", *good)[0] == 200
+        before = _group_rss_mb(process.pid)
+        deadline = time.monotonic() + 12
+        latencies: list[float] = []
+        abuse: list[int] = []
+
+        def ordinary() -> None:
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                status, answer = call(f"{base}/predict", *good)
+                latencies.append(time.monotonic() - started)
+                assert status == 200, answer
+                assert_same(answer, expected)
+
+        boxes = as_json({"image": b64(photo.read_bytes()), "boxes": [[0, 0, 50, 50]] * 5000})
+        deep = (b"[" * 100_000 + b"]" * 100_000, "application/json")
+
+        def abusive() -> None:
+            while time.monotonic() < deadline:
+                abuse.append(call(f"{base}/predict", *boxes)[0])
+                abuse.append(call(f"{base}/predict", *deep)[0])
+
+        with ThreadPoolExecutor(9) as pool:
+            futures = [pool.submit(ordinary) for _ in range(6)]
+            futures += [pool.submit(abusive), pool.submit(_slow_upload, port)]
+            futures += [pool.submit(_slow_upload, port)]
+            for future in futures:
+                future.result()
+        assert len(latencies) >= 12 and set(abuse) == {400, 413}
+        p99 = float(np.percentile(latencies, 99))
+        assert p99 < 15, p99
+        after = _group_rss_mb(process.pid)
+        assert after < before + 300, (before, after)
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = _group_alive(process.pid)
+        if alive:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not alive, "processes outlived SIGTERM"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

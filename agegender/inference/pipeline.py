@@ -169,6 +169,13 @@ class Pipeline:
                 for future in window:
                     future.cancel()
 
+    def run_all(self, items: list[InputItem]) -> list[ImageResult]:
+        """Every result of a short list of items (an API call, a server request): a single
+        image is prepared in the calling thread, without starting the loader pool."""
+        if len(items) == 1:
+            return self.classify([self.prepare(items[0])])
+        return list(self.run(items)) if items else []
+
     def classify(self, results: list[ImageResult]) -> list[ImageResult]:
         """Classify prepared results, their faces in shared batches of up to ``batch_size``,
         and decode each face once (:meth:`FaceResult.decode`); frees their crops."""
