@@ -277,20 +277,37 @@ def _deep_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     - float images (``F``) in 0..1 are multiplied by 255; anything else (negative values,
       32-bit integers beyond 16 bits, floats beyond 1) is stretched by its own min/max so the
       picture stays visible.
+
+    Converted in strips of rows: memory stays the input plus its uint8 output, as for an
+    8-bit image (whole-image float64 copies took 4 GB for one 6000 x 6000 16-bit PNG).
     """
-    values = values.astype(np.float64)
+    out = np.empty(values.shape, dtype=np.uint8)
     if values.size == 0:
-        return values.astype(np.uint8)
+        return out
     lo, hi = float(values.min()), float(values.max())
+    offset, scale = 0.0, 1.0
     if mode == "F" and lo >= 0.0 and hi <= 1.0:
-        scaled = values * 255.0
+        scale = 255.0
     elif lo >= 0 and hi <= 255:
-        scaled = values
+        pass
     elif mode != "F" and lo >= 0 and hi <= 65535:
-        scaled = values * (255.0 / ((1 << int(hi).bit_length()) - 1))
+        scale = 255.0 / ((1 << int(hi).bit_length()) - 1)
     else:
-        scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        offset, scale = lo, (255.0 / (hi - lo) if hi > lo else 0.0)
+    row_values = max(1, values.size // max(1, values.shape[0]))
+    rows = max(1, _STRIP_VALUES // row_values)
+    for start in range(0, values.shape[0], rows):
+        strip = values[start : start + rows].astype(np.float64)
+        strip -= offset
+        strip *= scale
+        np.rint(strip, out=strip)
+        np.clip(strip, 0, 255, out=strip)
+        out[start : start + rows] = strip
+    return out
+
+
+#: Values converted at once by :func:`_deep_to_uint8` (8 MB of float64).
+_STRIP_VALUES = 1 << 20
 
 
 def _is_deep_colour(im: Image.Image) -> bool:
