@@ -487,3 +487,28 @@ def test_a_missing_input_leaves_no_output_folder(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 2 and (tmp_path / "kept" / "mine.txt").exists()
+
+
+def test_a_folder_listed_but_not_entered_is_skipped_not_fatal(tmp_path, monkeypatch) -> None:
+    """A sub-folder with read but no execute permission (mode 644, as a user, not root): its
+    names are listed, but asking whether an entry is a file raises PermissionError. The scan
+    lists those entries as skipped and goes on (it used to end the run with a traceback)."""
+    (tmp_path / "ok.jpg").write_bytes(b"x")
+    locked = tmp_path / "locked"
+    (locked / "inner").mkdir(parents=True)
+    (locked / "photo.jpg").write_bytes(b"x")
+    real_is_file, real_is_symlink = Path.is_file, Path.is_symlink
+
+    def denied(real):  # noqa: ANN001, ANN202
+        def check(self: Path) -> bool:
+            if self.parent == locked:  # what stat() on an entry of a 644 folder does
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+
+        return check
+
+    monkeypatch.setattr(Path, "is_file", denied(real_is_file))
+    monkeypatch.setattr(Path, "is_symlink", denied(real_is_symlink))
+    inputs, skipped = scan_inputs(tmp_path)
+    assert inputs == [tmp_path / "ok.jpg"]
+    assert set(skipped) == {locked / "inner", locked / "photo.jpg"}

@@ -108,14 +108,21 @@ def scan_inputs(
             path = folder / d
             if excluded is not None and _identity(path) == excluded:
                 continue
-            if d.startswith(".") or path.is_symlink():
+            try:
+                hidden_or_link = d.startswith(".") or path.is_symlink()
+            except OSError:  # a folder listed but not entered (no x permission)
+                hidden_or_link = True
+            if hidden_or_link:
                 skipped.append(path)
             else:
                 walk.append(d)
         dirnames[:] = sorted(walk)
         for name in filenames:
             path = folder / name
-            keep = not name.startswith(".") and is_input_file(path) and path.is_file()
+            try:
+                keep = not name.startswith(".") and is_input_file(path) and path.is_file()
+            except OSError:  # its folder can be listed but not entered: cannot be read
+                keep = False
             (inputs if keep else skipped).append(path)
     key = lambda p: p.relative_to(root).parts  # noqa: E731
     return sorted(inputs, key=key), sorted(skipped, key=key)
