@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from agegender.api import AgeGender
 from agegender.inference.job import run_job
 from agegender.inference.options import PredictOptions
@@ -19,6 +21,30 @@ from agegender.runtime.build import configure_torch_threads
 
 #: What Hydra writes into ``output`` before predict.py's code runs (its run directory).
 HYDRA_FILES = frozenset({".hydra", "predict.log"})
+
+
+class OutputCheck(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/predict.yaml): ``output=`` naming an existing
+    file is one line and exit code 2, before Hydra tries to make it a folder (a
+    FileExistsError traceback otherwise)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        check_output(config.output)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        check_output(config.output)
+
+
+def check_output(output: str | Path) -> None:
+    """Exit 2 with one line when ``output`` exists and is not a folder."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        print(
+            f"predict: output={output} is a file, not a folder: give a folder for "
+            "predictions.csv and the annotated images (it is made when missing)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def remove_hydra_only_output(output: str | Path) -> bool:

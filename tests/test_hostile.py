@@ -512,3 +512,18 @@ def test_a_folder_listed_but_not_entered_is_skipped_not_fatal(tmp_path, monkeypa
     inputs, skipped = scan_inputs(tmp_path)
     assert inputs == [tmp_path / "ok.jpg"]
     assert set(skipped) == {locked / "inner", locked / "photo.jpg"}
+
+
+def test_output_naming_an_existing_file_is_one_line_and_exit_2(tmp_path) -> None:
+    target = tmp_path / "not-a-folder.csv"
+    target.write_text("keep me\n")
+    run = subprocess.run(
+        [sys.executable, "predict.py", f"input={REPO / 'data' / 'samples'}", f"output={target}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "is a file, not a folder" in run.stderr and "Traceback" not in run.stderr
+    assert target.read_text() == "keep me\n"
