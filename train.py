@@ -6,15 +6,22 @@ validation objective (``optimized_metric``) for sweeps.
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from agegender.errors import CheckpointError
     from agegender.training.fit import train
 
-    return train(cfg)
+    try:
+        return train(cfg)
+    except (CheckpointError, FileNotFoundError) as exc:  # a bad ckpt_path: one line, exit 2
+        print(f"train: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

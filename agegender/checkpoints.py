@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,7 +111,9 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
         # Zip-format files (every torch.save since 1.6) are memory-mapped: the tensors are
         # read from the page cache as load_state_dict copies them, not held twice.
         mmap = zipfile.is_zipfile(path)
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's note on a foreign pickle protocol: noise
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
@@ -126,6 +129,15 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt
+
+
+def check_readable(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it is a checkpoint that loads as plain data (``weights_only``), else a
+    :class:`CheckpointError` in one line (a pickle that would run code, a file that is no
+    checkpoint): what train.py checks before Lightning reads it."""
+    path = Path(path)
+    _read(path, "cpu")
+    return path
 
 
 def _strip_compiled(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

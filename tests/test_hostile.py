@@ -527,3 +527,22 @@ def test_output_naming_an_existing_file_is_one_line_and_exit_2(tmp_path) -> None
     assert run.returncode == 2, run.stderr
     assert "is a file, not a folder" in run.stderr and "Traceback" not in run.stderr
     assert target.read_text() == "keep me\n"
+
+
+def test_train_py_refuses_a_pickle_payload_in_one_line(tmp_path) -> None:
+    """ckpt_path= a pickle that would run code: refused before Lightning reads it, one line
+    and exit code 2 (as predict.py), never run."""
+    marker = tmp_path / "ran"
+    payload = (
+        b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    )  # pickle protocol 0: os.system("touch <marker>")
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(payload)
+    run = subprocess.run(
+        [sys.executable, "train.py", f"ckpt_path={evil}", "train=false",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "unsafe to unpickle" in run.stderr and "Traceback" not in run.stderr
+    assert not marker.exists()

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from agegender.checkpoints import set_calibration
+from agegender.checkpoints import check_readable, set_calibration
 from agegender.sweep import trial_callbacks
 from agegender.training.calibrate import (
     PREDICTIONS_FILE,
@@ -66,7 +66,7 @@ def resolve_ckpt_path(spec: str | None, output_dir: Path) -> str | None:
         hint = "pass a .ckpt file or a run directory holding checkpoints/"
     if path is None or not path.is_file():
         raise FileNotFoundError(f"ckpt_path={spec}: no checkpoint at {where}; {hint}")
-    return str(path)
+    return str(check_readable(path))
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
