@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from training_fixtures import FAST, compose_train, demo_root
 
+from agegender.errors import CheckpointError
 from agegender.training.fit import resolve_ckpt_path, train
 
 
@@ -102,7 +103,7 @@ def test_killed_run_resumes_at_same_step_with_optimizer_and_scheduler_state(
 def test_ckpt_path_forms(tmp_path: Path) -> None:
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
-    last.write_bytes(b"x")
+    torch.save({"state_dict": {}}, last)
     assert resolve_ckpt_path(None, tmp_path) is None
     assert resolve_ckpt_path("last", tmp_path) == str(last)
     assert resolve_ckpt_path(str(tmp_path), tmp_path / "elsewhere") == str(last)
@@ -112,6 +113,9 @@ def test_ckpt_path_forms(tmp_path: Path) -> None:
         resolve_ckpt_path("last", tmp_path / "fresh")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         resolve_ckpt_path(str(tmp_path / "missing.ckpt"), tmp_path)
+    last.write_bytes(b"x")  # not a checkpoint: refused before Lightning reads it
+    with pytest.raises(CheckpointError):
+        resolve_ckpt_path(str(last), tmp_path)
 
 
 @pytest.mark.slow  # ~22 s of training; the killed-run resume test runs by default
