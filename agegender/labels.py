@@ -436,13 +436,17 @@ def label_set_from_config(config: Mapping[str, Any]) -> LabelSet:
         bounds = tuple(float(b) for b in boundaries)
     except (TypeError, ValueError):
         raise LabelSetError(f"label set {name!r}: boundaries must be numbers") from None
+    if not all(math.isfinite(b) for b in bounds):  # NaN compares false to everything
+        raise LabelSetError(
+            f"label set {name!r}: boundaries must be finite, got {list(boundaries)}"
+        )
     if any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)) or bounds[0] < 0:
         raise LabelSetError(
             f"label set {name!r}: boundaries must be >= 0 and strictly increasing, got "
             f"{list(boundaries)}"
         )
     max_age = float(config.get("max_age") or max(100.0, bounds[-1] + 10))
-    if max_age <= bounds[-1]:
+    if not math.isfinite(max_age) or max_age <= bounds[-1]:
         raise LabelSetError(
             f"label set {name!r}: max_age {max_age:g} must be above the last boundary "
             f"{bounds[-1]:g}"
@@ -460,6 +464,8 @@ def label_set_from_config(config: Mapping[str, Any]) -> LabelSet:
         midpoints = tuple((lo + hi) / 2 for lo, hi in zip(bounds, ends, strict=True))
     elif len(midpoints) != len(age):
         raise LabelSetError(f"label set {name!r}: one midpoint per class ({len(age)})")
+    elif not all(isinstance(m, (int, float)) and math.isfinite(m) for m in midpoints):
+        raise LabelSetError(f"label set {name!r}: midpoints must be finite numbers")
     return LabelSet(
         name=name,
         age=age,

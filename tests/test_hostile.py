@@ -4,6 +4,7 @@ with other settings. Each was reproduced on main before the fix."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -368,6 +369,20 @@ def _doctored_export(tmp_path: Path, name: str, **changes: str) -> Path:
         ({"label_set": '{"name": "coarse3"}'}, "output has 8 classes"),
         ({"label_set": '{"path": "/etc/hostname"}'}, "must not name a file"),
         ({"label_set": '"/etc/hostname"'}, "built in or inline"),
+        # NaN compares false to everything: it used to pass the increasing-boundaries check
+        (
+            {
+                "label_set": json.dumps(
+                    {
+                        "name": "nan8",
+                        "age": [f"c{i}" for i in range(8)],
+                        "boundaries": [0, 5, 10, float("nan"), 30, 40, 50, 60],
+                    }
+                )
+            },
+            "must be finite",
+        ),
+        ({"framing": '{"template": [[0.5, 0.5]]}'}, "malformed agegender metadata"),
     ],
 )
 def test_model_files_with_bad_metadata_are_refused(tmp_path, changes, message):
