@@ -88,3 +88,20 @@ def random_classifier():  # noqa: ANN201 (a FaceClassifier: imported lazily, tor
 
     torch.manual_seed(0)
     return FaceClassifier(LeviHassnerNet())
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():  # noqa: ANN202 - a generator fixture
+    """PyTorch's process-wide settings (intra-op threads, deterministic algorithms, default
+    dtype) as they were before each test: a test that changes them must not change what the
+    next one computes (an exact-resume test failed after one left 1 thread behind)."""
+    import torch  # once per session (~2 s); most tests use it anyway
+
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_default_dtype(dtype)

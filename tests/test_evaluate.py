@@ -482,3 +482,33 @@ def test_train_py_checkpoint_and_its_export(tmp_path_factory, tmp_path: Path) ->
     block = _block(planted.report, "gender", "accuracy", "source")
     assert [r["value"] for r in block["rows"]] == pytest.approx([1.0, 0.5])
     assert block["gap"]["value"] == pytest.approx(0.5) and block["gap"]["low"] > 0
+
+
+def test_api_and_in_process_evaluation_leave_torch_threads_as_found(
+    original_weights,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    """Library code run inside another program does not change its process-wide PyTorch
+    thread count (evaluation sets its own while it runs, then restores it)."""
+    import torch
+
+    from agegender import AgeGender
+
+    torch.set_num_threads(1)
+    AgeGender(backend="torch", threads=2).predict(SAMPLES / "obama.jpg")
+    assert torch.get_num_threads() == 1
+    Image.open(SAMPLES / "obama.jpg").save(tmp_path / "a.jpg")
+    pd.DataFrame({"path": ["a.jpg"], "age": ["40"], "gender": ["m"]}).to_csv(
+        tmp_path / "labels.csv", index=False
+    )
+    _evaluate(
+        [
+            "set=csv",
+            f"csv={tmp_path / 'labels.csv'}",
+            "backend=torch",
+            "threads=2",
+            "resamples=10",
+            f"output={tmp_path / 'out'}",
+        ]  # fmt: skip
+    )
+    assert torch.get_num_threads() == 1

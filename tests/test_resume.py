@@ -284,3 +284,20 @@ def test_a_pickle_payload_checkpoint_never_runs(tmp_path_factory, tmp_path, monk
     with pytest.raises(Exception, match="(?i)weights.only|unpickl|unsupported global"):
         train(cfg)
     assert not marker.exists()
+
+
+def test_resume_with_another_thread_count_warns(tmp_path_factory, tmp_path) -> None:  # noqa: ANN001
+    """Training sets its own intra-op threads (``threads``), stores them in its checkpoints,
+    and a resume with another count says its results will differ in the last digits."""
+    demo = demo_root(tmp_path_factory)
+    common = [*FAST, f"data.root={demo}", "model=levi_hassner_shared", "test=false",
+              "calibration=false", "logger=none", "~callbacks.lr_monitor"]  # fmt: skip
+    torch.set_num_threads(1)  # what an earlier in-process run may leave behind
+    cfg = compose_train([*common, "trainer.max_steps=2", "threads=2"], tmp_path)
+    train(cfg)
+    assert torch.get_num_threads() == 2  # the run's own count, not the leftover
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, mmap=True)["torch_threads"] == 2
+    again = compose_train([*common, "trainer.max_steps=4", "threads=1", "ckpt_path=last"], tmp_path)
+    with pytest.warns(UserWarning, match="written with 2 PyTorch threads, this run uses 1"):
+        train(again)

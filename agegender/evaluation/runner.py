@@ -15,6 +15,7 @@ label set; temperatures and the mapping to the evaluation's label set are applie
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +40,7 @@ from agegender.inference.inputs import InputItem
 from agegender.inference.options import PredictOptions
 from agegender.inference.results import FaceResult
 from agegender.labels import LabelSet, load_label_set, reporting_matrix
-from agegender.runtime.build import configure_torch_threads
+from agegender.runtime.build import torch_threads
 from agegender.store import original_checkpoint_path
 
 #: ``detection`` column of faces.csv: how the face of a row was found.
@@ -207,8 +208,17 @@ def evaluate(cfg: Mapping[str, Any]) -> Evaluation:
         options, spec = options.replace(detector=dict(spec)), None
     agegender = AgeGender(spec, options=options)
     classifier = agegender.classifier
-    if classifier.backend == "torch":  # onnxruntime's threads are set in the classifier
-        configure_torch_threads(options.threads, options.workers)
+    with contextlib.ExitStack() as stack:
+        if classifier.backend == "torch":  # onnxruntime's threads are set in the classifier
+            # restored after: an evaluation run inside another program leaves its threads be
+            stack.enter_context(torch_threads(options.threads, options.workers))
+        return _evaluate(cfg, settings, checkpoint, agegender)
+
+
+def _evaluate(
+    cfg: Mapping[str, Any], settings: EvalSettings, checkpoint: str | None, agegender: AgeGender
+) -> Evaluation:
+    classifier = agegender.classifier
     labels: LabelSet = (
         classifier.model_labels if cfg.get("labels") is None else load_label_set(cfg["labels"])
     )

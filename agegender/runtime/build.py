@@ -6,7 +6,9 @@ the benchmarks all call :func:`resolve_backend` (through :func:`build_classifier
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +229,20 @@ def build_classifier(
     )
     classifier.backend_reason = why
     return classifier, meta
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None, workers: int) -> Iterator[int]:
+    """:func:`configure_torch_threads` for a block, restoring the count it found: library code
+    run inside another program (evaluation in a test, a notebook, a training process) must
+    not leave the process-wide setting changed behind its caller."""
+    import torch  # deferred: only runs on the torch backend call this
+
+    before = torch.get_num_threads()
+    try:
+        yield configure_torch_threads(threads, workers)
+    finally:
+        torch.set_num_threads(before)
 
 
 def configure_torch_threads(threads: int | None, workers: int) -> int:

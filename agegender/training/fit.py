@@ -11,11 +11,13 @@ test metric: sweeps select on it, and the test folds stay unseen until the final
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
@@ -49,6 +51,17 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def training_threads(threads: int | None) -> int:
+    """The run's intra-op thread count: ``threads``, or None = the CPUs this process may use
+    (what PyTorch starts with on these machines). Set by every run, resumes included, so
+    results never depend on what ran before in the same process."""
+    if threads is None:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1 or null, got {threads}")
+    return int(threads)
 
 
 def resolve_ckpt_path(spec: str | None, output_dir: Path) -> str | None:
@@ -103,6 +116,9 @@ def build(
     """Seed, then instantiate data, model, callbacks, loggers and trainer from ``cfg``."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    threads = training_threads(cfg.get("threads"))
+    torch.set_num_threads(threads)  # the run's own, whatever the process did before
+    log.info("PyTorch intra-op threads: %d", threads)
     pl.seed_everything(cfg.seed, workers=True)
     # the training order and augmentation follow the run's seed, like init and dropout
     datamodule: pl.LightningDataModule = instantiate(cfg.data, shuffle_seed=cfg.seed)

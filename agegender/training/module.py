@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ from agegender.training.pretrained import load_pretrained
 from agegender.transforms import ten_crop_origins
 
 log = logging.getLogger(__name__)
+#: Checkpoint key of the intra-op thread count the weights were trained with.
+THREADS_KEY = "torch_threads"
 
 #: Evaluation stages: validation (centre crop) and the two test protocols, in the order of
 #: the test dataloaders (0 = centre crop, 1 = 10-crop over-sampling).
@@ -219,10 +222,22 @@ class AgeGenderModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[FRAMING_KEY] = self.framing.to_config()
+        checkpoint[THREADS_KEY] = torch.get_num_threads()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint's faces must be framed as the data frames them now: resuming or
-        evaluating it on faces framed otherwise is refused, naming both."""
+        evaluating it on faces framed otherwise is refused, naming both. A resume with
+        another intra-op thread count than the one that wrote the checkpoint says so: float
+        sums then differ and so do the results, in their last digits."""
+        stored_threads = checkpoint.get(THREADS_KEY)
+        if stored_threads is not None and int(stored_threads) != torch.get_num_threads():
+            message = (
+                f"the checkpoint was written with {int(stored_threads)} PyTorch threads, this "
+                f"run uses {torch.get_num_threads()} (threads=...): results will differ in the "
+                "last digits from an uninterrupted run"
+            )
+            log.warning(message)
+            warnings.warn(message, stacklevel=2)
         stored = framing_from_stored(checkpoint.get(FRAMING_KEY))
         if stored.key() != self.framing.key():
             raise ValueError(
