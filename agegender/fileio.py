@@ -52,16 +52,38 @@ def atomic_write(
     return path
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection":
+#: a photo named ``=HYPERLINK(...).jpg`` would run in Excel or LibreOffice), and the quote
+#: that escapes them (so a name that starts with a quote itself reads back exactly).
+FORMULA_STARTS: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+ESCAPE = "'"
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` as a CSV cell no spreadsheet evaluates: prefixed with ``'`` when it starts
+    with a formula character or with ``'``; :func:`from_spreadsheet_safe` undoes it."""
+    return ESCAPE + text if text[:1] in (*FORMULA_STARTS, ESCAPE) else text
+
+
+def from_spreadsheet_safe(text: str) -> str:
+    """The cell :func:`spreadsheet_safe` wrote, as it was."""
+    return text[1:] if text[:1] == ESCAPE else text
+
+
 def write_csv_rows(
     path: str | os.PathLike[str], rows: Iterable[Mapping[str, object]], columns: Sequence[str]
 ) -> Path:
     """A small CSV rewritten whole (tracks.csv, audience.csv): ``columns`` as the header,
     one line per row (missing keys empty), UTF-8, written with :func:`atomic_write`
-    without fsync (a killed process, not a power cut, must not leave half of it)."""
+    without fsync (a killed process, not a power cut, must not leave half of it). Text cells
+    are :func:`spreadsheet_safe` (their numbers are never negative: nothing else changes)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(
+        {k: spreadsheet_safe(v) if isinstance(v, str) else v for k, v in row.items()}
+        for row in rows
+    )
     data = buffer.getvalue().encode("utf-8")
     return atomic_write(path, lambda fh: fh.write(data), fsync=False)
 

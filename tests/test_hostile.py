@@ -561,3 +561,32 @@ def test_train_py_refuses_a_pickle_payload_in_one_line(tmp_path) -> None:
     assert run.returncode == 2, run.stderr[-2000:]
     assert "unsafe to unpickle" in run.stderr and "Traceback" not in run.stderr
     assert not marker.exists()
+
+
+def test_formula_names_are_escaped_for_spreadsheets_and_resume_reads_them(
+    tmp_path, random_classifier, monkeypatch
+):
+    """A photo named ``=HYPERLINK("x").jpg`` (or starting with + - @) in a relative input:
+    its path cell starts with ``'`` so a spreadsheet shows it instead of evaluating it
+    (OWASP CSV injection); the project's readers undo it, so resume (a torn write included)
+    recognises every file."""
+    from agegender.fileio import from_spreadsheet_safe, spreadsheet_safe
+
+    folder = tmp_path / "in"
+    names = ['=HYPERLINK("x")', "+1", "-2", "@cmd", "'quoted", "plain"]
+    for i, name in enumerate(names):
+        _jpeg(folder / f"{name}.jpg", seed=i)
+    monkeypatch.chdir(folder)
+    out = tmp_path / "out"
+    _run(Path("."), out, random_classifier)
+    reference = (out / "predictions.csv").read_bytes()
+    cells = list(_csv(out / "predictions.csv")["path"])
+    assert sorted(cells) == sorted(spreadsheet_safe(f"{n}.jpg") for n in names)
+    assert all(c[0] not in "=+-@" for c in cells) and "plain.jpg" in cells
+    assert [from_spreadsheet_safe(spreadsheet_safe(n)) for n in names] == names
+    again = _run(Path("."), out, random_classifier, resume=True)
+    assert again.already_done == len(names) and again.inputs == 0
+    for cut in (len(reference) - 5, reference.index(b"'=") + 3):  # torn inside a record
+        (out / "predictions.csv").write_bytes(reference[:cut])
+        _run(Path("."), out, random_classifier, resume=True)
+        assert (out / "predictions.csv").read_bytes() == reference, cut

@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from agegender.fileio import from_spreadsheet_safe, spreadsheet_safe
 from agegender.inference.results import TASKS, ImageResult, expected_years
 from agegender.inference.writer import PredictionWriter
 from agegender.labels import ADIENCE8, LabelSet
@@ -60,12 +61,14 @@ def result_rows(
     expected_age: bool = False,
 ) -> list[dict[str, object]]:
     """One row per face, or a single ``no_face`` / ``error: ...`` row for the input, with
-    the columns of :func:`prediction_columns` (``labels``: default the result's own)."""
+    the columns of :func:`prediction_columns` (``labels``: default the result's own). The
+    path is :func:`~agegender.fileio.spreadsheet_safe`: a spreadsheet never evaluates it."""
     labels = labels or result.labels
     columns = prediction_columns(save_probs, labels, expected_age)
+    path = spreadsheet_safe(result.item.path)  # a name such as =HYPERLINK(...).jpg
     if not result.faces:
         row: dict[str, object] = dict.fromkeys(columns, "")
-        row.update(path=result.item.path, status=result.status)
+        row.update(path=path, status=result.status)
         return [row]
     rows = []
     for i, face in enumerate(result.faces):
@@ -73,7 +76,7 @@ def result_rows(
         track = result.track_of(i)
         x1, y1, x2, y2 = face.box
         row.update(
-            path=result.item.path,
+            path=path,
             face=i,
             track="" if track is None else track,
             x1=round(x1, 1),
@@ -122,7 +125,7 @@ class CsvWriter(PredictionWriter):
         return out
 
     def _record_prefix(self, path: str) -> str:
-        return csv_field(path) + ","
+        return csv_field(spreadsheet_safe(path)) + ","
 
     def _complete_end(self, fh: BinaryIO, start: int) -> int:
         """A quoted field may hold a newline (a file named ``b\\nc.jpg``): a record ends at
@@ -157,4 +160,4 @@ class CsvWriter(PredictionWriter):
             if row is None:
                 return
             if row:
-                yield record_start, row[0]
+                yield record_start, from_spreadsheet_safe(row[0])

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agegender.fileio import write_csv_rows
+from agegender.fileio import from_spreadsheet_safe, write_csv_rows
 from agegender.inference.csv_writer import prob_columns
 from agegender.inference.results import FaceResult, add_probs, averaged_labels
 from agegender.labels import ADIENCE8, LabelSet
@@ -225,7 +225,7 @@ def read_tracks_csv(
         reader = csv.DictReader(fh)
         if tuple(reader.fieldnames or ()) != track_columns(labels):
             return []
-        return list(reader)
+        return [{k: from_spreadsheet_safe(v or "") for k, v in row.items()} for row in reader]
 
 
 def label_changes(labels: Sequence[str]) -> int:
