@@ -590,3 +590,20 @@ def test_formula_names_are_escaped_for_spreadsheets_and_resume_reads_them(
         (out / "predictions.csv").write_bytes(reference[:cut])
         _run(Path("."), out, random_classifier, resume=True)
         assert (out / "predictions.csv").read_bytes() == reference, cut
+
+
+def test_csv_and_jsonl_runs_into_one_folder_keep_their_own_settings(tmp_path, random_classifier):
+    """A CSV run, then a JSON Lines run into the same output: each file has its own settings
+    record, so the CSV still resumes (the JSON Lines run used to overwrite its record)."""
+    folder = tmp_path / "in"
+    _jpeg(folder / "a.jpg")
+    _jpeg(folder / "b.jpg", seed=1)
+    out = tmp_path / "out"
+    _run(folder, out, random_classifier)
+    _run(folder, out, random_classifier, format="jsonl")
+    assert (out / "predictions.settings.json").is_file()
+    assert (out / "predictions.jsonl.settings.json").is_file()
+    again = _run(folder, out, random_classifier, resume=True)
+    assert again.already_done == 2 and again.inputs == 0
+    again = _run(folder, out, random_classifier, format="jsonl", resume=True)
+    assert again.already_done == 2 and again.inputs == 0

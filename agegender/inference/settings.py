@@ -28,9 +28,13 @@ SETTINGS_FORMAT = "agegender.predict_settings.v1"
 
 
 def settings_path(csv_path: str | os.PathLike[str]) -> Path:
-    """``predictions.settings.json`` beside ``predictions.csv`` (a shard: its own)."""
+    """``predictions.settings.json`` beside ``predictions.csv`` (a shard: its own); another
+    format's file has its own record (``predictions.jsonl.settings.json``), so a CSV and a
+    JSON Lines run into one folder never overwrite each other's."""
     path = Path(csv_path)
-    return path.with_name(path.stem + ".settings.json")
+    if path.suffix in ("", ".csv"):
+        return path.with_name(path.stem + ".settings.json")
+    return path.with_name(path.name + ".settings.json")
 
 
 def run_settings(
