@@ -47,6 +47,24 @@ def check_output(output: str | Path) -> None:
         sys.exit(2)
 
 
+def scrub_hydra_files(output: str | Path, secret: str, shown: str) -> int:
+    """Replace ``secret`` (an input URL with a password) by ``shown`` (it redacted) in the
+    files Hydra wrote before the run started (``.hydra/*.yaml``, ``*.log``); returns how many
+    files changed. Hydra records the command line as given; the run's own files never
+    receive the secret."""
+    changed = 0
+    folder = Path(output)
+    for path in [*folder.glob(".hydra/*.yaml"), *folder.glob("*.log")]:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if secret in text:
+            path.write_text(text.replace(secret, shown), encoding="utf-8")
+            changed += 1
+    return changed
+
+
 def remove_hydra_only_output(output: str | Path) -> bool:
     """Remove ``output`` when it holds only what Hydra put there for this run (a run that
     stopped before its first file, e.g. a missing input, leaves no folder behind)."""
@@ -67,6 +85,8 @@ def predict_from_config(cfg: Mapping[str, Any]) -> Summary:
     output = Path(str(options.output))
     # The source first: a missing input or a setting it refuses fails before any model loads.
     source = open_source(str(options.input), output, options)
+    if source.name != str(options.input):  # a stream URL with a password: not kept on disk
+        scrub_hydra_files(output, str(options.input), source.name)
     source.check()
     agegender = AgeGender(options=options)
     classifier = agegender.classifier

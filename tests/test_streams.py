@@ -221,3 +221,37 @@ def test_predict_cli_on_a_stream(tmp_path, frames, original_classifier) -> None:
     assert "ended: stalled" in run.stdout
     df = _rows(tmp_path)
     assert df["status"].iloc[-1].startswith("error: stream stalled") and len(df) >= 2
+
+
+def test_redact_url() -> None:
+    from agegender.inference.streams import redact_url
+
+    assert redact_url("rtsp://viewer:pw@cam.local:554/live") == "rtsp://***@cam.local:554/live"
+    assert redact_url("http://user@host/x.mjpg") == "http://***@host/x.mjpg"
+    assert redact_url("http://host/a@b.mjpg") == "http://host/a@b.mjpg"  # not userinfo
+    assert redact_url("http://h/x?token=abc&fps=5") == "http://h/x?token=***&fps=5"
+    assert redact_url("0") == "0" and redact_url("http://host/live") == "http://host/live"
+
+
+def test_a_stream_password_is_never_printed_or_stored(tmp_path, frames, original_classifier):
+    """predict.py input=http://viewer:<password>@host/...: the stream is read with it, but
+    neither the console nor any file of the output (rows, tracks, audience counts, settings,
+    Hydra's records, file names) holds the password; rows name the stream http://***@..."""
+    secret = "s3cret-PW-42"
+    with MJPEGServer(frames, fps=20, stall_after=10) as server:
+        url = server.url("/live.mjpg").replace("http://", f"http://viewer:{secret}@")
+        run = subprocess.run(
+            [sys.executable, "predict.py", f"input={url}", f"output={tmp_path}",
+             "video.stride=2", "video.stall_seconds=1.5", "progress=false",
+             "audience.window=2"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert secret not in run.stdout + run.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        assert secret not in str(path) and secret.encode() not in path.read_bytes(), path
+    df = _rows(tmp_path)
+    frames_read = df[df["path"].str.contains("#frame=")]
+    assert len(frames_read) >= 2 and all(p.startswith("http://***@127.0.0.1") for p in df["path"])

@@ -19,7 +19,7 @@ from typing import Any
 from agegender.faces import Detector
 from agegender.fileio import atomic_write, display_path
 from agegender.inference.options import PredictOptions
-from agegender.inference.streams import is_stream
+from agegender.inference.streams import is_stream, redact_url
 from agegender.inference.writer import ResumeError
 from agegender.runtime.base import Classifier
 from agegender.spec import LEGACY_FRAMING, Framing
@@ -52,7 +52,7 @@ def run_settings(
     else:
         described = {"_target_": kind, "repr": repr(detector)}
     settings = {
-        "input": display_path(input),
+        "input": redact_url(str(input)) if is_stream(input) else display_path(input),
         "input_resolved": None if is_stream(input) else display_path(Path(input).resolve()),
         "checkpoint": options.checkpoint,
         "labels": classifier.labels.to_config(),

@@ -59,6 +59,24 @@ def is_stream(source: object) -> bool:
     return text.isdigit() or bool(_URL.match(text))
 
 
+#: ``user:password@`` of a URL (everything between the scheme and the first ``@`` before the
+#: path), and query parameters that carry secrets.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+_SECRET_QUERY = re.compile(
+    r"([?&](?:password|passwd|pass|pwd|token|access_token|auth|key|apikey|api_key|secret)=)"
+    r"[^&#]*",
+    re.IGNORECASE,
+)
+
+
+def redact_url(source: str) -> str:
+    """A stream URL as it may be shown and stored: ``user:password@`` becomes ``***@`` and
+    secret query values ``***`` (``rtsp://viewer:pw@cam/live`` -> ``rtsp://***@cam/live``).
+    The run opens the URL as given; rows, file names, settings and messages use this."""
+    text = _USERINFO.sub(r"\1***@", source)
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
 def stream_name(source: str) -> str:
     """A file name for the stream's annotated recording: ``camera0``, ``127.0.0.1_8000_live``."""
     if source.isdigit():
@@ -254,8 +272,8 @@ class StreamSource:
     shardable = False
 
     def __init__(self, source: str, output: Path, options: PredictOptions) -> None:
-        self.source = source
-        self.name = source
+        self.source = source  # opened as given
+        self.name = redact_url(source)  # what rows, files and messages show
         self.taken: frozenset[str] = frozenset()
         self.output = output
         self.options = options
@@ -288,7 +306,7 @@ class StreamSource:
         return self.capture_fps
 
     def relpath(self, file: Path) -> str:
-        return stream_name(self.source)
+        return stream_name(self.name)
 
     def limit(self, video: str) -> int | None:
         return None
@@ -298,11 +316,11 @@ class StreamSource:
         capture = open_stream(self.source, video.open_seconds, video.stall_seconds)
         if not capture.isOpened():
             capture.release()
-            yield InputItem(self.source, self.source, error="cannot open stream")
+            yield InputItem(self.name, self.name, error="cannot open stream")
             return
         self.capture_fps = video_fps(capture)
         if self.options.annotates:
-            target = self.output / "annotated" / f"{stream_name(self.source)}.mp4"
+            target = self.output / "annotated" / f"{stream_name(self.name)}.mp4"
             self.recorder = Recorder(target, self.capture_fps, blur=self.options.blur_faces)
         self.grabber = grabber = FrameGrabber(
             capture, video.stall_seconds, video.max_frames, video.max_seconds, self.recorder
@@ -321,11 +339,9 @@ class StreamSource:
                 return
             index, frame = got
             last = index
-            name = f"{self.source}{FRAME_MARK}{index}"
+            name = f"{self.name}{FRAME_MARK}{index}"
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            yield InputItem(
-                name, name, image=rgb, video=self.source, frame=index, stamp=time.time()
-            )
+            yield InputItem(name, name, image=rgb, video=self.name, frame=index, stamp=time.time())
 
     def after(self, result: ImageResult, videos: VideoOutputs) -> None:
         """The live side of each analysed frame: the recording's overlay (each track's
@@ -379,7 +395,7 @@ class StreamSource:
         }
         if why is None:
             return []
-        return [ImageResult(InputItem(self.source, self.source), error=why)]
+        return [ImageResult(InputItem(self.name, self.name), error=why)]
 
     def end(self, csv_path: Path, rows: int, columns: tuple[str, ...]) -> None:
         """Nothing to mark: a stream is never a shard."""
