@@ -196,7 +196,7 @@ class FaceOptions:
         """The framing, as the cache key names it. A legacy-shaped framing (the tight template
         shrunk, boxes centred) keeps the keys caches were written with before framings had
         names, so those caches (same pixels) are still found; any other names its template,
-        and with measured box geometry the detector's and given boxes' box points."""
+        and with measured box geometry the detector's box points (its boxes and given ones)."""
         framing = self.framing
         assert isinstance(framing, Framing)  # resolved in __post_init__
         shrink = _legacy_shrink(framing)
