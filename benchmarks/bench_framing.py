@@ -37,6 +37,7 @@ from agegender.faces.framing import (
     matched_pairs,
     mean_image_landmarks,
     mean_image_rgb,
+    template_error,
 )
 from agegender.faces.registry import _detector_class
 from agegender.images import image_extensions, load_image
@@ -143,14 +144,9 @@ def calibrate_section(images: list[tuple[str, np.ndarray]]) -> None:
             f"({centre[0]:.3f}, {centre[1]:.3f}) of the crop"
         )
         for framing in (ADIENCE_FRAMING, LEGACY_FRAMING):
-            errors = []
-            for box, face in pairs:
-                s, (u, v) = box_crop(framing, stored)
-                x1, y1, x2, y2 = box.box
-                side = s * max(x2 - x1, y2 - y1)
-                corner = np.array([(x1 + x2) / 2 - side * u, (y1 + y2) / 2 - side * v])
-                landed = (np.asarray(face.landmarks) - corner) / side
-                errors.append(np.abs(landed - np.asarray(framing.template)).mean())
+            errors = [
+                template_error(box.box, face.landmarks, framing, stored) for box, face in pairs
+            ]
             print(
                 f"    {framing.name:<8} box crop: landmarks land {np.median(errors):.3f} of the "
                 f"side from the template (median over faces; 90th percentile "

@@ -14,13 +14,14 @@ from conftest import require
 from training_fixtures import FAST, PAPER_TWO_STEPS, compose_train, demo_root
 
 from agegender.checkpoints import FRAMING_KEY, load_model, save_model
-from agegender.faces import Face, align_face, box_crop, build_detector
+from agegender.faces import Face, align_face, build_detector
 from agegender.faces.framing import (
     derive_template,
     fit_box_points,
     matched_pairs,
     mean_image_landmarks,
     mean_image_rgb,
+    template_error,
 )
 from agegender.images import load_image
 from agegender.models import build_model
@@ -83,14 +84,10 @@ def test_box_framed_faces_land_on_the_template(detector: str, samples_dir: Path)
         found = [Face(f.box, f.score) for f in boxes.detect(image)]
         pairs += matched_pairs(found, mtcnn.detect(image))
     assert len(pairs) >= 3
-    scale, (u, v) = box_crop(ADIENCE_FRAMING, boxes.box_points)
-    errors = []
-    for box, marked in pairs:
-        x1, y1, x2, y2 = box.box
-        side = scale * max(x2 - x1, y2 - y1)
-        corner = np.array([(x1 + x2) / 2 - side * u, (y1 + y2) / 2 - side * v])
-        landed = (np.asarray(marked.landmarks) - corner) / side
-        errors.append(np.abs(landed - np.asarray(ADIENCE_FRAMING.template)).mean())
+    errors = [
+        template_error(box.box, marked.landmarks, ADIENCE_FRAMING, boxes.box_points)
+        for box, marked in pairs
+    ]
     assert np.median(errors) < 0.05 and max(errors) < 0.08, errors
     assert np.abs(np.subtract(fit_box_points(pairs), boxes.box_points)).max() < 0.1
 

@@ -92,6 +92,17 @@ def crop_box(
     """Square crop of side ``scale`` x the box's longer side with the box centre at
     ``centre`` (units of the crop's side; (0.5, 0.5) = centred), resized to size x size."""
     check_image(image)
+    (left, top), side = box_square(box, scale, centre)
+    k = size / side
+    # Maps the square's corner to (0, 0), scaling by k.
+    matrix = np.array([[k, 0.0, -k * left], [0.0, k, -k * top]], dtype=np.float64)
+    return _warp(image, matrix, size)
+
+
+def box_square(
+    box: tuple[float, float, float, float], scale: float, centre: tuple[float, float]
+) -> tuple[tuple[float, float], float]:
+    """The square :func:`crop_box` cuts, in image pixels: (its top-left corner, its side)."""
     if not scale > 0:
         raise ValueError(f"box crop scale must be > 0, got {scale}")
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -99,13 +110,8 @@ def crop_box(
         raise ValueError(f"empty face box {box}")
     side = scale * max(x2 - x1, y2 - y1)
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-    k = size / side
-    # Maps crop-square corner (cx - side * u, cy - side * v) to (0, 0), scaling by k.
     u, v = (float(c) for c in centre)
-    matrix = np.array(
-        [[k, 0.0, -k * (cx - side * u)], [0.0, k, -k * (cy - side * v)]], dtype=np.float64
-    )
-    return _warp(image, matrix, size)
+    return (cx - side * u, cy - side * v), side
 
 
 def similarity_matrix(landmarks: np.ndarray, size: int, framing: Framing) -> np.ndarray | None:

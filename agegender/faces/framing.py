@@ -20,7 +20,9 @@ from collections.abc import Iterable, Sequence
 import cv2
 import numpy as np
 
+from agegender.faces.align import box_crop, box_square
 from agegender.faces.types import BoxPoints, Detector, Face
+from agegender.spec import Framing
 
 #: Sides the mean image is resized to for :func:`derive_template` (MTCNN's own image pyramid
 #: moves its landmarks by ~0.005 of the side between sizes; the mean over sizes is stable).
@@ -90,6 +92,18 @@ def matched_pairs(boxes: Iterable[Face], marked: Iterable[Face]) -> list[tuple[F
         if iou(best.box, face.box) >= MATCH_IOU:
             pairs.append((best, face))
     return pairs
+
+
+def template_error(
+    box: Sequence[float], landmarks: np.ndarray, framing: Framing, box_points: BoxPoints
+) -> float:
+    """How far a box-framed face's landmarks land from ``framing``'s template: the mean
+    |difference| over the 5 points, in units of the crop side (the crop
+    :func:`~agegender.faces.align.align_face` cuts for a box without landmarks)."""
+    scale, centre = box_crop(framing, box_points)
+    corner, side = box_square(tuple(box), scale, centre)  # type: ignore[arg-type]
+    landed = (np.asarray(landmarks, dtype=np.float64) - np.asarray(corner)) / side
+    return float(np.abs(landed - np.asarray(framing.template)).mean())
 
 
 def mirrored(points: np.ndarray) -> np.ndarray:
