@@ -15,8 +15,9 @@ Built on LitServe (install with ``pip install -e ".[serve]"``) because a service
 thousands of requests should not run them one at a time: LitServe gathers concurrent
 requests (``max_batch_size``, ``batch_timeout``) and hands them to one ``predict`` call, where
 the pipeline decodes and detects the images in its loader threads and classifies all their
-faces in shared network batches. Safety: uploads are decoded in memory (nothing is written
-to disk), bodies and pixels are bounded, JSON is parsed as data (never pickle or code), an
+faces in shared network batches. Safety: uploads are held and decoded in memory (nothing
+is written to disk), bodies, images, boxes and pixels are bounded, JSON is parsed as data
+(never pickle or code) by the pydantic models of :mod:`agegender.serve_schema`, an
 optional API key guards every route but ``/health`` and ``/docs``, and the server binds to
 127.0.0.1 unless told otherwise. A bad request gets a JSON error with the reason the CSV's
 ``status`` column would carry (``not an image``, ``truncated image``, ``too large: ...``) and
@@ -31,15 +32,15 @@ import asyncio
 import base64
 import binascii
 import hmac
-import json
 import os
 import platform
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from agegender.api import AgeGender, face_of_box
 from agegender.config import load_yaml
@@ -52,9 +53,21 @@ from agegender.store import WeightsNotFoundError
 
 try:  # the `serve` extra; main() says how to install it when missing
     import litserve as ls
-    from fastapi import Request
+    from fastapi import Depends, Request
     from fastapi.responses import JSONResponse
+    from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from agegender.serve_schema import (
+        MAX_BOXES_KEY,
+        MAX_IMAGES_KEY,
+        BatchRequest,
+        ImageRequest,
+        count_boxes,
+        read_form,
+        read_json,
+        schemas,
+    )
 except ImportError:  # pragma: no cover - exercised only without the extra
     ls = None
 
@@ -109,13 +122,47 @@ class ServeSettings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A request as :class:`RequestLimits` read it: its validated body and when it arrived
+    (``time.monotonic()``: one clock for every process of the machine, as LitServe's own
+    queue timestamps assume)."""
+
+    body: "ImageRequest | BatchRequest"
+    received: float
+
+
+#: Where :class:`RequestLimits` leaves the request it read for the route (``request.state``).
+QUEUED_STATE = "agegender_request"
+
+
+def queued_request(request: Request) -> Queued:
+    """The route's argument (a FastAPI dependency): the body :class:`RequestLimits` already
+    parsed and validated, so LitServe hands the model to the workers and nothing parses the
+    body a second time."""
+    queued = getattr(request.state, QUEUED_STATE, None)
+    if queued is None:  # only reachable if the middleware is bypassed
+        raise StarletteHTTPException(400, "bad request")
+    return queued
+
+
+#: ``decode_request``'s annotation: LitServe registers the route with it, so FastAPI asks
+#: :func:`queued_request` for the argument instead of reading the body.
+QueuedParam = Annotated[Queued, Depends(queued_request)] if ls is not None else Queued
+
+
 @dataclass
 class Decoded:
-    """One request after decoding: its images, or why the request as a whole is refused."""
+    """One request in a worker: its images, or why the request as a whole is refused."""
 
     items: list[InputItem] = field(default_factory=list)
     error: str | None = None
     many: bool = False
+    received: float = 0.0
+
+    def past(self, timeout: float | None) -> bool:
+        """Whether LitServe has already answered this request 504 (``timeout`` passed)."""
+        return bool(timeout and timeout > 0) and time.monotonic() - self.received > timeout
 
 
 def status_code(reason: str) -> int:
@@ -131,106 +178,31 @@ def error_response(reason: str, code: int | None = None) -> "JSONResponse":
     return JSONResponse({"error": reason}, status_code=code, headers=headers)
 
 
-def _image_bytes(value: Any) -> bytes:
-    """An image as sent: an upload (multipart) or base64 text (JSON, a data URL allowed)."""
-    if hasattr(value, "file") and hasattr(value, "filename"):  # starlette UploadFile
-        value.file.seek(0)
-        return value.file.read()
-    if isinstance(value, str):
-        if value.startswith("data:") and "," in value:
-            value = value.split(",", 1)[1]
+def _image_bytes(value: str | bytes) -> bytes:
+    """An image as sent: the file's bytes (a form) or base64 text (JSON, a data URL too)."""
+    if isinstance(value, bytes):
+        return value
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("malformed base64 in 'image'") from None
+
+
+def request_items(body: "ImageRequest | BatchRequest") -> list[InputItem]:
+    """A validated request's images as pipeline input; an image that is not base64 becomes
+    that item's error (the batch's other images still run)."""
+    entries = body.images if isinstance(body, BatchRequest) else [body]
+    items = []
+    for index, entry in enumerate(entries):
+        name = f"images[{index}]"
+        faces = None if entry.boxes is None else [face_of_box(box) for box in entry.boxes]
         try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("malformed base64 in 'image'") from None
-    raise ValueError("'image' must be a file upload or base64 text")
-
-
-def _boxes(value: Any, limit: int) -> list | None:
-    """Optional caller boxes: a JSON list (or JSON text, from a form field) of 4 numbers each,
-    at most ``limit`` (counted before any is read: the work of a request stays bounded)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            raise ValueError("'boxes' is not valid JSON") from None
-    if not isinstance(value, list):
-        raise ValueError("'boxes' must be a list of [x1, y1, x2, y2]")
-    if len(value) > limit:
-        raise ValueError(
-            f"too many boxes: {len(value)} in one image (limit max_boxes_per_image={limit})"
-        )
-    try:
-        return [face_of_box(box) for box in value]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"bad 'boxes': {exc}") from None
-
-
-def _item(index: int, image: Any, boxes: Any, max_boxes: int) -> InputItem:
-    """One image of a request as pipeline input; a bad field becomes the item's error."""
-    name = f"images[{index}]"
-    try:
-        if image is None:
-            raise ValueError("no 'image' in the request")
-        return InputItem(name, name, data=_image_bytes(image), faces=_boxes(boxes, max_boxes))
-    except ValueError as exc:
-        return InputItem(name, name, error=str(exc))
-
-
-def decode_payload(
-    payload: Any,
-    many: bool,
-    max_images: int,
-    max_boxes_per_image: int = 100,
-    max_boxes_per_request: int = 400,
-) -> Decoded:
-    """A request body (JSON object or multipart form) -> the images to run. Never raises:
-    LitServe decodes a whole batch of requests together, and one bad request must not
-    fail the others. Images and boxes are counted before anything is decoded."""
-    out = Decoded(many=many)
-    try:
-        if hasattr(payload, "getlist"):  # multipart form
-            if many:
-                images = payload.getlist("image")
-                boxes: list[Any] = [None] * len(images)
-                if payload.get("boxes"):
-                    raise ValueError("boxes go in JSON requests to /predict/batch")
-            else:
-                images, boxes = [payload.get("image")], [payload.get("boxes")]
-        elif isinstance(payload, dict):
-            if many:
-                entries = payload.get("images")
-                if not isinstance(entries, list):
-                    raise ValueError("expected {'images': [{'image': <base64>}, ...]}")
-                if any(not isinstance(e, dict) for e in entries):
-                    raise ValueError("each of 'images' is {'image': <base64>, 'boxes': [...]}")
-                images = [e.get("image") for e in entries]
-                boxes = [e.get("boxes") for e in entries]
-            else:
-                images, boxes = [payload.get("image")], [payload.get("boxes")]
-        else:
-            raise ValueError("expected a JSON object or a multipart form")
-        if many and not images:
-            raise ValueError("no images in the request")
-        if len(images) > max_images:
-            raise ValueError(f"too many images: {len(images)} (limit {max_images})")
-        total = sum(len(b) for b in boxes if isinstance(b, list))
-        if total > max_boxes_per_request:
-            raise ValueError(
-                f"too many boxes: {total} in one request (limit max_boxes_per_request="
-                f"{max_boxes_per_request})"
-            )
-        out.items = [
-            _item(i, im, bx, max_boxes_per_image)
-            for i, (im, bx) in enumerate(zip(images, boxes, strict=True))
-        ]
-    except ValueError as exc:
-        out.error = str(exc)
-    except Exception as exc:  # noqa: BLE001 - a request never takes the worker down
-        out.error = f"bad request ({type(exc).__name__})"
-    return out
+            items.append(InputItem(name, name, data=_image_bytes(entry.image), faces=faces))
+        except ValueError as exc:
+            items.append(InputItem(name, name, error=str(exc)))
+    return items
 
 
 def image_answer(result: ImageResult) -> dict[str, Any]:
@@ -263,21 +235,30 @@ class FaceAPI(ls.LitAPI if ls is not None else object):  # type: ignore[misc]
         self.agegender = AgeGender(options=self.options)
         self.pipeline = self.agegender.pipeline()
 
-    def decode_request(self, request: Request) -> Decoded:
-        s = self.settings
-        return decode_payload(
-            request, self.many, s.max_batch_images, s.max_boxes_per_image, s.max_boxes_per_request
-        )
+    def decode_request(self, request: QueuedParam) -> Decoded:
+        """The body :class:`RequestLimits` validated -> the images to run. Never raises:
+        LitServe decodes a whole batch of requests together, and one bad request must not
+        fail the others."""
+        try:
+            items = request_items(request.body)
+        except Exception as exc:  # noqa: BLE001 - a request never takes the worker down
+            return Decoded(error=f"bad request ({type(exc).__name__})", many=self.many)
+        return Decoded(items=items, many=self.many, received=request.received)
 
     def batch(self, inputs: list[Decoded]) -> list[Decoded]:
         return list(inputs)
 
     def predict(self, x: Any) -> Any:
         """Every image of the gathered requests through one pipeline run: decoding and
-        detection in its loader threads, all faces in shared network batches."""
+        detection in its loader threads, all faces in shared network batches. The images
+        of a request past ``timeout`` (LitServe has answered it 504) are skipped as the
+        pipeline reaches them: an abandoned request stops costing work at its next image."""
         requests: list[Decoded] = x if self.max_batch_size > 1 else [x]
         items = [item for request in requests for item in request.items]
-        results = self.pipeline.run_all(items)
+        if len(items) == 1 and not requests[0].past(self.settings.timeout):
+            results = self.pipeline.run_all(items)
+        else:
+            results = list(self.pipeline.run(self._in_time(requests)))
         out: list[Decoded | list[ImageResult]] = []
         start = 0
         for request in requests:
@@ -285,6 +266,18 @@ class FaceAPI(ls.LitAPI if ls is not None else object):  # type: ignore[misc]
             out.append(request if request.error is not None else results[start : start + n])
             start += n
         return out if self.max_batch_size > 1 else out[0]
+
+    def _in_time(self, requests: list[Decoded]) -> Iterator[InputItem]:
+        """The requests' items as the pipeline takes them; one of a request already past
+        ``timeout`` is replaced by an error item, which costs no decoding or detection."""
+        timeout = self.settings.timeout
+        for request in requests:
+            for item in request.items:
+                if request.past(timeout):
+                    reason = f"abandoned: past timeout ({timeout:g} s)"
+                    yield InputItem(item.path, item.relpath, error=reason)
+                else:
+                    yield item
 
     def unbatch(self, output: list[Any]) -> list[Any]:
         return list(output)
@@ -311,9 +304,10 @@ def key_matches(expected: str | None, given: str | None) -> bool:
 
 
 class RequestLimits:
-    """ASGI middleware in front of LitServe: the API key, the body size and the body's
-    syntax are checked before a request is queued, so a client gets 401, 413 or 400 with a
-    reason (LitServe would answer a malformed body with 500) and no worker sees it."""
+    """ASGI middleware in front of LitServe: the API key is checked, the body read within
+    its size and time limits and parsed once into its pydantic model (:mod:`agegender.
+    serve_schema`) before a request is queued, so a client gets 401, 408, 413 or 400 with a
+    reason and no worker sees a bad body; the route receives the model (:func:`queued_request`)."""
 
     def __init__(self, app: Any, settings: ServeSettings) -> None:
         self.app = app
@@ -351,10 +345,33 @@ class RequestLimits:
 
             return receive_again
 
-        reason = await _body_error(scope, headers.get("content-type", ""), data, replay())
-        if reason is not None:
-            return await error_response(reason, 400)(scope, receive, send)
+        try:
+            body = await self._read_request(scope, headers, data, path == BATCH_PATH, replay())
+        except ValueError as exc:
+            return await error_response(str(exc))(scope, receive, send)
+        scope.setdefault("state", {})[QUEUED_STATE] = Queued(body, time.monotonic())
         return await self.app(scope, replay(), send)
+
+    async def _read_request(
+        self, scope: dict, headers: dict[str, str], data: bytes, many: bool, receive: Any
+    ) -> "ImageRequest | BatchRequest":
+        """The body as its pydantic model, read once: JSON parsed and validated in one pass,
+        a form's files and fields turned into the same model. Images and boxes are counted
+        before anything is decoded. ValueError: why the request is refused."""
+        s = self.settings
+        limits = {MAX_BOXES_KEY: s.max_boxes_per_image, MAX_IMAGES_KEY: s.max_batch_images}
+        content_type = headers.get("content-type", "")
+        if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            body = await _read_form(scope, receive, many, limits)
+        else:
+            body = read_json(data, many, limits)
+        total = count_boxes(body)
+        if total > s.max_boxes_per_request:
+            raise ValueError(
+                f"too many boxes: {total} in one request (limit max_boxes_per_request="
+                f"{s.max_boxes_per_request})"
+            )
+        return body
 
     async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes:
         """The whole body, or :class:`_Refused`: over ``max_upload_bytes`` (413, after reading
@@ -422,24 +439,28 @@ async def _drain(receive: Any) -> bool:
             return True
 
 
-async def _body_error(scope: dict, content_type: str, data: bytes, receive: Any) -> str | None:
-    """Why LitServe could not read this body (it reads forms and JSON objects), or None."""
-    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        try:
-            form = await Request(scope, receive).form()
-            await form.close()
-        except Exception as exc:  # noqa: BLE001 - any parser failure is the client's
-            return f"malformed form body ({type(exc).__name__})"
-        return None
+async def _read_form(
+    scope: dict, receive: Any, many: bool, limits: dict[str, int]
+) -> "ImageRequest | BatchRequest":
+    """A multipart (or urlencoded) body as the request model: Starlette's form parser (files
+    kept in memory: LitServe turns Starlette's spooling to disk off), the files' bytes read."""
     try:
-        payload = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return f"malformed JSON ({exc})" if data else "empty body: send an image"
-    except RecursionError:
-        return "malformed JSON (nested too deeply)"
-    if not isinstance(payload, dict):
-        return "expected a JSON object"
-    return None
+        form = await Request(scope, receive).form()
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the client's
+        raise ValueError(f"malformed form body ({type(exc).__name__})") from None
+    try:
+        fields_ = form.getlist("image") if many else [form.get("image")]
+        images = [
+            await value.read() if isinstance(value, UploadFile) else value
+            for value in fields_
+            if value is not None
+        ]
+        boxes = form.get("boxes")
+        if isinstance(boxes, UploadFile):
+            raise ValueError("'boxes' is a form field of JSON text, not a file")
+        return read_form(images, boxes, many, limits)
+    finally:
+        await form.close()
 
 
 def describe(agegender: AgeGender, settings: ServeSettings) -> dict[str, Any]:
@@ -535,52 +556,6 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _schemas() -> dict[str, Any]:
-    """The request and answer bodies as pydantic models (documentation: the bodies are read
-    by :func:`decode_payload`, which also takes multipart forms and answers every error as
-    JSON), their JSON schemas by name."""
-    from pydantic import BaseModel, Field
-    from pydantic.json_schema import models_json_schema
-
-    class ImageRequest(BaseModel):
-        image: str = Field(description="the image file, base64 (a data: URL too)")
-        boxes: list[list[float]] | None = Field(
-            None, description="your own face boxes [[x1, y1, x2, y2], ...] in pixels"
-        )
-
-    class BatchRequest(BaseModel):
-        images: list[ImageRequest] = Field(description="at most max_batch_images")
-
-    class Face(BaseModel):
-        box: list[float] = Field(description="x1, y1, x2, y2 in the image's pixels")
-        score: float
-        landmarks: list[list[float]] | None = None
-        age: str | None = Field(None, description="the label set's class (empty: abstained)")
-        age_prob: float | None = None
-        gender: str | None = None
-        gender_prob: float | None = None
-        age_probs: dict[str, float]
-        gender_probs: dict[str, float]
-        abstained: list[str]
-
-    class ImageAnswer(BaseModel):
-        status: str = Field(description="ok, no_face, or error: <reason> (the CSV's status)")
-        faces: list[Face]
-        error: str | None = None
-
-    class BatchAnswer(BaseModel):
-        images: list[ImageAnswer]
-
-    class Error(BaseModel):
-        error: str = Field(description="why: the CSV status's reason, or the limit")
-
-    models = [ImageRequest, BatchRequest, Face, ImageAnswer, BatchAnswer, Error]
-    _, top = models_json_schema(
-        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
-    )
-    return top["$defs"]
-
-
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -595,7 +570,7 @@ def _typed_openapi(app: Any) -> None:
             return app.openapi_schema
         schema = default()
         components = schema.setdefault("components", {})
-        components.setdefault("schemas", {}).update(_schemas())
+        components.setdefault("schemas", {}).update(schemas())
         # the key is checked once, by RequestLimits, for every route but the open ones
         components["securitySchemes"] = {
             "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}

@@ -284,7 +284,7 @@ def test_bad_requests_and_the_server_keeps_answering(server, agegender) -> None:
         (as_json({"image": b64(b"")}), 400, "empty file"),
         (as_json({"image": "%%% not base64 %%%"}), 400, "malformed base64"),
         (as_json({"picture": b64(good)}), 400, "no 'image'"),
-        (as_json({"image": b64(good), "boxes": [[1, 2]]}), 400, "bad 'boxes'"),
+        (as_json({"image": b64(good), "boxes": [[1, 2]]}), 400, "bad 'boxes[0]'"),
         (as_json({"image": b64(good), "boxes": [[0, 0, 5, 5]]}), 200, None),
         ((b'{"image": ', "application/json"), 400, "malformed JSON"),
         ((b"[1, 2]", "application/json"), 400, "expected a JSON object"),
@@ -293,7 +293,7 @@ def test_bad_requests_and_the_server_keeps_answering(server, agegender) -> None:
         (multipart(_png(2500, 2000)), 413, "too large: 2500x2000"),
         (as_json({"images": [{"image": b64(good)}] * 5}), 413, "too many images"),
         # boxes: numbers only, never text read digit by digit, finite and of pixel size
-        (as_json({"image": b64(good), "boxes": ["1234"]}), 400, "bad 'boxes'"),
+        (as_json({"image": b64(good), "boxes": ["1234"]}), 400, "bad 'boxes[0]'"),
         (
             as_json({"image": b64(good), "boxes": [["100", "50", "400", "300"]]}),
             400,
@@ -315,6 +315,19 @@ def test_bad_requests_and_the_server_keeps_answering(server, agegender) -> None:
         ),
         # JSON nested far deeper than the parser's recursion limit
         ((b"[" * 100_000 + b"]" * 100_000, "application/json"), 400, "nested too deeply"),
+        # the field is named as a client writes it, in batches too
+        (as_json({"image": 5}), 400, "bad 'image'"),
+        (
+            as_json({"images": [{"image": b64(good)}, {"image": b64(good), "boxes": [[1]]}]}),
+            400,
+            "bad 'images[1].boxes[0]'",
+        ),
+        (
+            as_json({"images": [{"image": b64(good)}, {"boxes": None}]}),
+            400,
+            "no 'image' in images[1]",
+        ),
+        (as_json({"images": []}), 400, "bad 'images'"),
     ]
     for (body, content_type), code, reason in cases:
         path = "/predict/batch" if b'"images"' in body[:20] else "/predict"
@@ -390,6 +403,135 @@ def test_slow_upload_is_cut_off_after_the_read_timeout(server) -> None:
     assert b"read_timeout" in answer
     status, _ = call(f"{server}/health", key=None)
     assert status == 200
+
+
+def test_form_boxes_are_read_like_json_boxes(server, agegender) -> None:
+    """A multipart form's ``boxes`` field (JSON text) goes through the same model: the
+    same answer as JSON boxes, the same refusals."""
+    photo = PHOTOS[0]
+    box = [10.0, 10.0, 120.0, 140.0]
+    boundary = uuid.uuid4().hex
+
+    def form(boxes: str) -> tuple[bytes, str]:
+        body, _ = multipart(photo.read_bytes())
+        field = f'--{boundary}\r\nContent-Disposition: form-data; name="boxes"\r\n\r\n{boxes}\r\n'
+        first = body.split(b"\r\n", 1)[0].decode()[2:]  # multipart()'s own boundary
+        body = body.replace(first.encode(), boundary.encode())
+        return field.encode() + body, f"multipart/form-data; boundary={boundary}"
+
+    status, answer = call(f"{server}/predict", *form(json.dumps([box])))
+    assert status == 200, answer
+    assert_same(answer, agegender.predict(photo, boxes=[box]))
+    for boxes, code, reason in (
+        ("[[1, 2]]", 400, "bad 'boxes[0]'"),
+        ("[[", 400, "'boxes' is not valid JSON"),
+        ("[" * 5000 + "]" * 5000, 400, "'boxes' is not valid JSON"),
+        (json.dumps([box] * (MAX_BOXES + 1)), 413, "too many boxes"),
+    ):
+        status, answer = call(f"{server}/predict", *form(boxes))
+        assert status == code and reason in answer["error"], (boxes[:20], answer)
+
+
+def test_the_body_is_read_once_into_the_documented_model() -> None:
+    """RequestLimits parses a body once into the pydantic model /openapi.json documents and
+    hands it to the route; the route's argument is that model (a FastAPI dependency), so
+    neither FastAPI nor LitServe reads or parses the body again."""
+    import asyncio
+    import inspect
+    import typing
+
+    from agegender import serve
+    from agegender.serve_schema import BatchRequest, ImageRequest
+
+    annotation = inspect.signature(serve.FaceAPI.decode_request).parameters["request"].annotation
+    assert typing.get_origin(annotation) is typing.Annotated
+    queued, depends = typing.get_args(annotation)
+    assert queued is serve.Queued and depends.dependency is serve.queued_request
+
+    settings = serve.ServeSettings.load(
+        api_key=None, max_boxes_per_image=2, max_boxes_per_request=3, max_batch_images=2
+    )
+    seen: list[Any] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        seen.append(scope["state"][serve.QUEUED_STATE].body)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = serve.RequestLimits(app, settings)
+
+    def post(path: str, body: bytes, content_type: str = "application/json") -> int:
+        chunks = [body[:7], body[7:]]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            chunk = chunks.pop(0) if chunks else b""
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "method": "POST", "path": path, "state": {},
+            "headers": [(b"content-type", content_type.encode())],
+        }  # fmt: skip
+        asyncio.run(middleware(scope, receive, send))
+        return sent[0]["status"]
+
+    image = b64(b"not decoded here")
+    assert post("/predict", json.dumps({"image": image, "boxes": [[0, 0, 5, 5]]}).encode()) == 204
+    assert isinstance(seen[-1], ImageRequest) and seen[-1].boxes == [(0.0, 0.0, 5.0, 5.0)]
+    batch = {"images": [{"image": image, "boxes": [[0, 0, 5, 5]] * 2}] * 2}
+    assert post("/predict/batch", json.dumps(batch).encode()) == 413  # 4 boxes > 3
+    batch["images"] = batch["images"][:1]
+    assert post("/predict/batch", json.dumps(batch).encode()) == 204
+    assert isinstance(seen[-1], BatchRequest) and len(seen) == 2
+
+    # a form gives the same model
+    photo = os.urandom(1_500_000)
+    assert post("/predict", *multipart(photo)) == 204
+    assert isinstance(seen[-1], ImageRequest) and seen[-1].image == photo
+
+
+def test_a_request_past_timeout_is_abandoned_at_its_next_image(monkeypatch) -> None:
+    """LitServe answers 504 once ``timeout`` passes but cannot stop a running predict: the
+    worker skips a late request's remaining images (no decoding, no detection) as the
+    pipeline reaches them, while a request still in time runs in full."""
+    from agegender import serve
+    from agegender.inference.inputs import InputItem
+    from agegender.inference.options import PredictOptions
+    from agegender.inference.results import ImageResult
+
+    clock = [1000.0]
+    monkeypatch.setattr(serve.time, "monotonic", lambda: clock[0])
+    settings = serve.ServeSettings.load(timeout=10, max_batch_size=4)
+    api = serve.FaceAPI(PredictOptions.compose([]), settings, many=True)
+    worked: list[str] = []
+
+    class Pipeline:  # records which items would be decoded and detected
+        def run(self, items: Any) -> Any:
+            for item in items:
+                if item.error is None:
+                    worked.append(item.path)
+                    clock[0] += 2.0  # each image takes 2 s
+                yield ImageResult(item, error=item.error)
+
+        def run_all(self, items: list) -> list:
+            return list(self.run(items))
+
+    api.pipeline = Pipeline()
+
+    def request(tag: str, n: int, age: float) -> serve.Decoded:
+        items = [InputItem(f"{tag}{i}", f"{tag}{i}") for i in range(n)]
+        return serve.Decoded(items=items, many=True, received=clock[0] - age)
+
+    late, fresh = request("late", 3, 9.0), request("fresh", 2, 0.0)
+    out = api.predict([late, fresh])
+    # late is 9 s old: its first image runs (ending at 11 s), the other two are skipped
+    assert worked == ["late0", "fresh0", "fresh1"]
+    abandoned = "abandoned: past timeout (10 s)"
+    assert [r.error for r in out[0]] == [None, abandoned, abandoned]
+    assert [r.error for r in out[1]] == [None, None]
 
 
 def test_boxes_are_numbers_in_the_api_too() -> None:
