@@ -5,8 +5,10 @@
         labels=coarse3 checkpoint=run.ckpt calibrate=true
 
 Writes report.md, report.json, faces.csv and the figures into ``output`` (docs/evaluation.md
-says what each figure means) and prints the headline table. Exit code 2 for a bad setting or
-a set that cannot be read; unreadable images are counted in the report, never fatal.
+says what each figure means), prints the headline table and a summary line, and lists on
+stderr every row left out (skipped, duplicate, unreadable image) by its file and line, so a
+user can fix the set without opening report.json. Exit code 2 with one line for a bad setting
+or a set that cannot be read; unreadable images are counted in the report, never fatal.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     # deferred: the engine imports onnxruntime/OpenCV; Hydra's --help should not wait for them
     from agegender.calibration import CalibrationError
     from agegender.errors import CheckpointError
-    from agegender.evaluation.outputs import headline_text
+    from agegender.evaluation.outputs import headline_text, problem_lines, summary_line
     from agegender.evaluation.report import EvaluationError
     from agegender.evaluation.runner import evaluate
     from agegender.evaluation.sets import EvalSetError
@@ -48,11 +50,9 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     report = evaluation.report
     print(headline_text(report))
-    data = report["dataset"]
-    print(
-        f"evaluate: {data['faces']} faces ({data['faces_without_detection']} without a "
-        f"detection, {data['errors']} unreadable) -> {cfg.output}/report.md"
-    )
+    print(summary_line(report, str(cfg.output)), flush=True)
+    for line in problem_lines(report["dataset"]):
+        print(f"  {line}", file=sys.stderr)
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from agegender.data import CsvDataModule
 from agegender.data.cache import FaceCache
-from agegender.data.csv import read_face_csv
+from agegender.data.csv import load_face_csv, read_face_csv
 from agegender.data.folds import FoldFormatError
 
 
@@ -82,3 +82,48 @@ def test_datamodule_with_boxes_and_explicit_folds(tmp_path, samples_dir):
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape[1:] == (3, 227, 227) and batch["age"].dtype == torch.int64
     assert next(iter(dm.test_dataloader()[1]))["image"].shape[1:] == (10, 3, 227, 227)
+
+
+def test_rows_are_named_by_the_files_own_lines(tmp_path):
+    """Blank lines and a cell quoted over two lines count, so an editor opens the right line."""
+    _images(tmp_path / "img", 2)
+    (tmp_path / "labels.csv").write_text(
+        "path,age,gender,note\n"  # line 1
+        "img/p0.png,25-32,m,\n"  # 2
+        "\n"  # 3: blank
+        'img/p1.png,4-6,f,"two\nlines"\n'  # 4-5
+        "img/p1.png,old,f,\n"  # 6: bad age
+        "\n"  # 7
+        "img/p0.png,25-32,m,copy\n"  # 8: the same image and labels as line 2
+    )
+    read = load_face_csv(tmp_path / "labels.csv")
+    assert read.table["line"].tolist() == [2, 4]
+    assert read.cells.loc[4, "note"] == "two\nlines"
+    assert read.problems == [f"{tmp_path / 'labels.csv'}:6: age 'old' is not a known value of "
+                             "label set adience8 (0-2, 4-6, 8-12, 15-20, 25-32, 38-43, 48-53, "
+                             "60-100)"]  # fmt: skip
+    assert read.duplicates == [
+        f"{tmp_path / 'labels.csv'}:8: 'img/p0.png' repeats line 2 (same image and labels): "
+        "counted once"
+    ]
+    assert read_face_csv(tmp_path / "labels.csv")[0]["key"].tolist() == ["img/p0.png", "img/p1.png"]
+
+
+def test_a_duplicate_with_a_box_and_a_contradiction(tmp_path):
+    _images(tmp_path / "img", 1)
+    head = "path,x1,y1,x2,y2,age,gender\n"
+    row = "img/p0.png,1,1,20,20,25-32,m\n"
+    (tmp_path / "a.csv").write_text(head + row + "img/p0.png,,,,,25-32,m\n" + row)
+    read = load_face_csv(tmp_path / "a.csv")
+    assert len(read.table) == 2  # the whole image and the box are two faces
+    assert read.duplicates == [
+        f"{tmp_path / 'a.csv'}:4: 'img/p0.png#1,1,20,20' repeats line 2 (same image and box "
+        "and labels): counted once"
+    ]
+    (tmp_path / "b.csv").write_text(head + row + "img/p0.png,1,1,20,20,38-43,m\n")
+    with pytest.raises(
+        FoldFormatError,
+        match=r"b\.csv:3: .* different labels: this line says age '38-43', gender 'm', line 2 "
+        r"says age '25-32', gender 'm'",
+    ):
+        load_face_csv(tmp_path / "b.csv")

@@ -81,3 +81,26 @@ def test_fold_rows_with_contradicting_labels_are_named(tmp_path):
     assert len(report.conflicts) == 1
     assert "fold_0_data.txt:4:" in report.conflicts[0] and "line 2" in report.conflicts[0]
     assert "1 of them with other labels" in report.summary()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\xef\xbb\xbf", b"\n\r\n\n"],
+    ids=["zero-bytes", "byte-order-mark-only", "blank-lines"],
+)
+def test_an_empty_csv_names_the_file(tmp_path, body):
+    path = _csv(tmp_path, body)
+    with pytest.raises(FoldFormatError, match=rf"^{path}: empty file \(no header line\)"):
+        read_face_csv(path)
+
+
+def test_a_quote_never_closed_names_its_line(tmp_path):
+    path = _csv(tmp_path, (HEADER + 'a.jpg,25,m,p1\n"b.jpg,30,f,p2\nc.jpg,30,f,p3\n').encode())
+    with pytest.raises(FoldFormatError, match=r"faces\.csv:3: a quote .* never closed"):
+        read_face_csv(path)
+
+
+def test_a_column_named_twice(tmp_path):
+    path = _csv(tmp_path, b"path,age,gender,Age\na.jpg,25,m,30\n")
+    with pytest.raises(FoldFormatError, match=r"faces\.csv:1: column\(s\) 'age' named more"):
+        read_face_csv(path)

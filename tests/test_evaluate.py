@@ -431,6 +431,128 @@ def test_missing_csv_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert run.stderr.strip() == f"evaluate: set=csv: CSV not found: {tmp_path / 'missing.csv'}"
 
 
+def _run_evaluate(*overrides: str) -> subprocess.CompletedProcess:
+    """``python -m agegender.evaluate`` as a user runs it (stdout and stderr apart)."""
+    return subprocess.run(
+        [sys.executable, "-m", "agegender.evaluate", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_every_row_left_out_is_on_the_console(original_weights, tmp_path: Path) -> None:  # noqa: ANN001
+    """Unknown labels, paths outside the folder or empty, a row without labels, duplicates
+    and an unreadable image: each on stderr with the CSV's own line (header = line 1, the
+    blank line counts), 20 of a kind at most, all of them in report.json."""
+    for name in ("good.jpg", "other.jpg"):
+        Image.open(SAMPLES / "obama.jpg").save(tmp_path / name)
+    (tmp_path / "broken.jpg").write_text("not an image")
+    csv = tmp_path / "labels.csv"
+    lines = [
+        "path,age,gender",  # 1
+        "good.jpg,40,m",  # 2
+        "other.jpg,banana,m",  # 3: unknown age
+        "../outside.jpg,30,f",  # 4: outside the folder
+        "",  # 5: blank
+        "good.jpg,40,m",  # 6: the same as line 2
+        "other.jpg,25,x",  # 7: unknown gender
+        "broken.jpg,30,f",  # 8: unreadable
+        ",30,f",  # 9: no path
+        "nolabel.jpg,,",  # 10: no label at all
+        'other.jpg,"(25, 32)",f',  # 11: evaluated
+    ]
+    lines += [f"other.jpg,{age},m" for age in ("2", "5")]  # 12, 13: other.jpg twice more
+    lines += [f"other.jpg,unknown-{k},m" for k in range(22)]  # 14-35: 22 more unknown ages
+    csv.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    run = _run_evaluate("set=csv", f"csv={csv}", "detector=none", "resamples=10", f"output={out}")
+    assert run.returncode == 2, run.stderr  # other.jpg with three different ages: named
+    assert run.stderr.strip().startswith(f"evaluate: set=csv: {csv}:12: 'other.jpg' appears twice")
+    assert "Traceback" not in run.stderr
+    csv.write_text("\n".join(lines[:11] + lines[13:]) + "\n")  # now lines 12-33 unknown ages
+
+    run = _run_evaluate("set=csv", f"csv={csv}", "detector=none", "resamples=10", f"output={out}")
+    assert run.returncode == 0, run.stderr
+    summary = run.stdout.strip().splitlines()[-1]
+    assert summary == (
+        "evaluate: 2 faces (0 without a detection, 1 unreadable, 27 rows skipped, 1 duplicate "
+        f"rows counted once) -> {out / 'report.md'}"
+    )
+    shown = [line.strip() for line in run.stderr.strip().splitlines()]
+    age = "is not a known value of label set adience8"
+    assert shown[:5] == [
+        f"skipped row: {csv}:3: age 'banana' {age} (0-2, 4-6, 8-12, 15-20, 25-32, 38-43, "
+        "48-53, 60-100)",
+        f"skipped row: {csv}:4: path '../outside.jpg' is not inside {tmp_path}",
+        f"skipped row: {csv}:7: gender 'x' is not a known value (one of male, female, or an alias)",
+        f"skipped row: {csv}:9: no path",
+        f"skipped row: {csv}:10: no age and no gender: nothing to score",
+    ]
+    assert [line.split(":")[2] for line in shown[5:20]] == [str(n) for n in range(12, 27)]
+    assert all("age 'unknown-" in line for line in shown[5:20])
+    assert shown[20:] == [
+        "... and 7 more skipped rows (all in report.json)",
+        f"duplicate row: {csv}:6: 'good.jpg' repeats line 2 (same image and labels): counted once",
+        f"unreadable: {csv}:8: broken.jpg: not an image",
+    ]
+    report = json.loads((out / "report.json").read_text())
+    assert _undocumented(report) == []
+    data = report["dataset"]
+    assert data["skipped_rows"] == len(data["skipped_row_list"]) == 27
+    assert [r.split(":")[1] for r in data["skipped_row_list"]][-7:] == [
+        str(n) for n in range(27, 34)
+    ]
+    assert data["duplicate_row_list"] == [shown[21].removeprefix("duplicate row: ")]
+    assert data["error_list"] == [
+        {"path": "broken.jpg", "where": f"{csv}:8", "error": "not an image"}
+    ]
+
+
+def test_an_empty_csv_is_one_line_naming_it_and_exit_2(original_weights, tmp_path: Path) -> None:  # noqa: ANN001
+    csv = tmp_path / "labels.csv"
+    csv.write_bytes(b"")
+    run = _run_evaluate("set=csv", f"csv={csv}", f"output={tmp_path / 'out'}")
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        f"evaluate: set=csv: {csv}: empty file (no header line); its first line names the "
+        "columns, e.g. path,age,gender"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"\xef\xbb\xbf\r\n", "{csv}: empty file (no header line)"),
+        (b"path,age,gender\nx.jpg,\xe9,m\n", "{csv}:2: not UTF-8 text"),
+        (b"path,age,gender\nx.jpg,40,m,extra\n", "{csv}:2: 4 fields where the header has 3"),
+        (b'path,age,gender\n"x.jpg,40,m\n', "{csv}:2: a quote"),
+    ],
+    ids=["bom-and-blank", "latin1", "extra-field", "open-quote"],
+)
+def test_a_set_that_cannot_be_read_names_the_file(tmp_path: Path, body: bytes, says: str) -> None:
+    from agegender.evaluation.sets import load_csv
+
+    csv = tmp_path / "labels.csv"
+    csv.write_bytes(body)
+    with pytest.raises(EvalSetError) as caught:
+        load_csv(csv, None, load_label_set("adience8"))
+    assert str(caught.value).startswith(f"set=csv: {says.format(csv=csv)}")
+
+
+def test_no_usable_row_says_why(original_weights, tmp_path: Path) -> None:  # noqa: ANN001
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,age,gender\nx.jpg,old,m\ny.jpg,,\n")
+    with pytest.raises(EvalSetError) as caught:
+        _evaluate(["set=csv", f"csv={csv}", f"output={tmp_path / 'out'}"])
+    assert str(caught.value) == (
+        f"CSV {csv} (all rows, label set adience8): no labelled row to evaluate; 2 rows "
+        f"skipped, the first: {csv}:2: age 'old' is not a known value of label set adience8 "
+        "(0-2, 4-6, 8-12, 15-20, 25-32, 38-43, 48-53, 60-100)"
+    )
+
+
 # -- a train.py checkpoint and its ONNX export ------------------------------------------------
 @pytest.mark.slow  # trains 2 steps on the demo tree and exports it (~40 s); CI runs slow tests
 def test_train_py_checkpoint_and_its_export(tmp_path_factory, tmp_path: Path) -> None:  # noqa: ANN001

@@ -23,11 +23,14 @@ so Adience trains through ``data=csv`` with any label set (``experiment=coarse3`
 from __future__ import annotations
 
 import argparse
-import re
+import codecs
+import csv as csvlib
+import io
 import shlex
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,25 +58,94 @@ def _label(value: str, parse, column: str, labels: LabelSet) -> tuple[int, str |
     return label, None
 
 
-def _read_table(csv: Path) -> pd.DataFrame:
-    """The CSV as strings; a file pandas cannot parse is a FoldFormatError naming the file,
-    the line and the fix (UTF-8 with or without a byte-order mark; quote commas)."""
+def _records(csv: Path, text: str, strict: bool) -> list[tuple[int, list[str]]]:
+    """(first line, cells) of every non-blank record; ``strict``: a quote opened and never
+    closed is a csv.Error (the lenient reader would swallow the rest of the file)."""
+    reader = csvlib.reader(io.StringIO(text, newline=""), strict=strict)
+    out, start = [], 1
     try:
-        return pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
+        for cells in reader:
+            if cells:  # a blank line is no record
+                out.append((start, cells))
+            start = reader.line_num + 1
+    except csvlib.Error as exc:
+        if str(exc) == "unexpected end of data":
+            raise FoldFormatError(
+                f'{csv}:{start}: a quote (") opened in this row is never closed; close it or '
+                "remove it"
+            ) from None
+        if strict:
+            raise
+        raise FoldFormatError(f"{csv}:{reader.line_num}: {exc}") from None
+    return out
+
+
+def read_csv_cells(csv: str | Path) -> pd.DataFrame:
+    """Every row of ``csv`` as strings (a short row padded with empty cells), columns
+    stripped and lower-cased, indexed by the row's own line in the file: the header is line
+    1, blank lines count, a quoted cell over several lines counts them all. Problems are
+    reported by that line so that a user can open the file there.
+
+    A file that cannot be read as such a table is a :class:`FoldFormatError` naming the
+    file, the line where there is one, and the fix (empty file, not UTF-8, a row with more
+    fields than the header, a quote never closed, a column named twice)."""
+    csv = Path(csv)
+    try:
         data = csv.read_bytes()
-        line = data.count(b"\n", 0, exc.start) + 1
+    except OSError as exc:
+        raise FoldFormatError(f"{csv}: cannot be read ({exc.strerror or exc})") from None
+    body = data.removeprefix(codecs.BOM_UTF8)  # editors on Windows add a byte-order mark
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = body.count(b"\n", 0, exc.start) + 1
         raise FoldFormatError(
-            f"{csv}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the file as "
+            f"{csv}:{line}: not UTF-8 text (byte {body[exc.start]:#04x}); save the file as "
             "UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from None
-    except pd.errors.ParserError as exc:
-        match = re.search(r"line (\d+), saw (\d+)", str(exc))
-        where = f"{csv}:{match.group(1)}" if match else str(csv)
-        detail = f"{match.group(2)} fields where the header has fewer" if match else str(exc)
+    try:
+        records = _records(csv, text, strict=True)
+    except csvlib.Error:  # stray quotes inside a cell (a"b): read as pandas would
+        records = _records(csv, text, strict=False)
+    if not records:
         raise FoldFormatError(
-            f'{where}: {detail}; quote fields that hold commas ("a, b") or remove the extra field'
-        ) from None
+            f"{csv}: empty file (no header line); its first line names the columns, e.g. "
+            f"{','.join(REQUIRED)}"
+        )
+    (header_line, header), rows = records[0], records[1:]
+    columns = [c.strip().lower() for c in header]
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise FoldFormatError(
+            f"{csv}:{header_line}: column(s) {', '.join(map(repr, twice))} named more than once "
+            "(names are compared without case and spaces); rename or remove the copies"
+        )
+    for line, cells in rows:
+        if len(cells) > len(columns):
+            raise FoldFormatError(
+                f"{csv}:{line}: {len(cells)} fields where the header has {len(columns)}; quote "
+                'fields that hold commas ("a, b") or remove the extra field'
+            )
+    cells = [c + [""] * (len(columns) - len(c)) for _, c in rows]
+    index = pd.Index([line for line, _ in rows], dtype="int64", name="line")
+    return pd.DataFrame(cells, columns=columns, index=index, dtype=object)
+
+
+@dataclass
+class FaceCsv:
+    """A ``data=csv`` file as read: the rows used and every row left out, by file and line.
+
+    ``problems``: rows left out, ``file:line: why`` (a label the set does not know, a path
+    outside the folder, a bad box or fold). ``duplicates``: rows repeating an earlier row's
+    image, box and labels, ``file:line: ...`` naming that row; they are counted once, and
+    listed so that a count never changes without a reason a user can see. ``cells``: every
+    row as written (:func:`read_csv_cells`), for columns the table does not keep.
+    """
+
+    table: pd.DataFrame
+    problems: list[str]
+    duplicates: list[str]
+    cells: pd.DataFrame
 
 
 def read_face_csv(
@@ -84,16 +156,31 @@ def read_face_csv(
     labels: LabelSet | str | None = None,
     stratify: bool = False,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """(table with key, path, box, user_id, fold, age, gender; malformed-row messages).
+    """(table with key, path, box, user_id, fold, age, gender, line; malformed-row messages):
+    :func:`load_face_csv` for callers that need no more."""
+    read = load_face_csv(csv, num_folds, seed, strict_rows, labels, stratify)
+    return read.table, read.problems
 
+
+def load_face_csv(
+    csv: str | Path,
+    num_folds: int = 5,
+    seed: int = 0,
+    strict_rows: bool = False,
+    labels: LabelSet | str | None = None,
+    stratify: bool = False,
+) -> FaceCsv:
+    """The rows of a ``data=csv`` file with everything left out named (:class:`FaceCsv`).
+
+    ``table``: key, path, box, user_id, fold, age, gender and the row's ``line`` in the file;
     ``age`` indexes ``labels`` (default adience8). ``stratify``: without a fold column, deal
-    groups into folds keeping the label proportions (see module doc)."""
+    groups into folds keeping the label proportions (see module doc). The same image (and
+    box) twice with other labels is an error naming both lines."""
     labels = load_label_set(labels)
     csv = Path(csv).expanduser()
     if not csv.is_file():
         raise FoldFormatError(f"CSV not found: {csv}")
-    raw = _read_table(csv)
-    raw.columns = [c.strip().lower() for c in raw.columns]
+    raw = read_csv_cells(csv)
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
         raise FoldFormatError(f"{csv}: missing column(s) {', '.join(missing)}")
@@ -102,14 +189,16 @@ def read_face_csv(
         raise FoldFormatError(f"{csv}: a box needs all of {', '.join(BOX_COLUMNS)}")
     base = csv.parent.resolve()
     rows, problems = [], []
-    for lineno, rec in enumerate(raw.to_dict("records"), start=2):
+    for lineno, rec in zip(raw.index, raw.to_dict("records"), strict=True):
         errors = []
         age, err = _label(rec["age"], labels.parse_age, "age", labels)
         errors += [err] if err else []
         gender, err = _label(rec["gender"], labels.parse_gender, "gender", labels)
         errors += [err] if err else []
         path = (base / rec["path"].strip()).resolve()
-        if not rec["path"].strip() or not path.is_relative_to(base):
+        if not rec["path"].strip():
+            errors.append("no path")
+        elif not path.is_relative_to(base):
             errors.append(f"path {rec['path']!r} is not inside {base}")
         box = [np.nan] * 4
         if all(has_box) and any(rec[c].strip() for c in BOX_COLUMNS):
@@ -135,13 +224,10 @@ def read_face_csv(
         rel = path.relative_to(base).as_posix()
         key = rel if np.isnan(box[0]) else f"{rel}#{','.join(f'{v:g}' for v in box)}"
         group = rec.get("group", "").strip() or rel
-        rows.append([key, str(path), *box, group, fold, age, gender, lineno])
+        rows.append([key, str(path), *box, group, fold, age, gender, int(lineno)])
     columns = ["key", "path", *BOX_COLUMNS, "user_id", "fold", "age", "gender", "line"]
     table = pd.DataFrame(rows, columns=columns)
-    table = table.drop_duplicates(subset=["key", "age", "gender"])
-    if not table["key"].is_unique:
-        dup = table[table["key"].duplicated()]["key"].iloc[0]
-        raise FoldFormatError(f"{csv}: {dup!r} appears twice with different labels")
+    table, duplicates = _drop_duplicates(table, raw, csv)
     if "group" not in raw.columns:
         warnings.warn(
             f"{csv} has no 'group' column: every image is its own group, so one person may "
@@ -155,8 +241,37 @@ def read_face_csv(
         order = np.random.default_rng(seed).permutation(len(groups))
         fold_of = {groups[i]: n % num_folds for n, i in enumerate(order)}
         table["fold"] = table["user_id"].map(fold_of)
-    table = table.astype({"fold": "int64", "age": "int64", "gender": "int64"})
-    return table.reset_index(drop=True), problems
+    table = table.astype({"fold": "int64", "age": "int64", "gender": "int64", "line": "int64"})
+    return FaceCsv(table.reset_index(drop=True), problems, duplicates, raw)
+
+
+def _drop_duplicates(
+    table: pd.DataFrame, raw: pd.DataFrame, csv: Path
+) -> tuple[pd.DataFrame, list[str]]:
+    """(the table with each image/box/labels once, a ``file:line`` message per dropped copy).
+    The same image and box with other labels cannot be counted once: an error naming both
+    lines and what each says."""
+    copy = table.duplicated(subset=["key", "age", "gender"], keep="first")
+    kept = table[~copy]
+    clash = kept[kept["key"].duplicated(keep=False)]
+    if len(clash):
+        first, second = clash.iloc[0], clash[clash["key"] == clash.iloc[0]["key"]].iloc[1]
+        said = {
+            line: f"age {raw.at[line, 'age']!r}, gender {raw.at[line, 'gender']!r}"
+            for line in (int(first["line"]), int(second["line"]))
+        }
+        raise FoldFormatError(
+            f"{csv}:{second['line']}: {first['key']!r} appears twice with different labels: "
+            f"this line says {said[int(second['line'])]}, line {first['line']} says "
+            f"{said[int(first['line'])]} (correct or delete one of them)"
+        )
+    line_of = dict(zip(kept["key"], kept["line"], strict=True))
+    messages = [
+        f"{csv}:{row.line}: {row.key!r} repeats line {line_of[row.key]} (same image"
+        f"{'' if np.isnan(row.x1) else ' and box'} and labels): counted once"
+        for row in table[copy].itertuples(index=False)
+    ]
+    return kept, messages
 
 
 class CsvDataModule(FaceDataModule):

@@ -24,6 +24,9 @@ FIGURES: tuple[str, ...] = (
     "groups.png",
 )
 _METRIC_WORDS = {"exact": "exact accuracy", "1off": "1-off accuracy", "accuracy": "accuracy"}
+#: How many rows of each kind (skipped, duplicate, unreadable) the console lists; report.json
+#: lists them all.
+CONSOLE_ROWS = 20
 
 
 def plain(value: Any) -> Any:
@@ -74,6 +77,42 @@ def headline_text(report: Mapping[str, Any]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def summary_line(report: Mapping[str, Any], output: str | Path) -> str:
+    """The command's last stdout line: faces evaluated and how many rows were left out, by
+    kind (:func:`problem_lines` says which)."""
+    data = report["dataset"]
+    return (
+        f"evaluate: {data['faces']} faces ({data['faces_without_detection']} without a "
+        f"detection, {data['errors']} unreadable, {data.get('skipped_rows', 0)} rows skipped, "
+        f"{data.get('duplicate_rows', 0)} duplicate rows counted once) -> "
+        f"{Path(output) / 'report.md'}"
+    )
+
+
+def problem_lines(dataset: Mapping[str, Any], limit: int = CONSOLE_ROWS) -> list[str]:
+    """Every row the evaluation left out, for the console: ``skipped row: file:line: why``,
+    ``duplicate row: file:line: ...``, ``unreadable: file:line: path: why``; at most
+    ``limit`` of each kind, then ``... and N more ... (all in report.json)``. A count alone
+    sends the user to report.json to find which lines of the file to fix."""
+    unreadable = [
+        f"{e['where']}: {e['path']}: {e['error']}"
+        if e.get("where")
+        else f"{e['path']}: {e['error']}"
+        for e in dataset.get("error_list") or []
+    ]
+    kinds = (
+        ("skipped row", "skipped rows", list(dataset.get("skipped_row_list") or [])),
+        ("duplicate row", "duplicate rows", list(dataset.get("duplicate_row_list") or [])),
+        ("unreadable", "unreadable images", unreadable),
+    )
+    lines = []
+    for label, plural, items in kinds:
+        lines += [f"{label}: {item}" for item in items[:limit]]
+        if len(items) > limit:
+            lines.append(f"... and {len(items) - limit} more {plural} (all in report.json)")
+    return lines
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -116,8 +155,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         + f" (age labelled {data.get('age_labelled')}, gender labelled "
         f"{data.get('gender_labelled')}); label set {data['label_set_name']}",
         f"- Faces without a detection (whole image used): {data['faces_without_detection']}; "
-        f"unreadable images: {data['errors']}; rows with unreadable labels: "
-        f"{data.get('skipped_rows', 0)}",
+        f"unreadable images: {data['errors']}; rows skipped: {data.get('skipped_rows', 0)}; "
+        f"duplicate rows counted once: {data.get('duplicate_rows', 0)}",
         f"- Intervals: {level} percentile bootstrap, {s['resamples']} resamples of "
         + (
             "subjects (all faces of a drawn subject together)"
@@ -193,11 +232,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     notes = list(data.get("notes") or [])
     errors = data.get("error_list") or []
     skipped = data.get("skipped_row_list") or []
-    if notes or errors or skipped:
+    duplicates = data.get("duplicate_row_list") or []
+    if notes or errors or skipped or duplicates:
         lines += ["## Notes", ""]
         lines += [f"- {n}" for n in notes]
-        lines += [f"- unreadable: {e['path']}: {e['error']}" for e in errors[:50]]
-        lines += [f"- skipped row: {r}" for r in skipped[:50]]
+        lines += [f"- {line}" for line in problem_lines(data, limit=50)]
         lines.append("")
     return "\n".join(lines)
 

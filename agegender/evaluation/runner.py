@@ -71,8 +71,9 @@ def _item(row: Any, index: int) -> InputItem:
 
 
 def predict_set(evalset: EvalSet, agegender: AgeGender) -> tuple[FaceTable, list[dict[str, str]]]:
-    """(one :class:`FaceTable` row per evaluated face, ``[{"path", "error"}]`` for the
-    rows whose image could not be used), through ``agegender``'s pipeline. It must report
+    """(one :class:`FaceTable` row per evaluated face, ``[{"path", "where", "error"}]`` for
+    the rows whose image could not be used, ``where`` the row's ``file:line``), through
+    ``agegender``'s pipeline. It must report
     the network's own label set (raw probabilities in the network's classes)."""
     classifier = agegender.classifier
     if classifier.labels != classifier.model_labels:
@@ -100,7 +101,7 @@ def predict_set(evalset: EvalSet, agegender: AgeGender) -> tuple[FaceTable, list
                 found[index] = (result.faces[0], WHOLE_IMAGE)
     kept = sorted(found)
     frame = evalset.table.iloc[kept].reset_index(drop=True)
-    frame = frame.drop(columns=["file", "age_raw", "gender_raw", *BOX])
+    frame = frame.drop(columns=["file", "age_raw", "gender_raw", *BOX, "where"])
     faces = [found[i][0] for i in kept]
     boxes = np.array([f.box for f in faces], dtype=np.float64).reshape(-1, 4)
     for j, column in enumerate(BOX):
@@ -123,7 +124,10 @@ def predict_set(evalset: EvalSet, agegender: AgeGender) -> tuple[FaceTable, list
         has_subjects=evalset.has_subjects,
         age_model=age_model,
     )
-    listed = [{"path": str(rows[i].path), "error": errors[i]} for i in sorted(errors)]
+    listed = [
+        {"path": str(rows[i].path), "where": str(rows[i].where), "error": errors[i]}
+        for i in sorted(errors)
+    ]
     return table, listed
 
 
@@ -233,7 +237,9 @@ def _evaluate(
         policy=cfg["label_policy"],
     )
     if not len(evalset):
-        raise EvalSetError(f"{describe_set(evalset)}: no labelled row to evaluate")
+        skipped = evalset.skipped_rows
+        why = f"; {len(skipped)} rows skipped, the first: {skipped[0]}" if skipped else ""
+        raise EvalSetError(f"{describe_set(evalset)}: no labelled row to evaluate{why}")
     table, errors = predict_set(evalset, agegender)
     notes = list(evalset.notes)
     model = {
@@ -256,6 +262,8 @@ def _evaluate(
         "error_list": errors,
         "skipped_rows": len(evalset.skipped_rows),
         "skipped_row_list": evalset.skipped_rows,
+        "duplicate_rows": len(evalset.duplicate_rows),
+        "duplicate_row_list": evalset.duplicate_rows,
         "notes": notes,
     }
     if not len(table):

@@ -34,6 +34,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "age_raw",
     "gender_raw",
     *BOX,
+    "where",
 )
 #: Names a ``groups=`` column may not take: the table's own columns.
 _RESERVED = frozenset({*BASE_COLUMNS, "group", "fold", "line", "key", "user_id"})
@@ -50,10 +51,11 @@ class EvalSet:
 
     ``table``: :data:`BASE_COLUMNS` (``file`` is the image to open, ``path`` how reports
     name it, ``subject`` the person or None, ``age``/``gender`` the true class indices in
-    ``labels`` with -1 for unknown, the raw cells as written, the box or NaN) and one column
-    per ``groups`` entry. ``has_subjects``: the set names its people (bootstrap intervals
-    resample people); otherwise every image is its own unit. ``policy``: how the raw cells
-    were parsed (``strict``/``remap``), reused to read them in a model's own label set.
+    ``labels`` with -1 for unknown, the raw cells as written, the box or NaN, ``where`` the
+    row's ``file:line`` for messages) and one column per ``groups`` entry.
+    ``has_subjects``: the set names its people (bootstrap intervals resample people);
+    otherwise every image is its own unit. ``policy``: how the raw cells were parsed
+    (``strict``/``remap``), reused to read them in a model's own label set.
     """
 
     kind: str
@@ -66,6 +68,8 @@ class EvalSet:
     groups: tuple[str, ...] = ()
     #: Rows left out before evaluation, each ``file:line: why`` (labels no parser reads).
     skipped_rows: list[str] = field(default_factory=list)
+    #: Rows counted once as copies of an earlier row, each ``file:line: ...`` naming it.
+    duplicate_rows: list[str] = field(default_factory=list)
     #: Lines for the report on how the set was read.
     notes: list[str] = field(default_factory=list)
 
@@ -94,8 +98,9 @@ def load_adience(
     """The labelled rows of fold ``fold`` (all five folds: None) of an Adience-format tree
     (``fold_K_data.txt`` + ``faces/<user>/coarse_tilt_aligned_face.<face>.<image>``), parsed
     by :func:`agegender.data.folds.load_folds` under ``policy`` (None: the data config's
-    default); the subject is the Flickr user."""
-    from agegender.data.folds import FoldFormatError, image_relpath, load_folds
+    default); the subject is the Flickr user. Rows of a face repeated with other labels
+    (dropped as duplicates) are listed in ``duplicate_rows``."""
+    from agegender.data.folds import FoldFormatError, fold_paths, image_relpath, load_folds
 
     policy = policy or adience_policy()
     root = Path(root).expanduser()
@@ -110,6 +115,7 @@ def load_adience(
         if int(fold) not in folds:
             raise EvalSetError(f"set=adience: fold={fold} has no labelled rows (folds: {folds})")
         table = table[table["fold"] == int(fold)]
+    files = fold_paths(root)
     rel = [
         image_relpath(u, f, i, "faces")
         for u, f, i in zip(table["user_id"], table["face_id"], table["original_image"], strict=True)
@@ -124,6 +130,7 @@ def load_adience(
             "age_raw": table["age_raw"].astype(str).to_numpy(),
             "gender_raw": table["gender_raw"].astype(str).to_numpy(),
             **{c: np.nan for c in BOX},
+            "where": [f"{files[f]}:{n}" for f, n in zip(table["fold"], table["line"], strict=True)],
         }
     )
     notes = [f"label policy {policy} (agegender.data.folds); {report.summary()}"]
@@ -136,6 +143,7 @@ def load_adience(
         table=out.reset_index(drop=True),
         has_subjects=True,
         skipped_rows=list(report.malformed),
+        duplicate_rows=list(report.conflicts),
         notes=notes,
     )
 
@@ -143,13 +151,14 @@ def load_adience(
 def load_csv(
     csv: str | Path, fold: int | None, labels: LabelSet, groups: tuple[str, ...] = ()
 ) -> EvalSet:
-    """The rows of a ``data=csv`` CSV (:func:`agegender.data.csv.read_face_csv`: ``path``
+    """The rows of a ``data=csv`` CSV (:func:`agegender.data.csv.load_face_csv`: ``path``
     relative to the CSV, optional box, ``age`` in any spelling the label set reads, years
     included, ``gender``), restricted to ``fold`` when given (the CSV's ``fold`` column).
     The person is the ``group`` column, else a ``subject`` column; ``groups`` names extra
-    columns to report results by."""
+    columns to report results by. Every row left out is named by its line in the file
+    (``skipped_rows``: unreadable labels or path, no label at all; ``duplicate_rows``)."""
     # deferred: agegender.data.csv imports Lightning and torch (~5 s) for its DataModule
-    from agegender.data.csv import read_face_csv
+    from agegender.data.csv import load_face_csv
     from agegender.data.folds import FoldFormatError
 
     csv = Path(csv).expanduser()
@@ -158,12 +167,10 @@ def load_csv(
     try:
         with warnings.catch_warnings():  # "no group column": said in the report instead
             warnings.simplefilter("ignore", UserWarning)
-            table, problems = read_face_csv(csv, labels=labels)
+            read = load_face_csv(csv, labels=labels)
     except FoldFormatError as exc:
         raise EvalSetError(f"set=csv: {exc}") from None
-    # read_face_csv keeps its own columns: the raw cells and extra columns come by line
-    raw = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    raw.columns = [c.strip().lower() for c in raw.columns]
+    table, raw = read.table, read.cells
     check_groups(groups, list(raw.columns), str(csv))
     if fold is not None and "fold" not in raw.columns:
         raise EvalSetError(
@@ -175,8 +182,8 @@ def load_csv(
         table = table[table["fold"] == int(fold)]
         if table.empty:
             raise EvalSetError(f"set=csv: no usable row of {csv} has fold {fold}")
-    # read_face_csv keeps its own columns: the raw cells and extra columns come by line
-    source = raw.iloc[table["line"].to_numpy() - 2].reset_index(drop=True)
+    # load_face_csv keeps its own columns: the raw cells and extra columns come by line
+    source = raw.loc[table["line"].to_numpy()].reset_index(drop=True)
     subjects = source[subject_column].str.strip() if subject_column else None
     if subjects is not None and (subjects == "").any():
         subjects = subjects.where(subjects != "", table["path"].to_numpy())  # as read_face_csv
@@ -190,6 +197,7 @@ def load_csv(
             "age_raw": source["age"].to_numpy(),
             "gender_raw": source["gender"].to_numpy(),
             **{c: table[c].to_numpy(dtype=np.float64) for c in BOX},
+            "where": [f"{csv}:{n}" for n in table["line"]],
         }
     )
     for column in groups:
@@ -201,9 +209,12 @@ def load_csv(
             "resample images, which is too narrow when a person has several images)"
         )
     neither = (out["age"] == IGNORE_INDEX) & (out["gender"] == IGNORE_INDEX)
-    if neither.any():
-        notes.append(f"{int(neither.sum())} rows without any label left out")
-        out = out[~neither]
+    skipped = [(_line_of(m, csv), m) for m in read.problems]
+    skipped += [
+        (_line_of(w, csv), f"{w}: no age and no gender: nothing to score")
+        for w in out["where"][neither]
+    ]
+    out = out[~neither]
     return EvalSet(
         kind="csv",
         source=str(csv),
@@ -213,9 +224,15 @@ def load_csv(
         table=out.reset_index(drop=True),
         has_subjects=subject_column is not None,
         groups=tuple(groups),
-        skipped_rows=list(problems),
+        skipped_rows=[message for _, message in sorted(skipped)],
+        duplicate_rows=list(read.duplicates),
         notes=notes,
     )
+
+
+def _line_of(message: str, csv: Path) -> int:
+    """The line of a ``{csv}:{line}: ...`` message (to list the rows in file order)."""
+    return int(message[len(f"{csv}:") :].split(":", 1)[0])
 
 
 def check_groups(groups: tuple[str, ...], columns: list[str], where: str) -> None:
