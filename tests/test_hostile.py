@@ -1,6 +1,7 @@
 """Hostile folder entries and settings (issue 20): names that are not UTF-8, named pipes,
-PostScript, an output inside its input, rows with newlines torn by a kill, and a resume
-with other settings. Each was reproduced on main before the fix."""
+PostScript, an output inside its input, rows with newlines torn by a kill, a resume with
+other settings, a folder listed but not entered, names a spreadsheet would evaluate, and a
+16-bit PNG's memory. Each was reproduced on main before the fix."""
 
 from __future__ import annotations
 
@@ -271,16 +272,52 @@ def test_auto_says_why_it_took_torch(tmp_path):
     assert "auto took torch" in run.stderr and "python -m agegender.weights original" in run.stderr
 
 
-def _hostile_folder(root: Path, rng: np.random.Generator) -> None:
+#: File names a spreadsheet would evaluate as formulas when a CSV cell starts with them.
+FORMULA_NAMES: tuple[str, ...] = ('=HYPERLINK("x")', "+1", "-2", "@cmd")
+
+
+def _deny_entries(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """What a folder with mode 644 does for a user (root ignores permissions): its names can
+    be listed, but asking whether an entry is a file or a link raises PermissionError."""
+
+    def denied(real):  # noqa: ANN001, ANN202
+        def check(self: Path) -> bool:
+            if Path(os.path.abspath(self)).parent == folder:  # however the path is spelled
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+
+        return check
+
+    monkeypatch.setattr(Path, "is_file", denied(Path.is_file))
+    monkeypatch.setattr(Path, "is_symlink", denied(Path.is_symlink))
+
+
+def _png16(path: Path, rgb: np.ndarray) -> Path:
+    """``rgb`` (uint16, RGB order) as a 16-bit-per-channel PNG (encoded in memory, as _jpeg)."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    assert ok and rgb.dtype == np.uint16
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def _hostile_folder(root: Path, rng: np.random.Generator) -> Path:
     """A bounded folder of the entries above, generated: good and broken images, odd names
-    (not UTF-8, quotes, commas, newlines, very long), PostScript, pipes, sockets-like and
-    hidden entries, links, empty files, a bad video, and nested folders."""
+    (not UTF-8, quotes, commas, newlines, very long, starting with a formula character),
+    PostScript, pipes, sockets-like and hidden entries, links, empty files, a bad video,
+    a 16-bit RGB PNG beside the same picture in 8 bits, nested folders, and a folder that
+    can be listed but not entered (mode 644). Returns that folder (its mode is restored by
+    the caller, so that the folder can be deleted)."""
     import socket
 
     names = ["ok", "sp ace", 'qu"ote', "com,ma", "new\nline", os.fsdecode(b"lat\xe9in"), "é"]
     for i, name in enumerate(names):
         sub = root / ("deep/er" if i % 3 == 0 else "")
         _jpeg(sub / f"{name}.jpg", seed=int(rng.integers(1 << 30)))
+    for name in FORMULA_NAMES:  # top level: a relative path starts with the character
+        _jpeg(root / f"{name}.jpg", seed=int(rng.integers(1 << 30)))
+    picture = rng.integers(0, 256, (40, 32, 3)).astype(np.uint16)
+    _png16(root / "deep16.png", picture * 257)
+    cv2.imwrite(str(root / "deep8.png"), picture[:, :, ::-1].astype(np.uint8))
     (root / "empty.jpg").write_bytes(b"")
     (root / "text.jpg").write_text("not an image")
     (root / "trunc.jpg").write_bytes(_jpeg(root / "t0.jpg").read_bytes()[:200])
@@ -299,46 +336,138 @@ def _hostile_folder(root: Path, rng: np.random.Generator) -> None:
     (root / "dangling.jpg").symlink_to(root / "missing.jpg")
     (root / "dir.png").mkdir()
     _jpeg(root / "dir.png" / "inner.jpg", seed=5)
+    locked = root / "locked"
+    _jpeg(locked / "photo.jpg", seed=6)
+    (locked / "inner").mkdir()
+    _jpeg(locked / "inner" / "deeper.jpg", seed=7)
+    locked.chmod(0o644)
+    return locked
 
 
-def test_hostile_folder_contract(tmp_path, random_classifier):
+@pytest.mark.parametrize("spelling", ["absolute", "relative"])
+def test_hostile_folder_contract(tmp_path, random_classifier, monkeypatch, spelling):
     """Every regular file under the folder is in the CSV or skipped.txt exactly once,
     nothing else is opened, the CSV parses, and a run killed at random points and resumed
-    ends equal to an uninterrupted one."""
+    ends equal to an uninterrupted one. Run on the folder by its absolute path and as
+    ``.`` from inside it: then the top-level names starting with = + - @ begin their CSV
+    cell, which must be escaped for spreadsheets and read back as the name."""
+    from agegender.fileio import display_path, from_spreadsheet_safe
+
     rng = np.random.default_rng(20)
     folder = tmp_path / "in"
     folder.mkdir()
-    _hostile_folder(folder, rng)
-    out = tmp_path / "out"
-    summary = _run(folder, out, random_classifier, annotate=True)
+    locked = _hostile_folder(folder, rng)
+    try:
+        if os.geteuid() == 0:  # root enters a 644 folder anyway: the user's view, simulated
+            _deny_entries(monkeypatch, locked)
+        base = folder
+        if spelling == "relative":
+            monkeypatch.chdir(folder)
+            base = Path(".")
+        _check_hostile_run(folder, base, locked, tmp_path / "out", random_classifier, rng)
+    finally:
+        locked.chmod(0o755)
+    cells = _csv(tmp_path / "out" / "predictions.csv")["path"]
+    for name in FORMULA_NAMES:
+        cell = [c for c in cells if from_spreadsheet_safe(c) == display_path(base / f"{name}.jpg")]
+        assert len(cell) == 1, name
+        assert cell[0] == (
+            f"'{name}.jpg" if spelling == "relative" else str(folder / f"{name}.jpg")
+        )
+
+
+def _check_hostile_run(folder, base, locked, out, classifier, rng) -> None:  # noqa: ANN001
+    """The contract of :func:`test_hostile_folder_contract`, the input spelled ``base``."""
+    from agegender.fileio import display_path, from_spreadsheet_safe
+
+    def shown(path: Path) -> str:  # a file as the run names it
+        return display_path(base / path.relative_to(folder))
+
+    summary = _run(base, out, classifier, annotate=True)
     reference = (out / "predictions.csv").read_bytes()
     rows = _csv(out / "predictions.csv")
-    written = {p for p in rows["path"]}
-    skipped = set((out / "skipped.txt").read_text(encoding="utf-8").splitlines())
-    from agegender.fileio import display_path
-
-    regular = {
-        display_path(Path(dirpath) / name)
-        for dirpath, _, filenames in os.walk(folder)
-        for name in filenames
-        if (Path(dirpath) / name).is_file() and not (Path(dirpath) / name).is_symlink()
-    }
+    paths = [from_spreadsheet_safe(p) for p in rows["path"]]  # the project's reading
+    written = set(paths)
+    listed = (out / "skipped.txt").read_text(encoding="utf-8").splitlines()
+    skipped = set(listed)
+    assert len(listed) == len(skipped)  # each entry once
+    regular = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if Path(dirpath) / d != locked]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                regular.add(shown(path))
     assert regular <= written | skipped, regular - written - skipped
     assert not (written & skipped)
     assert summary.inputs == len(written)
     assert len(rows) == len(rows["path"])  # parses: one field per column everywhere
-    assert (
-        display_path(folder / "fifo.mp4") in skipped
-        and display_path(folder / "sock.jpg") in skipped
-    )
-    assert rows.set_index("path").loc[display_path(folder / "ps.png"), "status"] == (
-        "error: not an image"
-    )
+    assert shown(folder / "fifo.mp4") in skipped and shown(folder / "sock.jpg") in skipped
+    # the 644 folder: its entries are named in skipped.txt, none is opened, the run goes on
+    assert {shown(locked / "photo.jpg"), shown(locked / "inner")} <= skipped
+    assert not any(p.startswith(shown(locked) + os.sep) for p in written)
+    by_path = rows.assign(path=paths).set_index("path")
+    assert by_path.loc[shown(folder / "ps.png"), "status"] == "error: not an image"
+    # 16 bits per channel, all of them read: the same answer as the picture in 8 bits
+    deep = by_path.loc[shown(folder / "deep16.png")].to_dict()
+    assert deep["status"] == "ok" and deep == by_path.loc[shown(folder / "deep8.png")].to_dict()
+    again = _run(base, out, classifier, annotate=True, resume=True)  # names read back: none redone
+    assert again.already_done == summary.inputs and again.inputs == 0
     # killed at random points (a torn write anywhere), then resumed: the same file
     for cut in sorted(rng.integers(len(reference.split(b"\n", 1)[0]) + 2, len(reference), 4)):
         (out / "predictions.csv").write_bytes(reference[:cut])
-        _run(folder, out, random_classifier, annotate=True, resume=True)
+        _run(base, out, classifier, annotate=True, resume=True)
         assert (out / "predictions.csv").read_bytes() == reference, cut
+
+
+#: Run by a fresh interpreter: the command in argv, then its exit code and peak resident
+#: memory (Linux: KiB). RUSAGE_CHILDREN of that parent holds this one child only.
+_PEAK_RSS = (
+    "import resource, subprocess, sys\n"
+    "run = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "sys.stderr.write(run.stderr[-3000:])\n"
+    "print(run.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
+def _predict_peak(image: Path, out: Path) -> int:
+    """Peak resident bytes of ``predict.py input=image detector=none`` in a subprocess."""
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, sys.executable, "predict.py", f"input={image}",
+         f"output={out}", "detector=none", "progress=false"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    code, peak_kib = run.stdout.split()
+    assert code == "0", run.stderr
+    return int(peak_kib) * 1024
+
+
+@pytest.mark.slow  # two predict.py runs on a 3000 x 3000 picture (~4 s on 2 cores)
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_a_deep_colour_png_costs_what_its_8_bit_copy_costs(tmp_path) -> None:
+    """A 16-bit RGB PNG is converted to 8 bits in strips (agegender.images._deep_to_uint8):
+    predict.py's peak memory on a 3000 x 3000 one is at most its 16-bit decode plus one
+    strip of float64 over the same picture saved in 8 bits, and the answer is the same.
+    Converting the whole image at once in float64, as before, costs 8 bytes a value more
+    (216 MB here; measured 426 MB against 267 MB), which this bound refuses."""
+    from agegender.images import _STRIP_VALUES
+
+    side = 3000
+    y, x = np.mgrid[0:side, 0:side]
+    picture = np.stack([x * 255 // side, y * 255 // side, (x + y) * 255 // (2 * side)], axis=2)
+    plain = tmp_path / "plain8.png"
+    cv2.imwrite(str(plain), picture[:, :, ::-1].astype(np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    deep = _png16(tmp_path / "deep16.png", picture.astype(np.uint16) * 257)
+    decode = picture.size * 2  # the uint16 pixels OpenCV decodes
+    margin = decode + 8 * _STRIP_VALUES
+    assert margin < picture.size * 8  # smaller than one whole-image float64 copy
+    plain_peak = _predict_peak(plain, tmp_path / "out8")
+    deep_peak = _predict_peak(deep, tmp_path / "out16")
+    assert deep_peak <= plain_peak + margin, (deep_peak, plain_peak, margin)
+    rows = [
+        _csv(tmp_path / out / "predictions.csv").drop(columns="path") for out in ("out8", "out16")
+    ]
+    pd.testing.assert_frame_equal(rows[0], rows[1])
 
 
 def _doctored_export(tmp_path: Path, name: str, **changes: str) -> Path:
@@ -512,19 +641,24 @@ def test_a_folder_listed_but_not_entered_is_skipped_not_fatal(tmp_path, monkeypa
     locked = tmp_path / "locked"
     (locked / "inner").mkdir(parents=True)
     (locked / "photo.jpg").write_bytes(b"x")
-    real_is_file, real_is_symlink = Path.is_file, Path.is_symlink
-
-    def denied(real):  # noqa: ANN001, ANN202
-        def check(self: Path) -> bool:
-            if self.parent == locked:  # what stat() on an entry of a 644 folder does
-                raise PermissionError(13, "Permission denied", str(self))
-            return real(self)
-
-        return check
-
-    monkeypatch.setattr(Path, "is_file", denied(real_is_file))
-    monkeypatch.setattr(Path, "is_symlink", denied(real_is_symlink))
+    _deny_entries(monkeypatch, locked)
     inputs, skipped = scan_inputs(tmp_path)
+    assert inputs == [tmp_path / "ok.jpg"]
+    assert set(skipped) == {locked / "inner", locked / "photo.jpg"}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_a_folder_listed_but_not_entered_for_real(tmp_path) -> None:
+    """The same with the folder's real mode 644 (the test above simulates it for root)."""
+    (tmp_path / "ok.jpg").write_bytes(b"x")
+    locked = tmp_path / "locked"
+    (locked / "inner").mkdir(parents=True)
+    (locked / "photo.jpg").write_bytes(b"x")
+    locked.chmod(0o644)
+    try:
+        inputs, skipped = scan_inputs(tmp_path)
+    finally:
+        locked.chmod(0o755)
     assert inputs == [tmp_path / "ok.jpg"]
     assert set(skipped) == {locked / "inner", locked / "photo.jpg"}
 
