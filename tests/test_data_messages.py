@@ -104,3 +104,13 @@ def test_a_column_named_twice(tmp_path):
     path = _csv(tmp_path, b"path,age,gender,Age\na.jpg,25,m,30\n")
     with pytest.raises(FoldFormatError, match=r"faces\.csv:1: column\(s\) 'age' named more"):
         read_face_csv(path)
+
+
+def test_spreadsheet_exports_read_as_before(tmp_path):
+    """Empty header cells (a spreadsheet's trailing commas) and lines of only spaces are not
+    errors, as they were not when pandas read the file; the lines still count."""
+    path = _csv(
+        tmp_path, b"path,age,gender,group,,\r\na.jpg,25,m,p1,,\r\n   \r\nb.jpg,30,f,p2,,\r\n"
+    )
+    table, problems = read_face_csv(path, num_folds=1)
+    assert table["line"].tolist() == [2, 4] and not problems

@@ -65,7 +65,7 @@ def _records(csv: Path, text: str, strict: bool) -> list[tuple[int, list[str]]]:
     out, start = [], 1
     try:
         for cells in reader:
-            if cells:  # a blank line is no record
+            if cells and (len(cells) > 1 or cells[0].strip()):  # a blank line is no record
                 out.append((start, cells))
             start = reader.line_num + 1
     except csvlib.Error as exc:
@@ -81,10 +81,11 @@ def _records(csv: Path, text: str, strict: bool) -> list[tuple[int, list[str]]]:
 
 
 def read_csv_cells(csv: str | Path) -> pd.DataFrame:
-    """Every row of ``csv`` as strings (a short row padded with empty cells), columns
-    stripped and lower-cased, indexed by the row's own line in the file: the header is line
-    1, blank lines count, a quoted cell over several lines counts them all. Problems are
-    reported by that line so that a user can open the file there.
+    """Every row of ``csv`` as strings (a short row padded with empty cells; lines of only
+    spaces skipped, as pandas skips them), columns stripped and lower-cased (an empty name
+    is ``unnamed: N``, as pandas names it), indexed by the row's own line in the file: the
+    header is line 1, blank lines count, a quoted cell over several lines counts them all.
+    Problems are reported by that line so that a user can open the file there.
 
     A file that cannot be read as such a table is a :class:`FoldFormatError` naming the
     file, the line where there is one, and the fix (empty file, not UTF-8, a row with more
@@ -113,7 +114,7 @@ def read_csv_cells(csv: str | Path) -> pd.DataFrame:
             f"{','.join(REQUIRED)}"
         )
     (header_line, header), rows = records[0], records[1:]
-    columns = [c.strip().lower() for c in header]
+    columns = [c.strip().lower() or f"unnamed: {i}" for i, c in enumerate(header)]
     twice = sorted({c for c in columns if columns.count(c) > 1})
     if twice:
         raise FoldFormatError(
