@@ -92,7 +92,7 @@ class RetinaFaceDetector(Detector):
     def __init__(
         self,
         max_side: int | None = 640,
-        min_score: float = 0.8,
+        min_score: float = 0.5,
         min_face_size: int = 10,
         nms_threshold: float = 0.4,
         model_path: str | os.PathLike[str] | None = None,
