@@ -166,3 +166,14 @@ def test_predict_runs_it_like_any_detector(retina, tmp_path) -> None:
     rows = pd.read_csv(out / "predictions.csv")
     assert (rows["status"] == "ok").all() and len(rows) == 4
     assert rows["age"].notna().all() and rows["gender"].notna().all()
+
+
+def test_the_api_server_and_demo_route_take_it(retina) -> None:
+    """The API (which the web demo and the server run) builds it from ``detector=`` like any
+    detector, and its faces carry landmarks into the one alignment."""
+    from agegender import AgeGender
+
+    model = AgeGender(detector="retinaface", backend="onnxruntime")
+    (face,) = model.predict(SAMPLES / "obama.jpg")
+    assert face.landmarks is not None and face.age and face.gender
+    assert model.options.detector_name == "retinaface"
