@@ -1,9 +1,17 @@
-"""Statistics of an evaluation: bootstrap intervals, per-group accuracy, the largest gap
-between groups, accuracy against coverage, and how often minors and adults are confused.
+"""Statistics of an evaluation: intervals, per-group accuracy, the largest gap between
+groups, accuracy against coverage, and how often minors and adults are confused.
 
-Every interval here is a percentile bootstrap (Efron & Tibshirani, "An Introduction to the
-Bootstrap", ch. 13) that, when ``clusters`` is given, resamples whole clusters (subjects)
-with replacement, each drawn cluster bringing all its rows. The faces of one person are not
+The rule for every interval of a proportion (an accuracy, a rate): with at least
+:data:`SMALL_N` units (subjects; faces when there is no subject column) and values that are
+not all 0 or all 1, a percentile bootstrap over the units; otherwise, or when the bootstrap
+has no spread at all, the exact Clopper-Pearson interval with the units as trials
+(:func:`exact_interval`). A percentile bootstrap of 4 right faces out of 4 is
+``[1, 1]``: every draw is all right, so it claims certainty from four faces; Clopper-Pearson
+gives ``[0.40, 1]``. Each interval names its method (``"bootstrap"`` or ``"exact"``).
+
+The bootstrap (Efron & Tibshirani, "An Introduction to the Bootstrap", ch. 13), when
+``clusters`` is given, resamples whole clusters (subjects) with replacement, each drawn
+cluster bringing all its rows. The faces of one person are not
 independent: Adience has about 10-20 photos per subject, which are right or wrong together
 far more often than faces of different people. A bootstrap over single faces treats them as
 independent and gives intervals that are too narrow (it counts 20 photos of one person as
@@ -15,11 +23,13 @@ every run. Each draw is a vector of counts (how often each cluster was drawn), b
 draws at once with ``np.bincount``; a mean over the drawn rows is then a matrix product
 (counts @ per-cluster sums), so 1000 resamples of 20 000 faces take a fraction of a second.
 
-Core module: numpy and pandas only (plus :meth:`agegender.labels.LabelSet.class_years`).
+Core module: numpy and pandas (plus :meth:`agegender.labels.LabelSet.class_years`), and
+scipy's beta distribution for the exact interval (imported when one is needed).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +42,14 @@ from agegender.labels import LabelSet
 DEFAULT_RESAMPLES: int = 1000
 #: Coverage of every interval (a 95 % percentile interval) unless asked otherwise.
 LEVEL: float = 0.95
+#: Fewer units (subjects, or faces without subjects) than this: the exact interval, not the
+#: bootstrap (a bootstrap of a few units has few distinct draws and too narrow an interval).
+SMALL_N: int = 30
+#: The ``method`` of an interval: percentile bootstrap, or exact Clopper-Pearson.
+BOOTSTRAP, EXACT = "bootstrap", "exact"
+#: The ``method`` of a gap's interval when it is not the paired bootstrap: Zou & Donner's
+#: MOVER, built from the two groups' own intervals.
+MOVER = "mover"
 #: Most draw-by-unit counts held in memory at once (draws are made in chunks below this).
 _CHUNK_CELLS = 2_000_000
 
@@ -70,11 +88,13 @@ def _cluster_codes(clusters: ArrayLike | None, n: int) -> tuple[np.ndarray, int]
     return codes.astype(np.int64), len(uniques)
 
 
-def _check(resamples: int, level: float) -> None:
+def _check(resamples: int, level: float, small_n: int = SMALL_N) -> None:
     if not isinstance(resamples, (int, np.integer)) or resamples < 1:
         raise StatsError(f"resamples must be a whole number >= 1, got {resamples!r}")
     if not 0.0 < level < 1.0:
         raise StatsError(f"level must be between 0 and 1 (e.g. 0.95), got {level!r}")
+    if not isinstance(small_n, (int, np.integer)) or small_n < 0:
+        raise StatsError(f"small_n must be a whole number >= 0, got {small_n!r}")
 
 
 def _same_length(name: str, array: ArrayLike, n: int) -> None:
@@ -167,21 +187,80 @@ def bootstrap_interval(
     return _percentile(np.asarray(draws, dtype=np.float64), level)
 
 
+def exact_interval(successes: float, trials: float, level: float = LEVEL) -> tuple[float, float]:
+    """Clopper-Pearson interval ``(low, high)`` of a proportion: ``successes`` of ``trials``.
+
+    The exact binomial interval (Clopper & Pearson 1934): the beta quantiles
+    ``beta(k, n - k + 1)`` at ``(1 - level) / 2`` and ``beta(k + 1, n - k)`` at
+    ``(1 + level) / 2``, with ``low = 0`` when ``k = 0`` and ``high = 1`` when ``k = n``. It
+    never has zero width and never claims certainty: 4 of 4 gives ``(0.398, 1)``, 0 of 1
+    ``(0, 0.975)``. ``successes`` may be fractional (an accuracy times a number of subjects,
+    as :func:`interval_dict` counts people); the beta quantiles are defined for any positive
+    parameters. No trial: ``(nan, nan)``.
+    """
+    from scipy.stats import beta  # deferred: scipy (~0.2 s) only where an interval needs it
+
+    if not 0.0 < level < 1.0:
+        raise StatsError(f"level must be between 0 and 1 (e.g. 0.95), got {level!r}")
+    n, k = float(trials), float(successes)
+    if not (math.isfinite(n) and math.isfinite(k)) or k < 0 or k > n:
+        raise StatsError(f"successes must lie between 0 and trials, got {k:g} of {n:g}")
+    if n <= 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0
+    low = 0.0 if k <= 0 else float(beta.ppf(tail, k, n - k + 1))
+    high = 1.0 if k >= n else float(beta.ppf(1.0 - tail, k + 1, n - k))
+    return low, high
+
+
 def interval_dict(
     values: ArrayLike,
     clusters: ArrayLike | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     level: float = LEVEL,
     seed: int | None = 0,
-) -> dict[str, float | int]:
-    """``{"value": mean, "low", "high", "n"}``: a mean (an accuracy, a rate) with its cluster
-    bootstrap interval (:func:`bootstrap_interval`, whose docstring says why subjects are
-    resampled) and the number of rows, the form every report and JSON file stores.
-    No value: NaNs and ``n = 0``."""
+    small_n: int = SMALL_N,
+) -> dict[str, Any]:
+    """``{"value": mean, "low", "high", "n", "units", "method"}``: a mean (an accuracy, a
+    rate) with its interval, the number of rows ``n``, the number of independent ``units``
+    (distinct clusters, or rows without ``clusters``) and the interval's ``method``: the form
+    every report and JSON file stores.
+
+    ``method`` is ``"bootstrap"`` (:func:`bootstrap_interval` over the clusters, whose
+    docstring says why subjects are resampled) when there are at least ``small_n`` units and
+    the values are not all 0 or all 1; otherwise ``"exact"``: Clopper-Pearson
+    (:func:`exact_interval`) with ``units`` trials and ``mean x units`` successes. Counting
+    each subject once is the cautious reading of faces that are right or wrong together (20
+    photos of one person are not 20 pieces of evidence). A bootstrap with no spread (every
+    draw the same, e.g. each subject half right) also falls back to the exact interval: no
+    interval here has zero width. Values outside 0-1 are no proportion: always bootstrap.
+    No value: NaNs, ``n = 0``, ``units = 0``, method None.
+    """
+    _check(resamples, level, small_n)
     array = _as_values(values, "values")
-    low, high = bootstrap_interval(array, clusters, np.mean, resamples, level, seed)
-    value = float(array.mean()) if len(array) else float("nan")
-    return {"value": value, "low": low, "high": high, "n": int(len(array))}
+    if not len(array):
+        nan = float("nan")
+        return {"value": nan, "low": nan, "high": nan, "n": 0, "units": 0, "method": None}
+    _, units = _cluster_codes(clusters, len(array))
+    value = float(array.mean())
+    proportion = bool(((array >= 0) & (array <= 1)).all())
+    method = BOOTSTRAP
+    if proportion and (units < small_n or value in (0.0, 1.0)):
+        method = EXACT
+    else:
+        low, high = bootstrap_interval(array, clusters, np.mean, resamples, level, seed)
+        if proportion and not low < high:
+            method = EXACT
+    if method == EXACT:
+        low, high = exact_interval(value * units, units, level)
+    return {
+        "value": value,
+        "low": low,
+        "high": high,
+        "n": int(len(array)),
+        "units": int(units),
+        "method": method,
+    }
 
 
 # -- groups ----------------------------------------------------------------------------------
@@ -213,17 +292,20 @@ def group_accuracy(
     resamples: int = DEFAULT_RESAMPLES,
     level: float = LEVEL,
     seed: int | None = 0,
+    small_n: int = SMALL_N,
 ) -> pd.DataFrame:
-    """Accuracy per group with a cluster bootstrap interval: one row per group value that
-    occurs (sorted, or in the order of a Categorical's categories), columns ``group``,
-    ``count`` (faces), ``subjects`` (distinct clusters in the group; None without
-    ``clusters``), ``value`` (accuracy), ``low``, ``high``.
+    """Accuracy per group with its interval: one row per group value that occurs (sorted,
+    or in the order of a Categorical's categories), columns ``group``, ``count`` (faces),
+    ``subjects`` (distinct clusters in the group; None without ``clusters``), ``value``
+    (accuracy), ``low``, ``high``, ``units`` (the interval's independent units: subjects, or
+    faces without ``clusters``) and ``method`` (``"bootstrap"`` or ``"exact"``).
 
     A model that is right on 80 % of faces can be right on 95 % of men and 60 % of
     children; the overall number hides it. Rows whose group is missing (NaN/None) are left
-    out. Each group's interval resamples that group's own subjects (the interval of
-    :func:`interval_dict` on its rows), because a group's faces are as correlated within a
-    person as any others; the same ``seed`` is used for every group.
+    out. Each group's interval is :func:`interval_dict`'s on that group's rows (its own
+    subjects resampled, or Clopper-Pearson for a group of fewer than ``small_n`` units or one
+    that is all right or all wrong, the usual case for a small group); the same ``seed`` is
+    used for every group.
     """
     values = _as_values(correct, "correct")
     codes, names = _group_codes(groups, len(values))
@@ -235,7 +317,7 @@ def group_accuracy(
     for index, name in enumerate(names):
         mask = codes == index
         members = None if cluster_array is None else cluster_array[mask]
-        stats = interval_dict(values[mask], members, resamples, level, seed)
+        stats = interval_dict(values[mask], members, resamples, level, seed, small_n)
         rows.append(
             {
                 "group": name,
@@ -244,9 +326,11 @@ def group_accuracy(
                 "value": stats["value"],
                 "low": stats["low"],
                 "high": stats["high"],
+                "units": stats["units"],
+                "method": stats["method"],
             }
         )
-    columns = ["group", "count", "subjects", "value", "low", "high"]
+    columns = ["group", "count", "subjects", "value", "low", "high", "units", "method"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -258,24 +342,35 @@ def largest_gap(
     level: float = LEVEL,
     seed: int | None = 0,
     min_count: int = 1,
+    small_n: int = SMALL_N,
 ) -> dict[str, Any] | None:
     """The accuracy gap between the best and the worst group, with a paired interval.
 
     Returns ``{"high_group", "low_group", "value"`` (accuracy of high minus low),
-    ``"low", "high"`` (its interval), ``"n_groups"`` (groups compared), ``"high_accuracy",
-    "low_accuracy"}``, or None when fewer than two groups have ``min_count`` rows (rows of a
-    missing group are left out). The best and worst group are found once, on the full data
-    (ties: the earlier group in report order is "low", the later "high"). Each draw then
-    resamples the clusters (subjects; rows without ``clusters``) of all compared groups
-    together and computes every group's accuracy on that same draw, so the interval is for
-    the difference itself (paired), not two separate intervals that overlap; a subject whose
-    faces fall in both groups moves both. A draw in which the high or the low group has no
-    row cannot give a difference and is skipped (the interval comes from the other draws).
-    An interval that excludes 0 says the gap is larger than what resampling the same people
-    produces by chance (it does not correct for having picked the extreme pair, so read a
-    narrow miss of 0 with care).
+    ``"low", "high"`` (its interval), ``"method"``, ``"n_groups"`` (groups compared),
+    ``"high_accuracy", "low_accuracy"}``, or None when fewer than two groups have
+    ``min_count`` rows (rows of a missing group are left out). The best and worst group are
+    found once, on the full data (ties: the earlier group in report order is "low", the
+    later "high"). Each draw then resamples the clusters (subjects; rows without
+    ``clusters``) of all compared groups together and computes every group's accuracy on
+    that same draw, so the interval is for the difference itself (paired), not two separate
+    intervals that overlap; a subject whose faces fall in both groups moves both. A draw in
+    which the high or the low group has no row cannot give a difference and is skipped (the
+    interval comes from the other draws). An interval that excludes 0 says the gap is
+    larger than what resampling the same people produces by chance (it does not correct for
+    having picked the extreme pair, so read a narrow miss of 0 with care).
+
+    ``method`` is ``"bootstrap"`` for that paired bootstrap. When either group would get the
+    exact interval in :func:`interval_dict` (fewer than ``small_n`` units, all right or all
+    wrong) or the paired draws have no spread, the bootstrap of the difference degenerates
+    too (two groups that are all right give ``0 [0, 0]``), so the interval is ``"mover"``
+    instead: Zou & Donner's (2008) method of variance estimates recovery on the two groups'
+    own intervals (Newcombe's 1998 difference interval with those intervals in place of
+    Wilson's): ``d - sqrt((p1 - l1)^2 + (u2 - p2)^2)`` to ``d + sqrt((u1 - p1)^2 +
+    (p2 - l2)^2)``, clipped to [-1, 1]. It treats the two groups as independent, which is
+    right when no subject is in both.
     """
-    _check(resamples, level)
+    _check(resamples, level, small_n)
     values = _as_values(correct, "correct")
     codes, names = _group_codes(groups, len(values))
     counts = np.bincount(codes[codes >= 0], minlength=len(names))
@@ -297,16 +392,45 @@ def largest_gap(
     drawn = _ratio(sums[:, : len(kept)], sums[:, len(kept) :])  # draws x groups, NaN: no row
     gaps = drawn[:, order[-1]] - drawn[:, order[0]]
     low, high = _percentile(gaps, level)
+    value = float(accuracy[order[-1]] - accuracy[order[0]])
+    cluster_array = None if clusters is None else np.asarray(clusters, dtype=object)
+    ends = [
+        interval_dict(
+            values[codes == index],
+            None if cluster_array is None else cluster_array[codes == index],
+            resamples,
+            level,
+            seed,
+            small_n,
+        )
+        for index in (high_index, low_index)
+    ]
+    method = BOOTSTRAP
+    if any(end["method"] == EXACT for end in ends) or not low < high:
+        method = MOVER
+        low, high = _mover(value, *ends)
     return {
         "high_group": names[high_index],
         "low_group": names[low_index],
-        "value": float(accuracy[order[-1]] - accuracy[order[0]]),
+        "value": value,
         "low": low,
         "high": high,
+        "method": method,
         "n_groups": len(kept),
         "high_accuracy": float(accuracy[order[-1]]),
         "low_accuracy": float(accuracy[order[0]]),
     }
+
+
+def _mover(value: float, first: dict[str, Any], second: dict[str, Any]) -> tuple[float, float]:
+    """Zou & Donner's MOVER interval of ``first - second`` from each one's own interval
+    (:func:`largest_gap` says when and why); written out because scipy has no such function
+    and it is two lines of arithmetic."""
+    p1, l1, u1 = first["value"], first["low"], first["high"]
+    p2, l2, u2 = second["value"], second["low"], second["high"]
+    low = value - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = value + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return max(-1.0, low), min(1.0, high)
 
 
 # -- abstention ------------------------------------------------------------------------------
@@ -384,6 +508,7 @@ def minors_rates(
     level: float = LEVEL,
     seed: int | None = 0,
     threshold: float = 18.0,
+    small_n: int = SMALL_N,
 ) -> dict[str, dict[str, Any]]:
     """How often a minor is called an adult, and an adult a minor, with cluster intervals.
 
@@ -395,8 +520,10 @@ def minors_rates(
     predicted class whose years are all >= ``threshold``, "called minor" all below it; a
     prediction of a straddling class is neither. Returns ``{"minors_called_adults": ...,
     "adults_called_minors": ...}``, each :func:`interval_dict`'s ``{"value", "low", "high",
-    "n"}`` (n = faces of that true side) or ``{"undefined": reason}`` when the set has no
-    class wholly on a side or no face is known to be on it.
+    "n", "units", "method"}`` (n = faces of that true side; the interval exact below
+    ``small_n`` units or when no face or every face of the side is called the other) or
+    ``{"undefined": reason}`` when the set has no class wholly on a side or no face is known
+    to be on it.
     """
     truth = np.asarray(true_classes)
     predicted = np.asarray(predicted_classes)
@@ -452,7 +579,9 @@ def minors_rates(
                 "unknown)"
             }
         members = None if cluster_array is None else cluster_array[side]
-        return interval_dict(called[side].astype(np.float64), members, resamples, level, seed)
+        return interval_dict(
+            called[side].astype(np.float64), members, resamples, level, seed, small_n
+        )
 
     return {
         "minors_called_adults": rate(

@@ -12,9 +12,11 @@ from agegender.labels import load_label_set
 from agegender.stats import (
     DEFAULT_RESAMPLES,
     LEVEL,
+    SMALL_N,
     StatsError,
     accuracy_coverage,
     bootstrap_interval,
+    exact_interval,
     group_accuracy,
     interval_dict,
     largest_gap,
@@ -108,6 +110,72 @@ def test_bad_input_is_a_clear_error(kwargs: dict, message: str) -> None:
         bootstrap_interval(**kwargs)
 
 
+# -- exact intervals and the method switch --------------------------------------------------
+def test_exact_interval_is_clopper_pearson() -> None:
+    from scipy.stats import binomtest
+
+    # the issue's case: 4 of 4 right is not "[1, 1]"
+    assert exact_interval(4, 4) == pytest.approx((0.3976, 1.0), abs=1e-4)
+    assert exact_interval(0, 1) == pytest.approx((0.0, 0.975))
+    for k, n in ((0, 5), (3, 10), (7, 7), (12, 40)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        assert exact_interval(k, n) == pytest.approx((ci.low, ci.high))
+    # fractional successes (accuracy x subjects) lie between their integer neighbours
+    low, high = exact_interval(2.5, 4)
+    assert exact_interval(2, 4)[0] < low < exact_interval(3, 4)[0]
+    assert exact_interval(2, 4)[1] < high < exact_interval(3, 4)[1]
+    assert exact_interval(3, 10, level=0.5)[1] < exact_interval(3, 10)[1]
+    assert np.isnan(exact_interval(0, 0)).all()
+    with pytest.raises(StatsError, match="between 0 and trials"):
+        exact_interval(5, 4)
+
+
+def test_interval_method_switch() -> None:
+    """Bootstrap for many units that are not all alike; exact otherwise; never zero width."""
+    four = interval_dict([1, 1, 1, 1])  # 4 faces, no subjects: 4 units
+    assert (four["method"], four["units"], four["n"]) == ("exact", 4, 4)
+    assert (four["low"], four["high"]) == pytest.approx(exact_interval(4, 4))
+    assert four["low"] < four["high"]
+    one = interval_dict([0.0])
+    assert (one["method"], one["low"]) == ("exact", 0.0) and one["high"] == pytest.approx(0.975)
+
+    # 60 subjects of 3 faces, mixed: the subject bootstrap
+    rng = np.random.default_rng(7)
+    correct, ids = _subjects((rng.random(60) < 0.7).astype(int).tolist(), 3, "s")
+    correct[::5] = 1 - correct[::5]  # faces of a subject disagree sometimes
+    big = interval_dict(correct, ids)
+    assert (big["method"], big["units"], big["n"]) == ("bootstrap", 60, 180)
+    assert (big["low"], big["high"]) == bootstrap_interval(correct, ids)
+    # the same faces with the first 20 subjects only: under SMALL_N subjects, exact
+    few = interval_dict(correct[:60], ids[:60])
+    assert SMALL_N == 30 and (few["method"], few["units"]) == ("exact", 20)
+    assert (few["low"], few["high"]) == pytest.approx(exact_interval(few["value"] * 20, 20))
+    # 60 subjects all right: exact over the 60 subjects, not over the 180 faces
+    right = interval_dict(np.ones(180), ids)
+    assert (right["method"], right["units"]) == ("exact", 60)
+    assert right["low"] == pytest.approx(0.025 ** (1 / 60)) and right["high"] == 1.0
+    # every subject half right: every bootstrap draw is 0.5, so the exact interval
+    flat = interval_dict(np.tile([1.0, 0.0], 40), np.repeat(np.arange(40), 2))
+    assert bootstrap_interval(np.tile([1.0, 0.0], 40), np.repeat(np.arange(40), 2)) == (0.5, 0.5)
+    assert flat["method"] == "exact" and flat["low"] < 0.5 < flat["high"]
+    # values that are no proportion keep the bootstrap at any size
+    assert interval_dict([2.0, 3.0, 4.0])["method"] == "bootstrap"
+    assert interval_dict([])["method"] is None
+    with pytest.raises(StatsError, match="small_n must be"):
+        interval_dict([1, 0], small_n=-1)
+
+
+def test_small_groups_never_get_a_zero_width_interval() -> None:
+    correct = [1, 1, 1, 1, 0, 1, 0, 1, 1, 1]
+    groups = ["all right"] * 4 + ["one wrong"] + ["mixed"] * 5
+    table = group_accuracy(correct, groups)
+    assert (table["low"] < table["high"]).all()
+    assert set(table["method"]) == {"exact"}
+    gap = largest_gap([1, 1, 1, 1, 1, 1], ["x", "x", "x", "y", "y", "y"])
+    assert gap is not None and gap["value"] == 0.0 and gap["method"] == "mover"
+    assert gap["low"] < 0.0 < gap["high"]
+
+
 # -- groups ----------------------------------------------------------------------------------
 def _ten_rows() -> tuple[list[int], list[object], list[str]]:
     correct = [1, 1, 0, 1, 0, 0, 1, 1, 1, 0]
@@ -118,18 +186,28 @@ def _ten_rows() -> tuple[list[int], list[object], list[str]]:
 
 def test_group_accuracy_by_hand() -> None:
     correct, groups, clusters = _ten_rows()
-    table = group_accuracy(correct, groups, clusters)
-    assert list(table.columns) == ["group", "count", "subjects", "value", "low", "high"]
+    # small_n=0: the bootstrap for every group, whatever its size (the hand computation)
+    table = group_accuracy(correct, groups, clusters, small_n=0)
+    assert list(table.columns) == [
+        "group", "count", "subjects", "value", "low", "high", "units", "method"
+    ]  # fmt: skip
     assert table["group"].tolist() == ["a", "b"]  # the row without a group is left out
     assert table["count"].tolist() == [4, 5]
-    assert table["subjects"].tolist() == [2, 3]
+    assert table["subjects"].tolist() == [2, 3] == table["units"].tolist()
     assert table["value"].tolist() == pytest.approx([0.75, 0.6])
+    assert table["method"].tolist() == ["bootstrap", "bootstrap"]
     # a: s1 (1, 1) and s2 (0, 1); draws s1s1 = 1, s1s2 = .75, s2s2 = .5 -> (0.5, 1)
     assert (table.loc[0, "low"], table.loc[0, "high"]) == (0.5, 1.0)
     # b's interval is its own rows' cluster bootstrap
     b = [i for i, g in enumerate(groups) if g == "b"]
     expected = bootstrap_interval([correct[i] for i in b], [clusters[i] for i in b])
     assert (table.loc[1, "low"], table.loc[1, "high"]) == expected
+    # the default rule: 2 and 3 subjects are under SMALL_N, so Clopper-Pearson with the
+    # subjects as trials (a: 0.75 x 2 of 2, b: 0.6 x 3 of 3)
+    table = group_accuracy(correct, groups, clusters)
+    assert table["method"].tolist() == ["exact", "exact"]
+    assert (table.loc[0, "low"], table.loc[0, "high"]) == pytest.approx(exact_interval(1.5, 2))
+    assert (table.loc[1, "low"], table.loc[1, "high"]) == pytest.approx(exact_interval(1.8, 3))
 
     by_rows = group_accuracy(correct, pd.Categorical(groups, categories=["b", "a"]))
     assert by_rows["group"].tolist() == ["b", "a"]  # a Categorical's order
@@ -150,17 +228,28 @@ def test_largest_gap_finds_a_planted_gap() -> None:
     assert gap["value"] == pytest.approx(0.5)
     assert (gap["high_accuracy"], gap["low_accuracy"]) == (1.0, 0.5)
     assert 0 < gap["low"] < 0.5 < gap["high"] <= 1.0
+    # A is all right: its exact interval, and the gap's from the two groups' intervals
+    assert gap["method"] == "mover"
+    a = interval_dict(a_correct, a_ids)
+    b = interval_dict(b_correct, b_ids)
+    assert (a["method"], b["method"]) == ("exact", "exact")  # 20 subjects each
+    assert gap["low"] == pytest.approx(0.5 - np.hypot(1 - a["low"], b["high"] - 0.5))
+    assert gap["high"] == pytest.approx(min(1.0, 0.5 + np.hypot(0, 0.5 - b["low"])))
+    # with the bootstrap forced (small_n=0) the paired draws still exclude 0
+    paired = largest_gap(correct, groups, ids, small_n=0)
+    assert paired is not None and paired["method"] == "mover"  # A is still all right
 
 
 def test_largest_gap_finds_none_where_none_is_planted() -> None:
     a_correct, a_ids = _subjects([1, 0] * 10, faces=5, prefix="a")  # 50 %
     b_correct, b_ids = _subjects([1] * 11 + [0] * 9, faces=5, prefix="b")  # 55 %
-    gap = largest_gap(
-        np.concatenate([a_correct, b_correct]), ["A"] * 100 + ["B"] * 100, [*a_ids, *b_ids]
-    )
+    correct, ids = np.concatenate([a_correct, b_correct]), [*a_ids, *b_ids]
+    gap = largest_gap(correct, ["A"] * 100 + ["B"] * 100, ids, small_n=0)
     assert gap is not None and (gap["high_group"], gap["low_group"]) == ("B", "A")
     assert gap["value"] == pytest.approx(0.05)
-    assert gap["low"] < 0 < gap["high"]
+    assert gap["low"] < 0 < gap["high"] and gap["method"] == "bootstrap"
+    gap = largest_gap(correct, ["A"] * 100 + ["B"] * 100, ids)  # 20 subjects: exact ends
+    assert gap is not None and gap["method"] == "mover" and gap["low"] < 0 < gap["high"]
 
 
 def test_largest_gap_min_count_ties_and_draws_without_a_group() -> None:
@@ -171,8 +260,14 @@ def test_largest_gap_min_count_ties_and_draws_without_a_group() -> None:
     assert largest_gap(correct, groups, ids, min_count=2) is None  # C skipped: one group left
     gap = largest_gap(correct, groups, ids)
     assert gap is not None and (gap["high_group"], gap["low_group"]) == ("A", "C")
-    # draws without a0 have no C row and are skipped; every other draw gives 1 - 0
-    assert (gap["value"], gap["low"], gap["high"]) == (1.0, 1.0, 1.0)
+    # draws without a0 have no C row and are skipped; every other draw gives 1 - 0, a
+    # paired bootstrap of no width: the interval comes from the groups' exact intervals
+    assert gap["value"] == 1.0 and gap["method"] == "mover"
+    a, c = interval_dict(correct[:100], ids[:100]), interval_dict([0.0], ["a0"])
+    assert (gap["low"], gap["high"]) == pytest.approx(
+        (1.0 - np.hypot(1.0 - a["low"], c["high"]), 1.0)
+    )
+    assert gap["low"] < 1.0
     tie = largest_gap([1, 0, 1, 0], ["x", "x", "y", "y"])
     assert tie is not None and (tie["low_group"], tie["high_group"], tie["value"]) == (
         "x",
@@ -235,9 +330,17 @@ def test_minors_rates_on_coarse3_by_hand_with_subjects() -> None:
     true = np.array([0, 0, 0, 1, 2, 2, 2])
     predicted = np.array([2, 0, 1, 2, 0, 1, 2])
     subjects = ["p", "p", "q", "r", "s", "t", "u"]
-    rates = minors_rates(true, predicted, labels, subjects)
+    rates = minors_rates(true, predicted, labels, subjects, small_n=0)
     # children: p = (called adult, not), q = (not): draws pp .5, pq 1/3, qq 0 -> (0, .5)
-    assert rates["minors_called_adults"] == {"value": 1 / 3, "low": 0.0, "high": 0.5, "n": 3}
+    assert rates["minors_called_adults"] == {
+        "value": 1 / 3, "low": 0.0, "high": 0.5, "n": 3, "units": 2, "method": "bootstrap"
+    }  # fmt: skip
+    # the default: 2 subjects, Clopper-Pearson of 1/3 x 2 subjects of 2
+    rates = minors_rates(true, predicted, labels, subjects)
+    low, high = exact_interval(2 / 3, 2)
+    assert rates["minors_called_adults"] == {
+        "value": 1 / 3, "low": low, "high": high, "n": 3, "units": 2, "method": "exact"
+    }  # fmt: skip
     # adults: s called child, t called teen (neither), u right
     assert rates["adults_called_minors"]["value"] == pytest.approx(1 / 3)
     assert rates["adults_called_minors"]["n"] == 3
