@@ -16,9 +16,11 @@ ids are final, in input order, and keeps only counters and the tracks still in v
   person counts once in each window in which any of their tracked faces was seen, with the
   track's answer (argmax of the probabilities averaged over the faces that passed the gates)
   as known when the window's row is written: a window's row waits until every track seen in
-  it has either passed ``min_frames`` or ended (missing longer than ``video.lost_seconds``,
-  the tracker's own rule), so a person is never missed because they qualified a little
-  after a window closed. ``totals`` count each person once, with the track's final answer.
+  it has either passed ``min_frames`` or ended (missing from the analysed frames for longer
+  than ``video.lost_seconds`` of the video's time, the tracker's own rule:
+  :func:`~agegender.inference.tracking.is_lost`), so a person is never missed because they
+  qualified a little after a window closed. ``totals`` count each person once, with the
+  track's final answer.
 - **dwell**: from a person's first to last analysed frame (within the window for a window's
   mean; over the whole track for the totals).
 
@@ -49,6 +51,7 @@ from agegender.inference.results import (
     add_probs,
     averaged_labels,
 )
+from agegender.inference.tracking import LOST_RULES, frame_time, is_lost, lost_frames
 from agegender.labels import LabelSet
 
 CSV_NAME = "audience.csv"
@@ -170,7 +173,7 @@ class Person:
     track: int
     first_time: float
     last_time: float
-    #: The video's analysed-frame counter when last seen (the tracker's loss rule).
+    #: The video's analysed-frame counter when last seen.
     last_index: int
     frames: int = 0
     passed: int = 0
@@ -178,9 +181,12 @@ class Person:
     removed: dict[str, int] = field(default_factory=dict)
     ended: bool = False
     counted: bool = False  # already counted in an earlier window (``new_people``)
+    #: Time of the first analysed frame without this person since last seen (None: in view).
+    missing_since: float | None = None
 
     def see(self, time: float, index: int, face: FaceResult, gate: str | None) -> None:
         self.last_time, self.last_index = time, index
+        self.missing_since = None
         self.frames += 1
         if gate is not None:
             self.removed[gate] = self.removed.get(gate, 0) + 1
@@ -230,7 +236,11 @@ class AudienceCounter:
         on_end: Callable[[str, int], None] | None = None,
         privacy: bool = False,
         on_window: Callable[[Mapping[str, Any]], None] | None = None,
+        lost_rule: str = "seconds",
     ) -> None:
+        if lost_rule not in LOST_RULES:
+            raise ValueError(f"lost_rule must be one of {LOST_RULES}, got {lost_rule!r}")
+        self.lost_rule = lost_rule
         self.options = options
         self.on_window = on_window
         self.window = float(options.window or 0.0)
@@ -269,14 +279,23 @@ class AudienceCounter:
         if video is not None:
             rate = max(self.fps(video), 1e-3)
             self.frame_seconds = self.stride / rate
-            # FaceTracker's buffer: ByteTrack drops a track missing this many analysed frames
-            self.lost_frames = max(1, round(self.lost_seconds * rate / self.stride))
+            # lost_rule="frames": FaceTracker's earlier rule, a buffer of analysed frames
+            self.lost_frames = lost_frames(rate, self.stride, self.lost_seconds)
 
     def _time(self, result: ImageResult) -> float:
+        """The frame's time, as the tracker reads it (:func:`frame_time`)."""
         item = result.item
-        if self.live:
-            return float(item.stamp if item.stamp is not None else 0.0)
-        return (item.frame or 0) / max(self.fps(str(self.video)), 1e-3)
+        if self.live and item.stamp is None:
+            return 0.0
+        return frame_time(item, self.fps(str(self.video)))
+
+    def _lost(self, person: Person, now: float) -> bool:
+        """The tracker's loss rule: this person's id cannot come back any more."""
+        if person.missing_since is None:
+            return False
+        if self.lost_rule == "frames":
+            return self.analysed - person.last_index > self.lost_frames
+        return is_lost(person.missing_since, now, self.lost_seconds)
 
     def observe(self, result: ImageResult) -> None:
         """One analysed frame (photos and undecodable frames only move nothing on)."""
@@ -324,7 +343,9 @@ class AudienceCounter:
             else:
                 entry[2] = now
         for track, person in list(self.live_people.items()):
-            if self.analysed - person.last_index > self.lost_frames:
+            if person.last_index != self.analysed and person.missing_since is None:
+                person.missing_since = now  # the first analysed frame without them
+            if self._lost(person, now):
                 self._end(track)
         self._flush(closed_before=k)
 

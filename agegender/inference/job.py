@@ -176,6 +176,7 @@ def _loop(
             taken=source.taken,
             keep_tracks=not options.privacy,
             blur=options.blur_faces,
+            min_similarity=options.video.min_similarity,
         )
         audience = (
             AudienceCounter(

@@ -29,8 +29,12 @@ class VideoOptions:
 
     #: Analyse every Nth frame (streams: the newest frame, at most every Nth).
     stride: int
-    #: A face missing this long (in analysed frames) loses its track id.
+    #: A face missing from the analysed frames this long (seconds of the video's own time;
+    #: a stream's: the wall clock) loses its track id.
     lost_seconds: float
+    #: A face keeps a track's id only if its look correlates with the track's at least this
+    #: much (-1 to 1; :mod:`agegender.faces.appearance`); None = by box overlap alone.
+    min_similarity: float | None
     #: Read only the first frames / seconds of each video or stream; None = all.
     max_frames: int | None
     max_seconds: float | None
@@ -43,6 +47,12 @@ class VideoOptions:
     def __post_init__(self) -> None:
         if int(self.stride) < 1:
             raise ValueError(f"video.stride must be >= 1, got {self.stride}")
+        if not float(self.lost_seconds) >= 0:
+            raise ValueError(f"video.lost_seconds must be >= 0, got {self.lost_seconds}")
+        if self.min_similarity is not None and not -1 <= float(self.min_similarity) <= 1:
+            raise ValueError(
+                f"video.min_similarity must lie in [-1, 1] or be null, got {self.min_similarity}"
+            )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from agegender.faces import Detector, align_face
+from agegender.faces.appearance import appearance
 from agegender.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
@@ -100,6 +101,12 @@ class Pipeline:
                 )
                 for face in faces
             ]
+            # a video's faces are tracked, and the tracker tells people apart by their look
+            looks = (
+                [appearance(image, face, points) for face in faces]
+                if item.video is not None
+                else []
+            )
         except Exception as exc:  # noqa: BLE001
             what = "alignment" if item.faces is not None else "detection"
             return ImageResult(item, error=f"{what} failed ({type(exc).__name__}: {exc})")
@@ -113,6 +120,7 @@ class Pipeline:
             image=image if self.keep_images else None,
             scale=scale,
             crops=crops,
+            looks=looks,
         )
 
     def _decode(self, item: InputItem) -> tuple[np.ndarray, float]:

@@ -165,6 +165,9 @@ class ImageResult:
     tracks: list[int | None] | None = None
     detections: list[Face] = field(default_factory=list, repr=False)
     crops: list[Any] = field(default_factory=list, repr=False)  # the classifier's inputs
+    #: Video and stream frames: each face's look (:func:`agegender.faces.appearance.
+    #: appearance`), for the tracker's appearance check; emptied once the frame is tracked.
+    looks: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @property
     def status(self) -> str:

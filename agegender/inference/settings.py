@@ -72,6 +72,7 @@ def run_settings(
         "video": {
             "stride": int(video.stride),
             "lost_seconds": float(video.lost_seconds),
+            "min_similarity": None if video.min_similarity is None else float(video.min_similarity),
             "max_frames": video.max_frames,
             "max_seconds": video.max_seconds,
         },
@@ -99,6 +100,9 @@ def check_resume(csv_path: Path, settings: dict[str, Any]) -> None:
         return
     # records written before framings were recorded: every run then framed faces this way
     recorded.setdefault("framing", LEGACY_FRAMING.to_config())
+    # records written before the tracker's appearance check: tracks by box overlap alone
+    if isinstance(recorded.get("video"), dict):
+        recorded["video"].setdefault("min_similarity", None)
     fixed = ("input", "input_resolved")
     differ = [key for key in settings if key not in fixed and recorded.get(key) != settings[key]]
     if recorded.get("input") != settings["input"]:

@@ -36,10 +36,12 @@ from agegender.fileio import temporary_beside
 from agegender.inference.annotate import draw_faces, free_name
 from agegender.inference.results import ImageResult
 from agegender.inference.tracking import (
+    MIN_SIMILARITY,
     TRACKS_NAME,
     FaceTracker,
     Track,
     TrackBook,
+    frame_time,
     read_tracks_csv,
     write_tracks_csv,
 )
@@ -97,7 +99,9 @@ def track_label(track: Track | None, mark: FaceMark) -> tuple[str, str]:
 class VideoTracks:
     """The tracking state of one video or stream: tracker, the run's track book, the frames
     held back for their faces' confirmation, and the marks of its analysed frames (kept only
-    for a later annotated copy)."""
+    for a later annotated copy). Each frame is tracked at its own time
+    (:func:`~agegender.inference.tracking.frame_time`) with its faces' looks
+    (:attr:`~agegender.inference.results.ImageResult.looks`, dropped once used)."""
 
     def __init__(
         self,
@@ -107,10 +111,13 @@ class VideoTracks:
         stride: int,
         lost_seconds: float,
         keep_marks: bool = True,
+        min_similarity: float | None = MIN_SIMILARITY,
+        lost_rule: str = "seconds",
     ) -> None:
         self.video = video
         self.book = book
-        self.tracker = FaceTracker(fps, stride, lost_seconds)
+        self.fps = fps
+        self.tracker = FaceTracker(fps, stride, lost_seconds, min_similarity, lost_rule)
         self.keep_marks = keep_marks
         self.marks: list[FrameMarks] = []
         #: Results not yet released, in input order; (result, its marks, still waiting).
@@ -129,7 +136,9 @@ class VideoTracks:
             return self._release()
         boxes = np.array([f.box for f in result.faces], dtype=np.float32).reshape(-1, 4)
         scores = np.array([f.score for f in result.faces], dtype=np.float32)
-        ids = self.tracker.update(boxes, scores)
+        looks = result.looks if len(result.looks) == len(result.faces) else None
+        ids = self.tracker.update(boxes, scores, frame_time(result.item, self.fps), looks)
+        result.looks = []  # only the tracker needs them
         if self._last is not None and self.tracker.claims:
             held, held_marks, _ = self._last
             for i, track in self.tracker.claims.items():
@@ -277,6 +286,8 @@ class VideoOutputs:
     so its ids and track averages equal an uninterrupted run's. ``keep_tracks=False``
     (``privacy=true``): no tracks.csv, and each track is dropped from memory when it ends
     (:meth:`forget`) or its video does. ``blur``: annotated videos blur faces.
+    ``lost_seconds``, ``min_similarity``: the tracker's (:class:`~agegender.inference.
+    tracking.FaceTracker`; ``video.lost_seconds``, ``video.min_similarity``).
     """
 
     def __init__(
@@ -294,6 +305,7 @@ class VideoOutputs:
         taken: Container[str] = frozenset(),
         keep_tracks: bool = True,
         blur: bool = False,
+        min_similarity: float | None = MIN_SIMILARITY,
     ) -> None:
         self.output = output
         self.keep_tracks = keep_tracks
@@ -304,6 +316,7 @@ class VideoOutputs:
         self.relpath = relpath
         self.stride = stride
         self.lost_seconds = lost_seconds
+        self.min_similarity = min_similarity
         self.fps = fps
         self.limit = limit
         self.submit = submit
@@ -332,7 +345,7 @@ class VideoOutputs:
             self.current_video, self.current_file = video, result.item.file
             self.current = VideoTracks(
                 video, self.book, self.fps(video), self.stride, self.lost_seconds,
-                keep_marks=self.submit is not None,
+                keep_marks=self.submit is not None, min_similarity=self.min_similarity,
             )  # fmt: skip
         ready.extend(self.current.observe(result))
         return ready
