@@ -101,6 +101,28 @@ def test_stayer_counted_once_per_window_and_once_in_totals(tmp_path) -> None:
     assert (tmp_path / "audience.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_stream_person_ends_after_lost_seconds_of_its_clock(tmp_path) -> None:
+    """A stream analysed every 0.5 s (a 10 fps camera, video.stride=1, the model keeping
+    up with one frame in 5): a glimpse (2 frames, min_frames=3) keeps the first window's
+    row waiting only until it has been missing lost_seconds=1 of the stamps (written at the
+    frame stamped 2.5), not lost_seconds x 10 analysed frames (until 6.0)."""
+    options = PredictOptions.defaults().replace(audience_window=2.0, audience_min_frames=3)
+    counter = AudienceCounter(
+        options.audience, ADIENCE8, tmp_path, fps=lambda video: 10.0, stride=1,
+        lost_seconds=1.0, live=True, report=lambda line: None,
+    )  # fmt: skip
+    start = 1_700_000_000.0  # a multiple of the window: windows [start, start + 2) ...
+    written = {}
+    for i in range(8):  # stamps 0.0, 0.5, ..., 3.5 s after start
+        item = InputItem(f"cam#frame={5 * i}", "cam", video="cam", frame=5 * i,
+                         stamp=start + 0.5 * i)  # fmt: skip
+        faces = [_face(4, 1)] if i < 2 else []
+        counter.observe(ImageResult(item, faces=faces, tracks=[1] * len(faces)))
+        written[0.5 * i] = len(counter.rows)
+    assert written == {0.0: 0, 0.5: 0, 1.0: 0, 1.5: 0, 2.0: 0, 2.5: 1, 3.0: 1, 3.5: 1}
+    assert counter.rows[0]["people"] == 0  # a glimpse is nobody
+
+
 def test_face_gates_keep_faces_out_of_the_average_and_are_reported(tmp_path) -> None:
     """Small, unsure and turned faces do not enter a track's average; a track left with
     fewer than min_frames good faces is removed by the face gates."""

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from video_fixtures import zoom_frames
+from video_fixtures import PEOPLE, STAGE, TOP, at_one_spot, portrait_of, who_is_where, zoom_frames
 
-from agegender.data.demo import write_video
+from agegender.data.demo import Walk, stage_clip, write_video
 from agegender.inference import predict
-from agegender.inference.tracking import TRACK_COLUMNS, label_changes
+from agegender.inference.tracking import TRACK_COLUMNS, FaceTracker, label_changes
 from agegender.inference.video import FaceMark, FrameMarks, marks_at
 from agegender.labels import AGE_BUCKETS, GENDERS
 
@@ -93,6 +93,92 @@ def test_face_away_longer_than_lost_seconds_gets_a_new_track(
     assert ids[3.0] == ["1"] * 20  # within 3 s: the same track
 
 
+def _people_of_tracks(df: pd.DataFrame, walks: list[Walk]) -> dict[str, set[str]]:
+    """{track id: the people its faces belong to} (faces whose person is clear)."""
+    out: dict[str, set[str]] = {}
+    for _, row in df[df["status"] == "ok"].iterrows():
+        frame = int(row["path"].rpartition("#frame=")[2])
+        box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
+        who = who_is_where(walks, frame, box)
+        if who:
+            out.setdefault(row["track"], set()).add(who)
+    return out
+
+
+def test_people_who_follow_each_other_at_one_spot_get_their_own_tracks(
+    tmp_path, mtcnn, random_classifier
+) -> None:
+    """Four people shown 1.5 s each at the same place, hard cuts: four tracks, four people
+    (by box overlap alone each new face carried on the track of the one before)."""
+    frames, walks = at_one_spot(PEOPLE, seconds=1.5)
+    video = write_video(tmp_path / "in" / "cuts.mp4", frames, fps=10)
+    out = tmp_path / "out"
+    summary = predict(
+        video, out, mtcnn, random_classifier, video_stride=2, annotate=False, progress=False,
+        audience_window=4, audience_max_yaw=90, audience_min_face=0,  # the cameraman: a
+        # small face in profile
+    )  # fmt: skip
+    people = _people_of_tracks(_rows(out), walks)
+    assert "" not in people  # every face is in a track
+    assert sorted(sorted(p) for p in people.values()) == sorted([p] for p in PEOPLE)
+    assert summary.tracks == 4 and len(_rows(out, "tracks.csv")) == 4
+    assert summary.audience["totals"]["people"] == 4
+
+
+def _away_and_back(
+    tmp_path: Path,
+    detector,
+    classifier,
+    gap: float,
+    stride: int,
+    lost: float,  # noqa: ANN001
+) -> tuple[list[str], int]:
+    """One person shown 3 s, away ``gap`` s, back 3 s at the same place (10 fps): the track
+    column of their rows and the people the audience counter counts (no gates)."""
+    face = portrait_of("obama.jpg")
+    back = 30 + round(gap * 10)
+    walks = [Walk(face, 0, 30, (240, TOP)), Walk(face, back, back + 30, (240, TOP))]
+    name = f"away-{gap}-{stride}-{lost}"
+    video = write_video(tmp_path / "in" / f"{name}.mp4", stage_clip(walks, back + 30, STAGE))
+    out = tmp_path / name
+    summary = predict(
+        video, out, detector, classifier, video_stride=stride, annotate=False, progress=False,
+        video_lost_seconds=lost, audience_window=10, audience_min_frames=1,
+    )  # fmt: skip
+    df = _rows(out)
+    return list(df[df["status"] == "ok"]["track"]), summary.audience["totals"]["people"]
+
+
+def test_lost_seconds_are_seconds_of_the_video(tmp_path, mtcnn, random_classifier) -> None:
+    """video.stride=15 at 10 fps analyses a frame every 1.5 s: a person missing from one of
+    them was away 1.5 s, longer than lost_seconds=1 (a new track and a new person; the
+    earlier rule kept an id for at least one analysed frame, however long), shorter than
+    lost_seconds=2. Every frame analysed, 0.5 s away is within lost_seconds=1."""
+    kwargs = dict(detector=mtcnn, classifier=random_classifier)
+    # analysed frames 0, 15 (face), 30 (away), 45, 60 (face)
+    assert _away_and_back(tmp_path, gap=1.5, stride=15, lost=1.0, **kwargs) == (
+        ["1", "1", "2", "2"], 2,
+    )  # fmt: skip
+    assert _away_and_back(tmp_path, gap=1.5, stride=15, lost=2.0, **kwargs) == (["1"] * 4, 1)
+    tracks, people = _away_and_back(tmp_path, gap=0.5, stride=1, lost=1.0, **kwargs)
+    assert set(tracks) == {"1"} and len(tracks) == 60 and people == 1
+
+
+def test_tracker_loses_a_face_after_lost_seconds_of_the_frames_time() -> None:
+    """A stream's analysed frames come when the model is free (here every 0.5 s of a 30 fps
+    camera, video.stride=1): a face is lost after lost_seconds of the frames' stamps, not
+    after lost_seconds x 30 analysed frames."""
+    box = np.array([[100, 100, 160, 170]], np.float32)
+    none = np.zeros((0, 4), np.float32)
+    score, no_score = np.array([0.99], np.float32), np.zeros(0, np.float32)
+    for back, same in ((1.9, True), (2.1, False)):
+        tracker = FaceTracker(fps=30, stride=1, lost_seconds=1.0)
+        assert tracker.update(box, score, time=0.0) == [1]
+        assert tracker.update(box, score, time=0.5) == [1]
+        assert tracker.update(none, no_score, time=1.0) == []  # missing from here
+        assert tracker.update(box, score, time=back) == ([1] if same else [2])
+
+
 def test_two_faces_keep_their_tracks(tmp_path, mtcnn, random_classifier) -> None:
     left = zoom_frames("obama.jpg", 24, zoom=1.2, pan=0.05)
     right = zoom_frames("biden.jpg", 24, zoom=1.2, pan=-0.05)
@@ -111,6 +197,37 @@ def test_two_faces_keep_their_tracks(tmp_path, mtcnn, random_classifier) -> None
     assert sorted(tracks["track"]) == ["1", "2"]
     assert sorted(tracks["frames"].astype(int)) == [8, 8]
     assert cv2.VideoCapture(str(out / "annotated" / "two.mp4")).get(7) == 24
+
+
+def test_people_crossing_or_meeting_keep_their_ids(tmp_path, mtcnn, random_classifier) -> None:
+    """Two people walk across each other (the second in front); two others walk up to each
+    other until their faces overlap, turn and walk back. Each keeps one id: two tracks per
+    clip (by box overlap alone the two who met came back as two new tracks)."""
+    obama, astronaut, biden = (portrait_of(p) for p in ("obama.jpg", "astronaut.jpg", "biden.jpg"))
+    clips = {
+        "cross": [
+            Walk(obama, 0, 60, (0, TOP), (480, TOP), who="obama"),
+            Walk(astronaut, 0, 60, (480, TOP), (0, TOP), who="astronaut"),
+        ],
+        "meet": [
+            Walk(obama, 0, 25, (0, TOP), (200, TOP), who="obama"),
+            Walk(obama, 25, 50, (200, TOP), (0, TOP), who="obama"),
+            Walk(biden, 0, 25, (480, TOP), (280, TOP), who="biden"),
+            Walk(biden, 25, 50, (280, TOP), (480, TOP), who="biden"),
+        ],
+    }
+    for name, walks in clips.items():
+        frames = stage_clip(walks, max(w.end for w in walks), STAGE)
+        video = write_video(tmp_path / "in" / f"{name}.mp4", frames)
+        out = tmp_path / name
+        summary = predict(
+            video, out, mtcnn, random_classifier, video_stride=2, annotate=False,
+            progress=False,
+        )  # fmt: skip
+        people = _people_of_tracks(_rows(out), walks)
+        expected = sorted([who] for who in {w.who for w in walks})
+        assert sorted(sorted(p) for p in people.values()) == expected, name
+        assert summary.tracks == 2, name
 
 
 def test_max_frames_and_max_seconds(tmp_path, mtcnn, random_classifier) -> None:

@@ -12,10 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agegender.data.demo import camera_clip
+from agegender.data.demo import Walk, camera_clip, portrait, stage_clip
 from agegender.images import load_image
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+#: The four people of data/samples (the cameraman is seen in profile).
+PEOPLE = ("astronaut.jpg", "biden.jpg", "obama.jpg", "camera.png")
+#: Staged clips: frame size (width, height), where a portrait's top edge is.
+STAGE = (640, 260)
+TOP = 30.0
 
 
 def zoom_frames(
@@ -29,6 +34,46 @@ def zoom_frames(
     sample photo; ``size`` is (width, height)."""
     image = cv2.cvtColor(load_image(SAMPLES / photo), cv2.COLOR_RGB2BGR)
     return camera_clip(image, frames, size, zoom=(1.0, zoom), pan=pan)
+
+
+def portrait_of(photo: str) -> np.ndarray:
+    """A sample photo's head and shoulders, 160 x 200 BGR (faces ~35-60 px): a person of a
+    staged clip."""
+    return portrait(cv2.cvtColor(load_image(SAMPLES / photo), cv2.COLOR_RGB2BGR), (160, 200))
+
+
+def at_one_spot(
+    photos: Sequence[str], seconds: float, gap: float = 0.0, fps: float = 10
+) -> tuple[list[np.ndarray], list[Walk]]:
+    """Frames of people shown one after the other at the same place (``seconds`` each,
+    ``gap`` seconds of empty picture between them; 0 = hard cuts), and the walks (who is
+    where when: the truth)."""
+    step = seconds + gap
+    walks = [
+        Walk(
+            portrait_of(p),
+            round(i * step * fps),
+            round((i * step + seconds) * fps),
+            (240, TOP),
+            who=p,
+        )
+        for i, p in enumerate(photos)
+    ]
+    return stage_clip(walks, walks[-1].end, STAGE), walks
+
+
+def who_is_where(walks: Sequence[Walk], frame: int, box: Sequence[float]) -> str:
+    """Whose face a box on a frame is: the person whose picture's centre is nearest the
+    box's centre ("" when two pictures are about as near: people passing each other)."""
+    cx = (box[0] + box[2]) / 2
+    near = sorted(
+        (abs((walk.rect(frame)[0] + walk.rect(frame)[2]) / 2 - cx), walk.who)
+        for walk in walks
+        if walk.start <= frame < walk.end
+    )
+    if not near or (len(near) > 1 and near[1][0] - near[0][0] < 40):
+        return ""
+    return near[0][1]
 
 
 class MJPEGServer:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -165,6 +166,65 @@ def camera_clip(
         sx, sy = width / cw, height / ch
         matrix = np.float32([[sx, 0, -x0 * sx], [0, sy, -y0 * sy]])
         out.append(cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT))
+    return out
+
+
+def portrait(image: np.ndarray, size: tuple[int, int] = (160, 200)) -> np.ndarray:
+    """The top centre of a photo (a head-and-shoulders portrait) at ``size`` = (width,
+    height): what :class:`Walk` pastes into a clip."""
+    h, w = image.shape[:2]
+    side = min(w, int(h * size[0] / size[1]))
+    left = (w - side) // 2
+    crop = image[: int(side * size[1] / size[0]), left : left + side]
+    return cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+
+
+@dataclass(frozen=True)
+class Walk:
+    """A picture in view of a :func:`stage_clip` from frame ``start`` to ``end``
+    (exclusive), its top-left corner moving linearly from ``at`` to ``to`` (pixels; None:
+    it stays at ``at``). ``who`` names the person, for the truth of a generated audience."""
+
+    picture: np.ndarray
+    start: int
+    end: int
+    at: tuple[float, float]
+    to: tuple[float, float] | None = None
+    who: str = ""
+
+    def place(self, frame: int) -> tuple[int, int]:
+        """The picture's top-left corner on ``frame`` (rounded to whole pixels)."""
+        to = self.to or self.at
+        t = (frame - self.start) / max(self.end - 1 - self.start, 1)
+        x = self.at[0] + (to[0] - self.at[0]) * t
+        y = self.at[1] + (to[1] - self.at[1]) * t
+        return int(round(x)), int(round(y))
+
+    def rect(self, frame: int) -> tuple[int, int, int, int]:
+        """(x1, y1, x2, y2) of the picture on ``frame``."""
+        x, y = self.place(frame)
+        return x, y, x + self.picture.shape[1], y + self.picture.shape[0]
+
+
+def stage_clip(
+    walks: Sequence[Walk], frames: int, size: tuple[int, int], background: int = 90
+) -> list[np.ndarray]:
+    """Frames of pictures pasted on a plain background (``size`` = (width, height)) where
+    and when ``walks`` say, later walks in front: clips with a known audience (people who
+    follow each other at one spot, leave and come back, cross) for the tracker's tests and
+    ``benchmarks/bench_tracking.py``."""
+    width, height = size
+    out = []
+    for i in range(frames):
+        canvas = np.full((height, width, 3), background, np.uint8)
+        for walk in walks:
+            if not walk.start <= i < walk.end:
+                continue
+            x1, y1, x2, y2 = walk.rect(i)
+            cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+            if cx2 > cx1 and cy2 > cy1:
+                canvas[cy1:cy2, cx1:cx2] = walk.picture[cy1 - y1 : cy2 - y1, cx1 - x1 : cx2 - x1]
+        out.append(canvas)
     return out
 
 
