@@ -209,6 +209,12 @@ def _undocumented(report: dict) -> list[str]:
     for task in ("age", "gender"):
         keys |= set(report["calibration"][task]) | set(report["abstention"][task])
     keys |= {k for block in report["groups"] for k in block}
+    keys |= {k for block in report["groups"] for row in block["rows"] for k in row}
+    keys |= {k for block in report["groups"] if block["gap"] for k in block["gap"]}
+    keys |= {k for interval in report["overall"].values() for k in interval}
+    for task in ("age", "gender"):
+        errors = report["confident_errors"][task]
+        keys |= set(errors) | {k for entry in errors["top"] for k in entry}
     return sorted(k for k in keys if f'"{k}"' not in schema)
 
 

@@ -37,6 +37,8 @@ FORMAT = "agegender.evaluation.v1"
 TASKS: tuple[str, ...] = ("age", "gender")
 #: Coverages at which the report states the accuracy of the most confident faces.
 COVERAGES: tuple[float, ...] = (1.0, 0.9, 0.8, 0.5)
+#: A wrong answer at or above this probability counts as a confident error.
+CONFIDENT: float = 0.9
 
 
 class EvaluationError(ValueError):
@@ -48,7 +50,12 @@ class EvalSettings:
     """The statistics' settings (``conf/evaluate.yaml``), stored in the report.
 
     ``gap_min_faces``: groups with fewer labelled faces take no part in the largest gap (a
-    group of three faces has an accuracy of 0, 1/3, 2/3 or 1: its gap says nothing)."""
+    group of three faces has an accuracy of 0, 1/3, 2/3 or 1: its gap says nothing).
+    ``small_n``: a figure resting on fewer units (subjects, or faces when the set names no
+    one) gets the exact interval instead of the bootstrap and is flagged "too few faces to
+    conclude" (one threshold for both: the bootstrap is unreliable exactly where the data
+    are too few). ``top_errors``: how many of the most confident wrong faces the report
+    lists per task."""
 
     resamples: int = stats.DEFAULT_RESAMPLES
     level: float = stats.LEVEL
@@ -58,6 +65,8 @@ class EvalSettings:
     calibrate: bool = False
     calibrate_fraction: float = 0.5
     gap_min_faces: int = 5
+    small_n: int = stats.SMALL_N
+    top_errors: int = 10
 
     def __post_init__(self) -> None:
         if not 0.0 < self.calibrate_fraction < 1.0:
@@ -67,6 +76,10 @@ class EvalSettings:
             )
         if self.bins < 1:
             raise EvaluationError(f"bins must be >= 1, got {self.bins}")
+        if self.small_n < 0 or self.top_errors < 0:
+            raise EvaluationError(
+                f"small_n and top_errors must be >= 0, got {self.small_n}, {self.top_errors}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -83,7 +96,8 @@ class FaceTable:
     column, and anything else to carry into faces.csv (path, box, detection status).
     ``probs``: the network's raw probabilities per task (N x classes of ``model_labels``).
     ``age_model``: the true ages in ``model_labels`` (what a temperature is fitted on);
-    None when ``labels`` is the model's own set."""
+    None when ``labels`` is the model's own set. ``files``: the image file of each face, so
+    report.md can show thumbnails of the worst errors (None: file names only)."""
 
     frame: pd.DataFrame
     probs: Mapping[str, np.ndarray]
@@ -91,6 +105,7 @@ class FaceTable:
     labels: LabelSet
     has_subjects: bool = True
     age_model: np.ndarray | None = None
+    files: Sequence[str] | None = None
     _matrix: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +119,8 @@ class FaceTable:
                 raise EvaluationError(
                     f"{task} probabilities {shape} do not match {n} faces x {width} classes"
                 )
+        if self.files is not None and len(self.files) != n:
+            raise EvaluationError(f"{len(self.files)} image files for {n} faces")
         matrix = reporting_matrix(self.model_labels, self.labels)
         self._matrix = None if matrix is None else np.asarray(matrix, dtype=np.float64)
 
@@ -146,20 +163,30 @@ class FaceTable:
 
 @dataclass
 class Evaluation:
-    """``report`` (report.json's content, JSON-ready up to NaN), ``faces`` (faces.csv)
-    and ``fitted`` (the temperatures fitted with ``calibrate=true``, a calibration record)."""
+    """``report`` (report.json's content, JSON-ready up to NaN), ``faces`` (faces.csv),
+    ``fitted`` (the temperatures fitted with ``calibrate=true``, a calibration record) and
+    ``files`` (each face's image file, for the thumbnails of report.md; None: none)."""
 
     report: dict[str, Any]
     faces: pd.DataFrame
     fitted: dict[str, Any] | None = None
+    files: list[str] | None = None
 
 
 def _subset(values: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
     return None if values is None else values[mask]
 
 
+def _flagged(block: dict[str, Any], s: EvalSettings) -> dict[str, Any]:
+    """``block`` with ``small``: True when it rests on fewer than ``small_n`` units."""
+    return {**block, "small": bool(block.get("units", 0) < s.small_n)}
+
+
 def _interval(correct: np.ndarray, clusters: np.ndarray | None, s: EvalSettings) -> dict:
-    return stats.interval_dict(correct.astype(np.float64), clusters, s.resamples, s.level, s.seed)
+    block = stats.interval_dict(
+        correct.astype(np.float64), clusters, s.resamples, s.level, s.seed, s.small_n
+    )
+    return _flagged(block, s)
 
 
 def _group_block(
@@ -172,20 +199,32 @@ def _group_block(
     s: EvalSettings,
 ) -> dict[str, Any]:
     """One ``groups`` entry of the report: per-group accuracy and the largest gap."""
-    table = stats.group_accuracy(correct, groups, clusters, s.resamples, s.level, s.seed)
+    table = stats.group_accuracy(correct, groups, clusters, s.resamples, s.level, s.seed, s.small_n)
     rows = [
-        {
-            "group": str(r.group),
-            "count": int(r.count),
-            "subjects": None if r.subjects is None or pd.isna(r.subjects) else int(r.subjects),
-            "value": float(r.value),
-            "low": float(r.low),
-            "high": float(r.high),
-        }
+        _flagged(
+            {
+                "group": str(r.group),
+                "count": int(r.count),
+                "subjects": None if r.subjects is None or pd.isna(r.subjects) else int(r.subjects),
+                "value": float(r.value),
+                "low": float(r.low),
+                "high": float(r.high),
+                "units": int(r.units),
+                "method": str(r.method),
+            },
+            s,
+        )
         for r in table.itertuples(index=False)
     ]
     gap = stats.largest_gap(
-        correct, groups, clusters, s.resamples, s.level, s.seed, min_count=s.gap_min_faces
+        correct,
+        groups,
+        clusters,
+        s.resamples,
+        s.level,
+        s.seed,
+        min_count=s.gap_min_faces,
+        small_n=s.small_n,
     )
     if gap is not None:
         gap = {
@@ -194,6 +233,7 @@ def _group_block(
             "value": float(gap["value"]),
             "low": float(gap["low"]),
             "high": float(gap["high"]),
+            "method": str(gap["method"]),
         }
     return {"task": task, "metric": metric, "by": by, "rows": rows, "gap": gap}
 
@@ -401,7 +441,9 @@ def build_report(
         s.resamples,
         s.level,
         s.seed,
+        small_n=s.small_n,
     )
+    minors = {k: v if "undefined" in v else _flagged(v, s) for k, v in minors.items()}
     describe = str((dataset or {}).get("description") or (dataset or {}).get("source") or "")
     calibration_block, fitted = _calibration(table, stored, s, describe)
     abstention = {
@@ -442,9 +484,125 @@ def build_report(
         "minors": minors,
         "calibration": calibration_block,
         "abstention": abstention,
+        "confident_errors": {
+            task: confident_errors(table, probs[task], task, s.top_errors) for task in TASKS
+        },
     }
+    report["warnings"] = small_set_warnings(report, s)
     faces = faces_frame(table, probs)
-    return Evaluation(report=report, faces=faces, fitted=fitted)
+    files = None if table.files is None else [str(f) for f in table.files]
+    return Evaluation(report=report, faces=faces, fitted=fitted, files=files)
+
+
+def confident_errors(table: FaceTable, probs: np.ndarray, task: str, top: int) -> dict[str, Any]:
+    """The wrong answers the model was surest of, for ``task``: ``{"faces"`` (labelled),
+    ``"wrong"``, ``"confident_at"`` (:data:`CONFIDENT`), ``"wrong_confident"`` (wrong at or
+    above it), ``"top"``: the ``top`` wrong faces by the probability of the (wrong) class
+    predicted, most confident first, each ``{"face"`` (its row of faces.csv, from 0),
+    ``"path"``, ``"subject"``, ``"true"``, ``"predicted"``, ``"probability"`` (of the
+    predicted class), ``"true_probability"`` (of the true class)``}``.
+
+    An accuracy says how often a model fails, not on what: a list of files to open shows
+    the failures themselves (a mislabelled row, a profile face, a child called an adult
+    at 97 %); these are also the errors a confidence threshold cannot catch."""
+    targets = table.targets(task)
+    names = table.labels.class_names[task]
+    labelled = targets >= 0
+    predicted = probs.argmax(axis=1)
+    confidence = probs.max(axis=1)
+    wrong = labelled & (predicted != targets)
+    order = np.flatnonzero(wrong)
+    order = order[np.argsort(-confidence[order], kind="stable")][:top]
+    paths = table.frame["path"] if "path" in table.frame.columns else None
+    subjects = table.subjects if table.has_subjects else None
+    listed = [
+        {
+            "face": int(i),
+            "path": "" if paths is None else str(paths.iloc[i]),
+            "subject": None if subjects is None else str(subjects[i]),
+            "true": names[targets[i]],
+            "predicted": names[predicted[i]],
+            "probability": float(confidence[i]),
+            "true_probability": float(probs[i, targets[i]]),
+        }
+        for i in order
+    ]
+    return {
+        "faces": int(labelled.sum()),
+        "wrong": int(wrong.sum()),
+        "confident_at": CONFIDENT,
+        "wrong_confident": int((wrong & (confidence >= CONFIDENT)).sum()),
+        "top": listed,
+    }
+
+
+_METRICS = {"exact": "exact accuracy", "1off": "1-off accuracy", "accuracy": "accuracy"}
+
+
+def counted(number: int, word: str) -> str:
+    """``1 face``, ``4 faces``: a count in words."""
+    return f"{number} {word}{'' if number == 1 else 's'}"
+
+
+def _size(block: Mapping[str, Any], unit: str) -> str:
+    """``4 faces of 4 subjects`` / ``4 faces`` (a figure's n in words)."""
+    faces = counted(block.get("n", block.get("count")), "face")
+    if unit == "subject":
+        return f"{faces} of {counted(block.get('units'), 'subject')}"
+    return faces
+
+
+def small_set_warnings(report: Mapping[str, Any], s: EvalSettings) -> list[str]:
+    """Plain sentences on what the report cannot conclude: the whole set, or a figure, a
+    group or a rate resting on fewer than ``small_n`` units. Their intervals are already
+    exact and wide, but a reader skims the values: a "0.000 of 4 faces" reads as "never"
+    unless something says that four faces cannot show it."""
+    unit = report["dataset"]["bootstrap_unit"]
+    units = f"{s.small_n} {'subjects' if unit == 'subject' else 'faces'}"
+    overall = report["overall"]
+    out = []
+    largest = max(overall.values(), key=lambda b: b.get("n", 0))
+    if largest.get("small"):
+        data = report["dataset"]
+        whole = f"{data['faces']} faces" + (
+            f" of {data['subjects']} subjects" if data.get("subjects") is not None else ""
+        )
+        out.append(
+            f"Too few faces to conclude: the set has {whole}, under {units}. Every interval "
+            "is exact (Clopper-Pearson) and wide, every group is smaller still, and no "
+            "difference between groups here can be told from chance: evaluate on more "
+            "faces before drawing conclusions."
+        )
+        return out
+    for key, words in (
+        ("age_exact", "age exact accuracy"),
+        ("age_1off", "age 1-off accuracy"),
+        ("gender", "gender accuracy"),
+    ):
+        if overall[key].get("small"):
+            out.append(
+                f"Too few faces to conclude on {words}: it rests on "
+                f"{_size(overall[key], unit)}, under {units}."
+            )
+    for block in report["groups"]:
+        small = [r for r in block["rows"] if r.get("small")]
+        if small:
+            listed = ", ".join(f"{r['group']} ({_size(r, unit)})" for r in small)
+            out.append(
+                f"{block['task']} {_METRICS[block['metric']]} by {block['by']}: too few "
+                f"faces to conclude for {listed}, each under {units}."
+            )
+    for key, words in (
+        ("minors_called_adults", "minors called adults"),
+        ("adults_called_minors", "adults called minors"),
+    ):
+        value = report["minors"][key]
+        if value.get("small"):
+            out.append(
+                f"Too few faces to conclude on {words}: it rests on {_size(value, unit)}, "
+                f"under {units}."
+            )
+    return out
 
 
 def faces_frame(table: FaceTable, probs: Mapping[str, np.ndarray]) -> pd.DataFrame:

@@ -101,6 +101,7 @@ def predict_set(evalset: EvalSet, agegender: AgeGender) -> tuple[FaceTable, list
                 found[index] = (result.faces[0], WHOLE_IMAGE)
     kept = sorted(found)
     frame = evalset.table.iloc[kept].reset_index(drop=True)
+    files = [str(f) for f in frame["file"]]  # for report.md's thumbnails of the worst errors
     frame = frame.drop(columns=["file", "age_raw", "gender_raw", *BOX, "where"])
     faces = [found[i][0] for i in kept]
     boxes = np.array([f.box for f in faces], dtype=np.float64).reshape(-1, 4)
@@ -123,6 +124,7 @@ def predict_set(evalset: EvalSet, agegender: AgeGender) -> tuple[FaceTable, list
         labels=evalset.labels,
         has_subjects=evalset.has_subjects,
         age_model=age_model,
+        files=files,
     )
     listed = [
         {"path": str(rows[i].path), "where": str(rows[i].where), "error": errors[i]}
