@@ -15,6 +15,7 @@ original weights come from the cache the install command fills.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -62,6 +63,9 @@ PUBLISHED: dict[str, dict[str, tuple[float, float | None]]] = {
     },
     "single crop": {"age_exact": (49.5, None), "age_1off": (84.6, None), "gender": (85.9, None)},
 }
+#: A figure resting on fewer units (subjects; faces without subject ids) is a small set:
+#: too few faces to conclude. The report's own ``settings.small_n`` wins when it has one.
+SMALL_N = 30
 METRIC_NAMES: dict[str, str] = {
     "age_exact": "Age, exact class",
     "age_1off": "Age, 1-off (one class away counts)",
@@ -375,6 +379,66 @@ def _level(report: Mapping[str, Any]) -> str:
     return "n/a" if level is None else f"{100 * level:g}%"
 
 
+def _small_n(report: Mapping[str, Any]) -> int:
+    value = _number(report["settings"].get("small_n"))
+    return SMALL_N if value is None else int(value)
+
+
+def _units_of(item: Mapping[str, Any], report: Mapping[str, Any]) -> int | None:
+    """The independent units a figure rests on: its ``units`` (subjects, or faces without
+    subject ids); a report from before they were recorded: its faces, or the set's subjects
+    when fewer."""
+    units = _number(item.get("units"))
+    if units is not None:
+        return int(units)
+    faces = _number(item.get("n", item.get("count")))
+    subjects = _number(report["dataset"].get("subjects"))
+    known = [int(v) for v in (faces, subjects) if v is not None]
+    return min(known) if known else None
+
+
+def _is_small(item: Mapping[str, Any], report: Mapping[str, Any]) -> bool:
+    """Too few faces to conclude: the report's ``small`` flag, else fewer units than
+    :func:`_small_n`."""
+    if "small" in item:
+        return bool(item["small"])
+    units = _units_of(item, report)
+    return units is not None and units < _small_n(report)
+
+
+def _unit_word(report: Mapping[str, Any], count: int) -> str:
+    word = "subject" if report["dataset"]["bootstrap_unit"] == "subject" else "face"
+    return word if count == 1 else f"{word}s"
+
+
+def _method(item: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    """How a figure's interval was made, in words (a report from before the exact interval
+    holds only bootstraps)."""
+    method = item.get("method", "bootstrap")
+    if method == "mover":
+        return "from the two groups' intervals (MOVER)"
+    if method == "bootstrap":
+        return "bootstrap"
+    if _is_small(item, report):
+        units = _units_of(item, report) or 0
+        return (
+            f"exact, {units} {_unit_word(report, units)} (under {_small_n(report)}: too few "
+            "to conclude)"
+        )
+    value = _number(item.get("value"))
+    return "exact (all the same)" if value in (0.0, 1.0) else "exact"
+
+
+def _size_words(item: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    """``8 faces of 8 subjects``: the n of a figure in words."""
+    faces = _number(item.get("n", item.get("count")))
+    text = "n/a faces" if faces is None else f"{int(faces)} face{'s' if faces != 1 else ''}"
+    if report["dataset"]["bootstrap_unit"] == "subject" and _number(item.get("units")):
+        units = int(item["units"])
+        text += f" of {units} {_unit_word(report, units)}"
+    return text
+
+
 def _years(labels: LabelSet) -> list[str]:
     """Each class's years, as the label set defines them."""
     if labels.is_adience8:
@@ -403,17 +467,40 @@ def _training_datasets(info: ModelInfo) -> list[str] | None:
 
 
 def _dataset_entry(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-index ``dataset``: its name says what the set is and how big (``labels.csv
+    (CSV): 8 faces of 8 subjects, label set adience8; small set, too few to conclude``), its
+    ``args`` the same as numbers, so no figure is read without the set and n it stands on."""
     dataset = report["dataset"]
     kind = str(dataset["kind"])
     fold = dataset.get("fold")
     if kind == "adience":
         name = "Adience" + ("" if fold is None else f" (test fold {fold})")
-        entry = {"type": "adience", "name": name}
+        entry: dict[str, Any] = {"type": "adience"}
     else:
-        stem = Path(str(dataset["source"])).stem or "csv"
-        entry = {"type": stem, "name": f"{stem} (CSV)"}
+        path = Path(str(dataset["source"]))
+        stem = path.stem or "csv"
+        name = f"{path.name or 'csv'} (CSV)"
+        entry = {"type": stem}
+    faces, subjects = _number(dataset.get("faces")), _number(dataset.get("subjects"))
+    label_set = dataset.get("label_set_name")
+    size = "n/a faces" if faces is None else f"{int(faces)} faces"
+    if subjects is not None:
+        size += f" of {int(subjects)} subjects"
+    units = [int(v) for v in (faces, subjects) if v is not None]
+    small = bool(units) and min(units) < _small_n(report)
+    name += f": {size}" + (f", label set {label_set}" if label_set else "")
+    if small:
+        name += "; small set, too few faces to conclude"
+    entry["name"] = name
     if fold is not None:
         entry["split"] = f"fold {fold}"
+    args: dict[str, Any] = {"faces": None if faces is None else int(faces)}
+    if subjects is not None:
+        args["subjects"] = int(subjects)
+    if label_set:
+        args["label_set"] = str(label_set)
+    args["small_set"] = small
+    entry["args"] = args
     return entry
 
 
@@ -421,12 +508,33 @@ def _model_index(info: ModelInfo, report: Mapping[str, Any]) -> list[dict[str, A
     overall = report["overall"]
     dataset = _dataset_entry(report)
     label_set = str(report["dataset"].get("label_set_name") or info.labels.name)
+    level = _number(report["settings"].get("level"))
 
     def metric(key: str, name: str) -> list[dict[str, Any]]:
-        value = _number(overall[key]["value"])
+        item = overall[key]
+        value = _number(item["value"])
         if value is None:
             return []
-        return [{"type": "accuracy", "value": round(100 * value, 2), "name": name}]
+        small = _is_small(item, report)
+        words = f"{name}, n = {_size_words(item, report)}"
+        if small:
+            words += " (small set: too few faces to conclude)"
+        low, high = _number(item.get("low")), _number(item.get("high"))
+        n = _number(item.get("n"))
+        args: dict[str, Any] = {"n": None if n is None else int(n)}
+        if report["dataset"]["bootstrap_unit"] == "subject" and _number(item.get("units")):
+            args["subjects"] = int(item["units"])
+        args.update(
+            {
+                "interval": None
+                if low is None or high is None
+                else [round(100 * low, 2), round(100 * high, 2)],
+                "interval_level": level,
+                "interval_method": str(item.get("method", "bootstrap")),
+                "small_set": small,
+            }
+        )
+        return [{"type": "accuracy", "value": round(100 * value, 2), "name": words, "args": args}]
 
     results = []
     age = metric("age_exact", "age exact accuracy (%)") + metric(
@@ -436,7 +544,7 @@ def _model_index(info: ModelInfo, report: Mapping[str, Any]) -> list[dict[str, A
         results.append(
             {
                 "task": {"type": "image-classification", "name": f"Age estimation ({label_set})"},
-                "dataset": dict(dataset),
+                "dataset": copy.deepcopy(dataset),  # no YAML alias between results
                 "metrics": age,
             }
         )
@@ -445,7 +553,7 @@ def _model_index(info: ModelInfo, report: Mapping[str, Any]) -> list[dict[str, A
         results.append(
             {
                 "task": {"type": "image-classification", "name": "Gender classification"},
-                "dataset": dict(dataset),
+                "dataset": copy.deepcopy(dataset),  # no YAML alias between results
                 "metrics": gender,
             }
         )
@@ -733,8 +841,16 @@ def _report_sections(report: Mapping[str, Any], original: bool = False) -> list[
         + f", label set `{dataset.get('label_set_name', 'n/a')}`; "
         f"{_count(dataset.get('faces_without_detection'))} without a detected face, "
         f"{_count(dataset.get('errors'))} unreadable. Detector: "
-        f"`{report['model'].get('detector', 'n/a')}`. {level} intervals: percentile bootstrap, "
-        f"{_count(settings['resamples'])} resamples of whole {unit}s"
+        f"`{report['model'].get('detector', 'n/a')}`. {level} intervals: "
+        + (
+            f"bootstrap, {_count(settings['resamples'])} resamples of whole {unit}s, for a "
+            f"figure resting on at least {_small_n(report)} {unit}s that are not all right or "
+            "all wrong; otherwise exact (Clopper-Pearson, each "
+            f"{unit} counted once), which never claims certainty from a few faces; the "
+            "interval method column names each one"
+            if "small_n" in settings
+            else f"percentile bootstrap, {_count(settings['resamples'])} resamples of whole {unit}s"
+        )
         + (
             " (no subject ids: faces of one person are resampled independently, so the "
             "intervals are too narrow)"
@@ -744,6 +860,7 @@ def _report_sections(report: Mapping[str, Any], original: bool = False) -> list[
         + ".",
         "",
     ]
+    lines += _cautions(report)
     if original and dataset["kind"] == "adience":
         lines += [
             "Caution: the released weights were trained on Adience faces (which ones is not "
@@ -755,15 +872,43 @@ def _report_sections(report: Mapping[str, Any], original: bool = False) -> list[
     for key, name in METRIC_NAMES.items():
         item = report["overall"][key]
         rows.append(
-            [name, pct(item["value"]), pct_range(item["low"], item["high"]), _count(item["n"])]
+            [
+                name,
+                pct(item["value"]),
+                pct_range(item["low"], item["high"]),
+                _count(item["n"]),
+                _method(item, report),
+            ]
         )
-    lines += _table(["metric", "accuracy", f"{level} interval", "n"], rows)
+    lines += _table(["metric", "accuracy", f"{level} interval", "n", "interval method"], rows)
     lines.append("")
     lines += _groups(report, level)
     lines += _minors(report, level)
     lines += _calibration(report)
     lines += _abstention(report)
     return lines
+
+
+def _cautions(report: Mapping[str, Any]) -> list[str]:
+    """A small set said first, in words: every figure below then has a wide interval and
+    the per-group ones tell nothing yet (the report's own warnings follow, when it has
+    them)."""
+    overall = report["overall"]
+    largest = max(overall.values(), key=lambda item: _number(item.get("n")) or 0)
+    lines = []
+    if _is_small(largest, report):
+        lines.append(
+            f"**Small set: too few faces to conclude.** Every figure below rests on "
+            f"{_size_words(largest, report)} or fewer (under {_small_n(report)} "
+            f"{_unit_word(report, 2)}): the intervals are wide and no difference between "
+            "groups can be told from chance. Evaluate on more faces before relying on this "
+            "card's figures."
+        )
+    elif report.get("warnings"):
+        lines.append("Too few faces to conclude on some figures:")
+        lines.append("")
+        lines += [f"- {w}" for w in report["warnings"]]
+    return [*lines, ""] if lines else []
 
 
 def _group_title(entry: Mapping[str, Any]) -> str:
@@ -781,10 +926,11 @@ def _gap_sentence(gap: Mapping[str, Any], level: str) -> str:
         verdict = "the interval excludes zero"
     else:
         verdict = "the interval includes zero: it may be chance"
+    how = ", from the two groups' intervals" if gap.get("method") == "mover" else ""
     return (
         f"`{gap.get('low_group')}` is {points(gap.get('value'))} points below "
-        f"`{gap.get('high_group')}` ({level} interval {points(lo)} to {points(hi)} points; "
-        f"{verdict})"
+        f"`{gap.get('high_group')}` ({level} interval {points(lo)} to {points(hi)} points"
+        f"{how}; {verdict})"
     )
 
 
@@ -802,17 +948,29 @@ def _groups(report: Mapping[str, Any], level: str) -> list[str]:
                 _count(row.get("subjects")),
                 pct(row.get("value")),
                 pct_range(row.get("low"), row.get("high")),
+                _method(row, report),
             ]
             for row in entry.get("rows") or []
         ]
         if rows:
-            header = ["group", "faces", "subjects", "accuracy", f"{level} interval"]
+            header = [
+                "group", "faces", "subjects", "accuracy", f"{level} interval", "interval method"
+            ]  # fmt: skip
             lines += [*_table(header, rows), ""]
         else:
             lines += ["No labelled face in any group.", ""]
         if entry.get("gap"):
             lines += [f"Largest gap: {_gap_sentence(entry['gap'], level)}.", ""]
+        elif rows:
+            lines += [f"Largest gap: none stated ({_no_gap_reason(report)}).", ""]
     return lines
+
+
+def _no_gap_reason(report: Mapping[str, Any]) -> str:
+    least = _number(report["settings"].get("gap_min_faces"))
+    if least is None:
+        return "fewer than two groups have enough faces"
+    return f"fewer than two groups have {int(least)} faces or more"
 
 
 def _largest_gaps(report: Mapping[str, Any], top: int = 3) -> list[str]:
@@ -835,9 +993,9 @@ def _minors(report: Mapping[str, Any], level: str) -> list[str]:
     for key, name in names.items():
         item = report["minors"].get(key)
         if not isinstance(item, Mapping):
-            rows.append([name, "n/a", "not in the report", ""])
+            rows.append([name, "n/a", "not in the report", "", ""])
         elif "undefined" in item:
-            rows.append([name, "undefined", str(item["undefined"]), ""])
+            rows.append([name, "undefined", str(item["undefined"]), "", ""])
         else:
             rows.append(
                 [
@@ -845,6 +1003,7 @@ def _minors(report: Mapping[str, Any], level: str) -> list[str]:
                     pct(item.get("value")),
                     pct_range(item.get("low"), item.get("high")),
                     _count(item.get("n")),
+                    _method(item, report),
                 ]
             )
     return [
@@ -853,7 +1012,7 @@ def _minors(report: Mapping[str, Any], level: str) -> list[str]:
         "Only classes whose years lie wholly below or wholly at/above 18 count (a class "
         "straddling 18 tells nothing).",
         "",
-        *_table(["rate", "value", f"{level} interval / reason", "n"], rows),
+        *_table(["rate", "value", f"{level} interval / reason", "n", "interval method"], rows),
         "",
     ]
 
@@ -907,14 +1066,21 @@ def _abstention(report: Mapping[str, Any]) -> list[str]:
         if not isinstance(item, Mapping):
             continue
         at = item.get("at_coverage") or {}
-        rows.append([task, *(pct(at.get(c)) for c in coverages), _fmt(item.get("aurc"), ".3f")])
+        rows.append(
+            [
+                task,
+                _count(item.get("faces")),
+                *(pct(at.get(c)) for c in coverages),
+                _fmt(item.get("aurc"), ".3f"),
+            ]
+        )
     return [
         "### Abstention",
         "",
         "Accuracy on the most confident share of faces (the model abstains on the rest); "
         "AURC = area under the risk-coverage curve (lower is better):",
         "",
-        *_table(["task", "100%", "90%", "80%", "50%", "AURC"], rows),
+        *_table(["task", "faces", "100%", "90%", "80%", "50%", "AURC"], rows),
         "",
     ]
 
@@ -998,8 +1164,7 @@ def _section_uses(info: ModelInfo, report: Mapping[str, Any] | None) -> list[str
         "",
     ]
     if report:
-        gaps = _largest_gaps(report)
-        lines += gaps or ["- The report holds no per-group gaps."]
+        lines += _measured_weaknesses(report)
     else:
         lines.append(
             "- Not measured for this card: attach a report (above) to list where the model "
@@ -1013,6 +1178,39 @@ def _section_uses(info: ModelInfo, report: Mapping[str, Any] | None) -> list[str
             "or ethnicity has not been measured."
         )
     return [*lines, ""]
+
+
+def _measured_weaknesses(report: Mapping[str, Any]) -> list[str]:
+    """Where the attached report says the model fails, or why it cannot say: a small set
+    first (nothing below it is conclusive), then the largest gaps between groups (or why
+    there are none), then how often it is confidently wrong."""
+    lines = []
+    overall = report["overall"]
+    largest = max(overall.values(), key=lambda item: _number(item.get("n")) or 0)
+    if _is_small(largest, report):
+        lines.append(
+            f"- Measured on a small set ({_size_words(largest, report)}, under "
+            f"{_small_n(report)} {_unit_word(report, 2)}): too few faces to conclude where "
+            "the model fails; read the lines below as examples, not measurements."
+        )
+    groups = [entry for entry in report["groups"] or [] if entry.get("rows")]
+    if not groups:
+        lines.append("- No per-group figures: the report has no group with a labelled face.")
+    else:
+        lines += _largest_gaps(report) or [
+            "- No gap between groups is stated: in every breakdown above "
+            f"{_no_gap_reason(report)}, so the per-group accuracies cannot be compared."
+        ]
+    for task, item in (report.get("confident_errors") or {}).items():
+        if not isinstance(item, Mapping) or not item.get("faces"):
+            continue
+        threshold = _fmt(item.get("confident_at"), ".2f")
+        lines.append(
+            f"- Confidently wrong on {task}: {_count(item.get('wrong_confident'))} of "
+            f"{_count(item.get('faces'))} labelled faces wrong at probability {threshold} or "
+            f"more ({_count(item.get('wrong'))} wrong in all; the report lists the worst)."
+        )
+    return lines
 
 
 def _section_provenance(info: ModelInfo) -> list[str]:

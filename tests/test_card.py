@@ -176,11 +176,13 @@ REPORT = {
     "abstention": {
         "age": {
             "aurc": 0.21,
+            "faces": 120,
             "at_coverage": {"1.0": 0.625, "0.9": 0.65, "0.8": 0.7, "0.5": 0.8},
             "curve": [],
         },
         "gender": {
             "aurc": 0.1,
+            "faces": 117,
             "at_coverage": {"1.0": 0.8, "0.9": 0.85, "0.8": 0.875, "0.5": float("nan")},
             "curve": [],
         },
@@ -206,12 +208,27 @@ def test_card_with_report_holds_the_reports_numbers(tmp_path):
     assert entry["name"] == "best"
     age, gender = entry["results"]
     assert age["task"] == {"type": "image-classification", "name": "Age estimation (coarse3)"}
-    assert age["dataset"] == {"type": "kids_test", "name": "kids_test (CSV)"}
+    # every published figure carries the set it was measured on and its n
+    assert age["dataset"] == {
+        "type": "kids_test",
+        "name": "kids_test.csv (CSV): 120 faces of 30 subjects, label set coarse3",
+        "args": {"faces": 120, "subjects": 30, "label_set": "coarse3", "small_set": False},
+    }
+    assert gender["dataset"] == age["dataset"]
     assert [(m["type"], m["value"]) for m in age["metrics"]] == [
         ("accuracy", 62.5),
         ("accuracy", 90.0),
     ]
     assert [(m["type"], m["value"]) for m in gender["metrics"]] == [("accuracy", 80.0)]
+    (gender_metric,) = gender["metrics"]
+    assert gender_metric["name"] == "gender accuracy (%), n = 117 faces"
+    assert gender_metric["args"] == {
+        "n": 117,
+        "interval": [74.0, 86.0],
+        "interval_level": 0.95,
+        "interval_method": "bootstrap",  # a report from before the exact interval
+        "small_set": False,
+    }
 
     # overall table: value, 95% interval and n exactly as in the report
     assert "| Age, exact class | 62.5% | 55.0-70.0% | 120 |" in body
@@ -238,8 +255,8 @@ def test_card_with_report_holds_the_reports_numbers(tmp_path):
     assert f"The evaluated model carried the record {record}." in body
     assert f"Calibration record stored in the file: {record}." in body
     # abstention at 100/90/80/50% coverage (NaN -> n/a) and AURC
-    assert "| age | 62.5% | 65.0% | 70.0% | 80.0% | 0.210 |" in body
-    assert "| gender | 80.0% | 85.0% | 87.5% | n/a | 0.100 |" in body
+    assert "| age | 120 | 62.5% | 65.0% | 70.0% | 80.0% | 0.210 |" in body
+    assert "| gender | 117 | 80.0% | 85.0% | 87.5% | n/a | 0.100 |" in body
 
 
 def test_card_describes_the_checkpoint(tmp_path):
@@ -382,8 +399,9 @@ def test_original_weights_card_with_report(original_card):
     assert entry["name"] == "levi-hassner-original"
     assert entry["results"][0]["dataset"] == {
         "type": "adience",
-        "name": "Adience (test fold 0)",
+        "name": "Adience (test fold 0): 120 faces of 30 subjects, label set coarse3",
         "split": "fold 0",
+        "args": {"faces": 120, "subjects": 30, "label_set": "coarse3", "small_set": False},
     }
     assert "Evaluated on adience `/data/adience`, fold 0: 120 faces" in body
     assert "| Age, exact class | 62.5% | 55.0-70.0% | 120 |" in body
@@ -468,3 +486,82 @@ def test_card_of_a_report_built_by_the_evaluation(tmp_path):
     assert "| adults predicted in an under-18 class | 25.0% |" in body
     ece = report["calibration"]["age"]["ece"]
     assert f"| age | {ece:.3f} | n/a | n/a |" in body
+
+
+def _small_report() -> dict:
+    """The report of 8 faces of 8 subjects, one per adience8 class, as the evaluation writes
+    it: every group has one or four faces, so no gap is measured."""
+    import numpy as np
+    import pandas as pd
+
+    from agegender.evaluation.report import EvalSettings, FaceTable, build_report
+    from agegender.labels import ADIENCE8
+
+    pred_age = np.array([0, 3, 5, 1, 7, 2, 6, 0])  # 2 of 8 right
+    pred_gender = np.array([0, 0, 0, 1, 0, 1, 0, 1])  # 7 of 8 right
+    age_probs = np.full((8, 8), 0.1 / 7)
+    age_probs[np.arange(8), pred_age] = 0.9
+    gender_probs = np.full((8, 2), 0.2)
+    gender_probs[np.arange(8), pred_gender] = 0.8
+    frame = pd.DataFrame(
+        {"subject": [f"s{i}" for i in range(8)], "age": np.arange(8), "gender": [0, 1] * 4}
+    )
+    table = FaceTable(frame, {"age": age_probs, "gender": gender_probs}, ADIENCE8, ADIENCE8)
+    report = build_report(
+        table,
+        EvalSettings(resamples=100),
+        model={"detector": "mtcnn"},
+        dataset={"kind": "csv", "source": "/data/labels.csv"},
+    ).report
+    return json.loads(json.dumps(report))
+
+
+def test_card_of_a_small_set_flags_every_figure(tmp_path):
+    """The issue's card: "age exact accuracy 25.0" for "labels (CSV)" with no n, and a
+    "Known weaknesses" line saying the report holds no gaps."""
+    report = _small_report()
+    info = describe_model(_lightning_checkpoint(tmp_path / "best.ckpt"))
+    meta, body = _split(render_card(info, report))
+    age, gender = meta["model-index"][0]["results"]
+    assert age["dataset"]["name"] == (
+        "labels.csv (CSV): 8 faces of 8 subjects, label set adience8; small set, too few "
+        "faces to conclude"
+    )
+    assert age["dataset"]["args"]["small_set"] is True
+    for metric in [*age["metrics"], *gender["metrics"]]:
+        assert "n = 8 faces of 8 subjects (small set: too few faces to conclude)" in metric["name"]
+        assert metric["args"]["n"] == 8 and metric["args"]["subjects"] == 8
+        assert metric["args"]["small_set"] is True
+        assert metric["args"]["interval_method"] == "exact"
+    exact = report["overall"]["age_exact"]
+    assert age["metrics"][0]["args"]["interval"] == [
+        round(100 * exact["low"], 2),
+        round(100 * exact["high"], 2),
+    ]
+    assert "**Small set: too few faces to conclude.**" in body
+    assert "| Age, exact class | 25.0% |" in body
+    assert "| 8 | exact, 8 subjects (under 30: too few to conclude) |" in body
+    # a group of one face, all right, has a real interval (Clopper-Pearson of 1 of 1)
+    assert "| `0-2` | 1 | 1 | 100.0% | 2.5-100.0% | exact, 1 subject (under 30" in body
+    assert "Largest gap: none stated (fewer than two groups have 5 faces or more)." in body
+    weaknesses = body.split("Known weaknesses:")[1].split("##")[0]
+    assert "The report holds no per-group gaps" not in weaknesses
+    assert "- Measured on a small set (8 faces of 8 subjects, under 30 subjects)" in weaknesses
+    assert "- No gap between groups is stated: in every breakdown above fewer than two " in (
+        weaknesses
+    )
+    # age: 6 wrong, all at 0.9
+    assert "- Confidently wrong on age: 6 of 8 labelled faces wrong at probability 0.90" in (
+        weaknesses
+    )
+    # a report with no group at all says so instead
+    bare = copy.deepcopy(report)
+    bare["groups"] = []
+    weaknesses = _split(render_card(info, bare))[1].split("Known weaknesses:")[1]
+    assert "- No per-group figures: the report has no group with a labelled face." in weaknesses
+
+    # Hugging Face's own reader of the model-index finds every n and flag
+    repocard = pytest.importorskip("huggingface_hub.repocard_data")
+    _, results = repocard.model_index_to_eval_results(meta["model-index"])
+    assert len(results) == 3
+    assert all(r.metric_args["n"] == 8 and r.dataset_args["small_set"] for r in results)
