@@ -51,7 +51,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agegender.data.demo import Walk, portrait, stage_clip, write_video
+from agegender.data.demo import Walk, camera_clip, portrait, stage_clip, write_video
 from agegender.faces import build_detector
 from agegender.hardware import cpu_summary
 from agegender.images import load_image
@@ -61,7 +61,7 @@ from agegender.inference.inputs import InputItem
 from agegender.inference.options import PredictOptions
 from agegender.inference.pipeline import Pipeline
 from agegender.inference.results import ImageResult
-from agegender.inference.tracking import TrackBook
+from agegender.inference.tracking import TrackBook, covered
 from agegender.inference.video import VideoTracks
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -338,6 +338,7 @@ def main() -> None:
     if args.only:
         plays = {name: plays[name] for name in args.only.split(",")}
     faces = face_boxes(plays, detector)
+    looks: dict[str, list[tuple[str, int, np.ndarray]]] = {}
     print(cpu_summary())
     print(
         f"{len(plays)} scenarios, {SIZE[0]}x{SIZE[1]} at {FPS} fps; files video.stride="
@@ -377,6 +378,8 @@ def main() -> None:
             if args.check and not scenario.live:
                 out = Path(tmp) / f"{name}-predict"
                 check(video, out, detector, classifier, options, results, scenario, faces)
+            if not scenario.live:
+                collect_looks(looks, name, results, scenario, faces)
     print("totals over the scenarios (errors: |counted - truth|):")
     for rule, t in totals.items():
         print(
@@ -384,6 +387,68 @@ def main() -> None:
             f"{t['people']}, merges {t['merges']}, splits {t['splits']}, scenarios counted "
             f"exactly {t['exact']}/{len(plays)}"
         )
+    print(look_line(looks, options.video.min_similarity))
+    print(zoom_line(pipeline, args.stride))
+
+
+def collect_looks(
+    looks: dict[str, list[tuple[str, int, np.ndarray]]],
+    name: str,
+    results: list[ImageResult],
+    scenario: Scenario,
+    faces: dict[int, tuple[float, ...]],
+) -> None:
+    """Each judged face's look (not near another face: :func:`covered`), by person, with
+    its appearance and frame: what ``min_similarity`` has to separate."""
+    for result in results:
+        boxes = np.array([f.box for f in result.faces], dtype=np.float32).reshape(-1, 4)
+        for face, look, judged in zip(result.faces, result.looks, ~covered(boxes), strict=True):
+            who = truth_of(scenario.walks, result.item.frame or 0, face.box, faces)
+            if who and judged:
+                person = Path(who.split("#")[0]).stem
+                looks.setdefault(person, []).append((f"{name}/{who}", result.item.frame or 0, look))
+
+
+def zoom_line(pipeline: Pipeline, stride: int) -> str:
+    """One person's looks under a moving camera: a 3 s zoom (1.0 to 1.6) with a pan over
+    each sample photo (30 fps, 320x400, the face partly leaving the picture at the end)."""
+    sims = []
+    for photo in PEOPLE:
+        image = cv2.cvtColor(load_image(SAMPLES / photo), cv2.COLOR_RGB2BGR)
+        frames = camera_clip(image, 90, (320, 400), zoom=(1.0, 1.6), pan=0.15)
+        results = analyse(photo, frames, 3 * stride, pipeline, live=False)
+        faces = [r.looks[0] for r in results if len(r.looks) == 1]
+        sims += [float(np.dot(a, b)) for a, b in zip(faces, faces[1:], strict=False)]
+    return (
+        f"looks under a zooming, panning camera (4 photos, every {3 * stride}th frame at 30 "
+        f"fps): one person, consecutive analysed frames: min {min(sims):.2f}, 1st percentile "
+        f"{np.percentile(sims, 1):.2f} ({len(sims)} pairs)"
+    )
+
+
+def look_line(looks: dict[str, list[tuple[str, int, np.ndarray]]], threshold: float | None) -> str:
+    """Similarity of one appearance's looks on consecutive analysed frames vs of two
+    different people's looks (every pair, every 2nd look): the margin around the threshold."""
+    same = [
+        float(np.dot(a[2], b[2]))
+        for person in looks.values()
+        for a, b in zip(person, person[1:], strict=False)
+        if a[0] == b[0]
+    ]
+    people = list(looks)
+    other = [
+        float(np.dot(a[2], b[2]))
+        for i, p in enumerate(people)
+        for q in people[i + 1 :]
+        for a in looks[p][::2]
+        for b in looks[q][::2]
+    ]
+    return (
+        f"looks (file clips, faces not near another): one appearance, consecutive analysed "
+        f"frames: min {min(same):.2f}, 1st percentile {np.percentile(same, 1):.2f} "
+        f"({len(same)} pairs); different people: max {max(other):.2f}, 99th percentile "
+        f"{np.percentile(other, 99):.2f} ({len(other)} pairs); video.min_similarity={threshold}"
+    )
 
 
 def check(

@@ -14,7 +14,12 @@ from video_fixtures import PEOPLE, STAGE, TOP, at_one_spot, portrait_of, who_is_
 
 from agegender.data.demo import Walk, stage_clip, write_video
 from agegender.inference import predict
-from agegender.inference.tracking import TRACK_COLUMNS, FaceTracker, label_changes
+from agegender.inference.tracking import (
+    MIN_SIMILARITY,
+    TRACK_COLUMNS,
+    FaceTracker,
+    label_changes,
+)
 from agegender.inference.video import FaceMark, FrameMarks, marks_at
 from agegender.labels import AGE_BUCKETS, GENDERS
 
@@ -177,6 +182,35 @@ def test_tracker_loses_a_face_after_lost_seconds_of_the_frames_time() -> None:
         assert tracker.update(box, score, time=0.5) == [1]
         assert tracker.update(none, no_score, time=1.0) == []  # missing from here
         assert tracker.update(box, score, time=back) == ([1] if same else [2])
+
+
+def test_looks_tell_the_sample_people_apart(mtcnn) -> None:
+    """The appearance check's descriptor: one person under a moving camera stays above
+    video.min_similarity's default, two different sample people stay below it, aligned on
+    the five landmarks or framed by the box alone (a box-only detector); the same input
+    gives the same look."""
+    from agegender.faces import Face
+    from agegender.faces.appearance import appearance, similarity
+
+    for kind in ("landmarks", "box"):
+        looks = {}
+        for photo in PEOPLE:
+            frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in zoom_frames(photo, 5, zoom=1.3)]
+            detected = [(frame, mtcnn.detect(frame)) for frame in frames]
+            faces = [
+                (frame, best if kind == "landmarks" else Face(best.box, best.score))
+                for frame, (best, *_) in [(f, d) for f, d in detected if d]
+            ]
+            looks[photo] = [appearance(frame, face) for frame, face in faces]
+            assert len(looks[photo]) >= 4, photo
+            assert np.array_equal(appearance(*faces[0]), looks[photo][0])  # deterministic
+        for photo, mine in looks.items():
+            steps = zip(mine, mine[1:], strict=False)
+            assert min(similarity(a, b) for a, b in steps) > MIN_SIMILARITY, (kind, photo)
+            for other, theirs in looks.items():
+                if other != photo:
+                    worst = max(similarity(a, b) for a in mine for b in theirs)
+                    assert worst < MIN_SIMILARITY, (kind, photo, other)
 
 
 def test_two_faces_keep_their_tracks(tmp_path, mtcnn, random_classifier) -> None:

@@ -56,8 +56,9 @@ def track_columns(labels: LabelSet | None = None) -> tuple[str, ...]:
 TRACK_COLUMNS: tuple[str, ...] = track_columns(ADIENCE8)
 
 
-#: ``video.min_similarity``'s default: one person's faces correlate at about 0.75-1.0 from
-#: frame to frame, different people's below about 0.55 (:mod:`agegender.faces.appearance`).
+#: ``video.min_similarity``'s default (conf/predict.yaml's): one person's looks correlate at
+#: 0.82 or more from frame to frame on the benchmark's clips, different people's at 0.42 at
+#: most (:mod:`agegender.faces.appearance`).
 MIN_SIMILARITY = 0.65
 #: A face whose look's square is covered this much (a share of its area) by the person of
 #: another face of the same frame is not judged by its look: part of it shows the other one.
