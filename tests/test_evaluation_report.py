@@ -267,6 +267,11 @@ def test_settings_are_written_in_words() -> None:
     fitted = build_report(_fifteen(), EvalSettings(resamples=20, calibrate=True)).report
     text = report_markdown(json.loads(json.dumps(fitted)))
     assert "calibration: on (a temperature per task fitted on 50% of the subjects, seed 0" in text
+    assert "other subjects, 50% of the subjects, seed 0)" in text
+    assert "| age | " in text and "(the fit's limit" not in text
+    fitted["calibration"]["age"]["temperature"] = 20.0  # calibration.TEMPERATURE_RANGE's top
+    text = report_markdown(json.loads(json.dumps(fitted)))
+    assert "| 20.000 (the fit's limit, 0.05-20) |" in text
 
 
 # -- the figures -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from agegender.calibration import TEMPERATURE_RANGE
 from agegender.evaluation.report import TASKS, Evaluation, counted
 from agegender.images import ImageLoadError, load_image
 
@@ -245,6 +246,17 @@ def _intervals_words(report: Mapping[str, Any]) -> str:
     )
 
 
+def _temperature_words(temperature: float | None) -> str:
+    """A temperature, and whether the fit stopped at the end of its allowed range (a fit
+    that wanted more than 20: the scaled model is near-uniform, not a clean calibration)."""
+    text = _num(temperature)
+    if temperature is not None and not (
+        TEMPERATURE_RANGE[0] * 1.0001 < temperature < TEMPERATURE_RANGE[1] * 0.9999
+    ):
+        text += f" (the fit's limit, {TEMPERATURE_RANGE[0]:g}-{TEMPERATURE_RANGE[1]:g})"
+    return text
+
+
 def _failures(report: Mapping[str, Any], thumbnails: bool) -> list[str]:
     """report.md's "Where it fails": the warnings, the gaps larger than chance, and the
     most confident errors per task (with thumbnails when they were written)."""
@@ -378,7 +390,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             [
                 task,
                 _num(c["ece"]),
-                _num(c["temperature"]),
+                _temperature_words(c["temperature"]),
                 _num(c["ece_calibrated"]),
                 c["evaluated_on"],
             ]

@@ -296,7 +296,7 @@ def _calibration(
             block["evaluated_on"] = (
                 f"held-out subjects: {n_eval} faces of {subjects_eval} subjects (the "
                 f"temperature was fitted on {n_fit} faces of {subjects_fit} other subjects, "
-                f"calibrate_fraction={s.calibrate_fraction:g}, seed={s.seed})"
+                f"{s.calibrate_fraction:.0%} of the subjects, seed {s.seed})"
             )
             if n_fit:
                 temperature = fit_temperature(np.asarray(table.probs[task]), model_targets)
