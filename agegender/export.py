@@ -23,24 +23,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
+from agegender.caffe_onnx import OPSET, ORIGINAL_SOURCE, graph_metadata, write_with_weights_file
 from agegender.calibration import temperatures_of
 from agegender.errors import CheckpointError
-from agegender.faces.mtcnn_nets import load_nets
 from agegender.fileio import atomic_write
-from agegender.labels import load_label_set
-from agegender.models.exportable import ExportableNet
 from agegender.onnx_session import ort_session
 from agegender.runtime.build import build_classifier
 from agegender.runtime.onnx_classifier import OnnxFaceClassifier
@@ -57,13 +52,16 @@ from agegender.runtime.quantize import (
 from agegender.runtime.sample_faces import face_views, real_faces
 from agegender.store import MTCNN_ONNX_NAMES, WeightsNotFoundError
 
+if TYPE_CHECKING:  # torch is imported by the functions that trace or run a torch network,
+    # so that reading metadata and quantizing an ONNX graph work where torch is not installed
+    import torch
+    from torch import nn
+
+    from agegender.models.exportable import ExportableNet
 #: Formats and the suffix each is written with by default.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
 #: Largest probability difference an export may have from the network it came from.
 TOLERANCE: float = 1e-4
-#: ONNX opset: supported by onnxruntime and by OpenCV's importer.
-OPSET: int = 17
-METADATA_FORMAT = "agegender.export.v1"
 
 
 class ExportError(RuntimeError):
@@ -80,32 +78,15 @@ def export_metadata(
     ``labels``: the network's :class:`~agegender.labels.LabelSet` (or a label set name);
     ``calibration``: the temperature-scaling record the graph applies (key ``calibration``,
     JSON; absent for an uncalibrated graph)."""
-    label_set = load_label_set(labels)
-    names = label_set.class_names
-    spec = net.face_spec
-    return {
-        "format": METADATA_FORMAT,
-        "source": source,
-        "input": "input: N x 3 x S x S float32, RGB, 0-255 (normalisation is in the graph)",
-        "outputs": json.dumps(list(net.tasks)),
-        "labels": json.dumps({task: list(names[task]) for task in net.tasks}, ensure_ascii=False),
-        "label_set": json.dumps(label_set.to_config(), ensure_ascii=False),
-        "face_size": str(spec.face_size),
-        "resize_size": str(spec.resize_size),
-        "crop_size": str(spec.crop_size),
-        "input_channel_order": "RGB",
-        "network_channel_order": spec.channel_order,
-        "mean": json.dumps(list(spec.mean)),
-        "std": json.dumps(list(spec.std)),
-        "mean_image": str(spec.mean_image).lower(),
-        "framing": json.dumps(spec.framing.to_config()),
-        **({"calibration": json.dumps(dict(calibration))} if calibration else {}),
-    }
+    return graph_metadata(net.tasks, net.face_spec, labels, source, calibration)
 
 
 def check_inputs(spec_crop: int, n: int = 5, seed: int = 0) -> torch.Tensor:
     """Test inputs for the built-in check: smooth random images in 0-255 (face-like value
     ranges; pure noise would sit in one class and hide differences)."""
+    import torch
+    from torch import nn
+
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, 8, 8, generator=g) * 255
     return nn.functional.interpolate(coarse, size=(spec_crop, spec_crop), mode="bilinear")
@@ -146,10 +127,12 @@ def export_onnx(
     per runtime. Uses the TorchScript-based exporter (``dynamo=False``): its graph of plain
     Conv/Gather/LRN-free ops is what OpenCV's importer reads.
 
-    ``weights_file``: the weights go to ``<output>.data`` beside the graph (ONNX external
+    ``weights_file``: the weights go to ``<output>.data`` beside the graph
+    (:func:`agegender.caffe_onnx.weights_path`) (ONNX external
     data), which onnxruntime maps into memory instead of copying out of the parsed file:
     the install step's layout, measured to start a session faster and with less memory."""
     import onnx
+    import torch
 
     crop = net.face_spec.crop_size
     x = check_inputs(crop)
@@ -181,34 +164,10 @@ def export_onnx(
                 diffs[runtime] = max(diffs.get(runtime, 0.0), diff)
         _check(diffs, tolerance, output)
     if weights_file:
-        _write_with_weights_file(model, Path(output))
+        write_with_weights_file(model, Path(output))
     else:
         atomic_write(Path(output), lambda fh: fh.write(data))
     return diffs
-
-
-def weights_path(output: str | os.PathLike[str]) -> Path:
-    """Where :func:`export_onnx` with ``weights_file=True`` puts ``output``'s weights."""
-    output = Path(output)
-    return output.with_name(output.name + ".data")
-
-
-def _write_with_weights_file(model: Any, output: Path) -> None:
-    """``output`` (the graph) and :func:`weights_path` (every initializer over 1 KiB), each
-    through :func:`atomic_write`, the weights first: a graph on disk always has its weights."""
-    from onnx.external_data_helper import (
-        convert_model_to_external_data,
-        write_external_data_tensors,
-    )
-
-    target = weights_path(output)
-    with tempfile.TemporaryDirectory() as tmp:
-        convert_model_to_external_data(model, location=target.name, size_threshold=1024)
-        write_external_data_tensors(model, tmp)  # clears the tensors' in-graph bytes
-        with open(Path(tmp) / target.name, "rb") as written:
-            atomic_write(target, lambda fh: shutil.copyfileobj(written, fh))
-    graph = model.SerializeToString()
-    atomic_write(output, lambda fh: fh.write(graph))
 
 
 def _to_onnx(net: nn.Module, x: torch.Tensor, outputs: list[str], axes: dict[int, str]) -> Any:
@@ -217,6 +176,7 @@ def _to_onnx(net: nn.Module, x: torch.Tensor, outputs: list[str], axes: dict[int
     OpenCV 4.14's importer crashed (the process died) on the torch.export-based exporter's
     graph of the Levi-Hassner net."""
     import onnx
+    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
@@ -263,6 +223,8 @@ def export_torchscript(
     tolerance: float = TOLERANCE,
 ) -> dict[str, float]:
     """Write ``net`` traced as TorchScript (metadata in ``_extra_files["agegender.json"]``)."""
+    import torch
+
     crop = net.face_spec.crop_size
     x = check_inputs(crop)
     with torch.no_grad():
@@ -314,6 +276,7 @@ def export_model(
     ``weights_file``: ONNX weights in ``<output>.data`` (:func:`export_onnx`).
     A checkpoint with temperature scaling exports with it in the graph (its record in the
     metadata); ``calibration=False`` exports the raw network instead."""
+    from agegender.models.exportable import ExportableNet
 
     if format is None:
         format = "onnx" if str(output).lower().endswith(".onnx") else "torchscript"
@@ -324,7 +287,7 @@ def export_model(
     )
     record = classifier.calibration if classifier.calibrated else None
     net = ExportableNet(classifier.model, temperatures_of(record))
-    source = str(checkpoint) if checkpoint else "original Levi-Hassner weights"
+    source = str(checkpoint) if checkpoint else ORIGINAL_SOURCE
     metadata = export_metadata(net, classifier.labels, source, record)
     if format == "onnx":
         return export_onnx(net, output, metadata, tolerance, weights_file)
@@ -402,6 +365,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
         model = onnx.load(str(path), load_external_data=False)
         return {p.key: p.value for p in model.metadata_props}
+    import torch
+
     extra = {"agegender.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -507,6 +472,9 @@ def export_mtcnn(folder: str | os.PathLike[str], tolerance: float = TOLERANCE) -
     torch. P-net is fully convolutional (dynamic height and width), R/O-net take batches of
     24 / 48 px crops. Each file is checked in onnxruntime against the torch net first."""
     import onnx
+    import torch
+
+    from agegender.faces.mtcnn_nets import load_nets
 
     folder = Path(folder)
     written = []

