@@ -443,7 +443,10 @@ def _reliability(report: Mapping[str, Any], task: str, output: Path, plt: Any) -
     c = report["calibration"][task]
     panels = [(c["bins"], "raw", c["ece"])]
     if c.get("bins_calibrated"):
-        title = f"temperature-scaled (T = {_num(c['temperature'], 2)})"
+        limit = "(the fit's limit" in _temperature_words(c["temperature"])
+        title = f"temperature-scaled, T = {_num(c['temperature'], 2)}" + (
+            " (the fit's limit)" if limit else ""
+        )
         panels.append((c["bins_calibrated"], title, c["ece_calibrated"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 5.4), squeeze=False)
     for ax, (bins, label, ece) in zip(axes[0], panels, strict=True):
@@ -482,7 +485,7 @@ def _reliability(report: Mapping[str, Any], task: str, output: Path, plt: Any) -
         ax.set_xlabel("confidence (probability of the top class)", fontsize=TICKS)
         ax.set_ylabel("accuracy (number on a bar: its faces)", fontsize=TICKS)
         ax.tick_params(labelsize=TICKS)
-        ax.set_title(f"{task}, {label}: ECE {_num(ece)}, n = {faces} faces", fontsize=TICKS)
+        ax.set_title(f"{task}, {label}\nECE {_num(ece)}, n = {faces} faces", fontsize=TICKS)
         ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
     fig.savefig(output / f"reliability_{task}.png", dpi=100)
