@@ -238,12 +238,13 @@ def test_most_confident_errors(tmp_path: Path) -> None:
     out = tmp_path / "b"
     (out / "errors").mkdir(parents=True)
     (out / "errors" / "age_09.jpg").write_bytes(b"from an earlier run")
+    (out / "errors" / "holiday_01.jpg").write_bytes(b"a file of the user's")
     evaluation = build_report(with_files, EvalSettings(resamples=20, top_errors=3))
     write_outputs(evaluation, out)
     saved = json.loads((out / "report.json").read_text())["confident_errors"]["age"]["top"]
     assert [e["thumbnail"] for e in saved] == ["errors/age_01.jpg", None, "errors/age_03.jpg"]
     assert sorted(p.name for p in (out / "errors").iterdir()) == [
-        "age_01.jpg", "age_03.jpg", "gender_01.jpg", "gender_02.jpg",
+        "age_01.jpg", "age_03.jpg", "gender_01.jpg", "gender_02.jpg", "holiday_01.jpg",
     ]  # fmt: skip
     thumb = Image.open(out / "errors" / "age_01.jpg")
     assert max(thumb.size) <= 96 and thumb.getpixel((5, 5))[0] == pytest.approx(80, abs=3)

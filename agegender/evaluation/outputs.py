@@ -624,9 +624,10 @@ def write_thumbnails(evaluation: Evaluation, output: Path) -> None:
     a blur, a mislabelled row shows at a glance. Earlier thumbnails of this folder go first,
     so none is left from another run."""
     folder = output / ERRORS_DIR
-    if folder.is_dir():
-        for old in folder.glob("*_[0-9][0-9].jpg"):
-            old.unlink()
+    if folder.is_dir():  # only the names written here: age_01.jpg ... gender_99.jpg
+        for task in TASKS:
+            for old in folder.glob(f"{task}_[0-9][0-9].jpg"):
+                old.unlink()
     errors = evaluation.report.get("confident_errors") or {}
     for task in TASKS:
         for rank, entry in enumerate((errors.get(task) or {}).get("top") or [], 1):
