@@ -176,7 +176,7 @@ def test_min_prob_leaves_the_label_empty_by_hand() -> None:
     assert unsure.gender == "female" and unsure.abstained == ("age",)
     assert unsure.status == "abstained: age"
     assert unsure.to_dict()["abstained"] == ["age"] and unsure.to_dict()["age"] is None
-    assert unsure.label() == ("female, ?", "female")
+    assert unsure.label() == ("female 0.80, age? 0.45", "female", True)  # drawn as unsure
     both = FaceResult.decode(face, probs, ADIENCE8, min_prob_of(0.9))
     assert both.status == "abstained: age, gender"
 

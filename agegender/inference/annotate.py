@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Container
+from collections.abc import Container, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -53,11 +54,171 @@ def free_name(relpath: str, taken: Container[str]) -> str:
 
 def draw(result: ImageResult, blur: bool = False) -> np.ndarray:
     """A BGR copy of the input (at its decoded size) with every face boxed and labelled
-    (``blur``: every face blurred instead, nothing written on it)."""
+    (``blur``: every face blurred instead, nothing written on it). An image without a face
+    gets a "no face found" banner, so that a copy without marks is never mistaken for one
+    that was not looked at."""
     canvas = cv2.cvtColor(result.image, cv2.COLOR_RGB2BGR)
     boxes = [tuple(v / result.scale for v in face.box) for face in result.faces]
     labels = [face.label() for face in result.faces]
+    if not result.faces and result.error is None:
+        return draw_banner(canvas, NO_FACE_TEXT)
     return draw_faces(canvas, boxes, labels, blur=blur)
+
+
+#: The banner of an image in which no face was found.
+NO_FACE_TEXT = "no face found"
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+#: The smallest label font (OpenCV scale; capitals ~9 px high): crowded frames shrink their
+#: labels down to this and no further, so a label stays readable at 100 % zoom.
+MIN_FONT_SCALE = 0.4
+#: Each step of shrinking the labels of a crowded frame.
+SHRINK = 0.85
+
+
+def font_for(width: int, height: int) -> tuple[float, int]:
+    """(font scale, stroke thickness) of labels on a ``width`` x ``height`` image: labels
+    grow with the image, so that they keep their size relative to the faces when shown
+    scaled to a screen or a thumbnail."""
+    side = max(width, height)
+    return max(MIN_FONT_SCALE, side / 1000), max(1, round(side / 500))
+
+
+def draw_banner(canvas: np.ndarray, text: str) -> np.ndarray:
+    """``text`` in white on a dark band across the top of the BGR ``canvas`` (in place, and
+    returned), its font shrunk to fit a narrow image."""
+    height, width = canvas.shape[:2]
+    scale, thickness = font_for(width, height)
+    scale *= 1.5
+    pad = max(3, round(6 * scale))
+    (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
+    if tw + 2 * pad > width:
+        scale *= max(0.1, (width - 2 * pad) / max(tw, 1))
+        thickness = max(1, min(thickness, round(scale * 2)))
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
+    band = min(height, th + base + 2 * pad)
+    region = canvas[:band]
+    region[:] = (region.astype(np.float32) * 0.35).astype(np.uint8)  # darkened, still visible
+    cv2.putText(canvas, text, (pad, pad + th), FONT, scale, (255, 255, 255), thickness,
+                cv2.LINE_AA)  # fmt: skip
+    return canvas
+
+
+@dataclass(frozen=True)
+class LabelPlacement:
+    """Where one face's label goes: its background rectangle ``rect`` (x1, y1, x2, y2,
+    exclusive ends, inside the image), the text's baseline ``origin`` and its font."""
+
+    rect: tuple[int, int, int, int]
+    origin: tuple[int, int]
+    scale: float
+    thickness: int
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[float, ...]) -> float:
+    """Area shared by two (x1, y1, x2, y2) rectangles (0 when they only touch)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return float(w * h) if w > 0 and h > 0 else 0.0
+
+
+def _candidates(
+    box: tuple[float, ...], w: int, h: int, width: int, height: int
+) -> list[tuple[int, int]]:
+    """Top-left corners to try for a ``w`` x ``h`` label of ``box``, best first: above the
+    box, below it, inside its top and bottom, then rows further above and below; each at
+    the box's left edge, its right edge and its middle, and every corner moved into the
+    image (a face at the right edge gets its label shifted left, not cut off)."""
+    x1, y1, x2, y2 = box[:4]
+    tops = [y1 - h, y2, y1, y2 - h]
+    tops += [y1 - h * k for k in (2, 3, 4)] + [y2 + h * (k - 1) for k in (2, 3, 4)]
+    lefts = [x1, x2 - w, (x1 + x2 - w) / 2]
+    lefts += [x1 - w * k / 2 for k in (1, 2)] + [x2 - w + w * k / 2 for k in (1, 2)]
+    out: list[tuple[int, int]] = []
+    for top in tops:
+        for left in lefts:
+            corner = (
+                int(min(max(0, round(left)), max(0, width - w))),
+                int(min(max(0, round(top)), max(0, height - h))),
+            )
+            if corner not in out:
+                out.append(corner)
+    return out
+
+
+def _fit(
+    text: str, scale: float, thickness: int, width: int
+) -> tuple[float, tuple[int, int], int, int]:
+    """(scale, text size, baseline, padding) of ``text``: at ``scale``, or smaller on an
+    image narrower than the label (a smaller label beats one cut off at the edge)."""
+    (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
+    pad = max(1, round(3 * scale))
+    if tw + 2 * pad > width and tw > 0:
+        scale *= max(0.2, (width - 2 * pad) / tw)
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
+    return scale, (tw, th), base, pad
+
+
+def layout_labels(
+    boxes: Sequence[tuple[float, ...]],
+    texts: Sequence[str],
+    width: int,
+    height: int,
+    scale: float | None = None,
+    thickness: int | None = None,
+) -> list[LabelPlacement]:
+    """A label rectangle per box, inside the ``width`` x ``height`` image and not
+    overlapping one another (a greedy layout: faces top to bottom, each label at the first
+    of :func:`_candidates` that overlaps no label already placed, and covers as little of
+    the other faces as it can). When some label finds no free place the whole frame is laid
+    out again with a smaller font, down to :data:`MIN_FONT_SCALE`; there the least
+    overlapping place is taken. No library is used: matplotlib's adjustText and the like
+    move labels iteratively on figures, not on pixel rectangles of an image, and a greedy
+    pass over a handful of faces costs microseconds per frame."""
+    base_scale, base_thickness = font_for(width, height)
+    scale = base_scale if scale is None else scale
+    thickness = base_thickness if thickness is None else thickness
+    order = sorted(range(len(boxes)), key=lambda i: (boxes[i][1], boxes[i][0]))
+    while True:
+        placed: dict[int, LabelPlacement] = {}
+        crowded = False
+        for i in order:
+            own, (tw, th), base, pad = _fit(texts[i], scale, thickness, width)
+            w, h = min(width, tw + 2 * pad), min(height, th + base + 2 * pad)
+            best: tuple[float, float, int] | None = None
+            best_rect = (0, 0, w, h)
+            for rank, (left, top) in enumerate(_candidates(boxes[i], w, h, width, height)):
+                rect = (left, top, left + w, top + h)
+                clash = sum(_overlap(rect, p.rect) for p in placed.values())
+                hidden = sum(_overlap(rect, b) for j, b in enumerate(boxes) if j != i)
+                cost = (clash, hidden, rank)
+                if best is None or cost < best:
+                    best, best_rect = cost, rect
+                if clash == 0 and hidden == 0:
+                    break
+            crowded = crowded or (best is not None and best[0] > 0)
+            left, top = best_rect[:2]
+            placed[i] = LabelPlacement(best_rect, (left + pad, top + pad + th), own, thickness)
+        if not crowded or scale <= MIN_FONT_SCALE:
+            return [placed[i] for i in range(len(boxes))]
+        scale = max(MIN_FONT_SCALE, scale * SHRINK)
+        thickness = max(1, min(thickness, round(scale * 2)))
+
+
+def _dashed_rectangle(
+    canvas: np.ndarray, p1: tuple[int, int], p2: tuple[int, int], colour: tuple[int, int, int],
+    thickness: int,
+) -> None:  # fmt: skip
+    """A box drawn in dashes: how an unsure answer's face is marked."""
+    (x1, y1), (x2, y2) = p1, p2
+    dash = max(4, 4 * thickness)
+    for a, b, fixed, horizontal in ((x1, x2, y1, True), (x1, x2, y2, True),
+                                    (y1, y2, x1, False), (y1, y2, x2, False)):  # fmt: skip
+        for start in range(a, b, 2 * dash):
+            end = min(start + dash, b)
+            if horizontal:
+                cv2.line(canvas, (start, fixed), (end, fixed), colour, thickness)
+            else:
+                cv2.line(canvas, (fixed, start), (fixed, end), colour, thickness)
 
 
 #: Blurred faces: the box grown by this fraction of its size on each side (hair, ears and
@@ -66,7 +227,7 @@ BLUR_MARGIN = 0.25
 BLUR_CELLS = 6
 
 
-def blur_faces(canvas: np.ndarray, boxes: list[tuple[float, ...]]) -> np.ndarray:
+def blur_faces(canvas: np.ndarray, boxes: Sequence[tuple[float, ...]]) -> np.ndarray:
     """Make every face in ``boxes`` unrecognisable on the BGR ``canvas`` (in place, and
     returned): the grown box is pixelated to a few cells and smoothed. Pixelating throws
     the detail away (a Gaussian blur alone can be partly undone)."""
@@ -89,35 +250,39 @@ def blur_faces(canvas: np.ndarray, boxes: list[tuple[float, ...]]) -> np.ndarray
 
 def draw_faces(
     canvas: np.ndarray,
-    boxes: list[tuple[float, ...]],
-    labels: list[tuple[str, str]],
+    boxes: Sequence[tuple[float, ...]],
+    labels: Sequence[tuple[str, ...]],
     blur: bool = False,
 ) -> np.ndarray:
-    """Draw each box with its ``(text, gender)`` label on the BGR ``canvas`` (in place, and
-    returned); shared by annotated copies, annotated videos and stream recordings.
-    ``blur``: blur every face instead (:func:`blur_faces`), with no box and no label."""
+    """Draw each box with its label (a :class:`~agegender.inference.results.Label`, or a
+    plain ``(text, gender)`` pair) on the BGR ``canvas`` (in place, and returned); shared by
+    annotated copies, annotated videos and stream recordings. Labels are placed by
+    :func:`layout_labels` (inside the image, never on one another); a label that had to
+    move away from its face is joined to it by a thin line; an unsure answer's box is
+    dashed. ``blur``: blur every face instead (:func:`blur_faces`), with no box and no
+    label."""
     if blur:
         return blur_faces(canvas, boxes)
     height, width = canvas.shape[:2]
-    thickness = max(1, round(max(height, width) / 400))
-    font_scale = max(0.4, max(height, width) / 1200)
-    for box, (text, gender) in zip(boxes, labels, strict=True):
-        x1, y1, x2, y2 = (round(v) for v in box)
-        colour = COLOURS.get(gender, COLOURS[""])
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-        ty = y1 - 4 if y1 - th - base - 4 >= 0 else min(y2 + th + 4, height - base)
-        cv2.rectangle(canvas, (x1, ty - th - 2), (x1 + tw + 2, ty + base), colour, cv2.FILLED)
-        cv2.putText(
-            canvas,
-            text,
-            (x1 + 1, ty),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            font_scale,
-            (255, 255, 255),
-            thickness,
-            cv2.LINE_AA,
-        )
+    texts = [str(label[0]) for label in labels]
+    placements = layout_labels(boxes, texts, width, height)
+    box_thickness = max(2, font_for(width, height)[1])  # a 1 px dashed box is hard to see
+    for box, label, place in zip(boxes, labels, placements, strict=True):
+        x1, y1, x2, y2 = (round(v) for v in box[:4])
+        colour = COLOURS.get(str(label[1]), COLOURS[""])
+        if len(label) > 2 and label[2]:
+            _dashed_rectangle(canvas, (x1, y1), (x2, y2), colour, box_thickness)
+        else:
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, box_thickness)
+        lx1, ly1, lx2, ly2 = place.rect
+        if _overlap((lx1 - 2, ly1 - 2, lx2 + 2, ly2 + 2), (x1, y1, x2 + 1, y2 + 1)) == 0:
+            centre = ((lx1 + lx2) // 2, (ly1 + ly2) // 2)  # the label moved off its face
+            on_box = (min(max(centre[0], x1), x2), min(max(centre[1], y1), y2))
+            on_label = (min(max(on_box[0], lx1), lx2 - 1), min(max(on_box[1], ly1), ly2 - 1))
+            cv2.line(canvas, on_label, on_box, colour, 1, cv2.LINE_AA)
+        cv2.rectangle(canvas, (lx1, ly1), (lx2 - 1, ly2 - 1), colour, cv2.FILLED)
+        cv2.putText(canvas, str(label[0]), place.origin, FONT, place.scale, (255, 255, 255),
+                    place.thickness, cv2.LINE_AA)  # fmt: skip
     return canvas
 
 

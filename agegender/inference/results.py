@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -22,6 +22,37 @@ if TYPE_CHECKING:
     from agegender.inference.inputs import InputItem
 
 TASKS: tuple[str, ...] = ("age", "gender")
+
+#: Below these best-class probabilities an answer is drawn as unsure: ``?`` after its class
+#: and a dashed box. Per task, because chance differs: 0.5 for two genders, 0.125 for eight
+#: age groups (an age answer at 0.45 is far above chance, a gender answer at 0.6 is barely).
+UNSURE_BELOW: dict[str, float] = {"gender": 0.8, "age": 0.5}
+
+
+class Label(NamedTuple):
+    """What annotated images and videos draw for a face: the text, the gender (its box
+    colour) and whether any answer is unsure (:data:`UNSURE_BELOW`; drawn dashed)."""
+
+    text: str
+    gender: str
+    unsure: bool = False
+
+
+def label_of(answers: Mapping[str, tuple[str | None, float | None]]) -> Label:
+    """``female 0.97, 25-32 0.61`` from {task: (class or None if abstained, probability)}:
+    the probability is shown so that a sure answer and a guess do not look the same; an
+    unsure class gets ``?`` after it, an abstained task reads ``age?``."""
+    parts = []
+    unsure = False
+    for task in ("gender", "age"):
+        if task not in answers:
+            continue
+        name, prob = answers[task]
+        low = prob is not None and prob < UNSURE_BELOW[task]
+        unsure = unsure or low or name is None
+        word = f"{task}?" if name is None else name + ("?" if low else "")
+        parts.append(word if prob is None else f"{word} {prob:.2f}")
+    return Label(", ".join(parts), answers.get("gender", (None, None))[0] or "", unsure)
 
 
 @dataclass
@@ -74,14 +105,19 @@ class FaceResult:
         values = self.age_probs if task == "age" else self.gender_probs
         return np.fromiter(values.values(), dtype=np.float64) if values else None
 
-    def label(self) -> tuple[str, str]:
-        """("gender, age" text, gender): what annotated images and videos draw; an
-        abstained task is drawn as ``?``."""
-        parts = [
-            "?" if task in self.abstained else getattr(self, task) for task in ("gender", "age")
-        ]
-        text = ", ".join(p for p in parts if p)
-        return text, self.gender or ""
+    def label(self) -> Label:
+        """What annotated images and videos draw (:func:`label_of`): each task's class and
+        probability, ``age?`` for an abstained task; a task the model has no head for is
+        left out."""
+        answers = {
+            task: (
+                None if task in self.abstained else getattr(self, task),
+                getattr(self, f"{task}_prob"),
+            )
+            for task in TASKS
+            if getattr(self, task) is not None or task in self.abstained
+        }
+        return label_of(answers)
 
     @classmethod
     def decode(

@@ -34,7 +34,7 @@ import numpy as np
 
 from agegender.fileio import temporary_beside
 from agegender.inference.annotate import draw_faces, free_name
-from agegender.inference.results import ImageResult
+from agegender.inference.results import ImageResult, Label, label_of
 from agegender.inference.tracking import (
     MIN_SIMILARITY,
     TRACKS_NAME,
@@ -74,8 +74,9 @@ class FaceMark:
 
     box: tuple[float, float, float, float]
     track: int | None
-    #: The frame's own (text, gender), used when the face has no track.
-    label: tuple[str, str]
+    #: The frame's own label (:class:`~agegender.inference.results.Label`, or a plain
+    #: (text, gender) pair), used when the face has no track.
+    label: tuple[str, ...]
 
 
 @dataclass
@@ -84,16 +85,22 @@ class FrameMarks:
     faces: list[FaceMark]
 
 
-def track_label(track: Track | None, mark: FaceMark) -> tuple[str, str]:
-    """``#id gender, age`` from the track's averaged probabilities; the frame's own label
-    for a face without a track."""
+def track_label(track: Track | None, mark: FaceMark) -> Label:
+    """``#id female 0.97, 25-32 0.61`` from the track's averaged probabilities (class and
+    its mean probability: :func:`~agegender.inference.results.label_of`); the frame's own
+    label for a face without a track."""
     if track is None or mark.track is None:
-        return mark.label
-    labels = track.labels_now()
-    if not labels:  # a model without heads: nothing to average
-        return f"#{mark.track} {mark.label[0]}".strip(), mark.label[1]
-    text = ", ".join(labels[t] for t in ("gender", "age") if t in labels)
-    return f"#{mark.track} {text}".strip(), labels.get("gender", "")
+        return Label(*mark.label)
+    means = track.mean()
+    if not means:  # a model without heads: nothing to average
+        return Label(f"#{mark.track} {mark.label[0]}".strip(), *mark.label[1:])
+    names = track.labels.class_names
+    answers = {}
+    for task, p in means.items():
+        best = int(np.argmax(p))
+        answers[task] = (names[task][best], float(p[best]))
+    label = label_of(answers)
+    return label._replace(text=f"#{mark.track} {label.text}".strip())
 
 
 class VideoTracks:
@@ -175,12 +182,12 @@ class VideoTracks:
         self._last = None
         return ready
 
-    def label(self, mark: FaceMark) -> tuple[str, str]:
+    def label(self, mark: FaceMark) -> Label:
         """What to draw for a face: its track's answer so far, else its own frame's."""
         track = None if mark.track is None else self.book.get(self.video, mark.track)
         return track_label(track, mark)
 
-    def running_labels(self, result: ImageResult) -> list[tuple[str, str]]:
+    def running_labels(self, result: ImageResult) -> list[Label]:
         """:meth:`label` of each face of ``result`` (a stream's live overlay)."""
         tracks = result.tracks or [None] * len(result.faces)
         return [
@@ -223,7 +230,7 @@ def render_annotated_video(
     source: str | os.PathLike[str],
     target: str | os.PathLike[str],
     marks: Sequence[FrameMarks],
-    label: Callable[[FaceMark], tuple[str, str]],
+    label: Callable[[FaceMark], tuple[str, ...]],
     limit: int | None = None,
     blur: bool = False,
 ) -> Path:
