@@ -35,12 +35,26 @@ class Summary:
     stream: dict[str, object] | None = None
     #: ``audience.window``: audience.json's content (windows, totals, gates); else None.
     audience: dict[str, object] | None = None
+    #: Of ``inputs``: video and stream frames analysed, and the videos they came from
+    #: (a video's frames arrive together, so a change of video is a new one: no set kept).
+    frames: int = 0
+    frame_sources: int = 0
+    #: Of ``errors``: those of inputs that are not frames (a broken photo, a stream that
+    #: did not open): neither an image nor a frame analysed.
+    other_errors: int = 0
+    _last_video: str | None = field(default=None, repr=False)
 
     def add(self, result: ImageResult) -> None:
         self.inputs += 1
+        if result.item.frame is not None:
+            self.frames += 1
+            if result.item.video != self._last_video or self.frame_sources == 0:
+                self.frame_sources += 1
+                self._last_video = result.item.video
         self.faces += len(result.faces)
         if result.error is not None:
             self.errors += 1
+            self.other_errors += result.item.frame is None
             if len(self.error_examples) < 5:
                 self.error_examples.append(f"{result.item.path}: {result.error}")
         elif not result.faces:
@@ -50,10 +64,29 @@ class Summary:
     def images_per_second(self) -> float:
         return self.inputs / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def images(self) -> int:
+        """Inputs that are photos (not frames; a broken one is counted with the errors)."""
+        return self.inputs - self.frames - self.other_errors
+
+    def inputs_text(self) -> str:
+        """What was analysed, in words a person counts in: ``4 inputs`` for photos,
+        ``1 video, 50 frames analysed`` (``2 images, 1 video, 50 frames analysed`` mixed;
+        ``1 stream`` for a camera or stream), never "50 inputs" for one video."""
+        if not self.frames:
+            return f"{self.inputs} inputs"
+        images = self.images
+        kind = "stream" if self.stream else "video"
+        sources = max(self.frame_sources, self.videos)
+        text = f"{images} image{'s' if images != 1 else ''}, " if images else ""
+        text += f"{sources} {kind}{'s' if sources != 1 else ''}, "
+        return text + f"{self.frames} frame{'s' if self.frames != 1 else ''} analysed"
+
     def line(self) -> str:
+        unit = "frames/s" if self.frames and not self.images else "images/s"
         return (
-            f"{self.inputs} inputs, {self.faces} faces, {self.no_face} without a face, "
+            f"{self.inputs_text()}, {self.faces} faces, {self.no_face} without a face, "
             f"{self.errors} errors, {len(self.skipped)} other files skipped, "
             f"{self.already_done} already done "
-            f"in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
+            f"in {self.seconds:.1f} s ({self.images_per_second:.2f} {unit})"
         )
