@@ -345,3 +345,40 @@ def test_on_window_gets_each_row_as_written_and_stop_ends_a_stream(
     assert summary.audience["windows"] and summary.audience["totals"]["people"] == 1
     written = sorted(p.name for p in (tmp_path / "live").iterdir())
     assert written == ["audience.csv", "audience.json", "audience.png"]
+
+
+def test_audience_chart_legend_above_the_bars_and_headroom_for_the_dots(tmp_path) -> None:
+    """audience.png as a person reads it: the legend of 14 groups sits above both plots
+    (over the bars it hid the first windows), and the tallest bar and its "people" dot stay
+    below the top edge."""
+    import matplotlib.pyplot as plt
+
+    from agegender.inference.audience import audience_figure, group_names, plot_audience
+
+    groups = group_names(ADIENCE8)
+    rows = []
+    for w in range(8):
+        row = {"video": "shop.mp4", "window_start": 60.0 * w, "window_end": 60.0 * w + 60}
+        row.update({g: (w + i) % 3 if (w * 7 + i) % 5 < 2 else 0 for i, g in enumerate(groups)})
+        row["people"] = sum(row[g] for g in groups)
+        rows.append(row)
+    totals = {"people": sum(r["people"] for r in rows),
+              "groups": {g: sum(r[g] for r in rows) for g in groups}}  # fmt: skip
+    figure = audience_figure(rows, totals, groups)
+    try:
+        renderer = figure.canvas.get_renderer()
+        over_time, total = figure.axes
+        (legend,) = figure.legends
+        low = legend.get_window_extent(renderer).y0
+        for axes in (over_time, total):
+            assert axes.get_window_extent(renderer).y1 <= low
+            assert axes.title.get_window_extent(renderer).y1 <= low + 1
+        assert not over_time.get_legend()  # none inside the plot
+        tallest = max(r["people"] for r in rows)
+        assert tallest <= 0.9 * over_time.get_ylim()[1]
+        assert max(totals["groups"].values()) <= 0.9 * total.get_xlim()[1]
+    finally:
+        plt.close(figure)
+    path = plot_audience(tmp_path / "audience.png", rows, totals, groups)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cv2.imread(str(path)).shape[:2] == (500, 1200)

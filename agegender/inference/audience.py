@@ -522,7 +522,24 @@ def write_audience_csv(
 def plot_audience(
     path: Path, rows: Sequence[Mapping[str, Any]], totals: Mapping[str, Any], groups: Sequence[str]
 ) -> Path:
-    """audience.png: people per window by group (stacked bars), and the totals by group."""
+    """audience.png: people per window by group (stacked bars), and the totals by group
+    (:func:`audience_figure`), written atomically."""
+    import matplotlib.pyplot as plt
+
+    figure = audience_figure(rows, totals, groups)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    data = buffer.getvalue()
+    return atomic_write(Path(path), lambda fh: fh.write(data), fsync=False)
+
+
+def audience_figure(
+    rows: Sequence[Mapping[str, Any]], totals: Mapping[str, Any], groups: Sequence[str]
+) -> Any:
+    """The matplotlib Figure of audience.png: the legend above both plots (over the bars
+    it hid the first windows) and headroom above the tallest bar and the "people" dots (on
+    the frame's top edge they could not be read). Returned open; the caller closes it."""
     import matplotlib  # deferred: ~0.3 s, only when an audience report is written
 
     matplotlib.use("Agg")
@@ -536,7 +553,7 @@ def plot_audience(
         for r in rows
     ]
     figure, (over_time, total) = plt.subplots(
-        1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1.2]}
+        1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 1.2]}
     )
     x = np.arange(len(rows))
     bottom = np.zeros(len(rows))
@@ -545,26 +562,36 @@ def plot_audience(
         values = np.array([float(r.get(group) or 0) for r in rows])
         over_time.bar(x, values, bottom=bottom, label=group, color=colours(i % 20))
         bottom += values
-    over_time.plot(x, [float(r["people"]) for r in rows], "k.", label="people")
-    over_time.set_xticks(x, labels, rotation=45 if len(rows) > 4 else 0, ha="right", fontsize=7)
+    people = [float(r["people"]) for r in rows]
+    over_time.plot(x, people, "k.", markersize=8, label="people (all groups)")
+    over_time.set_xticks(x, labels, rotation=45 if len(rows) > 4 else 0, ha="right", fontsize=8)
     over_time.set_ylabel("people seen in the window")
     over_time.set_xlabel(
         "window start" + (" (s)" if rows and not isinstance(rows[0]["window_start"], str) else "")
     )
+    # headroom: the "people" dots and the tallest bar stay clear of the frame's top edge
+    top = max([*people, *bottom.tolist(), 1.0])
+    over_time.set_ylim(0, top * 1.15 + 0.5)
+    if len(rows) == 1:
+        over_time.set_xlim(-1, 1)
     over_time.yaxis.set_major_locator(MaxNLocator(integer=True))
     total.xaxis.set_major_locator(MaxNLocator(integer=True))
-    over_time.set_title("People per window, by gender and age class")
+    over_time.set_title("People per window, by gender and age class", fontsize=10)
+    legend_height = 0.0
     if shown:
-        over_time.legend(fontsize=7, ncol=2)
+        # above the plots, never over the first bars
+        handles, names = over_time.get_legend_handles_labels()
+        columns = min(len(names), 5)
+        legend = figure.legend(handles, names, loc="upper center", ncol=columns, fontsize=8,
+                               frameon=False, bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+        box = legend.get_window_extent(figure.canvas.get_renderer())
+        legend_height = box.height / figure.bbox.height
     values = [totals["groups"].get(g, 0) for g in shown]
     total.barh(np.arange(len(shown)), values, color=[colours(i % 20) for i in range(len(shown))])
     total.set_yticks(np.arange(len(shown)), shown, fontsize=7)
     total.invert_yaxis()
-    total.set_title(f"Totals: {totals['people']} people")
-    figure.tight_layout()
-    path = Path(path)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    data = buffer.getvalue()
-    return atomic_write(path, lambda fh: fh.write(data), fsync=False)
+    total.set_title(f"Totals: {totals['people']} people", fontsize=10)
+    if values:
+        total.set_xlim(0, max(values) * 1.15 + 0.5)  # room after the longest bar
+    figure.tight_layout(rect=(0, 0, 1, 1 - legend_height))
+    return figure
