@@ -47,7 +47,8 @@ from agegender.config import load_yaml
 from agegender.errors import CheckpointError
 from agegender.inference.inputs import InputItem
 from agegender.inference.options import PredictOptions
-from agegender.inference.results import ImageResult
+from agegender.inference.results import FaceResult, ImageResult
+from agegender.labels import LabelSet
 from agegender.runtime.build import configure_torch_threads
 from agegender.store import WeightsNotFoundError
 
@@ -205,11 +206,45 @@ def request_items(body: "ImageRequest | BatchRequest") -> list[InputItem]:
     return items
 
 
+#: Decimals of the answer's pixel coordinates (0.01 px: no detector is finer) and of its
+#: probabilities (1e-6): 17 significant digits of float noise say nothing more to a client.
+PIXEL_DECIMALS = 2
+PROB_DECIMALS = 6
+
+
+def face_answer(face: FaceResult, labels: LabelSet) -> dict[str, Any]:
+    """One face of an answer: the API's ``FaceResult.to_dict()`` rounded for a client
+    (:data:`PIXEL_DECIMALS`, :data:`PROB_DECIMALS`), with ``age_range``: the years
+    ``[lo, hi)`` of its age class (hi exclusive: ``15-20`` is ``[15, 21]``), for a client
+    that needs numbers rather than a class name."""
+    out = face.to_dict()
+    out["box"] = [round(v, PIXEL_DECIMALS) for v in out["box"]]
+    out["score"] = round(out["score"], PROB_DECIMALS)
+    if out["landmarks"] is not None:
+        out["landmarks"] = [[round(v, PIXEL_DECIMALS) for v in p] for p in out["landmarks"]]
+    for task in ("age", "gender"):
+        if out[f"{task}_prob"] is not None:
+            out[f"{task}_prob"] = round(out[f"{task}_prob"], PROB_DECIMALS)
+        out[f"{task}_probs"] = {k: round(v, PROB_DECIMALS) for k, v in out[f"{task}_probs"].items()}
+    out["age_range"] = None
+    if face.age is not None and face.age in labels.age:
+        lo, hi = labels.class_years(labels.age.index(face.age))
+        out["age_range"] = [lo, hi]
+    return out
+
+
 def image_answer(result: ImageResult) -> dict[str, Any]:
-    """One image's answer: its faces (the API's ``FaceResult.to_dict()``) and CSV status."""
+    """One image's answer: its size, its faces (:func:`face_answer`) and CSV status."""
     if result.error is not None:
-        return {"error": result.error, "status": result.status, "faces": []}
-    return {"status": result.status, "faces": [face.to_dict() for face in result.faces]}
+        return {"error": result.error, "status": result.status, "faces": [],
+                "width": None, "height": None}  # fmt: skip
+    width, height = result.size if result.size is not None else (None, None)
+    return {
+        "status": result.status,
+        "width": width,
+        "height": height,
+        "faces": [face_answer(face, result.labels) for face in result.faces],
+    }
 
 
 class FaceAPI(ls.LitAPI if ls is not None else object):  # type: ignore[misc]
@@ -487,7 +522,15 @@ def describe(agegender: AgeGender, settings: ServeSettings) -> dict[str, Any]:
             "oversample": classifier.oversample,
             "calibrated": classifier.calibrated,
         },
-        "labels": {"name": classifier.labels.name, "classes": agegender.labels},
+        "labels": {
+            "name": classifier.labels.name,
+            "classes": agegender.labels,
+            # each age class's years [lo, hi), hi exclusive: what a client computes with
+            "age_years": {
+                name: list(classifier.labels.class_years(i))
+                for i, name in enumerate(classifier.labels.age)
+            },
+        },
         "face_spec": asdict(spec) if is_dataclass(spec) else str(spec),
         "detector": options.detector_name,
         "backend": classifier.backend,

@@ -108,24 +108,38 @@ class BatchRequest(BaseModel):
 
 
 class Face(BaseModel):
-    """One face of an answer (the Python API's ``FaceResult.to_dict()``)."""
+    """One face of an answer (the Python API's ``FaceResult.to_dict()``, pixels rounded to
+    0.01 px and probabilities to 1e-6, plus ``age_range``)."""
 
-    box: list[float] = Field(description="x1, y1, x2, y2 in the image's pixels")
+    box: list[float] = Field(description="x1, y1, x2, y2 in the image's pixels (0.01 px)")
     score: float = Field(description="the detector's confidence (1 for your own boxes)")
-    landmarks: list[list[float]] | None = None
-    age: str | None = Field(None, description="the label set's class (empty: abstained)")
-    age_prob: float | None = None
-    gender: str | None = None
-    gender_prob: float | None = None
-    age_probs: dict[str, float]
-    gender_probs: dict[str, float]
-    abstained: list[str]
+    landmarks: list[list[float]] | None = Field(
+        None,
+        description="5 (x, y) points in the image's pixels (0.01 px), in this order: left "
+        "eye, right eye, nose, mouth left, mouth right, left and right as seen in the image "
+        "(the person's right eye is the left one); null when the detector gives none or "
+        "you sent the boxes",
+    )
+    age: str | None = Field(None, description="the label set's class (null: abstained)")
+    age_prob: float | None = Field(None, description="the age class's probability")
+    age_range: list[float] | None = Field(
+        None,
+        description="the years [lo, hi) the age class covers, hi exclusive (15-20 is "
+        "[15, 21]); null when abstained. Every class's years: GET /info, labels.age_years",
+    )
+    gender: str | None = Field(None, description="male or female (null: abstained)")
+    gender_prob: float | None = Field(None, description="the gender's probability")
+    age_probs: dict[str, float] = Field(description="every age class's probability, in order")
+    gender_probs: dict[str, float] = Field(description="every gender's probability")
+    abstained: list[str] = Field(description="tasks below the server's min_prob: no label")
 
 
 class ImageAnswer(BaseModel):
     """One image's answer."""
 
     status: str = Field(description="ok, no_face, or error: <reason> (the CSV's status)")
+    width: int | None = Field(None, description="the image's width in pixels (null: error)")
+    height: int | None = Field(None, description="the image's height in pixels (null: error)")
     faces: list[Face]
     error: str | None = None
 

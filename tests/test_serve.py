@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agegender.labels import ADIENCE8
 from tests.conftest import REPO, SAMPLES, WEIGHTS_HINT, require
 
 pytest.importorskip("litserve")
@@ -150,14 +151,29 @@ def server(agegender, tmp_path_factory) -> Any:
         assert list(cwd.iterdir()) == [], "the server wrote files"
 
 
-def assert_same(answer: dict, faces: list) -> None:
-    """Server faces == the API's: boxes, labels and every probability to 1e-4."""
+def assert_rounded(values: list, decimals: int) -> None:
+    """Each number has at most ``decimals`` decimals (not 17 digits of float noise)."""
+    for value in values:
+        assert float(value) == round(float(value), decimals), value
+
+
+def assert_same(answer: dict, faces: list, size: tuple[int, int] | None = None) -> None:
+    """Server faces == the API's: boxes (to their 0.01 px rounding), labels and every
+    probability to 1e-4; the image's size; each age class's years."""
     assert answer["status"] == ("ok" if faces else "no_face")
+    if size is not None:
+        assert (answer["width"], answer["height"]) == size
     got = answer["faces"]
     assert len(got) == len(faces)
     for mine, theirs in zip(got, (f.to_dict() for f in faces), strict=True):
         assert mine["age"] == theirs["age"] and mine["gender"] == theirs["gender"]
-        np.testing.assert_allclose(mine["box"], theirs["box"], atol=1e-3)
+        np.testing.assert_allclose(mine["box"], theirs["box"], atol=0.0051)
+        assert_rounded(mine["box"], 2)
+        if mine["landmarks"] is not None:
+            assert len(mine["landmarks"]) == 5
+            assert_rounded([v for p in mine["landmarks"] for v in p], 2)
+        assert_rounded(list(mine["age_probs"].values()) + [mine["gender_prob"]], 6)
+        assert mine["age_range"] == list(ADIENCE8.class_years(ADIENCE8.age.index(mine["age"])))
         for task in ("age_probs", "gender_probs"):
             assert list(mine[task]) == list(theirs[task])
             np.testing.assert_allclose(
@@ -169,6 +185,8 @@ def test_health_info_and_docs(server, agegender) -> None:
     status, info = call(f"{server}/info")
     assert status == 200
     assert info["labels"]["classes"] == {k: list(v) for k, v in agegender.labels.items()}
+    assert info["labels"]["age_years"]["15-20"] == [15, 21]  # [lo, hi): hi exclusive
+    assert list(info["labels"]["age_years"]) == list(agegender.labels["age"])
     assert info["backend"] == agegender.backend
     assert info["face_spec"]["crop_size"] == agegender.classifier.face_spec.crop_size
     assert info["server"]["api_key"] is True and KEY not in json.dumps(info)
@@ -197,6 +215,11 @@ def test_openapi_documents_typed_bodies(server) -> None:
         assert ok["$ref"].endswith(f"/{answer}")
         assert {"400", "401", "408", "413"} <= set(post["responses"])
     assert schemas["ImageRequest"]["required"] == ["image"]
+    face = schemas["Face"]["properties"]
+    order = "left eye, right eye, nose, mouth left, mouth right"
+    assert order in face["landmarks"]["description"]
+    assert "[lo, hi)" in face["age_range"]["description"]
+    assert {"width", "height"} <= set(schemas["ImageAnswer"]["properties"])
     refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(spec))
     assert refs and set(refs) <= set(schemas)
 
@@ -241,12 +264,13 @@ def test_predict_equals_the_api(server, agegender) -> None:
         data = photo.read_bytes()
         expected = agegender.predict(photo)
         assert expected, f"{photo.name}: the sample should have a face"
+        size = Image.open(photo).size
         status, answer = call(f"{server}/predict", *multipart(data, photo.name))
         assert status == 200, answer
-        assert_same(answer, expected)
+        assert_same(answer, expected, size)
         status, answer = call(f"{server}/predict", *as_json({"image": b64(data)}))
         assert status == 200, answer
-        assert_same(answer, expected)
+        assert_same(answer, expected, size)
 
 
 def test_boxes_and_batch(server, agegender) -> None:
@@ -264,6 +288,7 @@ def test_boxes_and_batch(server, agegender) -> None:
     for got, photo in zip(answer["images"][:3], PHOTOS[:3], strict=True):
         assert_same(got, agegender.predict(photo))
     assert answer["images"][3]["error"] == "not an image"
+    assert answer["images"][3]["width"] is None and answer["images"][3]["height"] is None
     assert answer["images"][3]["status"] == "error: not an image"
 
 
@@ -684,3 +709,33 @@ def test_load_and_abuse_keep_answers_latency_and_memory(agegender, tmp_path) -> 
     assert not alive, "processes outlived SIGTERM"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_answer_is_rounded_and_says_the_image_size_and_age_years() -> None:
+    """A face's answer as a client reads it: 0.01 px coordinates and 1e-6 probabilities
+    (not 17 significant digits), the image's width and height, the age class's years."""
+    from agegender.inference.inputs import InputItem
+    from agegender.inference.results import FaceResult, ImageResult
+    from agegender.serve import image_answer
+
+    face = FaceResult(
+        box=(10.123456789012345, 20.987654321098765, 110.5, 130.0049999),
+        score=0.99987654321,
+        landmarks=[(30.111111, 50.999999)] * 5,
+        age="25-32", age_prob=0.61234567891, gender="female", gender_prob=0.97000000001,
+        age_probs={"25-32": 0.61234567891}, gender_probs={"female": 0.97000000001},
+    )  # fmt: skip
+    answer = image_answer(ImageResult(InputItem("a", "a"), faces=[face], size=(640, 480)))
+    assert (answer["width"], answer["height"], answer["status"]) == (640, 480, "ok")
+    got = answer["faces"][0]
+    assert got["box"] == [10.12, 20.99, 110.5, 130.0]
+    assert got["landmarks"][0] == [30.11, 51.0]
+    assert got["age_prob"] == 0.612346 and got["gender_probs"] == {"female": 0.97}
+    assert got["score"] == 0.999877 and got["age_range"] == [25.0, 33.0]
+    face.age, face.abstained = None, ("age",)
+    assert (
+        image_answer(ImageResult(InputItem("a", "a"), faces=[face]))["faces"][0]["age_range"]
+        is None
+    )
+    # the Python API keeps full precision (rounding is the server's answer only)
+    assert face.to_dict()["box"][0] == 10.123456789012345

@@ -119,6 +119,7 @@ class Pipeline:
             detections=faces,
             image=image if self.keep_images else None,
             scale=scale,
+            size=(round(image.shape[1] * scale), round(image.shape[0] * scale)),
             crops=crops,
             looks=looks,
         )

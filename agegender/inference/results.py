@@ -195,6 +195,9 @@ class ImageResult:
     #: Full-size pixels per pixel of ``image`` (> 1 when a big JPEG was decoded reduced);
     #: boxes are always in full-size coordinates.
     scale: float = 1.0
+    #: (width, height) of the decoded input in full-size pixels (the coordinates boxes are
+    #: in), also when ``image`` is not kept; None for an input that could not be decoded.
+    size: tuple[int, int] | None = None
     #: The label set the faces' classes come from (the classifier's).
     labels: LabelSet = ADIENCE8
     #: Video and stream frames: the track id of each face (None: in no confirmed track).
