@@ -3,11 +3,11 @@ and prediction on the GPU, printed as one table.
 
     PYTHONPATH=. python benchmarks/gpu_check.py [--steps 300] [--workers 4] [--work DIR]
 
-Without CUDA it prints ``no CUDA device`` and exits 0 (so it lives in the repository and
-never breaks CI). ``--device cpu --quick`` runs every part on the CPU with small budgets
-(the test suite does; the figures then say nothing about a GPU). Nothing is downloaded: the
-demo tree is generated in ``--work``, the original weights come from the cache the install
-command fills, timm models start from random weights.
+Without CUDA it prints ``no CUDA device`` and what to run instead, and exits 0 (so it lives
+in the repository and never breaks CI). ``--device cpu --quick`` runs every part on the CPU
+with small budgets (the test suite does; the figures then say nothing about a GPU). Nothing
+is downloaded: the demo tree is generated in ``--work``, the original weights come from the
+cache the install command fills, timm models start from random weights.
 
 Parts (each row says ``ok``, a verdict, or ``FAILED: <why>``; one failure never stops the
 others):
@@ -25,6 +25,7 @@ others):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import subprocess
@@ -247,19 +248,63 @@ def prediction_rows(device: str, work: Path, quick: bool) -> list[Row]:
     return rows
 
 
+#: What a machine without CUDA is told (the first line is what scripts and tests match).
+NO_CUDA = (
+    "no CUDA device\n"
+    "  nothing to measure on a GPU here; to exercise every part on the CPU (small budgets, "
+    "a few minutes; the figures say nothing about a GPU):\n"
+    "  PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --quick"
+)
+
+
+def description() -> str:
+    """--help's description: the module docstring's first paragraphs, whole sentences (its
+    first line alone stopped mid-sentence)."""
+    paragraphs = (__doc__ or "").strip().split("\n\n")
+    return "\n\n".join(paragraphs[:3])
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up notes and tips ("GPU available", "💡 Tip: ...", "Seed set to
+    0") and two deprecation warnings of its dependencies, repeated for every training run,
+    would bury this script's table: only Lightning's warnings and errors are printed.
+    Lightning sets its loggers to INFO when imported, so it is imported first."""
+    import importlib
+    import logging
+    import warnings
+
+    for module in ("pytorch_lightning", "lightning_fabric", "lightning"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    for name in [*logging.root.manager.loggerDict, "pytorch_lightning", "lightning"]:
+        if name.startswith(("pytorch_lightning", "lightning")):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*set_vital.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser = argparse.ArgumentParser(
+        description=description(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device", default="cuda", choices=("cuda", "cpu"), help="where to run (default cuda)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a CPU smoke run)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per run")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--work", type=Path, help="folder for the demo tree and runs")
+    parser.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader workers"
+    )
+    parser.add_argument(
+        "--work", type=Path, help="folder for the demo tree and runs (default: a new temporary one)"
+    )
     args = parser.parse_args(argv)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device")
+        print(NO_CUDA)
         return 0
+    quiet_lightning()
     from agegender.hardware import cpu_summary
 
     device = args.device
@@ -285,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += guarded("training", label, part)
     rows += guarded("correctness", "GPU vs CPU", lambda: correctness_rows(device, demo, work))
     rows += guarded("prediction", "predict.py", lambda: prediction_rows(device, work, args.quick))
+    print(f"\ngpu_check results ({name}):", flush=True)
     print(format_table(rows))
     return 1 if any(row.verdict == "FAILED" for row in rows) else 0
 

@@ -103,7 +103,21 @@ def test_without_cuda_it_says_so_and_exits_0():
         timeout=300, env={"CUDA_VISIBLE_DEVICES": "", **_env()},
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip().splitlines()[-1] == "no CUDA device"
+    lines = run.stdout.strip().splitlines()
+    assert lines[0] == "no CUDA device"
+    assert "--device cpu --quick" in lines[-1]  # what to run instead
+
+
+def test_help_describes_the_check_in_whole_sentences():
+    run = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--help"], cwd=REPO, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0
+    text = run.stdout.split("options:")[0]
+    assert "printed as one table." in text and "--device cpu --quick" in text
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")[1:] if p.strip()]
+    assert all(p.endswith((".", "]")) for p in paragraphs), paragraphs
 
 
 def _env() -> dict[str, str]:
@@ -125,3 +139,7 @@ def test_every_part_runs_on_the_cpu(tmp_path):
     assert "FAILED" not in run.stdout, run.stdout
     for part in ("training", "correctness", "prediction"):
         assert part in run.stdout
+    # the table is not buried under Lightning's notes and tips
+    assert "Tip:" not in run.stdout + run.stderr and "GPU available" not in run.stdout
+    table = run.stdout.split("gpu_check results")[1]
+    assert table.splitlines()[1].split() == ["section", "check", "value", "verdict"]
