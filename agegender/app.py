@@ -33,10 +33,11 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from agegender.api import AgeGender
@@ -50,8 +51,9 @@ from agegender.inference.audience import (
     plot_audience,
 )
 from agegender.inference.csv_writer import prediction_columns, result_rows
-from agegender.inference.inputs import InputItem
+from agegender.inference.inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, InputItem
 from agegender.inference.options import OptionError, PredictOptions
+from agegender.inference.results import ImageResult
 from agegender.inference.summary import Summary
 from agegender.runtime.build import configure_torch_threads
 from agegender.store import WeightsNotFoundError
@@ -67,6 +69,50 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "box",
     "status",
 )
+
+
+#: Long side, in pixels, of the gallery's pictures: each photo is resized to it before its
+#: labels are drawn, so the labels have the same size on the page whatever the photo's
+#: (a 4000 px photo's labels were drawn for 4000 px and shrank to a few pixels on screen).
+GALLERY_SIDE = 900
+
+
+def gallery_image(result: ImageResult) -> np.ndarray:
+    """The annotated RGB picture the page shows: ``result``'s image resized to
+    :data:`GALLERY_SIDE` and labelled at that size (labels ~20 px high there, ~13 px in the
+    page's gallery column)."""
+    image = result.image
+    height, width = image.shape[:2]
+    k = GALLERY_SIDE / max(height, width)
+    size = (max(1, round(width * k)), max(1, round(height * k)))
+    smaller = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, size, interpolation=smaller)
+    # boxes are in full-size pixels: scale = full-size pixels per pixel of the resized image
+    view = replace(result, image=resized, scale=result.scale * width / size[0])
+    return np.ascontiguousarray(draw(view)[..., ::-1])  # BGR -> RGB
+
+
+def _prob(value: object) -> object:
+    """A probability as the table shows it: 2 decimals (``1.00``, not ``1``); empty stays."""
+    return f"{float(value):.2f}" if isinstance(value, (int, float)) else value
+
+
+#: What each upload field takes, and where the other kind of file goes (wrong_kind).
+_KINDS: dict[str, tuple[frozenset[str], str]] = {
+    "photo": (VIDEO_EXTENSIONS, "a video: to count the people in it, use the Audience tab"),
+    "video": (IMAGE_EXTENSIONS, "a photo: for the age and gender of its faces, use the Photos tab"),
+}
+
+
+def wrong_kind(paths: Sequence[str | os.PathLike[str]], wanted: str) -> str | None:
+    """Why an upload went to the wrong field (``wanted``: ``photo`` for the Photos field,
+    ``video`` for the Audience's), in words for the page instead of a bare "Error"; None
+    when every file fits the field."""
+    other, advice = _KINDS[wanted]
+    names = [Path(p).name for p in paths if Path(p).suffix.lower() in other]
+    if not names:
+        return None
+    return f"{names[0]} is {advice}. This field takes {wanted}s."
 
 
 @dataclass
@@ -113,14 +159,13 @@ def analyse(
             if row["status"] == "ok":
                 box = f"{row['x1']}, {row['y1']}, {row['x2']}, {row['y2']}"
             out.table.append(
-                [name, row["face"], row["gender"], row["gender_prob"], row["age"],
-                 row["age_prob"], box, row["status"]]
+                [name, row["face"], row["gender"], _prob(row["gender_prob"]), row["age"],
+                 _prob(row["age_prob"]), box, row["status"]]
             )  # fmt: skip
         if result.image is not None:
-            annotated = draw(result)[..., ::-1]  # BGR -> RGB
             n = len(result.faces)
             caption = f"{name}: {n} face{'s' if n != 1 else ''}"
-            out.gallery.append((np.ascontiguousarray(annotated), caption))
+            out.gallery.append((gallery_image(result), caption))
     out.csv_text = buffer.getvalue()
     return out
 
@@ -240,22 +285,24 @@ def audience_totals(data: Mapping[str, Any], summary: Summary) -> str:
     """The totals under the table (Markdown): unique people by group, and what the quality
     gates removed, so a count can be judged (audience.json's ``totals`` and ``gates``)."""
     if not data:
-        return "No audience: the source gave no video frames."
+        return "Nobody counted: no video frame could be read from this source."
     totals = data["totals"]
     windows = len(data["windows"])
     groups = ", ".join(f"{g} {n}" for g, n in totals["groups"].items() if n) or "none"
     tracks = data["gates"]["tracks"]
+    frames = data["gates"]["settings"]["min_frames"]
     text = (
         f"**{totals['people']} people** in {windows} window{'s' if windows != 1 else ''} "
-        f"of {data['window_seconds']:g} s: {groups}. Quality gates: {tracks['seen']} tracks "
-        f"seen, {tracks['counted']} counted, {tracks['min_frames']} too short "
-        f"(audience.min_frames), {tracks['face_gates']} removed by the face gates."
+        f"of {data['window_seconds']:g} s: {groups}. Quality checks: of {tracks['seen']} "
+        f"people followed, {tracks['counted']} were counted; {tracks['min_frames']} were seen "
+        f"too briefly (in fewer than {frames} analysed frames) and {tracks['face_gates']} "
+        "only with faces too small, too unsure or turned too far away."
     )
     if summary.stream:
         text += f" Stream: {summary.stream['analysed']} frames analysed, ended: "
         text += f"{summary.stream['end']}."
     if data.get("privacy"):
-        text += " Privacy mode: only these counts were written."
+        text += " Privacy mode: only these counts were saved."
     return text
 
 
@@ -284,15 +331,23 @@ def build_demo(agegender: AgeGender) -> Any:
     downloads = Path(tempfile.mkdtemp(prefix="downloads-", dir=_private_root()))
 
     def run(files: list[str] | None, snapshot: np.ndarray | None) -> tuple[Any, ...]:
-        result = analyse(agegender, files or [], snapshot)
+        # a video among the photos: said in words (a warning and the summary line), the
+        # photos still analysed; raising would leave bare red "Error" badges on the outputs
+        why = wrong_kind(files or [], "photo")
+        photos = [f for f in files or [] if Path(f).suffix.lower() not in VIDEO_EXTENSIONS]
+        if why:
+            gr.Warning(why)
+        result = analyse(agegender, photos, snapshot)
         if not result.table:
-            return [], None, None, "Upload a photo or take a snapshot."
+            return [], None, None, why or "Upload a photo or take a snapshot."
         folder = Path(tempfile.mkdtemp(dir=downloads))
         csv_path = folder / "predictions.csv"
         csv_path.write_text(result.csv_text, encoding="utf-8")
-        photos = len({row[0] for row in result.table})
-        summary = f"{result.faces} face{'s' if result.faces != 1 else ''} in {photos} photo"
-        summary += "s" if photos != 1 else ""
+        shown = len({row[0] for row in result.table})
+        summary = f"{result.faces} face{'s' if result.faces != 1 else ''} in {shown} photo"
+        summary += "s" if shown != 1 else ""
+        if why:
+            summary += f". {why}"
         return result.gallery, result.table, str(csv_path), summary
 
     def count(
@@ -303,6 +358,11 @@ def build_demo(agegender: AgeGender) -> Any:
             raise gr.Error("Give a video or a camera / stream, not both.")
         if not video and not source:
             raise gr.Error("Upload a video, or give a camera index (0) or a stream URL.")
+        why = wrong_kind([video] if video else [], "video")
+        if why:  # said where the totals go, not as bare red "Error" badges
+            gr.Warning(why)
+            yield [], None, why, None
+            return
         if not window or float(window) <= 0:
             raise gr.Error("The window must be a positive number of seconds.")
         stop = run["stop"] = threading.Event()
@@ -333,8 +393,9 @@ def build_demo(agegender: AgeGender) -> Any:
             )
             with gr.Row():
                 with gr.Column():
+                    # both kinds accepted: a video dropped here gets a message, not a bare Error
                     files = gr.File(
-                        label="Photos", file_count="multiple", file_types=["image"],
+                        label="Photos", file_count="multiple", file_types=["image", "video"],
                         elem_id="photos",
                     )  # fmt: skip
                     snapshot = gr.Image(
@@ -344,53 +405,63 @@ def build_demo(agegender: AgeGender) -> Any:
                     button = gr.Button("Predict", variant="primary", elem_id="predict")
                 with gr.Column():
                     summary = gr.Markdown(elem_id="summary")
+                    # one picture per row: labels drawn at GALLERY_SIDE stay readable (two per
+                    # row halved them to ~6 px)
                     gallery = gr.Gallery(
-                        label="Faces", elem_id="gallery", columns=2, height=560,
+                        label="Faces", elem_id="gallery", columns=1, height=640,
                         object_fit="contain",
                     )  # fmt: skip
             table = gr.Dataframe(
                 headers=list(TABLE_COLUMNS), label="Faces", elem_id="faces", interactive=False
             )
             download = gr.File(label="predictions.csv", elem_id="csv")
-        with gr.Tab("Audience", id="audience_tab"):
+        with gr.Tab("Audience", id="audience_tab", elem_id="audience_tab"):
             # this browser session's run: where Stop finds its event (a new dict per session)
             session = gr.State(dict)
             gr.Markdown(
                 "## Who passed by: people per time window\n"
-                "Each tracked person counts once per window in which they are seen, by "
-                "gender and age class (predict.py's `audience.window`; quality gates: "
-                "`audience.*` in conf/predict.yaml). A camera or stream is counted until you "
-                "press Stop. Privacy mode keeps only the counts: no face row, box, crop or "
-                "picture is written."
+                "Upload a video, or give a camera or stream, and choose a window length. "
+                "Each person is followed from frame to frame and counted once in every window "
+                "in which they are seen, by gender and age group. People seen only for a "
+                "moment, and faces too small or turned away, are left out (the totals say how "
+                "many). A camera or stream is counted until you press Stop. Privacy mode "
+                "keeps only the counts: no face, box or picture is saved."
             )
             with gr.Row():
                 with gr.Column():
-                    video = gr.File(label="Video", file_types=["video"], elem_id="audience_video")
+                    # both kinds accepted: a photo dropped here gets a message, not a bare Error
+                    video = gr.File(
+                        label="Video", file_types=["video", "image"], elem_id="audience_video"
+                    )
                     stream = gr.Textbox(
                         label="or a camera index / stream URL",
                         placeholder="0, rtsp://..., http://.../video.mjpg",
                         elem_id="audience_stream",
                     )
                     window = gr.Number(
-                        value=60, minimum=0.1, label="Window (seconds)", elem_id="audience_window"
-                    )
+                        value=60, minimum=0.1, label="Window length (seconds)",
+                        elem_id="audience_window",
+                    )  # fmt: skip
                     privacy = gr.Checkbox(
-                        value=True, label="Privacy: counts only", elem_id="audience_privacy"
-                    )
+                        value=True, label="Privacy: save the counts only",
+                        elem_id="audience_privacy",
+                    )  # fmt: skip
                     with gr.Row():
                         start = gr.Button("Count", variant="primary", elem_id="audience_start")
                         stop = gr.Button("Stop", elem_id="audience_stop")
                 with gr.Column():
                     totals = gr.Markdown(elem_id="audience_totals")
                     chart = gr.Image(
-                        label="audience.png", type="filepath", elem_id="audience_chart"
-                    )
+                        label="People per window (chart)", type="filepath",
+                        elem_id="audience_chart",
+                    )  # fmt: skip
             windows = gr.Dataframe(
                 headers=list(AUDIENCE_COLUMNS), label="People per window",
                 elem_id="audience_table", interactive=False,
             )  # fmt: skip
             audience_files = gr.File(
-                label="audience.csv, audience.json", file_count="multiple",
+                label="Downloads: counts per window (CSV) and totals (JSON)",
+                file_count="multiple",
                 elem_id="audience_files",
             )  # fmt: skip
         outputs = [gallery, table, download, summary]

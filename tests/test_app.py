@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,6 +25,7 @@ from conftest import REPO, SAMPLES, require
 from video_fixtures import MJPEGServer, zoom_frames
 
 from agegender.inference import COLUMNS, PROB_COLUMNS, predict
+from agegender.inference.annotate import FONT, font_for
 
 #: Set to a path to keep the browser's screenshot (docs/app_screenshot.png is made this way).
 SCREENSHOT_ENV = "AGEGENDER_APP_SCREENSHOT"
@@ -39,7 +41,7 @@ def agegender(original_classifier):  # noqa: ANN201 - AgeGender (imported lazily
 
 
 def test_analyse_gives_predict_py_rows(tmp_path, agegender) -> None:
-    from agegender.app import analyse
+    from agegender.app import GALLERY_SIDE, analyse
 
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
@@ -62,10 +64,44 @@ def test_analyse_gives_predict_py_rows(tmp_path, agegender) -> None:
     pd.testing.assert_frame_equal(rows, expected)
     # the table and the pictures: one per face, one annotated image per decoded photo
     assert [r[0] for r in result.table] == ["biden.jpg", "obama.jpg", "notes.jpg"]
-    assert result.table[0][2:5] == ["male", 1.0, "60-100"]
+    assert result.table[0][2:6] == ["male", "1.00", "60-100", f"{float(rows['age_prob'][0]):.2f}"]
     assert [caption for _, caption in result.gallery] == ["biden.jpg: 1 face", "obama.jpg: 1 face"]
     image, _ = result.gallery[0]
     assert image.dtype == np.uint8 and image.ndim == 3 and result.faces == 2
+    assert max(image.shape[:2]) == GALLERY_SIDE  # labels drawn at the size the page shows
+    assert result.table[2][3] == ""  # no probability for a file that is not an image
+
+
+def test_gallery_labels_have_one_size_whatever_the_photo_size() -> None:
+    """A big and a small photo give the page pictures of one size, labelled at that size:
+    the label of a 4000 px photo no longer shrinks to a few pixels in the gallery."""
+    from agegender.app import GALLERY_SIDE, gallery_image
+    from agegender.inference.inputs import InputItem
+    from agegender.inference.results import FaceResult, ImageResult
+
+    for side in (400, 4000):
+        rgb = np.full((side * 3 // 4, side, 3), 90, np.uint8)
+        box = (side * 0.3, side * 0.2, side * 0.6, side * 0.6)
+        face = FaceResult(box=box, score=1.0, gender="male", gender_prob=0.97, age="25-32",
+                          age_prob=0.61)  # fmt: skip
+        shown = gallery_image(ImageResult(InputItem("a", "a"), faces=[face], image=rgb))
+        assert shown.shape[:2] == (GALLERY_SIDE * 3 // 4, GALLERY_SIDE)
+        # the label's blue fill (RGB) spans the same rows at both sizes
+        blue = np.all(np.abs(shown.astype(int) - (30, 140, 230)) <= 2, axis=2)
+        rows = np.flatnonzero(blue.sum(axis=1) > 100)
+        assert 25 <= len(rows) <= 40, len(rows)
+
+
+def test_a_file_in_the_wrong_field_is_named_with_what_to_do() -> None:
+    from agegender.app import wrong_kind
+
+    assert wrong_kind(["a.jpg", "b.png"], "photo") is None
+    assert wrong_kind(["a.jpg", "shop.MP4"], "photo") == (
+        "shop.MP4 is a video: to count the people in it, use the Audience tab. "
+        "This field takes photos."
+    )
+    assert wrong_kind(["shop.mp4"], "video") is None
+    assert "use the Photos tab" in wrong_kind(["/tmp/x/obama.jpg"], "video")
 
 
 def test_analyse_webcam_snapshot(agegender) -> None:
@@ -115,6 +151,9 @@ def test_watch_audience_counts_the_clip_with_the_engine(tmp_path, agegender) -> 
     assert last.data["totals"]["people"] == AUDIENCE_PEOPLE
     assert last.totals.startswith(f"**{AUDIENCE_PEOPLE} people** in 3 windows of 2 s")
     assert "Privacy mode" in last.totals
+    # in plain words: no setting names, no file names of the engine
+    assert "audience." not in last.totals and "conf/" not in last.totals
+    assert "were seen too briefly" in last.totals
     assert last.chart == out / "audience.png"
     assert [Path(f).name for f in last.files] == ["audience.csv", "audience.json"]
     assert sorted(p.name for p in out.iterdir()) == ["audience.csv", "audience.json",
@@ -242,6 +281,17 @@ def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
         assert "1 face in 1 photo" in browser.find_element(By.ID, "summary").text
         images = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
         assert images and images[0].get_attribute("naturalWidth") not in (None, "0")
+        # the label's text as big on screen as body text: its capital height in the image,
+        # times the scale the gallery shows the image at
+        image = images[0]
+        natural = [int(image.get_attribute(k)) for k in ("naturalWidth", "naturalHeight")]
+        shown = browser.execute_script(
+            "const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", image
+        )
+        scale = min(shown[0] / natural[0], shown[1] / natural[1])
+        size, thickness = font_for(*natural)
+        (_, cap), _ = cv2.getTextSize("H", FONT, size, thickness)
+        assert cap * scale >= 9, (cap, scale, natural, shown)
         link = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#csv a[href]"))
         with urllib.request.urlopen(link.get_attribute("href"), timeout=10) as response:
             csv_text = response.read().decode()
@@ -252,6 +302,18 @@ def test_page_in_headless_chromium(tmp_path, original_classifier) -> None:
         assert shot.stat().st_size > 10_000
         if os.environ.get(SCREENSHOT_ENV):
             shutil.copy(shot, os.environ[SCREENSHOT_ENV])
+        # a video dropped into the photo field: a message that says what to do
+        clip = _audience_clip(tmp_path / "shop.mp4")
+        upload = browser.find_element(By.CSS_SELECTOR, "#photos input[type=file]")
+        upload.send_keys(str(clip))
+        wait.until(lambda b: "shop.mp4 is a video" in b.find_element(By.ID, "summary").text)
+        assert "use the Audience tab" in browser.find_element(By.ID, "summary").text
+        assert "1 face in 1 photo" in browser.find_element(By.ID, "summary").text  # still
+        badges = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".error")]
+        assert "Error" not in badges, badges
+        if os.environ.get(SCREENSHOT_ENV):  # the message as the page shows it, beside
+            target = Path(os.environ[SCREENSHOT_ENV])
+            browser.save_screenshot(str(target.with_name(f"{target.stem}_wrong_field.png")))
 
 
 @pytest.mark.slow  # a browser, a clip counted and a live stream stopped; CI runs slow tests
@@ -275,9 +337,27 @@ def test_audience_tab_in_headless_chromium(tmp_path, original_classifier) -> Non
             )  # fmt: skip
         )
         tab.click()
+        # the tab explains itself in plain words, not in settings' names
+        intro = browser.find_element(By.ID, "audience_tab").text
+        assert "audience." not in intro and "conf/" not in intro and "Stop" in intro
         upload = wait.until(
             lambda b: b.find_element(By.CSS_SELECTOR, "#audience_video input[type=file]")
         )
+        # a photo dropped here: a message that says what to do, not bare "Error" badges
+        upload.send_keys(str(SAMPLES / "obama.jpg"))
+        wait.until(
+            lambda b: b.find_elements(
+                By.CSS_SELECTOR, "#audience_video td.filename[aria-label='obama.jpg']"
+            )
+        )
+        browser.find_element(By.ID, "audience_start").click()
+        wait.until(
+            lambda b: "obama.jpg is a photo" in b.find_element(By.ID, "audience_totals").text
+        )
+        assert "use the Photos tab" in browser.find_element(By.ID, "audience_totals").text
+        assert "Error" not in [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".error")]
+        browser.find_element(By.CSS_SELECTOR, "#audience_video button[aria-label=Clear]").click()
+        upload = browser.find_element(By.CSS_SELECTOR, "#audience_video input[type=file]")
         upload.send_keys(str(clip))
         wait.until(
             lambda b: b.find_elements(
@@ -291,7 +371,7 @@ def test_audience_tab_in_headless_chromium(tmp_path, original_classifier) -> Non
         totals = wait.until(
             lambda b: (
                 b.find_element(By.ID, "audience_totals")
-                if "Quality gates" in b.find_element(By.ID, "audience_totals").text
+                if "Quality checks" in b.find_element(By.ID, "audience_totals").text
                 else None
             )
         )
@@ -327,7 +407,7 @@ def test_audience_tab_in_headless_chromium(tmp_path, original_classifier) -> Non
             totals = wait.until(
                 lambda b: (
                     b.find_element(By.ID, "audience_totals")
-                    if "Quality gates" in b.find_element(By.ID, "audience_totals").text
+                    if "Quality checks" in b.find_element(By.ID, "audience_totals").text
                     else None
                 )
             )
