@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from agegender.extras import exit_without_torch
+
+# before Hydra and Lightning: without torch, one line naming the extra instead of a traceback
+exit_without_torch("train.py", "training")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -26,6 +26,7 @@ from agegender.caffe_onnx import (
     weights_path,
     write_with_weights_file,
 )
+from agegender.fileio import atomic_write
 from agegender.labels import TASK_NUM_CLASSES
 from agegender.onnx_session import ort_session
 from agegender.spec import CAFFE_FACE_SPEC
@@ -439,14 +440,14 @@ def ensure_original_weights(
     explicit = age_caffemodel is not None or gender_caffemodel is not None
     if output.is_file() and not force and not explicit and _stores_framing(output):
         return output
-    age, gender, source = _caffemodels(download, cache, age_caffemodel, gender_caffemodel)
+    age, gender, source = original_caffemodels(download, cache, age_caffemodel, gender_caffemodel)
     print(
         f"agegender: converting the original Caffe weights -> {output}", file=sys.stderr, flush=True
     )
     return convert_caffemodels(age, gender, output, meta=source)
 
 
-def _caffemodels(
+def original_caffemodels(
     download: bool,
     cache: Path | None,
     age_caffemodel: str | os.PathLike[str] | None,
@@ -518,6 +519,7 @@ def write_original_onnx(
     gender_caffemodel: bytes,
     output: Path,
     tolerance: float = ONNX_TOLERANCE,
+    weights_file: bool = True,
 ) -> float:
     """Build the original nets' ONNX graph from the caffemodels without torch
     (:func:`agegender.caffe_onnx.levi_hassner_graph`), check it and write it at ``output``
@@ -526,7 +528,8 @@ def write_original_onnx(
     The check is the torch export's, with OpenCV's own Caffe run as the reference: on test
     images, in batches of five and of one (the batch axis is dynamic), onnxruntime's
     probabilities must be those of the caffemodels to ``tolerance``, or nothing is written
-    (:class:`CaffeModelError`)."""
+    (:class:`CaffeModelError`). ``weights_file=False`` writes one self-contained file (what
+    ``python -m agegender.export`` writes by default)."""
     params = read_original_params(age_caffemodel, gender_caffemodel)
     model = levi_hassner_graph(params, ORIGINAL_SOURCE)
     x = check_inputs()
@@ -543,7 +546,11 @@ def write_original_onnx(
             f"{output} not written: the graph differs from OpenCV's run of the caffemodels by "
             f"{diff:.2e} (tolerance {tolerance:g})"
         )
-    write_with_weights_file(model, Path(output))
+    if weights_file:
+        write_with_weights_file(model, Path(output))
+    else:
+        data = model.SerializeToString()
+        atomic_write(Path(output), lambda fh: fh.write(data))
     return diff
 
 
@@ -575,7 +582,7 @@ def ensure_original_onnx(
     cached = output.is_file() and weights_path(output).is_file() and _has_framing(output)
     if cached and not force and not explicit:
         return output
-    age, gender, _ = _caffemodels(download, cache, age_caffemodel, gender_caffemodel)
+    age, gender, _ = original_caffemodels(download, cache, age_caffemodel, gender_caffemodel)
     print(
         f"agegender: building the original nets' ONNX graph (without torch) -> {output}",
         file=sys.stderr,

@@ -35,6 +35,7 @@ import numpy as np
 from agegender.caffe_onnx import OPSET, ORIGINAL_SOURCE, graph_metadata, write_with_weights_file
 from agegender.calibration import temperatures_of
 from agegender.errors import CheckpointError
+from agegender.extras import needs_torch, torch_installed
 from agegender.fileio import atomic_write
 from agegender.onnx_session import ort_session
 from agegender.runtime.build import build_classifier
@@ -276,12 +277,14 @@ def export_model(
     ``weights_file``: ONNX weights in ``<output>.data`` (:func:`export_onnx`).
     A checkpoint with temperature scaling exports with it in the graph (its record in the
     metadata); ``calibration=False`` exports the raw network instead."""
-    from agegender.models.exportable import ExportableNet
-
     if format is None:
         format = "onnx" if str(output).lower().endswith(".onnx") else "torchscript"
     if format not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    if format == "onnx" and checkpoint is None and not torch_installed():
+        return _export_original_without_torch(output, tolerance, download, weights_file)
+    from agegender.models.exportable import ExportableNet  # torch: deferred, as above
+
     classifier, meta = build_classifier(
         checkpoint, download=download, precision="fp32", calibration=calibration
     )
@@ -292,6 +295,31 @@ def export_model(
     if format == "onnx":
         return export_onnx(net, output, metadata, tolerance, weights_file)
     return export_torchscript(net, output, metadata, tolerance)
+
+
+def _export_original_without_torch(
+    output: str | os.PathLike[str], tolerance: float, download: bool, weights_file: bool
+) -> dict[str, float]:
+    """The original nets' graph where torch is not installed: built from the caffemodels
+    (:func:`agegender.caffe_io.write_original_onnx`, the torch export's graph to float
+    rounding) and checked against OpenCV's run of the Caffe nets instead of torch's."""
+    from agegender.caffe_io import original_caffemodels, write_original_onnx
+
+    age, gender, _ = original_caffemodels(download, None, None, None)
+    diff = write_original_onnx(age, gender, Path(output), tolerance, weights_file)
+    return {"opencv (caffe)": diff}
+
+
+def torch_needed_for(options: Mapping[str, str], checkpoint: str | None) -> str | None:
+    """What in an export command needs torch (None: nothing; the original nets' ONNX graph
+    and quantizing an ``.onnx`` file are built without it)."""
+    if options.get("format") == "torchscript" or (
+        options.get("format") is None and not options.get("output", "").lower().endswith(".onnx")
+    ):
+        return "format=torchscript"
+    if checkpoint is not None and not checkpoint.lower().endswith(".onnx"):
+        return f"exporting checkpoint={checkpoint}"
+    return None
 
 
 def quantize_onnx(
@@ -414,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint in ("null", "None"):
         checkpoint = None
     precision = options.get("precision", "fp32")
+    need = torch_needed_for(options, checkpoint)
+    if need is not None and not torch_installed():
+        print(f"export: {needs_torch(need)}", file=sys.stderr)
+        return 2
     try:
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be fp32 or int8, got {precision!r}")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from agegender.caffe_io import ensure_original_onnx, ensure_original_weights
 from agegender.caffe_onnx import weights_path
+from agegender.extras import TRAIN_EXTRA, needs_torch, torch_installed
 from agegender.mtcnn_onnx import build_mtcnn_onnx
 from agegender.store import (
     CACHE_ENV,
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     again.add_argument("--faces", type=Path, help="folder of face photos (default: the samples)")
     args = parser.parse_args(argv)
     if args.command == "measure":
+        if not torch_installed():  # the measurement compares every path with torch's
+            print(f"measure: {needs_torch('measuring the runtimes')}", file=sys.stderr)
+            return 2
         return measure_and_record(args.seconds, args.faces)
     if (args.age_caffemodel is None) != (args.gender_caffemodel is None):
         parser.error("--age-caffemodel and --gender-caffemodel go together")
@@ -92,22 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ[CACHE_ENV] = before
 
 
-#: The extra that installs torch, named wherever a step needs it.
-TRAIN_EXTRA = 'pip install "agegender[train]"'
-
-
-def torch_installed() -> bool:
-    """Whether ``import torch`` works here: the install step converts through torch when it
-    can (nothing changes for a full install) and builds the graphs without it otherwise."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _original(args: argparse.Namespace) -> int:
-    """``original``: convert, export, quantize and measure."""
+    """``original``: convert, export, quantize and measure; through torch when it is
+    installed (nothing changes for a full install), else without it."""
     has_torch = torch_installed()
     ensure = ensure_original_weights if has_torch else ensure_original_onnx
     try:

