@@ -26,6 +26,7 @@ from agegender.caffe_onnx import (
     weights_path,
     write_with_weights_file,
 )
+from agegender.errors import AgeGenderError
 from agegender.fileio import atomic_write
 from agegender.labels import TASK_NUM_CLASSES
 from agegender.onnx_session import ort_session
@@ -230,7 +231,7 @@ layers {{
 """
 
 
-class CaffeModelError(ValueError):
+class CaffeModelError(AgeGenderError, ValueError):
     """A ``.caffemodel`` that OpenCV cannot read, or whose blobs do not fit the deploy net."""
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from agegender.errors import AgeGenderError
+
 #: Equal-width confidence bins of the expected calibration error and reliability diagrams.
 DEFAULT_BINS: int = 15
 #: Temperatures searched (log-uniformly bounded): beyond these a model is not calibratable.
@@ -27,7 +29,7 @@ TEMPERATURE_RANGE: tuple[float, float] = (0.05, 20.0)
 _TINY = 1e-30
 
 
-class CalibrationError(ValueError):
+class CalibrationError(AgeGenderError, ValueError):
     """A calibration record or fit that cannot be used (the message says why)."""
 
 

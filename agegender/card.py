@@ -31,7 +31,7 @@ import yaml
 
 import agegender
 from agegender.config import load_yaml
-from agegender.errors import CheckpointError
+from agegender.errors import AgeGenderError, CheckpointError
 from agegender.fileio import atomic_write
 from agegender.labels import ADIENCE_RANGES, LabelSet, LabelSetError, label_set_of_model
 from agegender.onnx_session import ort_session
@@ -96,7 +96,7 @@ _USAGE = (
 )
 
 
-class CardError(ValueError):
+class CardError(AgeGenderError, ValueError):
     """A model or report the card cannot be written from; the message says which and why."""
 
 

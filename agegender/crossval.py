@@ -42,6 +42,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from scipy import stats as scipy_stats
 
+from agegender.errors import AgeGenderError
 from agegender.fileio import atomic_write
 from agegender.labels import ADIENCE8, GENDERS, IGNORE_INDEX, load_label_set
 from agegender.stats import DEFAULT_RESAMPLES
@@ -728,7 +729,7 @@ def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([table, rest[["objective", "status", "error", *METRIC_COLUMNS]]], axis=1)
 
 
-class NoJobsError(ValueError):
+class NoJobsError(AgeGenderError, ValueError):
     """A sweep directory without jobs (a multirun that ran none: a complete study)."""
 
 

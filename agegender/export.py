@@ -34,7 +34,7 @@ import numpy as np
 
 from agegender.caffe_onnx import OPSET, ORIGINAL_SOURCE, graph_metadata, write_with_weights_file
 from agegender.calibration import temperatures_of
-from agegender.errors import CheckpointError
+from agegender.errors import AgeGenderError, CheckpointError
 from agegender.extras import needs_torch, torch_installed
 from agegender.fileio import atomic_write
 from agegender.onnx_session import ort_session
@@ -65,7 +65,7 @@ FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE: float = 1e-4
 
 
-class ExportError(RuntimeError):
+class ExportError(AgeGenderError, RuntimeError):
     """The exported file does not reproduce the network (nothing was written)."""
 
 

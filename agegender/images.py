@@ -20,6 +20,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from agegender.errors import AgeGenderError
+
 #: Default decompression-bomb guard: PIL's own default limit (~89.5 megapixels, about a
 #: 11000 x 8000 photo). A decoded RGB image of that size already takes ~270 MB.
 DEFAULT_MAX_PIXELS: int = int(1024 * 1024 * 1024 // 4 // 3)
@@ -69,7 +71,7 @@ def image_extensions() -> frozenset[str]:
     )
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(AgeGenderError, ValueError):
     """A file could not be turned into an image; ``reason`` is short enough for a CSV cell."""
 
     def __init__(self, reason: str, path: str | os.PathLike[str] | None = None) -> None:

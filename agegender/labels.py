@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agegender.errors import AgeGenderError
+
 #: Age buckets in logit order, as printed in predictions.csv.
 AGE_BUCKETS: tuple[str, ...] = (
     "0-2",
@@ -76,7 +78,7 @@ _NUMBER = re.compile(r"^\d+(\.\d+)?$")
 _RANGE = re.compile(r"^\(\s*(\d+)\s*,\s*(\d+)\s*\)$|^(\d+)\s*-\s*(\d+)$")
 
 
-class LabelSetError(ValueError):
+class LabelSetError(AgeGenderError, ValueError):
     """A label-set definition that cannot be used; the message says which key and why."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from agegender.caffe_onnx import IR_VERSION, OPSET
+from agegender.errors import AgeGenderError
 from agegender.fileio import atomic_write
 from agegender.onnx_session import ort_session
 from agegender.store import MTCNN_ONNX_NAMES
@@ -41,7 +42,7 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 
-class TensorFileError(ValueError):
+class TensorFileError(AgeGenderError, ValueError):
     """A weights file this reader refuses: another format, or an object it does not build."""
 
 

@@ -44,7 +44,7 @@ from typing import Annotated, Any
 
 from agegender.api import AgeGender, face_of_box
 from agegender.config import load_yaml
-from agegender.errors import CheckpointError
+from agegender.errors import AgeGenderError, CheckpointError
 from agegender.inference.inputs import InputItem
 from agegender.inference.options import PredictOptions
 from agegender.inference.results import FaceResult, ImageResult
@@ -438,7 +438,7 @@ class RequestLimits:
             ) from None
 
 
-class _Refused(Exception):
+class _Refused(AgeGenderError):
     """A request refused before it reaches LitServe: ``reason`` None = the client left."""
 
     def __init__(self, reason: str | None, code: int) -> None:

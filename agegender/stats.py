@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from agegender.errors import AgeGenderError
 from agegender.labels import LabelSet
 
 #: Bootstrap resamples of every interval unless a caller asks for another number.
@@ -56,7 +57,7 @@ _CHUNK_CELLS = 2_000_000
 ArrayLike = Any  # a sequence, numpy array or pandas Series
 
 
-class StatsError(ValueError):
+class StatsError(AgeGenderError, ValueError):
     """Input the statistics cannot use (the message says which argument and why)."""
 
 

@@ -22,6 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from agegender.errors import AgeGenderError
 from agegender.fileio import atomic_write
 
 #: Where everything lives unless ``$AGEGENDER_CACHE`` says otherwise.
@@ -73,11 +74,11 @@ RETINAFACE_ONNX = "retinaface_mnet025.onnx"
 RETINAFACE_ONNX_SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(AgeGenderError, FileNotFoundError):
     """The weights are not cached and could not be obtained; the message says what to do."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(AgeGenderError, ValueError):
     """A file's sha256 differs from the published one (corrupt download or a different file)."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from agegender.errors import AgeGenderError
 from agegender.fileio import atomic_write
 
 STATUSES: tuple[str, ...] = ("ok", "missing", "error")
@@ -53,7 +54,7 @@ FORMAT = "agegender.cache.v2"
 KEY_LENGTH = 10
 
 
-class CacheError(RuntimeError):
+class CacheError(AgeGenderError, RuntimeError):
     """The cache is missing or does not match what was asked of it; says what to run."""
 
 

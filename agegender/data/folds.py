@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from agegender.errors import AgeGenderError
 from agegender.labels import (
     ADIENCE8,
     IGNORE_INDEX,
@@ -62,7 +63,7 @@ DUPLICATES: tuple[str, ...] = ("drop", "keep")
 KEY: list[str] = ["user_id", "face_id", "original_image"]
 
 
-class FoldFormatError(ValueError):
+class FoldFormatError(AgeGenderError, ValueError):
     """A fold file (or one of its rows) cannot be used; the message names file and line."""
 
 

@@ -13,12 +13,14 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from agegender.errors import AgeGenderError
+
 #: ``stratify`` choices of the validation carve and of the CSV's fold dealing: ``false`` (a
 #: seeded shuffle of the sorted groups) or ``true`` (scikit-learn's StratifiedGroupKFold on
 #: the joint age x gender label: whole groups, label proportions kept where the groups allow).
 
 
-class LeakageError(RuntimeError):
+class LeakageError(AgeGenderError, RuntimeError):
     """A user appears in two splits."""
 
 

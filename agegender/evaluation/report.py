@@ -30,6 +30,7 @@ from agegender.calibration import (
     temperatures_of,
 )
 from agegender.data.splits import split_users
+from agegender.errors import AgeGenderError
 from agegender.labels import IGNORE_INDEX, LabelSet, reporting_matrix
 
 #: Value of ``report.json``'s ``"format"`` key.
@@ -41,7 +42,7 @@ COVERAGES: tuple[float, ...] = (1.0, 0.9, 0.8, 0.5)
 CONFIDENT: float = 0.9
 
 
-class EvaluationError(ValueError):
+class EvaluationError(AgeGenderError, ValueError):
     """An evaluation that cannot be computed (no face, a bad setting); the message says why."""
 
 

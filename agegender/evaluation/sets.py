@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from agegender.config import load_yaml
+from agegender.errors import AgeGenderError
 from agegender.labels import IGNORE_INDEX, LabelSet
 
 #: ``set=``: the kinds of labelled set the evaluation reads.
@@ -40,7 +41,7 @@ BASE_COLUMNS: tuple[str, ...] = (
 _RESERVED = frozenset({*BASE_COLUMNS, "group", "fold", "line", "key", "user_id"})
 
 
-class EvalSetError(ValueError):
+class EvalSetError(AgeGenderError, ValueError):
     """A set that cannot be evaluated (missing file, unknown column, empty fold); the
     message says which setting or file and what to do."""
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from agegender.errors import AgeGenderError
 from agegender.fileio import display_path
 from agegender.images import image_extensions
 from agegender.inference.videoio import FRAME_MARK, frame_limit
@@ -39,7 +40,7 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 IMAGE_EXTENSIONS: frozenset[str] = image_extensions()
 
 
-class InputNotFoundError(FileNotFoundError):
+class InputNotFoundError(AgeGenderError, FileNotFoundError):
     """``input`` names nothing: a configuration error, not a bad file."""
 
 

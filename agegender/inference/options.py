@@ -15,11 +15,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agegender.config import CONF_DIR, load_yaml
+from agegender.errors import AgeGenderError
 from agegender.faces.registry import detector_config
 from agegender.runtime.base import PRECISIONS
 
 
-class OptionError(ValueError):
+class OptionError(AgeGenderError, ValueError):
     """A setting that does not apply to the run's source (the message names both)."""
 
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agegender.errors import AgeGenderError
 from agegender.fileio import atomic_write
 
 T = TypeVar("T")
@@ -33,7 +34,7 @@ SHARD_CSV_PATTERN = re.compile(r"predictions\.shard-(\d+)-of-(\d+)(\.csv|\.jsonl
 DONE_FORMAT = "agegender.predict_shard.v1"
 
 
-class ShardError(ValueError):
+class ShardError(AgeGenderError, ValueError):
     """Bad ``shard``/``num_shards`` values, or shards that cannot be merged (message says
     which shard and what to run)."""
 

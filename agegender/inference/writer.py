@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from agegender.errors import AgeGenderError
 from agegender.inference.results import ImageResult
 from agegender.labels import ADIENCE8, LabelSet
 
 
-class ResumeError(ValueError):
+class ResumeError(AgeGenderError, ValueError):
     """``resume=true`` on a CSV this run cannot continue (other columns): mixing two column
     layouts in one file would corrupt it for every reader, so the run stops before any work."""
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from agegender.errors import AgeGenderError
+
 FACENET_URLS: dict[str, str] = {
     "vggface2": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
     "20180402-114759-vggface2.pt",
@@ -25,7 +27,7 @@ FACENET_URLS: dict[str, str] = {
 }
 
 
-class PretrainedWeightsNotFoundError(FileNotFoundError):
+class PretrainedWeightsNotFoundError(AgeGenderError, FileNotFoundError):
     """Requested pretrained weights are not on this machine."""
 
 
