@@ -141,3 +141,9 @@ def test_predict_writes_the_same_csv_as_predict_py(tmp_path: Path) -> None:
     expected = pd.read_csv(tmp_path / "script" / "predictions.csv")
     assert len(got) >= 4
     pd.testing.assert_frame_equal(got, expected)
+
+
+def test_readme_table_names_every_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    for name in cli.COMMANDS:
+        assert f"| `agegender {name}` |" in readme, f"README's Commands table lacks {name}"
