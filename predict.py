@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -20,33 +21,34 @@ from omegaconf import DictConfig, OmegaConf
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from agegender.errors import CheckpointError, SettingError
-    from agegender.inference.inputs import InputNotFoundError
-    from agegender.inference.options import OptionError
-    from agegender.inference.shards import ShardError
-    from agegender.inference.writer import ResumeError
-    from agegender.labels import LabelSetError
-    from agegender.predict_command import predict_from_config, remove_hydra_only_output
-    from agegender.store import WeightsNotFoundError
+    from agegender.errors import handled
 
-    try:
-        predict_from_config(OmegaConf.to_container(cfg, resolve=True))
-    except (
-        InputNotFoundError,
-        WeightsNotFoundError,
-        CheckpointError,
-        FileNotFoundError,
-        ResumeError,
-        ShardError,
-        LabelSetError,
-        OptionError,
-        SettingError,
-    ) as exc:
-        print(f"predict: {exc}", file=sys.stderr)
-        if isinstance(exc, InputNotFoundError | OptionError | SettingError):
-            # nothing was predicted: leave no folder
+    # FileNotFoundError: a file named in the settings (a checkpoint, a label set) is missing
+    handled("predict", exits=True, builtin=(FileNotFoundError,), on_error=_leave_no_folder(cfg))(
+        _predict
+    )(cfg)
+
+
+def _predict(cfg: DictConfig) -> None:
+    from agegender.predict_command import predict_from_config
+
+    predict_from_config(OmegaConf.to_container(cfg, resolve=True))
+
+
+def _leave_no_folder(cfg: DictConfig) -> Callable[[Exception], None]:
+    """What runs before the error line: a run refused before anything was predicted (a
+    missing input, a bad setting) leaves no output folder behind."""
+
+    def remove(error: Exception) -> None:
+        from agegender.errors import SettingError
+        from agegender.inference.inputs import InputNotFoundError
+        from agegender.inference.options import OptionError
+        from agegender.predict_command import remove_hydra_only_output
+
+        if isinstance(error, InputNotFoundError | OptionError | SettingError):
             remove_hydra_only_output(cfg.output)
-        sys.exit(2)
+
+    return remove
 
 
 def _exit_now(code: int) -> None:

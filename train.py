@@ -6,8 +6,7 @@ validation objective (``optimized_metric``) for sweeps.
 
 from __future__ import annotations
 
-import sys
-
+from agegender.errors import handled
 from agegender.extras import exit_without_torch
 
 # before Hydra and Lightning: without torch, one line naming the extra instead of a traceback
@@ -19,14 +18,16 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from agegender.errors import CheckpointError
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from agegender.training.fit import train
 
-    try:
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        # a sweep's job: the error fails this job only, recorded with its traceback in the
+        # cross-validation summary (a SystemExit would stop the whole sweep)
         return train(cfg)
-    except (CheckpointError, FileNotFoundError) as exc:  # a bad ckpt_path: one line, exit 2
-        print(f"train: {exc}", file=sys.stderr)
-        sys.exit(2)
+    return handled("train", exits=True)(train)(cfg)  # e.g. a bad ckpt_path: one line, exit 2
 
 
 if __name__ == "__main__":

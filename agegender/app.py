@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from agegender.api import AgeGender
-from agegender.errors import CheckpointError
+from agegender.errors import handled, translated
 from agegender.inference.annotate import draw
 from agegender.inference.audience import (
     CSV_NAME,
@@ -56,7 +56,6 @@ from agegender.inference.options import OptionError, PredictOptions
 from agegender.inference.results import ImageResult
 from agegender.inference.summary import Summary
 from agegender.runtime.build import configure_torch_threads
-from agegender.store import WeightsNotFoundError
 
 #: Columns of the table on the page (the CSV to download has predict.py's columns).
 TABLE_COLUMNS: tuple[str, ...] = (
@@ -487,6 +486,7 @@ def load_agegender(overrides: Sequence[str] = ()) -> AgeGender:
     return AgeGender(options=options.replace(download=True))
 
 
+@handled("agegender.app")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agegender.app",
@@ -538,11 +538,10 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
+    # the settings and the checkpoint are the user's to fix (one line, exit 2); the same
+    # builtin errors while serving keep their traceback
+    with translated(FileNotFoundError, ValueError):
         agegender = load_agegender(args.overrides)
-    except (WeightsNotFoundError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"agegender.app: {exc}", file=sys.stderr)
-        return 2
     demo = build_demo(agegender)
     print(f"agegender.app: {agegender!r} on http://{args.host}:{args.port}", flush=True)
     demo.launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=True)

@@ -31,7 +31,7 @@ import yaml
 
 import agegender
 from agegender.config import load_yaml
-from agegender.errors import AgeGenderError, CheckpointError
+from agegender.errors import AgeGenderError, handled
 from agegender.fileio import atomic_write
 from agegender.labels import ADIENCE_RANGES, LabelSet, LabelSetError, label_set_of_model
 from agegender.onnx_session import ort_session
@@ -1302,6 +1302,8 @@ def write_card(
     return atomic_write(Path(output), lambda handle: handle.write(data))
 
 
+# OSError: a report or output path that cannot be read or written
+@handled("card", builtin=(OSError,))
 def main(argv: list[str] | None = None) -> int:
     """``python -m agegender.card [checkpoint=P] [report=R] [output=F]`` (key=value, as
     ``agegender.export``)."""
@@ -1320,11 +1322,7 @@ def main(argv: list[str] | None = None) -> int:
     if report in ("null", "None"):
         report = None
     output = options.get("output") or "MODEL_CARD.md"
-    try:
-        path = write_card(output, checkpoint, report)
-    except (CardError, CheckpointError, WeightsNotFoundError, LabelSetError, OSError) as exc:
-        print(f"card: {exc}", file=sys.stderr)
-        return 2
+    path = write_card(output, checkpoint, report)
     what = "with" if report else "without"
     print(f"card: {path} ({what} an evaluation report)")
     return 0

@@ -21,7 +21,10 @@ import torch
 from torch import nn
 
 from agegender.calibration import CalibrationError, check_calibration
-from agegender.errors import CheckpointError  # noqa: F401 - defined there, raised here
+from agegender.errors import (
+    CheckpointError,  # noqa: F401 - defined there, raised here
+    CheckpointNotFoundError,
+)
 from agegender.fileio import atomic_write
 from agegender.labels import label_set_of_model, load_label_set
 from agegender.models import build_model
@@ -106,7 +109,7 @@ def save_model(
 
 def _read(path: Path, map_location: Any) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     try:
         # Zip-format files (every torch.save since 1.6) are memory-mapped: the tensors are
         # read from the page cache as load_state_dict copies them, not held twice.

@@ -42,7 +42,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from scipy import stats as scipy_stats
 
-from agegender.errors import AgeGenderError
+from agegender.errors import AgeGenderError, handled, translated
 from agegender.fileio import atomic_write
 from agegender.labels import ADIENCE8, GENDERS, IGNORE_INDEX, load_label_set
 from agegender.stats import DEFAULT_RESAMPLES
@@ -812,6 +812,7 @@ class CVResultsCallback(Callback):
             log.info("written to %s", md)
 
 
+@handled("agegender.crossval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agegender.crossval",
@@ -821,11 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir} is not a directory")
-    try:
+    with translated(ValueError):  # a sweep directory aggregate cannot read
         table = aggregate(args.sweep_dir)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if table is None:
         print((args.sweep_dir / "sweep_results.csv").read_text())
         print(f"no data.fold in this sweep; wrote {args.sweep_dir / 'sweep_results.csv'}")

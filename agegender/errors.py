@@ -11,9 +11,10 @@ with its traceback. Subclasses keep a builtin second base (``ValueError``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 #: The exit code of a run stopped by an :class:`AgeGenderError` (what the user must fix).
@@ -28,6 +29,11 @@ class AgeGenderError(Exception):
 
 class CheckpointError(AgeGenderError, ValueError):
     """A file that is not a loadable agegender (or train.py Lightning) checkpoint."""
+
+
+class CheckpointNotFoundError(AgeGenderError, FileNotFoundError):
+    """No checkpoint where one was named (``checkpoint=``, ``ckpt_path=``): the message says
+    where it looked and what to pass instead."""
 
 
 class SettingError(AgeGenderError, ValueError):
@@ -79,3 +85,17 @@ def handled(
         return run  # type: ignore[return-value]
 
     return decorate
+
+
+@contextlib.contextmanager
+def translated(*builtin: type[Exception]) -> Iterator[None]:
+    """Inside: a ``builtin`` error (``FileNotFoundError``, ``ValueError`` from a library or a
+    raise site not yet converted) becomes a :class:`SettingError` with the same message, for
+    the entry point's :func:`handled`. Narrower than ``handled(builtin=...)``: only this block
+    (an entry point's setup) is the user's to fix; the same error later keeps its traceback."""
+    try:
+        yield
+    except AgeGenderError:
+        raise
+    except builtin as error:
+        raise SettingError(str(error)) from error

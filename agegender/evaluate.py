@@ -20,34 +20,24 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from agegender.errors import handled
+
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # deferred: the engine imports onnxruntime/OpenCV; Hydra's --help should not wait for them
-    from agegender.calibration import CalibrationError
-    from agegender.errors import CheckpointError
     from agegender.evaluation.outputs import headline_text, problem_lines, summary_line
-    from agegender.evaluation.report import EvaluationError
     from agegender.evaluation.runner import evaluate
-    from agegender.evaluation.sets import EvalSetError
-    from agegender.labels import LabelSetError
-    from agegender.store import WeightsNotFoundError
 
-    try:
-        evaluation = evaluate(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except (
-        EvalSetError,
-        EvaluationError,
-        CalibrationError,
-        CheckpointError,
-        LabelSetError,
-        WeightsNotFoundError,
-        FileNotFoundError,
-        ValueError,
-    ) as exc:
-        print(f"evaluate: {exc}", file=sys.stderr)
-        _remove_if_empty(Path(str(cfg.output)))
-        sys.exit(2)
+    output = Path(str(cfg.output))
+    # ValueError, FileNotFoundError: raise sites in the engine not yet an AgeGenderError
+    run = handled(
+        "evaluate",
+        exits=True,
+        builtin=(FileNotFoundError, ValueError),
+        on_error=lambda _: _remove_if_empty(output),
+    )(evaluate)
+    evaluation = run(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     report = evaluation.report
     print(headline_text(report))
     print(summary_line(report, str(cfg.output)), flush=True)

@@ -34,7 +34,7 @@ import numpy as np
 
 from agegender.caffe_onnx import OPSET, ORIGINAL_SOURCE, graph_metadata, write_with_weights_file
 from agegender.calibration import temperatures_of
-from agegender.errors import AgeGenderError, CheckpointError
+from agegender.errors import AgeGenderError, SettingError, handled
 from agegender.extras import needs_torch, torch_installed
 from agegender.fileio import atomic_write
 from agegender.onnx_session import ort_session
@@ -51,7 +51,7 @@ from agegender.runtime.quantize import (
     quantize,
 )
 from agegender.runtime.sample_faces import face_views, real_faces
-from agegender.store import MTCNN_ONNX_NAMES, WeightsNotFoundError
+from agegender.store import MTCNN_ONNX_NAMES
 
 if TYPE_CHECKING:  # torch is imported by the functions that trace or run a torch network,
     # so that reading metadata and quantizing an ONNX graph work where torch is not installed
@@ -407,7 +407,7 @@ def _flag(value: str, key: str) -> bool:
         return True
     if value.lower() in ("false", "0", "no"):
         return False
-    raise ValueError(f"{key} must be true or false, got {value!r}")
+    raise SettingError(f"{key} must be true or false, got {value!r}")
 
 
 USAGE = (
@@ -421,6 +421,8 @@ KEYS = (
 )  # fmt: skip
 
 
+# ValueError, FileNotFoundError: raise sites in the exporters not yet an AgeGenderError
+@handled("export", builtin=(FileNotFoundError, ValueError))
 def main(argv: list[str] | None = None) -> int:
     """``python -m agegender.export [checkpoint=P] output=F [format=onnx|torchscript]``.
 
@@ -436,39 +438,27 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         options[key] = value
     if "output" not in options:
-        print("export: output=FILE is required (e.g. output=model.onnx)", file=sys.stderr)
-        return 2
+        raise SettingError("output=FILE is required (e.g. output=model.onnx)")
     checkpoint = options.get("checkpoint") or None
     if checkpoint in ("null", "None"):
         checkpoint = None
     precision = options.get("precision", "fp32")
     need = torch_needed_for(options, checkpoint)
     if need is not None and not torch_installed():
-        print(f"export: {needs_torch(need)}", file=sys.stderr)
-        return 2
-    try:
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
-        if precision == "int8":
-            line = _export_int8(options, checkpoint)
-        else:
-            diffs = export_model(
-                options["output"],
-                checkpoint,
-                options.get("format"),
-                float(options.get("tolerance", TOLERANCE)),
-                calibration=_flag(options.get("calibration", "true"), "calibration"),
-            )
-            line = ", ".join(f"{k} max |dp| {v:.1e}" for k, v in diffs.items())
-    except (
-        ExportError,
-        CheckpointError,
-        WeightsNotFoundError,
-        FileNotFoundError,
-        ValueError,
-    ) as exc:
-        print(f"export: {exc}", file=sys.stderr)
-        return 2
+        raise SettingError(needs_torch(need))
+    if precision not in ("fp32", "int8"):
+        raise SettingError(f"precision must be fp32 or int8, got {precision!r}")
+    if precision == "int8":
+        line = _export_int8(options, checkpoint)
+    else:
+        diffs = export_model(
+            options["output"],
+            checkpoint,
+            options.get("format"),
+            float(options.get("tolerance", TOLERANCE)),
+            calibration=_flag(options.get("calibration", "true"), "calibration"),
+        )
+        line = ", ".join(f"{k} max |dp| {v:.1e}" for k, v in diffs.items())
     print(f"export: {options['output']} ({line})")
     return 0
 
@@ -477,7 +467,7 @@ def _export_int8(options: Mapping[str, str], checkpoint: str | None) -> str:
     """The int8 graph of ``checkpoint`` (an fp32 ``.onnx`` export is quantized as it is;
     anything else is exported to fp32 first); returns the agreement line."""
     if options.get("format", "onnx") != "onnx":
-        raise ValueError("precision=int8 writes ONNX (onnxruntime runs it), not torchscript")
+        raise SettingError("precision=int8 writes ONNX (onnxruntime runs it), not torchscript")
     faces = options.get("faces") or None
     minimum = float(options.get("min_agreement", MIN_AGREEMENT))
     if checkpoint is not None and checkpoint.lower().endswith(".onnx"):

@@ -12,6 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from agegender.api import AgeGender
+from agegender.errors import SettingError, report
 from agegender.inference.job import run_job
 from agegender.inference.options import PredictOptions
 from agegender.inference.sources import SKIPPED_NAME, open_source
@@ -39,12 +40,11 @@ def check_output(output: str | Path) -> None:
     """Exit 2 with one line when ``output`` exists and is not a folder."""
     path = Path(output)
     if path.exists() and not path.is_dir():
-        print(
-            f"predict: output={output} is a file, not a folder: give a folder for "
-            "predictions.csv and the annotated images (it is made when missing)",
-            file=sys.stderr,
+        error = SettingError(
+            f"output={output} is a file, not a folder: give a folder for "
+            "predictions.csv and the annotated images (it is made when missing)"
         )
-        sys.exit(2)
+        sys.exit(report("predict", error))  # a Hydra callback: before predict.py's handler
 
 
 def scrub_hydra_files(output: str | Path, secret: str, shown: str) -> int:

@@ -44,13 +44,12 @@ from typing import Annotated, Any
 
 from agegender.api import AgeGender, face_of_box
 from agegender.config import load_yaml
-from agegender.errors import AgeGenderError, CheckpointError
+from agegender.errors import AgeGenderError, handled, translated
 from agegender.inference.inputs import InputItem
 from agegender.inference.options import PredictOptions
 from agegender.inference.results import FaceResult, ImageResult
 from agegender.labels import LabelSet
 from agegender.runtime.build import configure_torch_threads
-from agegender.store import WeightsNotFoundError
 
 try:  # the `serve` extra; main() says how to install it when missing
     import litserve as ls
@@ -705,6 +704,7 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
+@handled("agegender.serve")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agegender.serve",
@@ -751,16 +751,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in (("host", args.host), ("port", args.port), ("api_key", args.api_key)):
         if value is not None:
             changes[key] = value
-    try:
+    # the settings, the key file and the checkpoint are the user's to fix (one line, exit 2);
+    # the same builtin errors while serving keep their traceback
+    with translated(FileNotFoundError, ValueError):
         if args.api_key_file is not None:
             changes["api_key"] = read_key_file(args.api_key_file)
         settings = ServeSettings.load(**changes)
         options = PredictOptions.compose(predict_overrides)  # never downloads
         # built here once: a missing checkpoint is a clear error now, not a dead worker later
         agegender = AgeGender(options=options)
-    except (WeightsNotFoundError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"agegender.serve: {exc}", file=sys.stderr)
-        return 2
     info = describe(agegender, settings)
     del agegender
     server = build_server(options, settings, info)

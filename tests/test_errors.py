@@ -102,3 +102,86 @@ def test_handled_lets_unexpected_errors_through():
 def test_report_is_one_line(capsys):
     assert report("card", AgeGenderError("a\nb")) == 2
     assert capsys.readouterr().err == "card: a b\n"
+
+
+def _fail(error: BaseException):
+    def raise_it(*args: object, **kwargs: object) -> None:
+        raise error
+
+    return raise_it
+
+
+def _entry_points(tmp_path: Path):
+    """(name, module, attribute the entry point calls, argv) of each ``main(argv) -> int``."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    return [
+        ("export", "agegender.export", "export_model", [f"output={tmp_path / 'm.onnx'}"]),
+        ("card", "agegender.card", "write_card", [f"output={tmp_path / 'card.md'}"]),
+        ("agegender.serve", "agegender.serve", "AgeGender", []),
+        ("agegender.app", "agegender.app", "load_agegender", []),
+        ("agegender.weights", "agegender.weights", "measure_and_record", ["measure"]),
+        ("agegender.crossval", "agegender.crossval", "aggregate", [str(sweep)]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_each_entry_point_reports_an_agegender_error_in_one_line(index, tmp_path, monkeypatch):
+    prog, module_name, attribute, argv = _entry_points(tmp_path)[index]
+    module = importlib.import_module(module_name)
+    monkeypatch.setattr(module, attribute, _fail(AgeGenderError("fix the thing\nthis way")))
+    monkeypatch.setattr("signal.signal", lambda *args: None)  # the app's SIGTERM handler
+    captured = []
+    monkeypatch.setattr("sys.stderr", _Lines(captured))
+    assert module.main(argv) == 2
+    assert captured == [f"{prog}: fix the thing this way\n"]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_each_entry_point_keeps_the_traceback_of_an_unexpected_error(index, tmp_path, monkeypatch):
+    _, module_name, attribute, argv = _entry_points(tmp_path)[index]
+    module = importlib.import_module(module_name)
+    monkeypatch.setattr(module, attribute, _fail(ZeroDivisionError("a bug")))
+    monkeypatch.setattr("signal.signal", lambda *args: None)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        module.main(argv)
+
+
+class _Lines:
+    """A stderr that records each write (print writes the text and its newline at once)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def write(self, text: str) -> int:
+        if self.lines and not self.lines[-1].endswith("\n"):
+            self.lines[-1] += text
+        else:
+            self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["predict.py", "input={missing}", "output={out}"], "predict: "),
+        (["-m", "agegender.evaluate", "set=banana", "output={out}"], "evaluate: set must be"),
+        (
+            ["train.py", "ckpt_path={missing}", "hydra.run.dir={out}"],
+            "train: ckpt_path=",
+        ),
+    ],
+)
+def test_hydra_entry_points_report_in_one_line_and_exit_2(args, line, tmp_path):
+    names = {"missing": tmp_path / "missing.ckpt", "out": tmp_path / "out"}
+    run = subprocess.run(
+        [sys.executable, *(a.format(**names) for a in args)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    lines = [x for x in run.stderr.splitlines() if x.startswith(line.split(":")[0] + ":")]
+    assert len(lines) == 1 and lines[0].startswith(line), run.stderr[-2000:]

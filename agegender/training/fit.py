@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from agegender.checkpoints import check_readable, set_calibration
+from agegender.errors import CheckpointNotFoundError
 from agegender.sweep import trial_callbacks
 from agegender.training.calibrate import (
     PREDICTIONS_FILE,
@@ -78,7 +79,7 @@ def resolve_ckpt_path(spec: str | None, output_dir: Path) -> str | None:
         path = latest_checkpoint(where) if where.is_dir() else where
         hint = "pass a .ckpt file or a run directory holding checkpoints/"
     if path is None or not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={spec}: no checkpoint at {where}; {hint}")
+        raise CheckpointNotFoundError(f"ckpt_path={spec}: no checkpoint at {where}; {hint}")
     return str(check_readable(path))
 
 
