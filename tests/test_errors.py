@@ -122,10 +122,14 @@ def _entry_points(tmp_path: Path):
         ("agegender.app", "agegender.app", "load_agegender", []),
         ("agegender.weights", "agegender.weights", "measure_and_record", ["measure"]),
         ("agegender.crossval", "agegender.crossval", "aggregate", [str(sweep)]),
+        ("agegender.data.folds", "agegender.data.folds", "load_folds", [str(tmp_path)]),
+        ("agegender.data.csv", "agegender.data.csv", "adience_to_csv", ["adience", str(sweep)]),
+        ("agegender.data.demo", "agegender.data.demo", "generate_demo", [str(tmp_path / "d")]),
+        ("merge", "agegender.inference.merge", "merge_shards", [str(tmp_path)]),
     ]
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(10))
 def test_each_entry_point_reports_an_agegender_error_in_one_line(index, tmp_path, monkeypatch):
     prog, module_name, attribute, argv = _entry_points(tmp_path)[index]
     module = importlib.import_module(module_name)
@@ -137,7 +141,7 @@ def test_each_entry_point_reports_an_agegender_error_in_one_line(index, tmp_path
     assert captured == [f"{prog}: fix the thing this way\n"]
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(10))
 def test_each_entry_point_keeps_the_traceback_of_an_unexpected_error(index, tmp_path, monkeypatch):
     _, module_name, attribute, argv = _entry_points(tmp_path)[index]
     module = importlib.import_module(module_name)

@@ -41,6 +41,7 @@ from agegender.data.datamodule import FaceDataModule
 from agegender.data.folds import FoldFormatError, image_relpath, load_folds
 from agegender.data.preprocess import BOX_COLUMNS
 from agegender.data.splits import stratified_group_folds
+from agegender.errors import handled
 from agegender.labels import ADIENCE8, IGNORE_INDEX, LabelSet, load_label_set
 
 REQUIRED: tuple[str, ...] = ("path", "age", "gender")
@@ -355,6 +356,7 @@ def adience_to_csv(
     return out, len(frame)
 
 
+@handled("agegender.data.csv")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agegender.data.csv",
@@ -370,11 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     adience.add_argument("--kind", choices=("faces", "aligned"), default="faces")
     args = parser.parse_args(argv)
-    try:
-        path, rows = adience_to_csv(args.root, args.out, args.kind)
-    except FoldFormatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    path, rows = adience_to_csv(args.root, args.out, args.kind)
     print(f"wrote {rows} rows to {path}")
     return 0
 

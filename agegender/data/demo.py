@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from agegender.data.folds import COLUMNS, NUM_FOLDS, image_relpath
+from agegender.errors import handled, translated
 from agegender.labels import ADIENCE_AGE_STRINGS
 
 #: Dirty age cells and the bucket the picture is drawn for (the one ``remap`` gives them).
@@ -240,6 +241,7 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 10) -> Pa
     return path
 
 
+@handled("agegender.data.demo")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agegender.data.demo",
@@ -251,13 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
+    with translated(ValueError, FileExistsError):  # bad counts, a folder not to overwrite
         out = generate_demo(
             args.out, args.users, args.images_per_user, args.seed, overwrite=args.overwrite
         )
-    except (ValueError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"wrote {args.users * args.images_per_user} demo faces to {out}")
     return 0
 

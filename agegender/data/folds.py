@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from agegender.errors import AgeGenderError
+from agegender.errors import AgeGenderError, handled, translated
 from agegender.labels import (
     ADIENCE8,
     IGNORE_INDEX,
@@ -292,6 +292,7 @@ def format_summary(summary: dict[str, dict], labels: LabelSet | None = None) -> 
     return "\n".join(lines)
 
 
+@handled("agegender.data.folds")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agegender.data.folds",
@@ -313,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="exact duplicate rows: drop all but the first, or keep every copy (Levi-Hassner)",
     )
     args = parser.parse_args(argv)
-    try:
+    with translated(ValueError):  # e.g. a --labels YAML file that does not parse
         labels = load_label_set(args.labels)
         table, report = load_folds(
             args.root,
@@ -322,9 +323,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             duplicates=args.duplicates,
             labels=labels,
         )
-    except (FoldFormatError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     summary = summarize(table, labels)
     print(format_summary(summary, labels))
     print(report.summary(), file=sys.stderr)

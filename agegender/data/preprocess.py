@@ -46,6 +46,7 @@ from agegender.data.cache import (
     write_manifest,
     write_shard,
 )
+from agegender.errors import handled
 from agegender.faces.align import ALIGN_VERSION
 from agegender.images import DEFAULT_MAX_PIXELS
 from agegender.spec import (
@@ -461,16 +462,10 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path="../../conf", config_name="preprocess")
     def _main(cfg: DictConfig) -> None:
-        # deferred with the command: the module is imported by workers that never need them
-        from agegender.data.cache import CacheError
-        from agegender.data.folds import FoldFormatError
-
         datamodule = hydra.utils.instantiate(cfg.data)
-        try:
-            report = datamodule.preprocess()
-        except (FoldFormatError, CacheError, FileExistsError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        # FileExistsError: a cache folder that is not ours to replace
+        run = handled("agegender.data.preprocess", exits=True, builtin=(FileExistsError,))
+        report = run(datamodule.preprocess)()
         print_report(report)
         print(f"cache: {datamodule.cache_dir}", file=sys.stderr)
 

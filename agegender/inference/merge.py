@@ -25,6 +25,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from agegender.errors import handled
 from agegender.fileio import atomic_write
 from agegender.inference.shards import (
     CSV_NAME,
@@ -165,6 +166,7 @@ class MergeShardsCallback(Callback):
         print(f"merge: {num_shards} shards, {rows} rows -> {path}")
 
 
+@handled("merge")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agegender.inference.merge",
@@ -177,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "--format", choices=("csv", "jsonl"), default="csv", help="the shards' format=..."
     )
     args = parser.parse_args(argv)
-    try:
-        path, rows = merge_shards(args.folder, args.num_shards, args.output, "." + args.format)
-    except ShardError as exc:
-        print(f"merge: {exc}", file=sys.stderr)
-        return 2
+    path, rows = merge_shards(args.folder, args.num_shards, args.output, "." + args.format)
     print(f"merge: {rows} rows -> {path}")
     return 0
 
