@@ -14,6 +14,14 @@ import sys
 TRAIN_EXTRA = 'pip install "agegender[train]"'
 
 
+def torch_available() -> bool:
+    """Whether torch is installed, without importing it (its import takes seconds): what a
+    choice between torch and onnxruntime asks before it settles on torch."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def torch_installed() -> bool:
     """Whether ``import torch`` works in this environment (imports it when it does)."""
     try:

@@ -103,6 +103,21 @@ def test_auto_takes_the_measured_choice_for_the_workload(cache: Path) -> None:
     assert choose_backend("auto", device="cuda")[:2] == ("torch", "auto")
 
 
+def test_without_torch_auto_never_picks_torch(cache: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A core install (no torch): neither a record that measured torch fastest nor an AMX
+    CPU sends ``auto`` to torch while the original weights' ONNX export is there."""
+    from agegender.runtime import build
+    from agegender.runtime.measure import write_record
+
+    monkeypatch.setattr(build, "cpu_has_fast_bf16", lambda: True)
+    assert build.choose_backend("auto")[:2] == ("torch", "bf16")  # AMX with torch
+    monkeypatch.setattr(build, "torch_available", lambda: False)
+    assert build.choose_backend("auto")[:2] == ("onnxruntime", "fp32")
+    write_record(_record(("torch", "bf16"), ("torch", "fp32")))
+    assert build.choose_backend("auto", workload="folder")[:2] == ("onnxruntime", "fp32")
+    assert build.choose_backend("auto", workload="single")[:2] == ("onnxruntime", "fp32")
+
+
 def test_a_record_from_elsewhere_or_choosing_int8_is_ignored(cache: Path) -> None:
     from agegender.runtime.build import choose_backend
     from agegender.runtime.measure import write_record

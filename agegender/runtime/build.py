@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agegender.errors import SettingError
+from agegender.extras import torch_available
 from agegender.hardware import cpu_has_fast_bf16
 from agegender.labels import load_label_set
 from agegender.runtime.base import Classifier, check_precision
@@ -55,9 +56,10 @@ def choose_backend(
     (:mod:`agegender.runtime.measured`). Without a record: onnxruntime where it gives the
     same probabilities faster and without importing torch (the CPU, fp32, single-crop, the
     original weights' exported graph cached or an ``.onnx`` checkpoint), bf16 on torch where
-    the CPU has AMX; everything else (a GPU, over-sampling, train.py checkpoints) runs
-    PyTorch. ``precision=int8`` runs an int8 ONNX graph and is never chosen unasked. The
-    returned precision is ``auto`` only for torch runs it resolves per device.
+    the CPU has AMX and torch is installed; everything else (a GPU, over-sampling, train.py
+    checkpoints) runs PyTorch. ``precision=int8`` runs an int8 ONNX graph and is never
+    chosen unasked. The returned precision is ``auto`` only for torch runs it resolves per
+    device.
     """
     check_precision(precision)
     if backend not in BACKENDS:
@@ -99,11 +101,15 @@ def choose_backend(
         return "torch", precision, "oversample=true runs on torch"
     if precision == "bf16":
         return "torch", "bf16", "precision=bf16 runs on torch"
+    has_torch = torch_available()  # a core install predicts without it
     if checkpoint is None and precision == "auto":
         measured = measured_choice(workload)
-        if measured is not None and (measured[0] == "torch" or original_onnx_path().is_file()):
+        if measured is not None and (
+            (measured[0] == "torch" and has_torch)
+            or (measured[0] != "torch" and original_onnx_path().is_file())
+        ):
             return measured
-    if precision == "auto" and cpu_has_fast_bf16():
+    if precision == "auto" and cpu_has_fast_bf16() and has_torch:
         # bf16 on AMX: ~2.6x faster than fp32 (the README's figures)
         return "torch", "bf16", "bf16 on this CPU's AMX tiles"
     if checkpoint is None:
